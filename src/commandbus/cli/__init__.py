@@ -1,0 +1,1 @@
+"""The ``commandbus`` command line (see :mod:`commandbus.cli.main`)."""

