@@ -1,0 +1,51 @@
+"""Naming rules for domains, queues and command types.
+
+Domain and queue names become PGMQ table names (``pgmq.q_<name>``), i.e. SQL
+identifiers, so they are checked here before any SQL is built; they only ever
+reach SQL through ``psycopg.sql.Identifier`` after that.
+"""
+
+from __future__ import annotations
+
+import re
+
+from commandbus.errors import InvalidNameError
+
+# PGMQ limits queue names to 47 characters (prefix + name must fit in 63).
+_QUEUE_RE = re.compile(r"[a-z][a-z0-9_]{0,46}")
+_TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,127}")
+
+
+def validate_queue_name(name: object, *, what: str = "queue name") -> str:
+    """Return ``name`` if it is a valid queue (or domain) name, else raise."""
+    if not isinstance(name, str) or _QUEUE_RE.fullmatch(name) is None:
+        raise InvalidNameError(
+            f"invalid {what} {name!r}: use 1-47 characters, lower-case letters, digits "
+            "and '_', starting with a letter"
+        )
+    return name
+
+
+def validate_domain(name: object) -> str:
+    """A domain is served by the queue of the same name."""
+    return validate_queue_name(name, what="domain")
+
+
+def validate_command_type(name: object) -> str:
+    """Command types are wire names: a letter, then letters, digits, '_', '.', ':' or '-'."""
+    if not isinstance(name, str) or _TYPE_RE.fullmatch(name) is None:
+        raise InvalidNameError(
+            f"invalid command type {name!r}: use 1-128 characters, letters, digits and "
+            "'_', '.', ':', '-', starting with a letter"
+        )
+    return name
+
+
+def command_stream_id(domain: str, command_id: object) -> str:
+    """The event stream of one command."""
+    return f"command:{domain}:{command_id}"
+
+
+def batch_stream_id(batch_id: object) -> str:
+    """The event stream of one batch."""
+    return f"batch:{batch_id}"

@@ -1,0 +1,345 @@
+"""SQL of the engine, in one place.
+
+Values always travel as parameters. Queue tables are named only through
+``psycopg.sql.Identifier`` (``{queue}``, ``{archive}``) after the queue name was
+validated by :mod:`commandbus.engine.names`.
+
+The statements are written for the hot path: each does its whole job in ONE
+round trip with data-modifying CTEs over ``unnest`` arrays, so sending a batch,
+reading a batch or recording a group of outcomes costs a constant number of
+statements whatever the number of commands.
+"""
+
+from __future__ import annotations
+
+from typing import Final, LiteralString
+
+# -- streams and events ---------------------------------------------------------------------
+
+# Check-and-bump stream versions, then insert the events of the streams that passed.
+# A stream whose version is not the expected one inserts nothing, so no event
+# position is drawn for it. Returns one row per input stream: (stream_id, appended).
+APPEND: Final[LiteralString] = """
+WITH st AS (
+    SELECT *
+      FROM unnest(%(s_ids)b::text[], %(s_types)b::text[], %(s_expected)b::bigint[],
+                  %(s_new)b::bigint[])
+           AS s(stream_id, stream_type, expected, new_version)
+), created AS (
+    INSERT INTO commandbus.stream (stream_id, stream_type, version)
+    SELECT stream_id, stream_type, new_version FROM st WHERE expected = 0
+    ON CONFLICT (stream_id) DO NOTHING
+    RETURNING stream_id
+), bumped AS (
+    UPDATE commandbus.stream s
+       SET version = st.new_version, updated_at = now()
+      FROM st
+     WHERE s.stream_id = st.stream_id AND st.expected > 0 AND s.version = st.expected
+    RETURNING s.stream_id
+), ok AS (
+    SELECT stream_id FROM created UNION ALL SELECT stream_id FROM bumped
+), ins AS (
+    INSERT INTO commandbus.event
+           (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
+    SELECT e.stream_id, e.stream_version, e.event_type, e.data, e.correlation_id,
+           e.causation_id, e.metadata
+      FROM unnest(%(e_ids)b::text[], %(e_versions)b::bigint[], %(e_types)b::text[],
+                  %(e_data)b::jsonb[], %(e_corr)b::uuid[], %(e_caus)b::uuid[],
+                  %(e_meta)b::jsonb[]) WITH ORDINALITY
+           AS e(stream_id, stream_version, event_type, data, correlation_id, causation_id,
+                metadata, ord)
+      JOIN ok USING (stream_id)
+     ORDER BY e.ord
+    RETURNING position
+)
+SELECT st.stream_id, ok.stream_id IS NOT NULL AS appended,
+       (SELECT max(position) FROM ins) AS last_position
+  FROM st LEFT JOIN ok USING (stream_id)
+"""
+
+EVENT_COLUMNS: Final[LiteralString] = """
+    position, transaction_id::text::bigint AS transaction_id, stream_id, stream_version,
+    event_type, data, correlation_id, causation_id, metadata, recorded_at
+"""
+
+READ_STREAM: Final[LiteralString] = (
+    "SELECT"
+    + EVENT_COLUMNS
+    + """
+  FROM commandbus.event
+ WHERE stream_id = %(stream_id)s AND stream_version > %(after_version)s
+ ORDER BY stream_version
+"""
+)
+
+READ_ALL: Final[LiteralString] = (
+    "SELECT"
+    + EVENT_COLUMNS
+    + """
+  FROM commandbus.event
+ WHERE position > %(after)s
+ ORDER BY position
+ LIMIT %(limit)s
+"""
+)
+
+STREAM_VERSION: Final[LiteralString] = (
+    "SELECT version FROM commandbus.stream WHERE stream_id = %(stream_id)s"
+)
+
+# -- queues --------------------------------------------------------------------------------
+
+QUEUE_EXISTS: Final[LiteralString] = "SELECT 1 FROM commandbus.queue WHERE queue_name = %(queue)s"
+
+CREATE_QUEUE: Final[LiteralString] = "SELECT pgmq.create(%(queue)s::text)"
+
+# {queue} is the pgmq table pgmq.q_<name>; the trigger wakes idle workers.
+INSTALL_WAKEUP: Final[LiteralString] = """
+DROP TRIGGER IF EXISTS commandbus_wake_readers ON pgmq.{queue};
+CREATE TRIGGER commandbus_wake_readers
+    AFTER INSERT ON pgmq.{queue}
+    FOR EACH STATEMENT EXECUTE FUNCTION commandbus.wake_queue_readers();
+"""
+
+REGISTER_QUEUE: Final[LiteralString] = """
+WITH wakeup AS (
+    INSERT INTO commandbus.queue_wakeup (queue_name, throttle_ms)
+    VALUES (%(queue)s, %(throttle_ms)s)
+    ON CONFLICT (queue_name) DO UPDATE SET throttle_ms = excluded.throttle_ms
+)
+INSERT INTO commandbus.queue (queue_name) VALUES (%(queue)s) ON CONFLICT DO NOTHING
+"""
+
+QUEUE_LOCK: Final[LiteralString] = (
+    "SELECT pg_advisory_xact_lock(hashtext('pgmq.queue_' || %(queue)s))"
+)
+
+# -- sending -------------------------------------------------------------------------------
+
+# One command: stream, queue message, CommandSent event and projection row in one
+# statement. A duplicate (domain, command id) matches the existing stream, so
+# nothing at all is written and no row comes back.
+SEND_ONE: Final[LiteralString] = """
+WITH created AS (
+    INSERT INTO commandbus.stream (stream_id, stream_type, version)
+    VALUES (%(stream_id)s, 'command', 1)
+    ON CONFLICT (stream_id) DO NOTHING
+    RETURNING stream_id
+), msg AS (
+    INSERT INTO pgmq.{queue} (vt, message, headers)
+    SELECT clock_timestamp() + %(delay)s::float8 * interval '1 second',
+           %(message)s::jsonb, %(headers)s::jsonb
+      FROM created
+    RETURNING msg_id
+), evt AS (
+    INSERT INTO commandbus.event
+           (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
+    SELECT %(stream_id)s, 1, 'CommandSent',
+           %(message)s::jsonb || jsonb_build_object(
+               'domain', %(domain)s::text, 'delay_seconds', %(delay)s::float8, 'msg_id', msg.msg_id),
+           %(correlation_id)s, %(causation_id)s, %(metadata)s::jsonb
+      FROM msg
+), proj AS (
+    INSERT INTO commandbus.command
+           (domain, command_id, command_type, status, attempts, max_attempts, msg_id,
+            correlation_id, reply_to, saga_id, batch_id, created_at, updated_at, version)
+    SELECT %(domain)s, %(command_id)s, %(command_type)s, 'PENDING', 0, %(max_attempts)s,
+           msg.msg_id, %(correlation_id)s, %(reply_to)s, %(saga_id)s, NULL, now(), now(), 1
+      FROM msg
+)
+SELECT msg_id FROM msg
+"""
+
+# Many commands (one or more domains) and their batch in one statement. Nothing is
+# inserted unless every stream was new; the caller rolls back the created streams
+# and reports the duplicates that come back.
+SEND_BATCH_HEAD: Final[LiteralString] = """
+WITH input AS (
+    SELECT *
+      FROM unnest(%(stream_ids)b::text[], %(domains)b::text[], %(command_ids)b::uuid[],
+                  %(types)b::text[], %(messages)b::jsonb[],
+                  %(headers)b::jsonb[], %(corr)b::uuid[], %(caus)b::uuid[],
+                  %(max_attempts)b::int[], %(reply_to)b::text[], %(saga_ids)b::uuid[],
+                  %(delays)b::float8[])
+           AS i(stream_id, domain, command_id, command_type, message, headers,
+                correlation_id, causation_id, max_attempts, reply_to, saga_id, delay)
+), created AS (
+    INSERT INTO commandbus.stream (stream_id, stream_type, version)
+    SELECT stream_id, 'command', 1 FROM input
+    UNION ALL
+    SELECT %(batch_stream)s, 'batch', 1
+    ON CONFLICT (stream_id) DO NOTHING
+    RETURNING stream_id
+), go AS (
+    SELECT input.* FROM input
+     WHERE (SELECT count(*) FROM created) = %(expected_streams)s
+)"""
+
+# One per domain in the batch: {queue} and {cte} are identifiers.
+SEND_BATCH_QUEUE: Final[LiteralString] = """, {cte} AS (
+    INSERT INTO pgmq.{queue} (vt, message, headers)
+    SELECT clock_timestamp() + go.delay * interval '1 second', go.message, go.headers
+      FROM go WHERE go.domain = {domain}
+    RETURNING msg_id, message->>'command_id' AS command_id
+)"""
+
+SEND_BATCH_TAIL: Final[LiteralString] = """, msgs AS (
+    {union}
+), sent AS (
+    SELECT go.*, msgs.msg_id FROM go JOIN msgs ON msgs.command_id = go.command_id::text
+), evt AS (
+    INSERT INTO commandbus.event
+           (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
+    SELECT stream_id, 1, 'CommandSent',
+           message || jsonb_build_object('domain', domain, 'delay_seconds', delay, 'msg_id', msg_id),
+           correlation_id, causation_id, %(metadata)s::jsonb
+      FROM sent
+    UNION ALL
+    SELECT %(batch_stream)s, 1, 'BatchCreated', %(batch_data)s::jsonb, %(batch_corr)s, NULL,
+           jsonb_build_object()
+     WHERE EXISTS (SELECT 1 FROM go)
+), batch AS (
+    INSERT INTO commandbus.batch (batch_id, name, total, correlation_id, created_at, version)
+    SELECT %(batch_id)s, %(batch_name)s, %(expected_streams)s - 1, %(batch_corr)s, now(), 1
+     WHERE EXISTS (SELECT 1 FROM go)
+), proj AS (
+    INSERT INTO commandbus.command
+           (domain, command_id, command_type, status, attempts, max_attempts, msg_id,
+            correlation_id, reply_to, saga_id, batch_id, created_at, updated_at, version)
+    SELECT domain, command_id, command_type, 'PENDING', 0, max_attempts, msg_id,
+           correlation_id, reply_to, saga_id, %(batch_id)s, now(), now(), 1
+      FROM sent
+)
+SELECT input.command_id, sent.msg_id,
+       input.stream_id IN (SELECT stream_id FROM created) AS is_new
+  FROM input LEFT JOIN sent USING (command_id)
+"""
+
+# -- worker: read and record outcomes -------------------------------------------------------
+
+# Take up to %(qty)s visible messages, make them invisible for %(vt)s seconds, and
+# return them with the projected state of their command (for the expected version
+# of the outcome append). Ordering by vt uses PGMQ's vt index and skips in-flight
+# messages instead of rescanning them.
+READ_BATCH: Final[LiteralString] = """
+WITH picked AS (
+    SELECT msg_id FROM pgmq.{queue}
+     WHERE vt <= clock_timestamp()
+     ORDER BY vt
+     LIMIT %(qty)s
+       FOR UPDATE SKIP LOCKED
+), taken AS (
+    UPDATE pgmq.{queue} m
+       SET vt = clock_timestamp() + %(vt)s * interval '1 second',
+           read_ct = m.read_ct + 1,
+           last_read_at = clock_timestamp()
+      FROM picked
+     WHERE m.msg_id = picked.msg_id
+    RETURNING m.msg_id, m.read_ct, m.message, m.headers
+)
+SELECT t.msg_id, t.read_ct, t.message, t.headers, c.version, c.attempts, c.status
+  FROM taken t
+  LEFT JOIN commandbus.command c
+         ON c.domain = %(domain)s
+        AND c.command_id = CASE
+                WHEN t.message->>'command_id'
+                     ~* '^[0-9a-f]{{8}}-([0-9a-f]{{4}}-){{3}}[0-9a-f]{{12}}$'
+                THEN (t.message->>'command_id')::uuid
+            END
+ ORDER BY t.msg_id
+"""
+
+# When the queue is empty: when does the next delayed message become visible?
+NEXT_VISIBLE: Final[LiteralString] = (
+    "SELECT extract(epoch FROM min(vt) - clock_timestamp()) FROM pgmq.{queue}"
+)
+
+# Record a group of command transitions in one statement: bump stream versions,
+# append events, update the projection, act on the queue messages (delete, archive,
+# make visible at a time) and send replies, all only for the streams whose
+# expected version held. Returns the stream ids that were recorded.
+TRANSITION_HEAD: Final[LiteralString] = """
+WITH st AS (
+    SELECT *
+      FROM unnest(%(s_ids)b::text[], %(s_expected)b::bigint[], %(s_new)b::bigint[],
+                  %(s_msg)b::bigint[], %(s_op)b::text[], %(s_vt)b::timestamptz[])
+           AS s(stream_id, expected, new_version, msg_id, queue_op, visible_at)
+), bumped AS (
+    UPDATE commandbus.stream s
+       SET version = st.new_version, updated_at = now()
+      FROM st
+     WHERE s.stream_id = st.stream_id AND s.version = st.expected
+    RETURNING s.stream_id
+), ok AS (
+    SELECT st.* FROM st JOIN bumped USING (stream_id)
+), ins AS (
+    INSERT INTO commandbus.event
+           (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
+    SELECT e.stream_id, e.stream_version, e.event_type, e.data, e.correlation_id,
+           e.causation_id, e.metadata
+      FROM unnest(%(e_ids)b::text[], %(e_versions)b::bigint[], %(e_types)b::text[],
+                  %(e_data)b::jsonb[], %(e_corr)b::uuid[], %(e_caus)b::uuid[],
+                  %(e_meta)b::jsonb[]) WITH ORDINALITY
+           AS e(stream_id, stream_version, event_type, data, correlation_id, causation_id,
+                metadata, ord)
+      JOIN ok USING (stream_id)
+     ORDER BY e.ord
+), proj AS (
+    UPDATE commandbus.command c
+       SET status = coalesce(p.status, c.status),
+           attempts = coalesce(p.attempts, c.attempts),
+           last_error = coalesce(p.last_error, c.last_error),
+           result = coalesce(p.result, c.result),
+           msg_id = coalesce(p.msg_id, c.msg_id),
+           updated_at = now(),
+           version = p.version
+      FROM unnest(%(p_ids)b::text[], %(p_domains)b::text[], %(p_cmd)b::uuid[],
+                  %(p_version)b::bigint[], %(p_status)b::text[], %(p_attempts)b::int[],
+                  %(p_error)b::jsonb[], %(p_result)b::jsonb[], %(p_msg)b::bigint[])
+           AS p(stream_id, domain, command_id, version, status, attempts, last_error, result,
+                msg_id)
+      JOIN ok USING (stream_id)
+     WHERE c.domain = p.domain AND c.command_id = p.command_id AND c.version < p.version
+)"""
+
+# Queue actions of one domain queue, for the recorded transitions only.
+TRANSITION_QUEUE: Final[LiteralString] = """, {deleted} AS (
+    DELETE FROM pgmq.{queue} m USING ok
+     WHERE m.msg_id = ok.msg_id AND ok.queue_op = 'delete'
+), {moved} AS (
+    DELETE FROM pgmq.{queue} m USING ok
+     WHERE m.msg_id = ok.msg_id AND ok.queue_op = 'archive'
+    RETURNING m.msg_id, m.vt, m.read_ct, m.enqueued_at, m.last_read_at, m.message, m.headers
+), {archived} AS (
+    INSERT INTO pgmq.{archive} (msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers)
+    SELECT msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers FROM {moved}
+), {delayed} AS (
+    UPDATE pgmq.{queue} m SET vt = ok.visible_at
+      FROM ok
+     WHERE m.msg_id = ok.msg_id AND ok.queue_op = 'visible_at'
+)"""
+
+# Replies into one reply queue.
+TRANSITION_REPLY: Final[LiteralString] = """, {cte} AS (
+    INSERT INTO pgmq.{queue} (vt, message, headers)
+    SELECT clock_timestamp(), r.message, r.headers
+      FROM unnest({ids}::text[], {messages}::jsonb[], {headers}::jsonb[])
+           AS r(stream_id, message, headers)
+      JOIN ok USING (stream_id)
+)"""
+
+TRANSITION_TAIL: Final[LiteralString] = """
+SELECT stream_id FROM ok
+"""
+
+# Make unfinished messages visible again at once (graceful shutdown).
+RELEASE: Final[LiteralString] = """
+UPDATE pgmq.{queue} SET vt = clock_timestamp() WHERE msg_id = ANY(%(msg_ids)b::bigint[])
+"""
+
+# Push the visibility timeout of one in-flight message forward.
+EXTEND_VT: Final[LiteralString] = """
+UPDATE pgmq.{queue} SET vt = clock_timestamp() + %(seconds)s * interval '1 second'
+ WHERE msg_id = %(msg_id)s
+RETURNING vt
+"""

@@ -1,0 +1,65 @@
+"""PGMQ queue management: one queue per domain, created once, with a wake-up trigger."""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from commandbus.engine import queries
+from commandbus.engine.connections import Conn
+from commandbus.engine.names import validate_queue_name
+
+#: At most one wake-up NOTIFY per queue per this many milliseconds.
+DEFAULT_WAKEUP_THROTTLE_MS = 2
+
+
+def queue_table(queue: str) -> sql.Identifier:
+    """The PGMQ table of a (validated) queue, to use after ``pgmq.``."""
+    return sql.Identifier("q_" + validate_queue_name(queue))
+
+
+def archive_table(queue: str) -> sql.Identifier:
+    return sql.Identifier("a_" + validate_queue_name(queue))
+
+
+def with_queue(template: str, queue: str) -> sql.Composed:
+    """Fill ``{queue}`` (and ``{archive}`` if present) in a statement template."""
+    return sql.SQL(template).format(queue=queue_table(queue), archive=archive_table(queue))
+
+
+def wakeup_channel(queue: str) -> str:
+    """The LISTEN channel on which a queue's readers are woken."""
+    return "commandbus_" + validate_queue_name(queue)
+
+
+class QueueRegistry:
+    """Creates queues on first use and remembers, per process, which exist."""
+
+    def __init__(self, *, throttle_ms: int = DEFAULT_WAKEUP_THROTTLE_MS) -> None:
+        self._known: set[str] = set()
+        self._throttle_ms = throttle_ms
+
+    def is_known(self, queue: str) -> bool:
+        return queue in self._known
+
+    def forget(self, queue: str) -> None:
+        self._known.discard(queue)
+
+    async def ensure(self, conn: Conn, queue: str) -> None:
+        """Create ``queue`` (PGMQ tables, wake-up trigger) unless it exists."""
+        validate_queue_name(queue)
+        if queue in self._known:
+            return
+        cur = await conn.execute(queries.QUEUE_EXISTS, {"queue": queue})
+        if await cur.fetchone() is None:
+            async with conn.transaction():
+                await conn.execute(queries.QUEUE_LOCK, {"queue": queue})
+                cur = await conn.execute(queries.QUEUE_EXISTS, {"queue": queue})
+                if await cur.fetchone() is None:
+                    await conn.execute(queries.CREATE_QUEUE, {"queue": queue})
+                    await conn.execute(
+                        sql.SQL(queries.INSTALL_WAKEUP).format(queue=queue_table(queue))
+                    )
+                    await conn.execute(
+                        queries.REGISTER_QUEUE, {"queue": queue, "throttle_ms": self._throttle_ms}
+                    )
+        self._known.add(queue)
