@@ -135,8 +135,8 @@ WITH created AS (
     INSERT INTO commandbus.event
            (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
     SELECT %(stream_id)s, 1, 'CommandSent',
-           %(message)s::jsonb || jsonb_build_object(
-               'domain', %(domain)s::text, 'delay_seconds', %(delay)s::float8, 'msg_id', msg.msg_id),
+           %(message)s::jsonb || jsonb_build_object('domain', %(domain)s::text,
+               'delay_seconds', %(delay)s::float8, 'msg_id', msg.msg_id),
            %(correlation_id)s, %(causation_id)s, %(metadata)s::jsonb
       FROM msg
 ), proj AS (
@@ -191,7 +191,8 @@ SEND_BATCH_TAIL: Final[LiteralString] = """, msgs AS (
     INSERT INTO commandbus.event
            (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
     SELECT stream_id, 1, 'CommandSent',
-           message || jsonb_build_object('domain', domain, 'delay_seconds', delay, 'msg_id', msg_id),
+           message || jsonb_build_object('domain', domain, 'delay_seconds', delay,
+                                         'msg_id', msg_id),
            correlation_id, causation_id, %(metadata)s::jsonb
       FROM sent
     UNION ALL
