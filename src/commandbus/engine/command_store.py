@@ -14,6 +14,7 @@ from uuid import UUID
 
 import attrs
 from psycopg import sql
+from psycopg.adapt import PyFormat
 
 from commandbus.engine import queries
 from commandbus.engine.connections import Conn
@@ -197,10 +198,20 @@ async def seconds_until_next_visible(conn: Conn, domain: str) -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
-async def release(conn: Conn, domain: str, msg_ids: Sequence[int]) -> None:
-    """Make messages visible again at once."""
-    if msg_ids:
-        await conn.execute(with_queue(queries.RELEASE, domain), {"msg_ids": list(msg_ids)})
+async def release(
+    conn: Conn, domain: str, started: Sequence[int], unstarted: Sequence[int] = ()
+) -> None:
+    """Make messages visible again at once (``unstarted`` ones give back their read)."""
+    if started or unstarted:
+        await conn.execute(
+            with_queue(queries.RELEASE, domain),
+            {"started": list(started), "unstarted": list(unstarted)},
+        )
+
+
+async def archive(conn: Conn, domain: str, msg_ids: Sequence[int]) -> None:
+    """Move messages from the queue to its archive table."""
+    await conn.execute(with_queue(queries.ARCHIVE, domain), {"msg_ids": list(msg_ids)})
 
 
 async def extend_visibility(
@@ -232,9 +243,9 @@ def _transition_statement(domains: tuple[str, ...], replies: tuple[str, ...]) ->
             sql.SQL(queries.TRANSITION_REPLY).format(
                 cte=sql.Identifier(f"reply_{i}"),
                 queue=queue_table(queue),
-                ids=sql.Placeholder(f"r{i}_ids", sql.Format.BINARY),
-                messages=sql.Placeholder(f"r{i}_messages", sql.Format.BINARY),
-                headers=sql.Placeholder(f"r{i}_headers", sql.Format.BINARY),
+                ids=sql.Placeholder(f"r{i}_ids", PyFormat.BINARY),
+                messages=sql.Placeholder(f"r{i}_messages", PyFormat.BINARY),
+                headers=sql.Placeholder(f"r{i}_headers", PyFormat.BINARY),
             )
         )
     parts.append(sql.SQL(queries.TRANSITION_TAIL))

@@ -16,5 +16,8 @@ COMMAND_COMPLETED_BY_OPERATOR: Final = "CommandCompletedByOperator"
 
 BATCH_CREATED: Final = "BatchCreated"
 
+MESSAGE_QUARANTINED: Final = "MessageQuarantined"
+QUARANTINE_STREAM: Final = "quarantine"
+
 COMMAND_STREAM: Final = "command"
 BATCH_STREAM: Final = "batch"

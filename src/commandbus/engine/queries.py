@@ -240,13 +240,18 @@ WITH picked AS (
 )
 SELECT t.msg_id, t.read_ct, t.message, t.headers, c.version, c.attempts, c.status
   FROM taken t
-  LEFT JOIN commandbus.command c
-         ON c.domain = %(domain)s
-        AND c.command_id = CASE
-                WHEN t.message->>'command_id'
-                     ~* '^[0-9a-f]{{8}}-([0-9a-f]{{4}}-){{3}}[0-9a-f]{{12}}$'
-                THEN (t.message->>'command_id')::uuid
-            END
+  -- LATERAL: one primary-key probe per message, whatever the statistics say
+  LEFT JOIN LATERAL (
+        SELECT c.version, c.attempts, c.status
+          FROM commandbus.command c
+         WHERE c.domain = %(domain)s
+           AND c.command_id = CASE
+                   WHEN t.message->>'command_id'
+                        ~* '^[0-9a-f]{{8}}-([0-9a-f]{{4}}-){{3}}[0-9a-f]{{12}}$'
+                   THEN (t.message->>'command_id')::uuid
+               END
+         LIMIT 1  -- keeps the planner from flattening this into a hash join
+       ) c ON true
  ORDER BY t.msg_id
 """
 
@@ -333,9 +338,24 @@ TRANSITION_TAIL: Final[LiteralString] = """
 SELECT stream_id FROM ok
 """
 
-# Make unfinished messages visible again at once (graceful shutdown).
+# Make unfinished messages visible again at once (graceful shutdown). Messages
+# whose handler never started give back the read that took them, so the next
+# delivery does not count an attempt that never ran.
 RELEASE: Final[LiteralString] = """
-UPDATE pgmq.{queue} SET vt = clock_timestamp() WHERE msg_id = ANY(%(msg_ids)b::bigint[])
+UPDATE pgmq.{queue}
+   SET vt = clock_timestamp(),
+       read_ct = read_ct - CASE WHEN msg_id = ANY(%(unstarted)s::bigint[]) THEN 1 ELSE 0 END
+ WHERE msg_id = ANY(%(started)s::bigint[]) OR msg_id = ANY(%(unstarted)s::bigint[])
+"""
+
+# Set messages aside in the queue's archive table.
+ARCHIVE: Final[LiteralString] = """
+WITH moved AS (
+    DELETE FROM pgmq.{queue} WHERE msg_id = ANY(%(msg_ids)s::bigint[])
+    RETURNING msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers
+)
+INSERT INTO pgmq.{archive} (msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers)
+SELECT msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers FROM moved
 """
 
 # Push the visibility timeout of one in-flight message forward.

@@ -1,0 +1,38 @@
+"""Structured logging with the correlation id of the command being handled."""
+
+from __future__ import annotations
+
+import logging
+from contextvars import ContextVar
+
+correlation_id_var: ContextVar[str | None] = ContextVar("commandbus_correlation_id", default=None)
+command_id_var: ContextVar[str | None] = ContextVar("commandbus_command_id", default=None)
+
+
+class CorrelationFilter(logging.Filter):
+    """Adds ``correlation_id`` and ``command_id`` to every record (None outside a handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.correlation_id = correlation_id_var.get()
+        record.command_id = command_id_var.get()
+        return True
+
+
+logger = logging.getLogger("commandbus")
+logger.addFilter(CorrelationFilter())
+
+LOG_FORMAT = (
+    "%(asctime)s %(levelname)s %(name)s correlation_id=%(correlation_id)s "
+    "command_id=%(command_id)s %(message)s"
+)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log to stderr with the correlation id on every line (used by the CLI)."""
+    handler = logging.StreamHandler()
+    handler.addFilter(CorrelationFilter())
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger("commandbus")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False

@@ -1,0 +1,196 @@
+"""Turning what a handler did into the command's next transition (events + queue action)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from commandbus.engine import event_types as ev
+from commandbus.engine.codec import dumps
+from commandbus.engine.command_store import Reply, Transition
+from commandbus.engine.models import Command, ErrorInfo, NewEvent
+from commandbus.engine.retry import RetryPolicy, classify
+from commandbus.errors import CommandFailure
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    code = exc.error_code if isinstance(exc, CommandFailure) else getattr(exc, "code", None)
+    return ErrorInfo(
+        type=type(exc).__name__,
+        code=str(code or type(exc).__name__),
+        message=str(exc) or type(exc).__name__,
+    )
+
+
+def reply_for(
+    command: Command, outcome: str, *, result: Any = None, error: ErrorInfo | None = None
+) -> Reply | None:
+    if command.reply_to is None:
+        return None
+    body = {
+        "command_id": str(command.command_id),
+        "domain": command.domain,
+        "command_type": command.command_type,
+        "correlation_id": str(command.correlation_id),
+        "saga_id": None if command.saga_id is None else str(command.saga_id),
+        "batch_id": None if command.batch_id is None else str(command.batch_id),
+        "outcome": outcome,
+        "result": result,
+        "error": None if error is None else error.as_dict(),
+    }
+    return Reply(queue=command.reply_to, message=dumps(body), headers="{}")
+
+
+class OutcomeBuilder:
+    """Builds transitions for one domain's worker."""
+
+    def __init__(self, policy: RetryPolicy, *, archive_completed: bool = False) -> None:
+        self._policy = policy
+        self._done_op: Any = "archive" if archive_completed else "delete"
+
+    @staticmethod
+    def lost_attempts(command: Command, read_ct: int, recorded: int) -> list[NewEvent]:
+        """Events for earlier deliveries of this message that never recorded an outcome."""
+        return [
+            NewEvent(
+                event_type=ev.COMMAND_ATTEMPT_LOST,
+                data={
+                    "attempt": n,
+                    "reason": "visibility timeout expired before an outcome was recorded",
+                },
+                correlation_id=command.correlation_id,
+                causation_id=command.command_id,
+            )
+            for n in range(recorded + 1, read_ct)
+        ]
+
+    def _transition(
+        self,
+        command: Command,
+        *,
+        version: int,
+        msg_id: int,
+        prefix: list[NewEvent],
+        event_type: str,
+        data: dict[str, Any],
+        queue_op: Any,
+        visible_at: datetime | None = None,
+        reply: Reply | None = None,
+    ) -> Transition:
+        event = NewEvent(
+            event_type=event_type,
+            data=data,
+            correlation_id=command.correlation_id,
+            causation_id=command.command_id,
+        )
+        return Transition(
+            domain=command.domain,
+            command_id=command.command_id,
+            expected_version=version,
+            events=[*prefix, event],
+            msg_id=msg_id,
+            queue_op=queue_op,
+            visible_at=visible_at,
+            reply=reply,
+        )
+
+    def success(
+        self,
+        command: Command,
+        result: Any,
+        *,
+        attempt: int,
+        version: int,
+        msg_id: int,
+        prefix: list[NewEvent],
+    ) -> Transition:
+        return self._transition(
+            command,
+            version=version,
+            msg_id=msg_id,
+            prefix=prefix,
+            event_type=ev.COMMAND_COMPLETED,
+            data={"attempt": attempt, "result": result},
+            queue_op=self._done_op,
+            reply=reply_for(command, "SUCCESS", result=result),
+        )
+
+    def failure(
+        self,
+        command: Command,
+        exc: BaseException,
+        *,
+        attempt: int,
+        version: int,
+        msg_id: int,
+        prefix: list[NewEvent],
+        kind: str | None = None,
+    ) -> tuple[str, Transition]:
+        """(outcome name, transition) for an exception raised while handling."""
+        kind = kind or classify(exc)
+        err = error_info(exc)
+        common: dict[str, Any] = {
+            "version": version,
+            "msg_id": msg_id,
+            "prefix": prefix,
+        }
+        if kind == "business":
+            return "failed", self._transition(
+                command,
+                **common,
+                event_type=ev.COMMAND_FAILED,
+                data={"attempt": attempt, "error": err.as_dict()},
+                queue_op=self._done_op,
+                reply=reply_for(command, "FAILED", error=err),
+            )
+        if kind == "transient" and attempt < command.max_attempts:
+            delay = self._policy.delay(attempt)
+            retry_at = datetime.now(UTC) + delay
+            return "retried", self._transition(
+                command,
+                **common,
+                event_type=ev.COMMAND_RETRY_SCHEDULED,
+                data={
+                    "attempt": attempt,
+                    "error": err.as_dict(),
+                    "delay_seconds": delay.total_seconds(),
+                    "retry_at": retry_at.isoformat(),
+                },
+                queue_op="visible_at",
+                visible_at=retry_at,
+            )
+        reason = kind if kind != "transient" else "attempts_exhausted"
+        return "troubleshooting", self._transition(
+            command,
+            **common,
+            event_type=ev.COMMAND_MOVED_TO_TSQ,
+            data={"attempt": attempt, "error": err.as_dict(), "reason": reason},
+            queue_op="archive",
+        )
+
+
+def decode_command(domain: str, message: Any) -> Command:
+    """The command a queue message carries; raises ValueError/KeyError/TypeError if bad."""
+    if not isinstance(message, dict):
+        raise TypeError(f"message is a {type(message).__name__}, not an object")
+    data = message.get("data")
+    if not isinstance(data, dict):
+        raise TypeError("message has no 'data' object")
+
+    def opt_uuid(key: str) -> UUID | None:
+        v = message.get(key)
+        return None if v is None else UUID(v)
+
+    return Command(
+        domain=domain,
+        command_id=UUID(message["command_id"]),
+        command_type=str(message["command_type"]),
+        data=data,
+        correlation_id=UUID(message["correlation_id"]),
+        causation_id=opt_uuid("causation_id"),
+        reply_to=message.get("reply_to"),
+        saga_id=opt_uuid("saga_id"),
+        batch_id=opt_uuid("batch_id"),
+        max_attempts=int(message.get("max_attempts") or 1),
+    )
