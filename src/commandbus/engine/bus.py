@@ -15,17 +15,30 @@ from commandbus.engine import command_store
 from commandbus.engine.codec import dumps, dumps_limited
 from commandbus.engine.command_store import OutgoingCommand
 from commandbus.engine.connections import Conn, borrow
-from commandbus.engine.event_store import EventStore
-from commandbus.engine.models import BatchResult, CommandRequest, SendResult
+from commandbus.engine.event_store import EventStore, read_stream
+from commandbus.engine.models import (
+    BatchRecord,
+    BatchResult,
+    CommandRecord,
+    CommandRequest,
+    CommandStatus,
+    Page,
+    SendResult,
+    StoredEvent,
+)
 from commandbus.engine.names import (
     batch_stream_id,
+    command_stream_id,
     validate_command_type,
     validate_domain,
     validate_queue_name,
 )
 from commandbus.engine.queues import QueueRegistry
 from commandbus.engine.telemetry import current_trace_headers
+from commandbus.engine.troubleshooting import TroubleshootingQueue
 from commandbus.errors import DuplicateCommandError, ValidationError
+from commandbus.projections import queries as pq
+from commandbus.projections import replay
 from commandbus.results import Failure, Result, Success
 
 
@@ -88,7 +101,20 @@ class CommandBus:
         return self._events
 
     async def open(self) -> None:
-        """Open the connection pool and check that the schema is migrated."""
+        """Check the database (reachable, migrated), then open the connection pool.
+
+        Raises :class:`~commandbus.errors.DatabaseUnavailableError` when the server
+        cannot be reached and :class:`~commandbus.errors.SchemaNotReadyError` when
+        migrations are pending; migrations never run as a side effect.
+        """
+        from commandbus.database import connect
+        from commandbus.migrations import ensure_schema_current
+
+        probe = await connect(self.url)
+        try:
+            await ensure_schema_current(probe)
+        finally:
+            await probe.close()
         if self._pool is None:
             self._pool = AsyncConnectionPool(
                 self.url,
@@ -99,10 +125,6 @@ class CommandBus:
             )
         if self._own_pool:
             await self._pool.open(wait=True, timeout=30)
-        from commandbus.migrations import ensure_schema_current
-
-        async with borrow(self.pool, None) as conn:
-            await ensure_schema_current(conn)
 
     async def close(self) -> None:
         if self._pool is not None and self._own_pool:
@@ -124,11 +146,19 @@ class CommandBus:
 
     # -- domains -----------------------------------------------------------------------
 
-    async def create_domain(self, domain: str, *, conn: Conn | None = None) -> None:
+    async def create_domain(self, domain: str) -> None:
         """Create the domain's queue now (sending creates it on first use anyway)."""
         validate_domain(domain)
-        async with borrow(self.pool, conn) as c:
-            await self.queues.ensure(c, domain)
+        await self._ensure_queues((domain,))
+
+    async def _ensure_queues(self, queues: Sequence[str]) -> None:
+        # Queues are created in their own committed transaction, never in a caller's
+        # transaction: a rollback there must not undo a queue this process remembers.
+        missing = [q for q in queues if not self.queues.is_known(q)]
+        if missing:
+            async with borrow(self.pool, None) as c:
+                for q in missing:
+                    await self.queues.ensure(c, q)
 
     # -- sending -----------------------------------------------------------------------
 
@@ -234,11 +264,8 @@ class CommandBus:
             delay=delay,
             trace=current_trace_headers(),
         )
+        await self._ensure_queues((domain,) if reply_to is None else (domain, reply_to))
         async with borrow(self.pool, conn) as c:
-            if not self.queues.is_known(domain):
-                await self.queues.ensure(c, domain)
-            if reply_to is not None and not self.queues.is_known(reply_to):
-                await self.queues.ensure(c, reply_to)
             msg_id = await command_store.send_one(c, out)
         if msg_id is None:
             return Failure(
@@ -312,10 +339,8 @@ class CommandBus:
         queues_needed = {o.domain for o in outs} | {o.reply_to for o in outs if o.reply_to}
         duplicates: list[str] = []
         rows: list[tuple[UUID, int | None, bool]] = []
+        await self._ensure_queues(sorted(queues_needed))
         async with borrow(self.pool, conn) as c:
-            for q in sorted(queues_needed):
-                if not self.queues.is_known(q):
-                    await self.queues.ensure(c, q)
             try:
                 async with c.transaction():
                     rows = await command_store.send_many(
@@ -351,3 +376,66 @@ class CommandBus:
                 msg_ids=tuple(int(by_id[o.command_id] or 0) for o in outs),
             )
         )
+
+    # -- queries ---------------------------------------------------------------------
+
+    @property
+    def troubleshooting(self) -> TroubleshootingQueue:
+        """Operator actions on the troubleshooting queue (list, retry, cancel, complete)."""
+        return TroubleshootingQueue(self.pool)
+
+    async def get_command(
+        self, domain: str, command_id: UUID, *, conn: Conn | None = None
+    ) -> CommandRecord | None:
+        """Where is command X: its row of the status projection (None if unknown)."""
+        async with borrow(self.pool, conn) as c:
+            return await pq.get_command(c, domain, command_id)
+
+    async def list_commands(
+        self,
+        *,
+        domain: str | None = None,
+        status: CommandStatus | str | None = None,
+        correlation_id: UUID | None = None,
+        command_type: str | None = None,
+        batch_id: UUID | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        conn: Conn | None = None,
+    ) -> Page:
+        """Commands by domain / status / correlation id, oldest first, keyset-paged."""
+        async with borrow(self.pool, conn) as c:
+            return await pq.list_commands(
+                c,
+                domain=domain,
+                status=status,
+                correlation_id=correlation_id,
+                command_type=command_type,
+                batch_id=batch_id,
+                limit=limit,
+                cursor=cursor,
+            )
+
+    async def command_history(
+        self, domain: str, command_id: UUID, *, conn: Conn | None = None
+    ) -> list[StoredEvent]:
+        """Every event of one command, in order."""
+        async with borrow(self.pool, conn) as c:
+            return await read_stream(c, command_stream_id(domain, command_id))
+
+    async def get_batch(self, batch_id: UUID, *, conn: Conn | None = None) -> BatchRecord | None:
+        """A batch with its progress counted by status."""
+        async with borrow(self.pool, conn) as c:
+            return await pq.get_batch(c, batch_id)
+
+    async def rebuild_projection(
+        self, *, table: str = "command_rebuild", replace_live: bool = False
+    ) -> int:
+        """Recompute the command projection from the events (see projections.replay)."""
+        async with borrow(self.pool, None) as c:
+            return await replay.rebuild(c, table=table, replace_live=replace_live)
+
+    async def verify_projection(self) -> replay.VerifyReport:
+        """Compare the live command projection with a replay of the events."""
+        async with borrow(self.pool, None) as c:
+            return await replay.verify(c)

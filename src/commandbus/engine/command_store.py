@@ -24,7 +24,7 @@ from commandbus.engine.names import command_stream_id
 from commandbus.engine.queues import archive_table, queue_table, with_queue
 from commandbus.projections.command_projection import Patch, merge, patch_for
 
-QueueOp = Literal["delete", "archive", "visible_at", "none"]
+QueueOp = Literal["delete", "archive", "retry", "none"]
 
 
 @attrs.frozen(kw_only=True)
@@ -64,7 +64,8 @@ class Transition:
     events: Sequence[NewEvent]
     msg_id: int | None = None
     queue_op: QueueOp = "none"
-    visible_at: datetime | None = None
+    #: for ``retry``: seconds after the recording transaction when the message shows again
+    retry_delay: float | None = None
     reply: Reply | None = None
 
     @property
@@ -276,7 +277,7 @@ async def record_transitions(conn: Conn, transitions: Sequence[Transition]) -> s
     s_new: list[int] = []
     s_msg: list[int | None] = []
     s_op: list[str] = []
-    s_vt: list[datetime | None] = []
+    s_delay: list[float | None] = []
     p_domains: list[str] = []
     p_cmd: list[UUID] = []
     p_status: list[str | None] = []
@@ -294,7 +295,7 @@ async def record_transitions(conn: Conn, transitions: Sequence[Transition]) -> s
         s_new.append(new_version)
         s_msg.append(t.msg_id)
         s_op.append(t.queue_op)
-        s_vt.append(t.visible_at)
+        s_delay.append(t.retry_delay)
         if t.queue_op != "none":
             op_domains.add(t.domain)
         for i, event in enumerate(t.events, start=1):
@@ -319,7 +320,7 @@ async def record_transitions(conn: Conn, transitions: Sequence[Transition]) -> s
         "s_new": s_new,
         "s_msg": s_msg,
         "s_op": s_op,
-        "s_vt": s_vt,
+        "s_delay": s_delay,
         **cols.params(),
         "p_ids": s_ids,
         "p_domains": p_domains,

@@ -64,6 +64,13 @@ def stored_event(row: dict[str, Any]) -> StoredEvent:
     return StoredEvent(**row)
 
 
+async def read_stream(conn: Conn, stream_id: str, *, after_version: int = 0) -> list[StoredEvent]:
+    """All events of one stream in version order."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(queries.READ_STREAM, {"stream_id": stream_id, "after_version": after_version})
+    return [stored_event(r) for r in await cur.fetchall()]
+
+
 class EventStore:
     """Appends to and reads from ``commandbus.event``."""
 
@@ -122,11 +129,7 @@ class EventStore:
     ) -> list[StoredEvent]:
         """All events of one stream in version order."""
         async with borrow(self._pool, conn) as c:
-            cur = c.cursor(row_factory=dict_row)
-            await cur.execute(
-                queries.READ_STREAM, {"stream_id": stream_id, "after_version": after_version}
-            )
-            return [stored_event(r) for r in await cur.fetchall()]
+            return await read_stream(c, stream_id, after_version=after_version)
 
     async def read_all(
         self, *, after: int = 0, limit: int = 1000, conn: Conn | None = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -75,7 +74,7 @@ class OutcomeBuilder:
         event_type: str,
         data: dict[str, Any],
         queue_op: Any,
-        visible_at: datetime | None = None,
+        retry_delay: float | None = None,
         reply: Reply | None = None,
     ) -> Transition:
         event = NewEvent(
@@ -91,7 +90,7 @@ class OutcomeBuilder:
             events=[*prefix, event],
             msg_id=msg_id,
             queue_op=queue_op,
-            visible_at=visible_at,
+            retry_delay=retry_delay,
             reply=reply,
         )
 
@@ -145,20 +144,15 @@ class OutcomeBuilder:
                 reply=reply_for(command, "FAILED", error=err),
             )
         if kind == "transient" and attempt < command.max_attempts:
-            delay = self._policy.delay(attempt)
-            retry_at = datetime.now(UTC) + delay
+            delay = self._policy.delay(attempt).total_seconds()
+            # the recording statement adds "retry_at" (its own time + delay)
             return "retried", self._transition(
                 command,
                 **common,
                 event_type=ev.COMMAND_RETRY_SCHEDULED,
-                data={
-                    "attempt": attempt,
-                    "error": err.as_dict(),
-                    "delay_seconds": delay.total_seconds(),
-                    "retry_at": retry_at.isoformat(),
-                },
-                queue_op="visible_at",
-                visible_at=retry_at,
+                data={"attempt": attempt, "error": err.as_dict(), "delay_seconds": delay},
+                queue_op="retry",
+                retry_delay=delay,
             )
         reason = kind if kind != "transient" else "attempts_exhausted"
         return "troubleshooting", self._transition(

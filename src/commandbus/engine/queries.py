@@ -16,9 +16,10 @@ from typing import Final, LiteralString
 
 # -- streams and events ---------------------------------------------------------------------
 
-# Check-and-bump stream versions, then insert the events of the streams that passed.
-# A stream whose version is not the expected one inserts nothing, so no event
-# position is drawn for it. Returns one row per input stream: (stream_id, appended).
+# Check-and-bump stream versions, then insert the events only if every stream
+# passed: a conflicting append inserts no event and draws no position at all (the
+# caller rolls back the version bumps). Returns one row per input stream:
+# (stream_id, appended, last position).
 APPEND: Final[LiteralString] = """
 WITH st AS (
     SELECT *
@@ -49,6 +50,8 @@ WITH st AS (
            AS e(stream_id, stream_version, event_type, data, correlation_id, causation_id,
                 metadata, ord)
       JOIN ok USING (stream_id)
+     -- all or nothing: no stream's events (and no position) unless every stream passed
+     WHERE (SELECT count(*) FROM ok) = cardinality(%(s_ids)b::text[])
      ORDER BY e.ord
     RETURNING position
 )
@@ -268,8 +271,8 @@ TRANSITION_HEAD: Final[LiteralString] = """
 WITH st AS (
     SELECT *
       FROM unnest(%(s_ids)b::text[], %(s_expected)b::bigint[], %(s_new)b::bigint[],
-                  %(s_msg)b::bigint[], %(s_op)b::text[], %(s_vt)b::timestamptz[])
-           AS s(stream_id, expected, new_version, msg_id, queue_op, visible_at)
+                  %(s_msg)b::bigint[], %(s_op)b::text[], %(s_delay)b::float8[])
+           AS s(stream_id, expected, new_version, msg_id, queue_op, delay)
 ), bumped AS (
     UPDATE commandbus.stream s
        SET version = st.new_version, updated_at = now()
@@ -281,8 +284,14 @@ WITH st AS (
 ), ins AS (
     INSERT INTO commandbus.event
            (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
-    SELECT e.stream_id, e.stream_version, e.event_type, e.data, e.correlation_id,
-           e.causation_id, e.metadata
+    SELECT e.stream_id, e.stream_version, e.event_type,
+           -- a scheduled retry records when it will run, on the server's clock
+           CASE WHEN e.event_type = 'CommandRetryScheduled'
+                THEN e.data || jsonb_build_object(
+                         'retry_at', now() + ok.delay * interval '1 second')
+                ELSE e.data
+           END,
+           e.correlation_id, e.causation_id, e.metadata
       FROM unnest(%(e_ids)b::text[], %(e_versions)b::bigint[], %(e_types)b::text[],
                   %(e_data)b::jsonb[], %(e_corr)b::uuid[], %(e_caus)b::uuid[],
                   %(e_meta)b::jsonb[]) WITH ORDINALITY
@@ -320,9 +329,9 @@ TRANSITION_QUEUE: Final[LiteralString] = """, {deleted} AS (
     INSERT INTO pgmq.{archive} (msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers)
     SELECT msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers FROM {moved}
 ), {delayed} AS (
-    UPDATE pgmq.{queue} m SET vt = ok.visible_at
+    UPDATE pgmq.{queue} m SET vt = now() + ok.delay * interval '1 second'
       FROM ok
-     WHERE m.msg_id = ok.msg_id AND ok.queue_op = 'visible_at'
+     WHERE m.msg_id = ok.msg_id AND ok.queue_op = 'retry'
 )"""
 
 # Replies into one reply queue.
@@ -363,4 +372,11 @@ EXTEND_VT: Final[LiteralString] = """
 UPDATE pgmq.{queue} SET vt = clock_timestamp() + %(seconds)s * interval '1 second'
  WHERE msg_id = %(msg_id)s
 RETURNING vt
+"""
+
+# Re-send a command's message (operator retry); returns the new message id.
+SEND_MESSAGE: Final[LiteralString] = """
+INSERT INTO pgmq.{queue} (vt, message, headers)
+VALUES (clock_timestamp(), %(message)s::jsonb, %(headers)s::jsonb)
+RETURNING msg_id
 """

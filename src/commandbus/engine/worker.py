@@ -143,6 +143,7 @@ class Worker:
         self._running = False
         self._finished = asyncio.Event()
         self._stopping = False
+        self._closing = False
         self._reader: Conn | None = None
         self._flusher: Conn | None = None
         self._pool: AsyncConnectionPool[Conn] | None = None
@@ -231,20 +232,18 @@ class Worker:
             self._stopping = True
             for task in (reader, listener, stopper):
                 task.cancel()
+            # let the flusher record what is queued, then end
+            self._closing = True
             self._pending_event.set()
-            flusher_done = flusher.done()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                if not flusher_done:
-                    await asyncio.wait_for(self._final_flush(flusher), timeout=30)
+            if not flusher.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(flusher), timeout=30)
+                except (TimeoutError, Exception):
+                    log.warning("could not record %d pending outcomes", len(self._pending))
+                    flusher.cancel()
             for task in (reader, listener, stopper, flusher):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-
-    async def _final_flush(self, flusher: asyncio.Task[None]) -> None:
-        while self._pending and not flusher.done():
-            self._pending_event.set()
-            await asyncio.sleep(0.005)
-        flusher.cancel()
 
     async def _drain_handlers(self) -> None:
         tasks = [f.task for f in self._flights.values() if f.task is not None]
@@ -505,8 +504,13 @@ class Worker:
                 )
                 await command_store.archive(conn, self.domain, [msg.msg_id])
 
+        async def pooled() -> None:
+            assert self._pool is not None
+            async with self._pool.connection() as conn:
+                await op(conn)
+
         try:
-            await self._with_flusher(op)
+            await self._retrying(pooled)
             self.stats.quarantined += 1
         finally:
             self._forget(flight)
@@ -514,13 +518,15 @@ class Worker:
     # -- recording --------------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
+        """Record queued outcomes, a group at a time, until closed and drained."""
         while True:
             await self._pending_event.wait()
             self._pending_event.clear()
-            if not self._pending:
-                continue
-            batch, self._pending = self._pending, []
-            await self._flush(batch)
+            if self._pending:
+                batch, self._pending = self._pending, []
+                await self._flush(batch)
+            elif self._closing:
+                return
 
     async def _flush(self, batch: list[tuple[Transition, _Flight]]) -> None:
         seen: set[str] = set()

@@ -25,8 +25,11 @@ CREATE TABLE commandbus.command (
     PRIMARY KEY (domain, command_id)
 ) WITH (fillfactor = 80);
 
-CREATE INDEX command_domain_status_idx ON commandbus.command (domain, status, command_id);
-CREATE INDEX command_correlation_idx ON commandbus.command (correlation_id, command_id);
+-- Listings page by (created_at, command_id), which never change.
+CREATE INDEX command_domain_status_idx
+    ON commandbus.command (domain, status, created_at, command_id);
+CREATE INDEX command_correlation_idx
+    ON commandbus.command (correlation_id, created_at, command_id);
 CREATE INDEX command_batch_idx ON commandbus.command (batch_id) WHERE batch_id IS NOT NULL;
 CREATE INDEX command_saga_idx ON commandbus.command (saga_id) WHERE saga_id IS NOT NULL;
 

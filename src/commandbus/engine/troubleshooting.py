@@ -1,0 +1,250 @@
+"""The troubleshooting queue (TSQ): commands that need a person.
+
+A command lands here on a permanent failure, when its attempts run out, or when no
+handler knows its type; its queue message is archived. Operators list them and
+retry (re-queue with fresh attempts), cancel, or complete them by hand. Each
+action is an event on the command's stream, recorded only if the command is
+still in the TSQ at that moment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from psycopg_pool import AsyncConnectionPool
+
+from commandbus.engine import command_store, queries
+from commandbus.engine import event_types as ev
+from commandbus.engine.codec import dumps
+from commandbus.engine.command_store import Transition
+from commandbus.engine.connections import Conn, borrow
+from commandbus.engine.event_store import read_stream
+from commandbus.engine.models import Command, CommandRecord, CommandStatus, NewEvent, Page
+from commandbus.engine.names import command_stream_id
+from commandbus.engine.outcomes import reply_for
+from commandbus.engine.queues import with_queue
+from commandbus.errors import CommandNotFoundError, InvalidStateError
+from commandbus.projections import queries as pq
+
+# Keys CommandSent adds to the queue message it was sent with.
+_EVENT_ONLY_KEYS = ("domain", "delay_seconds", "msg_id")
+
+
+async def list_tsq(
+    conn: Conn,
+    *,
+    domain: str | None = None,
+    command_type: str | None = None,
+    error_contains: str | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> Page:
+    """Commands waiting in the troubleshooting queue, oldest first."""
+    return await pq.list_commands(
+        conn,
+        domain=domain,
+        status=CommandStatus.IN_TROUBLESHOOTING_QUEUE,
+        command_type=command_type,
+        error_contains=error_contains,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+async def _in_tsq(conn: Conn, domain: str, command_id: UUID, action: str) -> CommandRecord:
+    record = await pq.get_command(conn, domain, command_id)
+    if record is None:
+        raise CommandNotFoundError(f"no command {command_id} in domain {domain!r}")
+    if record.status is not CommandStatus.IN_TROUBLESHOOTING_QUEUE:
+        raise InvalidStateError(
+            f"cannot {action} command {command_id}: it is {record.status.value}, "
+            "not in the troubleshooting queue"
+        )
+    return record
+
+
+def _command_of(record: CommandRecord, sent: dict[str, Any]) -> Command:
+    return Command(
+        domain=record.domain,
+        command_id=record.command_id,
+        command_type=record.command_type,
+        data=sent.get("data") or {},
+        correlation_id=record.correlation_id,
+        reply_to=record.reply_to,
+        saga_id=record.saga_id,
+        batch_id=record.batch_id,
+        max_attempts=record.max_attempts,
+    )
+
+
+async def _sent_event(conn: Conn, domain: str, command_id: UUID) -> dict[str, Any]:
+    events = await read_stream(conn, command_stream_id(domain, command_id))
+    for e in events:
+        if e.event_type == ev.COMMAND_SENT:
+            return e.data
+    raise CommandNotFoundError(f"command {command_id} has no {ev.COMMAND_SENT} event")
+
+
+async def _record(conn: Conn, transition: Transition, action: str) -> None:
+    ok = await command_store.record_transitions(conn, [transition])
+    if not ok:
+        raise InvalidStateError(
+            f"cannot {action} command {transition.command_id}: it changed meanwhile"
+        )
+
+
+def _event(record: CommandRecord, event_type: str, data: dict[str, Any]) -> NewEvent:
+    return NewEvent(
+        event_type=event_type,
+        data=data,
+        correlation_id=record.correlation_id,
+        causation_id=record.command_id,
+    )
+
+
+async def retry(conn: Conn, domain: str, command_id: UUID, *, operator: str | None = None) -> int:
+    """Re-queue a TSQ command with fresh attempts; returns its new message id."""
+    async with conn.transaction():
+        record = await _in_tsq(conn, domain, command_id, "retry")
+        sent = await _sent_event(conn, domain, command_id)
+        message = {k: v for k, v in sent.items() if k not in _EVENT_ONLY_KEYS}
+        cur = await conn.execute(
+            with_queue(queries.SEND_MESSAGE, domain),
+            {"message": dumps(message), "headers": "{}"},
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        msg_id = int(row[0])
+        await _record(
+            conn,
+            Transition(
+                domain=domain,
+                command_id=command_id,
+                expected_version=record.version,
+                events=[
+                    _event(
+                        record,
+                        ev.COMMAND_RETRIED_BY_OPERATOR,
+                        {"msg_id": msg_id, "previous_msg_id": record.msg_id, "operator": operator},
+                    )
+                ],
+            ),
+            "retry",
+        )
+        return msg_id
+
+
+async def cancel(
+    conn: Conn,
+    domain: str,
+    command_id: UUID,
+    *,
+    reason: str | None = None,
+    operator: str | None = None,
+) -> None:
+    """Cancel a TSQ command for good (its reply, if any, says CANCELLED)."""
+    async with conn.transaction():
+        record = await _in_tsq(conn, domain, command_id, "cancel")
+        sent = await _sent_event(conn, domain, command_id)
+        await _record(
+            conn,
+            Transition(
+                domain=domain,
+                command_id=command_id,
+                expected_version=record.version,
+                events=[
+                    _event(
+                        record,
+                        ev.COMMAND_CANCELLED_BY_OPERATOR,
+                        {"reason": reason, "operator": operator},
+                    )
+                ],
+                reply=reply_for(_command_of(record, sent), "CANCELLED"),
+            ),
+            "cancel",
+        )
+
+
+async def complete(
+    conn: Conn,
+    domain: str,
+    command_id: UUID,
+    *,
+    result: Any = None,
+    operator: str | None = None,
+) -> None:
+    """Mark a TSQ command completed by hand with ``result`` (its reply says SUCCESS)."""
+    dumps(result, what="result")
+    async with conn.transaction():
+        record = await _in_tsq(conn, domain, command_id, "complete")
+        sent = await _sent_event(conn, domain, command_id)
+        await _record(
+            conn,
+            Transition(
+                domain=domain,
+                command_id=command_id,
+                expected_version=record.version,
+                events=[
+                    _event(
+                        record,
+                        ev.COMMAND_COMPLETED_BY_OPERATOR,
+                        {"result": result, "operator": operator},
+                    )
+                ],
+                reply=reply_for(_command_of(record, sent), "SUCCESS", result=result),
+            ),
+            "complete",
+        )
+
+
+class TroubleshootingQueue:
+    """The TSQ operations bound to a connection pool (``bus.troubleshooting``)."""
+
+    def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
+        self._pool = pool
+
+    async def list(
+        self,
+        *,
+        domain: str | None = None,
+        command_type: str | None = None,
+        error_contains: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        async with borrow(self._pool, None) as conn:
+            return await list_tsq(
+                conn,
+                domain=domain,
+                command_type=command_type,
+                error_contains=error_contains,
+                limit=limit,
+                cursor=cursor,
+            )
+
+    async def retry(self, domain: str, command_id: UUID, *, operator: str | None = None) -> int:
+        async with borrow(self._pool, None) as conn:
+            return await retry(conn, domain, command_id, operator=operator)
+
+    async def cancel(
+        self,
+        domain: str,
+        command_id: UUID,
+        *,
+        reason: str | None = None,
+        operator: str | None = None,
+    ) -> None:
+        async with borrow(self._pool, None) as conn:
+            await cancel(conn, domain, command_id, reason=reason, operator=operator)
+
+    async def complete(
+        self,
+        domain: str,
+        command_id: UUID,
+        *,
+        result: Any = None,
+        operator: str | None = None,
+    ) -> None:
+        async with borrow(self._pool, None) as conn:
+            await complete(conn, domain, command_id, result=result, operator=operator)
