@@ -201,6 +201,9 @@ class EmbeddedServer:
         if users is None:
             return
         self.url = None
+        if not self.data_dir.parent.is_dir():
+            users.close()  # the directory was removed: nothing left to stop
+            return
         with _exclusive(self.data_dir):
             try:
                 fcntl.flock(users, fcntl.LOCK_UN)

@@ -1,0 +1,204 @@
+"""Database resolution: explicit DSNs, unreachable servers, and the embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from commandbus.config import Config
+from commandbus.database import (
+    EmbeddedServer,
+    check_connection,
+    connect,
+    describe_url,
+    embedded_status,
+    open_database,
+    resolve_database_url,
+    start_embedded,
+    stop_embedded,
+)
+from commandbus.errors import ConfigError, DatabaseUnavailableError, EmbeddedDatabaseError
+from helpers import run_cli, with_dbname
+
+UNREACHABLE = "postgresql://carol:s3cret-pw@127.0.0.1:1/ledger"
+
+
+# -- explicit DSN -------------------------------------------------------------------------
+
+
+def test_an_explicit_url_wins_and_starts_nothing(tmp_path: Path) -> None:
+    config = Config(database_url="postgresql://u@db.example/x", data_dir=tmp_path / "pgdata")
+    assert resolve_database_url(config) == "postgresql://u@db.example/x"
+    with open_database(config) as url:
+        assert url == "postgresql://u@db.example/x"
+    assert not (tmp_path / "pgdata").exists()
+
+
+async def test_check_connection_accepts_a_live_server(server_url: str) -> None:
+    await check_connection(server_url)
+
+
+async def test_unreachable_url_raises_database_unavailable_without_the_password() -> None:
+    with pytest.raises(DatabaseUnavailableError) as info:
+        await check_connection(UNREACHABLE)
+    message = str(info.value)
+    assert "127.0.0.1:1/ledger" in message
+    assert "carol" in message
+    assert "s3cret-pw" not in message
+    assert "\n" not in message
+    assert info.value.retryable
+    assert isinstance(info.value.__cause__, psycopg.OperationalError)
+
+
+async def test_unknown_database_is_unavailable(server_url: str) -> None:
+    with pytest.raises(DatabaseUnavailableError, match="cbtest_no_such_db"):
+        await connect(with_dbname(server_url, "cbtest_no_such_db"))
+
+
+async def test_malformed_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        await connect("postgresql://h/db?nonsense_option=1")
+
+
+def test_describe_url_never_shows_the_password() -> None:
+    assert describe_url(UNREACHABLE) == "carol@127.0.0.1:1/ledger"
+    assert describe_url("host=/run/pg dbname=x password=pw") == "/run/pg:5432/x"
+    assert describe_url("not a dsn") == "<invalid connection string>"
+
+
+# -- unusable data directories --------------------------------------------------------------
+
+
+def _assert_one_line_naming(exc: EmbeddedDatabaseError, path: Path) -> None:
+    message = str(exc)
+    assert str(path) in message
+    assert "COMMANDBUS_DATA_DIR" in message
+    assert "\n" not in message
+
+
+def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "pgdata"
+    target.write_text("not a directory")
+    with pytest.raises(EmbeddedDatabaseError, match="is not a directory") as info:
+        EmbeddedServer(target).start()
+    _assert_one_line_naming(info.value, target)
+    with pytest.raises(EmbeddedDatabaseError, match="is not a directory"):
+        start_embedded(target)
+
+
+def test_data_dir_under_a_file(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("")
+    target = tmp_path / "blocker" / "sub" / "pgdata"
+    with pytest.raises(EmbeddedDatabaseError, match="cannot be created") as info:
+        resolve_database_url(Config(data_dir=target))
+    _assert_one_line_naming(info.value, target)
+
+
+def test_non_empty_directory_that_is_not_a_cluster(tmp_path: Path) -> None:
+    target = tmp_path / "pgdata"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(EmbeddedDatabaseError, match="not a PostgreSQL data directory") as info:
+        EmbeddedServer(target).start()
+    _assert_one_line_naming(info.value, target)
+    assert (target / "notes.txt").read_text() == "mine"
+
+
+def test_cluster_of_another_major_version(tmp_path: Path) -> None:
+    target = tmp_path / "pgdata"
+    target.mkdir()
+    (target / "PG_VERSION").write_text("9\n")
+    with pytest.raises(EmbeddedDatabaseError, match="created by PostgreSQL 9") as info:
+        EmbeddedServer(target).start()
+    _assert_one_line_naming(info.value, target)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_data_dir_in_a_read_only_directory(tmp_path: Path) -> None:
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o500)
+    try:
+        with pytest.raises(EmbeddedDatabaseError, match="not writable"):
+            EmbeddedServer(parent / "pgdata").start()
+    finally:
+        parent.chmod(0o700)
+
+
+# -- the embedded server --------------------------------------------------------------------
+
+
+async def test_embedded_server_starts_and_stops_when_its_starter_leaves(
+    embedded_dir: Path,
+) -> None:
+    assert not embedded_status(embedded_dir).initialized
+    with EmbeddedServer(embedded_dir) as server:
+        assert server.url is not None
+        await check_connection(server.url)
+        status = embedded_status(embedded_dir)
+        assert status.running and status.initialized and not status.keep_running
+        assert status.url == server.url
+    status = embedded_status(embedded_dir)
+    assert status.initialized and not status.running
+
+
+async def test_embedded_server_keeps_its_data_between_starts(embedded_dir: Path) -> None:
+    with EmbeddedServer(embedded_dir) as server:
+        assert server.url is not None
+        async with await connect(server.url) as conn:
+            await conn.execute("CREATE TABLE kept (v int)")
+            await conn.execute("INSERT INTO kept VALUES (42)")
+    assert not embedded_status(embedded_dir).running
+    with EmbeddedServer(embedded_dir) as server:
+        assert server.url is not None
+        async with await connect(server.url) as conn:
+            cur = await conn.execute("SELECT v FROM kept")
+            assert await cur.fetchall() == [(42,)]
+
+
+def test_last_user_of_a_shared_server_stops_it(embedded_dir: Path) -> None:
+    first, second = EmbeddedServer(embedded_dir), EmbeddedServer(embedded_dir)
+    url = first.start()
+    assert second.start() == url
+    pid = embedded_status(embedded_dir).pid
+    first.close()  # the starter leaves while another user remains
+    status = embedded_status(embedded_dir)
+    assert status.running and status.pid == pid
+    second.close()
+    assert not embedded_status(embedded_dir).running
+    second.close()  # idempotent
+
+
+def test_db_start_keeps_the_server_for_everyone(embedded_dir: Path) -> None:
+    url = start_embedded(embedded_dir)
+    assert embedded_status(embedded_dir).keep_running
+    with EmbeddedServer(embedded_dir) as server:
+        assert server.url == url
+    assert embedded_status(embedded_dir).running  # joined and left: still up
+    assert start_embedded(embedded_dir) == url  # starting again reuses it
+    assert stop_embedded(embedded_dir) is True
+    status = embedded_status(embedded_dir)
+    assert not status.running and not status.keep_running
+    assert stop_embedded(embedded_dir) is False
+
+
+def test_resolve_database_url_reuses_one_server_per_process(embedded_dir: Path) -> None:
+    config = Config(data_dir=embedded_dir)
+    url = resolve_database_url(config)
+    assert resolve_database_url(config) == url
+    assert embedded_status(embedded_dir).running  # until exit (embedded_dir stops it)
+
+
+@pytest.mark.slow
+def test_two_processes_starting_at_once_share_one_server(embedded_dir: Path) -> None:
+    env: dict[str, str | None] = {"COMMANDBUS_DATA_DIR": str(embedded_dir), "DATABASE_URL": None}
+    procs = [run_cli("db", "start", env=env) for _ in range(2)]
+    results = [proc.communicate(timeout=60) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], results
+    urls = {out.strip() for out, _ in results}
+    status = embedded_status(embedded_dir)
+    assert urls == {status.url}
+    assert status.running and status.keep_running
