@@ -17,6 +17,8 @@ from commandbus.cli._common import CLIError, Overrides
 from commandbus.cli.db import db
 from commandbus.cli.demo import demo
 from commandbus.cli.migrate import migrate
+from commandbus.cli.tsq import tsq
+from commandbus.cli.worker import worker
 from commandbus.errors import CommandBusError
 
 
@@ -62,7 +64,7 @@ def version() -> None:
     click.echo(f"commandbus {package_version('commandbus')}")
 
 
-_COMMANDS: tuple[click.Command, ...] = (db, migrate, demo)
+_COMMANDS: tuple[click.Command, ...] = (db, migrate, demo, worker, tsq)
 for _command in _COMMANDS:
     cli.add_command(_command)
 

@@ -7,9 +7,10 @@ Shape of a running worker (every task is named and supervised):
   message, or the poll interval, whichever comes first.
 * one task per message: waits for a handler slot (semaphore), runs the handler,
   and queues the outcome.
-* ``flusher``: records all queued outcomes in ONE statement per round
-  (events, projection, queue actions, replies), so throughput is not one
-  commit per command.
+* ``flusher`` tasks (two by default, each with its own connection): each takes
+  every outcome queued so far and records them in ONE statement (events,
+  projection, queue actions, replies), so throughput is not one commit per
+  command, and one group commits while the next is being built.
 * ``listener``: LISTENs for the queue's wake-up channel.
 
 Losing the database makes the reader, flusher and listener reconnect with
@@ -109,9 +110,12 @@ class Worker:
         config: Config | None = None,
         archive_completed: bool = False,
         reconnect_timeout: timedelta = timedelta(minutes=5),
+        flushers: int = 2,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if flushers < 1:
+            raise ValueError(f"flushers must be >= 1, got {flushers}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         registry.validate_for(domain)
@@ -145,7 +149,7 @@ class Worker:
         self._stopping = False
         self._closing = False
         self._reader: Conn | None = None
-        self._flusher: Conn | None = None
+        self._flushers: list[Conn | None] = [None] * flushers
         self._pool: AsyncConnectionPool[Conn] | None = None
 
     # -- public lifecycle -------------------------------------------------------------------
@@ -181,12 +185,14 @@ class Worker:
             min_size=0,
             max_size=max(2, min(self.concurrency, 20)),
             kwargs={"autocommit": True},
+            check=AsyncConnectionPool.check_connection,
             open=False,
         )
         await self._pool.open()
         try:
             self._reader = await self._connect()
-            self._flusher = await self._connect()
+            for i in range(len(self._flushers)):
+                self._flushers[i] = await self._connect()
             log.info(
                 "worker serving domain %s (%s) concurrency=%d vt=%.0fs",
                 self.domain,
@@ -207,12 +213,15 @@ class Worker:
 
     async def _supervise(self) -> None:
         reader = asyncio.create_task(self._read_loop(), name=f"commandbus-reader-{self.domain}")
-        flusher = asyncio.create_task(self._flush_loop(), name=f"commandbus-flusher-{self.domain}")
+        flushers = [
+            asyncio.create_task(self._flush_loop(i), name=f"commandbus-flusher-{self.domain}-{i}")
+            for i in range(len(self._flushers))
+        ]
         listener = asyncio.create_task(
             self._listen_loop(), name=f"commandbus-listener-{self.domain}"
         )
         stopper = asyncio.create_task(self._stop_event.wait(), name="commandbus-stop")
-        side = {flusher, listener}
+        side = {*flushers, listener}
         try:
             done, _ = await asyncio.wait(
                 {reader, stopper, *side}, return_when=asyncio.FIRST_COMPLETED
@@ -235,13 +244,14 @@ class Worker:
             # let the flusher record what is queued, then end
             self._closing = True
             self._pending_event.set()
-            if not flusher.done():
-                try:
-                    await asyncio.wait_for(asyncio.shield(flusher), timeout=30)
-                except (TimeoutError, Exception):
+            running = [f for f in flushers if not f.done()]
+            if running:
+                _done, late = await asyncio.wait(running, timeout=30)
+                if late or self._pending:
                     log.warning("could not record %d pending outcomes", len(self._pending))
-                    flusher.cancel()
-            for task in (reader, listener, stopper, flusher):
+                for task in late:
+                    task.cancel()
+            for task in (reader, listener, stopper, *flushers):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
@@ -269,7 +279,7 @@ class Worker:
             except Exception:  # pragma: no cover - the database is gone
                 log.warning("could not release %d messages; they reappear after vt", len(left))
             self._flights.clear()
-        for held in (self._reader, self._flusher):
+        for held in (self._reader, *self._flushers):
             if held is not None:
                 with contextlib.suppress(Exception):
                     await held.close()
@@ -305,11 +315,13 @@ class Worker:
 
         return await self._retrying(attempt)
 
-    async def _with_flusher(self, op: Callable[[Conn], Awaitable[T]]) -> T:
+    async def _with_flusher(self, i: int, op: Callable[[Conn], Awaitable[T]]) -> T:
         async def attempt() -> T:
-            if self._flusher is None or self._flusher.closed or self._flusher.broken:
-                self._flusher = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
-            return await op(self._flusher)
+            conn = self._flushers[i]
+            if conn is None or conn.closed or conn.broken:
+                conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+                self._flushers[i] = conn
+            return await op(conn)
 
         return await self._retrying(attempt)
 
@@ -517,18 +529,18 @@ class Worker:
 
     # -- recording --------------------------------------------------------------------------
 
-    async def _flush_loop(self) -> None:
+    async def _flush_loop(self, i: int) -> None:
         """Record queued outcomes, a group at a time, until closed and drained."""
         while True:
             await self._pending_event.wait()
             self._pending_event.clear()
             if self._pending:
                 batch, self._pending = self._pending, []
-                await self._flush(batch)
+                await self._flush(i, batch)
             elif self._closing:
                 return
 
-    async def _flush(self, batch: list[tuple[Transition, _Flight]]) -> None:
+    async def _flush(self, i: int, batch: list[tuple[Transition, _Flight]]) -> None:
         seen: set[str] = set()
         unique: list[tuple[Transition, _Flight]] = []
         clashing: list[tuple[Transition, _Flight]] = []
@@ -537,7 +549,7 @@ class Worker:
             (clashing if sid in seen else unique).append(item)
             seen.add(sid)
         transitions = [t for t, _f in unique]
-        ok = await self._with_flusher(lambda c: command_store.record_transitions(c, transitions))
+        ok = await self._with_flusher(i, lambda c: command_store.record_transitions(c, transitions))
         for t, f in unique:
             self._count(t, recorded=t.stream_id in ok)
             self._forget(f)

@@ -1,0 +1,138 @@
+"""``commandbus tsq``: the troubleshooting queue for operators."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from uuid import UUID
+
+import click
+
+from commandbus.cli._common import CLIError, database_url, load_config
+from commandbus.engine.bus import CommandBus
+
+T = TypeVar("T")
+
+
+def _run(ctx: click.Context, action: Callable[[CommandBus], Awaitable[T]]) -> T:
+    async def go(url: str) -> T:
+        async with CommandBus(url, config=load_config(ctx), max_connections=2) as bus:
+            return await action(bus)
+
+    with database_url(ctx) as url:
+        return asyncio.run(go(url))
+
+
+def _uuid(value: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise CLIError(f"not a command id: {value!r}") from None
+
+
+@click.group()
+def tsq() -> None:
+    """List and resolve commands in the troubleshooting queue."""
+
+
+@tsq.command("list")
+@click.option("--domain", help="Only this domain.")
+@click.option("--type", "command_type", help="Only this command type.")
+@click.option("--error", "error", help="Only commands whose last error contains this text.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def list_(
+    ctx: click.Context,
+    domain: str | None,
+    command_type: str | None,
+    error: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Commands waiting for an operator, oldest first."""
+    page = _run(
+        ctx,
+        lambda bus: bus.troubleshooting.list(
+            domain=domain, command_type=command_type, error_contains=error, limit=limit
+        ),
+    )
+    for c in page.items:
+        err: dict[str, Any] = c.last_error or {}
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "domain": c.domain,
+                        "command_id": str(c.command_id),
+                        "command_type": c.command_type,
+                        "attempts": c.attempts,
+                        "error": err,
+                        "updated_at": c.updated_at.isoformat(),
+                    }
+                )
+            )
+        else:
+            click.echo(
+                f"{c.domain}\t{c.command_id}\t{c.command_type}\tattempts={c.attempts}\t"
+                f"{err.get('code', '')}: {err.get('message', '')}"
+            )
+    if not as_json:
+        click.echo(f"{len(page.items)} command(s) in the troubleshooting queue", err=True)
+
+
+@tsq.command()
+@click.argument("domain")
+@click.argument("command_id")
+@click.option("--operator", help="Who did it (recorded in the event).")
+@click.pass_context
+def retry(ctx: click.Context, domain: str, command_id: str, operator: str | None) -> None:
+    """Re-queue a command with fresh attempts."""
+    cid = _uuid(command_id)
+    msg_id = _run(ctx, lambda bus: bus.troubleshooting.retry(domain, cid, operator=operator))
+    click.echo(f"re-queued {cid} as message {msg_id}")
+
+
+@tsq.command()
+@click.argument("domain")
+@click.argument("command_id")
+@click.option("--reason", help="Why (recorded in the event).")
+@click.option("--operator", help="Who did it (recorded in the event).")
+@click.pass_context
+def cancel(
+    ctx: click.Context, domain: str, command_id: str, reason: str | None, operator: str | None
+) -> None:
+    """Cancel a command for good."""
+    cid = _uuid(command_id)
+    _run(ctx, lambda bus: bus.troubleshooting.cancel(domain, cid, reason=reason, operator=operator))
+    click.echo(f"cancelled {cid}")
+
+
+@tsq.command()
+@click.argument("domain")
+@click.argument("command_id")
+@click.option(
+    "--result",
+    "result_json",
+    default="null",
+    show_default=True,
+    help="The command's result, as JSON.",
+)
+@click.option("--operator", help="Who did it (recorded in the event).")
+@click.pass_context
+def complete(
+    ctx: click.Context, domain: str, command_id: str, result_json: str, operator: str | None
+) -> None:
+    """Mark a command completed by hand."""
+    cid = _uuid(command_id)
+    try:
+        result = json.loads(result_json)
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"--result is not JSON: {exc}") from None
+    _run(
+        ctx,
+        lambda bus: bus.troubleshooting.complete(domain, cid, result=result, operator=operator),
+    )
+    click.echo(f"completed {cid}")

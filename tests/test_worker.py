@@ -1,0 +1,459 @@
+"""Worker outcomes against a real PostgreSQL, each with its events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+
+from commandbus import (
+    BusinessRuleError,
+    Command,
+    CommandBus,
+    CommandStatus,
+    HandlerContext,
+    HandlerRegistry,
+    PermanentCommandError,
+    TransientCommandError,
+    Worker,
+)
+from commandbus.engine import command_store
+from commandbus.errors import HandlerRegistrationError
+from engine_fixtures import FAST, RunningWorker, fetch, scalar, wait_for
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+def make_worker(dsn: str, registry: HandlerRegistry, **kw: Any) -> Worker:
+    return Worker(dsn, registry, domain="payments", config=FAST, **kw)
+
+
+async def status_of(bus: CommandBus, command_id: UUID) -> CommandStatus | None:
+    record = await bus.get_command("payments", command_id)
+    return None if record is None else record.status
+
+
+async def until_status(bus: CommandBus, command_id: UUID, *statuses: CommandStatus) -> None:
+    async def check() -> bool:
+        return await status_of(bus, command_id) in statuses
+
+    await wait_for(check)
+
+
+async def event_types(bus: CommandBus, command_id: UUID) -> list[str]:
+    return [e.event_type for e in await bus.command_history("payments", command_id)]
+
+
+async def test_success_records_result_deletes_message_and_replies(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> dict[str, Any]:
+        assert ctx.attempt == 1 and ctx.command_id == cmd.command_id
+        return {"charged": cmd.data["amount"]}
+
+    sent = (await bus.send("payments", "Charge", {"amount": 5}, reply_to="replies")).value
+    async with RunningWorker(make_worker(dsn, reg)):
+        await until_status(bus, sent.command_id, CommandStatus.COMPLETED)
+    record = await bus.get_command("payments", sent.command_id)
+    assert record is not None
+    assert record.result == {"charged": 5} and record.attempts == 1 and record.version == 2
+    history = await bus.command_history("payments", sent.command_id)
+    assert [e.event_type for e in history] == ["CommandSent", "CommandCompleted"]
+    assert history[1].data == {"attempt": 1, "result": {"charged": 5}}
+    assert history[1].correlation_id == sent.correlation_id
+    assert await scalar(conn, "SELECT count(*) FROM pgmq.q_payments") == 0
+    replies = await fetch(conn, "SELECT message FROM pgmq.q_replies")
+    assert len(replies) == 1
+    assert replies[0][0]["outcome"] == "SUCCESS"
+    assert replies[0][0]["result"] == {"charged": 5}
+    assert replies[0][0]["command_id"] == str(sent.command_id)
+
+
+async def test_archive_completed_keeps_the_message(dsn: str, bus: CommandBus, conn: Conn) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        return None
+
+    sent = (await bus.send("payments", "Charge", {})).value
+    async with RunningWorker(make_worker(dsn, reg, archive_completed=True)):
+        await until_status(bus, sent.command_id, CommandStatus.COMPLETED)
+    assert await scalar(conn, "SELECT count(*) FROM pgmq.q_payments") == 0
+    assert await scalar(conn, "SELECT msg_id FROM pgmq.a_payments") == sent.msg_id
+
+
+async def test_transient_failures_retry_with_the_configured_backoff(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    reg = HandlerRegistry()
+    calls: list[int] = []
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        calls.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise TransientCommandError("gateway timeout")
+        return "ok"
+
+    sent = (await bus.send("payments", "Charge", {}, max_attempts=3)).value
+    async with RunningWorker(make_worker(dsn, reg)):
+        await until_status(bus, sent.command_id, CommandStatus.COMPLETED)
+    assert calls == [1, 2, 3]
+    history = await bus.command_history("payments", sent.command_id)
+    assert [e.event_type for e in history] == [
+        "CommandSent",
+        "CommandRetryScheduled",
+        "CommandRetryScheduled",
+        "CommandCompleted",
+    ]
+    # base 0.2 s, multiplier 2: 0.2 s after attempt 1, 0.4 s after attempt 2
+    for event, attempt, delay in ((history[1], 1, 0.2), (history[2], 2, 0.4)):
+        assert event.data["attempt"] == attempt
+        assert event.data["delay_seconds"] == pytest.approx(delay)
+        assert event.data["error"]["code"] == "TRANSIENT"
+        retry_at = datetime.fromisoformat(event.data["retry_at"])
+        planned = (retry_at - event.recorded_at).total_seconds()
+        assert delay <= planned < delay + 0.5
+    # and the next attempt really waited for it (durably, via the message's vt)
+    assert history[2].recorded_at >= datetime.fromisoformat(history[1].data["retry_at"])
+    assert history[3].recorded_at >= datetime.fromisoformat(history[2].data["retry_at"])
+
+
+async def test_exhausted_attempts_land_in_the_tsq(dsn: str, bus: CommandBus, conn: Conn) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        raise ConnectionError("bank unreachable")
+
+    sent = (await bus.send("payments", "Charge", {}, max_attempts=2)).value
+    async with RunningWorker(make_worker(dsn, reg)):
+        await until_status(bus, sent.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
+    history = await bus.command_history("payments", sent.command_id)
+    assert [e.event_type for e in history] == [
+        "CommandSent",
+        "CommandRetryScheduled",
+        "CommandMovedToTroubleshootingQueue",
+    ]
+    assert history[-1].data["reason"] == "attempts_exhausted"
+    assert history[-1].data["error"]["type"] == "ConnectionError"
+    assert await scalar(conn, "SELECT count(*) FROM pgmq.q_payments") == 0
+    assert await scalar(conn, "SELECT count(*) FROM pgmq.a_payments") == 1
+    tsq = await bus.troubleshooting.list(domain="payments")
+    assert [c.command_id for c in tsq.items] == [sent.command_id]
+    assert tsq.items[0].last_error is not None
+    assert tsq.items[0].last_error["message"] == "bank unreachable"
+
+
+async def test_permanent_failure_goes_straight_to_the_tsq(dsn: str, bus: CommandBus) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        raise PermanentCommandError("card number invalid", code="BAD_CARD")
+
+    sent = (await bus.send("payments", "Charge", {}, max_attempts=5)).value
+    async with RunningWorker(make_worker(dsn, reg)):
+        await until_status(bus, sent.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
+    history = await bus.command_history("payments", sent.command_id)
+    assert [e.event_type for e in history] == ["CommandSent", "CommandMovedToTroubleshootingQueue"]
+    assert history[-1].data["reason"] == "permanent"
+    assert history[-1].data["error"]["code"] == "BAD_CARD"
+
+
+async def test_business_rule_failure_is_final_without_tsq(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        raise BusinessRuleError("insufficient funds", code="NO_FUNDS")
+
+    sent = (await bus.send("payments", "Charge", {}, reply_to="replies")).value
+    async with RunningWorker(make_worker(dsn, reg)):
+        await until_status(bus, sent.command_id, CommandStatus.FAILED)
+    assert await event_types(bus, sent.command_id) == ["CommandSent", "CommandFailed"]
+    assert (await bus.troubleshooting.list()).items == ()
+    reply = await scalar(conn, "SELECT message FROM pgmq.q_replies")
+    assert reply["outcome"] == "FAILED" and reply["error"]["code"] == "NO_FUNDS"
+
+
+async def test_unknown_command_type_goes_to_the_tsq(dsn: str, bus: CommandBus) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        return None
+
+    sent = (await bus.send("payments", "Refund", {})).value
+    async with RunningWorker(make_worker(dsn, reg)):
+        await until_status(bus, sent.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
+    history = await bus.command_history("payments", sent.command_id)
+    assert history[-1].data["reason"] == "unknown_command_type"
+    assert history[-1].data["error"]["type"] == "UnknownCommandTypeError"
+    assert "Refund" in history[-1].data["error"]["message"]
+
+
+async def test_poison_messages_are_quarantined_and_the_worker_goes_on(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        return "fine"
+
+    await bus.create_domain("payments")
+    for junk in (
+        '"just a string"',
+        '{"command_id": "not-a-uuid", "data": {}}',
+        '{"command_id": "6f1c9e4e-1111-4b5b-9c55-000000000000", "command_type": "Charge",'
+        ' "correlation_id": "6f1c9e4e-1111-4b5b-9c55-000000000000", "data": {}}',
+    ):
+        await conn.execute(
+            "SELECT pgmq.send(queue_name => 'payments'::text, msg => %s::jsonb)", (junk,)
+        )
+    good = (await bus.send("payments", "Charge", {})).value
+    worker = make_worker(dsn, reg)
+    async with RunningWorker(worker):
+        await until_status(bus, good.command_id, CommandStatus.COMPLETED)
+        await wait_for(lambda: _true_when(worker.stats.quarantined == 3))
+    assert await scalar(conn, "SELECT count(*) FROM pgmq.a_payments") == 3
+    events = await fetch(
+        conn,
+        "SELECT data->>'reason' FROM commandbus.event WHERE event_type = 'MessageQuarantined'"
+        " ORDER BY position",
+    )
+    assert len(events) == 3
+    assert "undecodable" in events[0][0]
+    assert "no command" in events[2][0]
+
+
+async def _true_when(value: bool) -> bool:
+    return value
+
+
+async def test_handler_transaction_commits_with_the_completion(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    await conn.execute("CREATE TABLE public.ledger (command_id uuid PRIMARY KEY, amount int)")
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        db = await ctx.connection()
+        await db.execute(
+            "INSERT INTO public.ledger VALUES (%s, %s)", (cmd.command_id, cmd.data["amount"])
+        )
+        if cmd.data["amount"] < 0:
+            raise BusinessRuleError("negative amount")
+        return "booked"
+
+    ok = (await bus.send("payments", "Charge", {"amount": 7})).value
+    bad = (await bus.send("payments", "Charge", {"amount": -1})).value
+    async with RunningWorker(make_worker(dsn, reg)):
+        await until_status(bus, ok.command_id, CommandStatus.COMPLETED)
+        await until_status(bus, bad.command_id, CommandStatus.FAILED)
+    rows = await fetch(conn, "SELECT command_id, amount FROM public.ledger")
+    assert rows == [(ok.command_id, 7)]  # the failed handler's write was rolled back
+
+
+async def test_a_losing_duplicate_delivery_rolls_back_its_handler_writes(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    """Another delivery records first: this one's completion and its writes are dropped."""
+    await conn.execute("CREATE TABLE public.ledger (command_id uuid, attempt int)")
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        db = await ctx.connection()
+        await db.execute("INSERT INTO public.ledger VALUES (%s, %s)", (cmd.command_id, 1))
+        # meanwhile an operator (or a twin delivery) moves the command on
+        from commandbus.engine.command_store import Transition
+        from commandbus.engine.models import NewEvent
+
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as other:
+            recorded = await command_store.record_transitions(
+                other,
+                [
+                    Transition(
+                        domain="payments",
+                        command_id=cmd.command_id,
+                        expected_version=1,
+                        events=[
+                            NewEvent(
+                                event_type="CommandCompleted", data={"attempt": 1, "result": "twin"}
+                            )
+                        ],
+                        msg_id=ctx.msg_id,
+                        queue_op="delete",
+                    )
+                ],
+            )
+            assert recorded
+        return "mine"
+
+    sent = (await bus.send("payments", "Charge", {})).value
+    worker = make_worker(dsn, reg)
+    async with RunningWorker(worker):
+        await wait_for(lambda: _true_when(worker.stats.conflicts == 1))
+    record = await bus.get_command("payments", sent.command_id)
+    assert record is not None and record.result == "twin"
+    assert await event_types(bus, sent.command_id) == ["CommandSent", "CommandCompleted"]
+    assert await scalar(conn, "SELECT count(*) FROM public.ledger") == 0
+
+
+async def test_an_attempt_lost_to_a_crash_is_recorded(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> int:
+        return ctx.attempt
+
+    sent = (await bus.send("payments", "Charge", {})).value
+    # a "worker" takes the message for one second and dies without an outcome
+    taken = await command_store.read_batch(conn, "payments", qty=10, vt_seconds=1)
+    assert [m.msg_id for m in taken] == [sent.msg_id]
+    async with RunningWorker(make_worker(dsn, reg)):
+        await until_status(bus, sent.command_id, CommandStatus.COMPLETED)
+    history = await bus.command_history("payments", sent.command_id)
+    assert [e.event_type for e in history] == [
+        "CommandSent",
+        "CommandAttemptLost",
+        "CommandCompleted",
+    ]
+    assert history[1].data["attempt"] == 1
+    assert history[2].data == {"attempt": 2, "result": 2}
+
+
+async def test_extend_visibility(dsn: str, bus: CommandBus, conn: Conn) -> None:
+    reg = HandlerRegistry()
+    seen: list[Any] = []
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        seen.append(await ctx.extend_visibility(120))
+        seen.append(
+            await scalar(conn, "SELECT vt FROM pgmq.q_payments WHERE msg_id = %s", ctx.msg_id)
+        )
+
+    sent = (await bus.send("payments", "Charge", {})).value
+    async with RunningWorker(make_worker(dsn, reg)):
+        await until_status(bus, sent.command_id, CommandStatus.COMPLETED)
+    assert seen[0] == seen[1]
+    assert (seen[0] - datetime.now(seen[0].tzinfo)) > timedelta(seconds=100)
+
+
+async def test_graceful_stop_lets_handlers_finish(dsn: str, bus: CommandBus) -> None:
+    reg = HandlerRegistry()
+    started = asyncio.Event()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        started.set()
+        await asyncio.sleep(0.5)
+        return "done"
+
+    sent = (await bus.send("payments", "Charge", {})).value
+    worker = make_worker(dsn, reg)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 10)
+    await worker.stop(timeout=5)
+    stats = await task
+    assert stats.completed == 1
+    assert await status_of(bus, sent.command_id) is CommandStatus.COMPLETED
+    await worker.stop()  # idempotent
+
+
+async def test_stop_timeout_releases_unfinished_messages_at_once(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    reg = HandlerRegistry()
+    started = asyncio.Event()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    first = (await bus.send("payments", "Charge", {})).value
+    second = (await bus.send("payments", "Charge", {})).value
+    worker = make_worker(dsn, reg, concurrency=1, visibility_timeout=timedelta(seconds=300))
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 10)
+    await worker.stop(timeout=0.2)
+    stats = await asyncio.wait_for(task, 10)
+    assert stats.released == 2
+    rows = dict(
+        await fetch(
+            conn,
+            "SELECT msg_id, read_ct FROM pgmq.q_payments WHERE vt <= clock_timestamp()",
+        )
+    )
+    # both visible again now, not in 300 s; the unstarted one gave back its read
+    assert rows == {first.msg_id: 1, second.msg_id: 0}
+    assert await status_of(bus, first.command_id) is CommandStatus.PENDING
+
+
+async def test_stop_before_run_returns_at_once(dsn: str) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        return None
+
+    worker = make_worker(dsn, reg)
+    await worker.stop()
+    stats = await asyncio.wait_for(worker.run(), 5)
+    assert stats.processed == 0
+
+
+async def test_registry_rejects_duplicates_and_unserved_domains(dsn: str) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        return None
+
+    with pytest.raises(HandlerRegistrationError, match="already registered"):
+        reg.register("payments", "Charge", charge)
+    with pytest.raises(HandlerRegistrationError, match="async"):
+        reg.register("payments", "Sync", lambda c, x: None)  # type: ignore[arg-type,return-value]
+    with pytest.raises(HandlerRegistrationError, match="no handlers"):
+        Worker(dsn, reg, domain="shipping")
+
+
+async def test_log_lines_carry_the_correlation_id(
+    dsn: str, bus: CommandBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    from commandbus.engine.log import CorrelationFilter
+
+    reg = HandlerRegistry()
+    app_log = logging.getLogger("commandbus.tests.app")
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        app_log.info("charging")
+
+    caplog.handler.addFilter(CorrelationFilter())
+    caplog.set_level(logging.INFO, logger="commandbus")
+    sent = (await bus.send("payments", "Charge", {})).value
+    async with RunningWorker(make_worker(dsn, reg)):
+        await until_status(bus, sent.command_id, CommandStatus.COMPLETED)
+    lines = [r for r in caplog.records if r.getMessage() == "charging"]
+    assert len(lines) == 1
+    assert lines[0].correlation_id == str(sent.correlation_id)  # type: ignore[attr-defined]
+    assert lines[0].command_id == str(sent.command_id)  # type: ignore[attr-defined]

@@ -1,0 +1,209 @@
+"""The CLI worker as a real subprocess: SIGKILL, SIGTERM and lost connections."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from commandbus import CommandBus, CommandRequest
+from engine_fixtures import fetch, scalar, wait_for
+
+Conn = psycopg.AsyncConnection[Any]
+TESTS = Path(__file__).parent
+
+pytestmark = pytest.mark.slow
+
+
+def start_worker(dsn: str, *args: str, sleep: float = 0.1) -> subprocess.Popen[str]:
+    env = dict(os.environ)
+    env["DATABASE_URL"] = dsn
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    env["TEST_HANDLER_SLEEP"] = str(sleep)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "commandbus.cli",
+            "worker",
+            "--app",
+            "worker_apps:registry",
+            "--domain",
+            "jobs",
+            *args,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def completed(conn: Conn) -> int:
+    return int(
+        await scalar(conn, "SELECT count(*) FROM commandbus.command WHERE status = 'COMPLETED'")
+    )
+
+
+async def send_jobs(bus: CommandBus, n: int) -> None:
+    result = await bus.send_batch(
+        [CommandRequest(domain="jobs", command_type="Work", data={"i": i}) for i in range(n)]
+    )
+    assert result.ok
+
+
+async def assert_each_completed_once(conn: Conn, n: int) -> None:
+    per_command = await fetch(
+        conn,
+        "SELECT stream_id, count(*) FILTER (WHERE event_type = 'CommandCompleted')"
+        "  FROM commandbus.event WHERE stream_id LIKE 'command:jobs:%%' GROUP BY stream_id",
+    )
+    assert len(per_command) == n
+    assert {c for _s, c in per_command} == {1}
+    # the handlers' own writes committed exactly once per command
+    effects = await fetch(conn, "SELECT command_id, count(*) FROM public.effects GROUP BY 1")
+    assert len(effects) == n and {c for _i, c in effects} == {1}
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, str]:
+    proc.send_signal(sig)
+    try:
+        _out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _out, err = proc.communicate()
+    return proc.returncode, err
+
+
+async def test_sigkill_mid_run_loses_nothing_and_completes_once(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    await conn.execute("CREATE TABLE public.effects (command_id uuid, attempt int)")
+    n = 40
+    await send_jobs(bus, n)
+    first = start_worker(dsn, "--vt", "2", "--concurrency", "4")
+    try:
+        await wait_for(lambda: _at_least(conn, 6), timeout=60)
+    finally:
+        first.kill()  # SIGKILL: no cleanup at all
+        first.wait()
+    done_at_kill = await completed(conn)
+    assert done_at_kill < n
+    second = start_worker(dsn, "--vt", "2", "--concurrency", "8")
+    try:
+        await wait_for(lambda: _at_least(conn, n), timeout=90)
+    finally:
+        code, err = stop(second)
+    assert code == 0, err
+    assert "processed" in err  # the one-line summary
+    await assert_each_completed_once(conn, n)
+    lost = await scalar(
+        conn, "SELECT count(*) FROM commandbus.event WHERE event_type = 'CommandAttemptLost'"
+    )
+    assert lost >= 1  # the attempts the killed worker had in flight show in the streams
+    assert (await bus.verify_projection()).ok
+
+
+async def _at_least(conn: Conn, n: int) -> bool:
+    return await completed(conn) >= n
+
+
+async def test_sigterm_finishes_in_flight_work_and_exits_zero(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    await conn.execute("CREATE TABLE public.effects (command_id uuid, attempt int)")
+    await send_jobs(bus, 10)
+    proc = start_worker(dsn, "--concurrency", "2", sleep=0.5)
+    await wait_for(
+        lambda: _true(
+            scalar(conn, "SELECT count(*) FROM pgmq.q_jobs WHERE read_ct > 0"), at_least=1
+        ),
+        timeout=30,
+    )
+    code, err = stop(proc, signal.SIGTERM)
+    assert code == 0, err
+    # nothing is left invisible: what was not done is visible again right away
+    invisible = await scalar(conn, "SELECT count(*) FROM pgmq.q_jobs WHERE vt > clock_timestamp()")
+    assert invisible == 0
+    done = await completed(conn)
+    assert done >= 1
+    assert done + await scalar(conn, "SELECT count(*) FROM pgmq.q_jobs") == 10
+
+
+async def _true(value: Any, *, at_least: int) -> bool:
+    return int(await value) >= at_least
+
+
+async def test_terminated_backends_do_not_stop_the_run(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    await conn.execute("CREATE TABLE public.effects (command_id uuid, attempt int)")
+    n = 120
+    await send_jobs(bus, n)
+    proc = start_worker(dsn, "--concurrency", "8", "--vt", "5", sleep=0.05)
+    try:
+        for threshold in (10, 50):
+            await wait_for(lambda t=threshold: _at_least(conn, t), timeout=60)
+            killed = await scalar(
+                conn,
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                "   AND backend_type = 'client backend'",
+            )
+            assert killed >= 2
+        await wait_for(lambda: _at_least(conn, n), timeout=90)
+        assert proc.poll() is None  # still running
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    await assert_each_completed_once(conn, n)
+
+
+def test_worker_cli_rejects_bad_apps(dsn: str) -> None:
+    for app, message in (
+        ("nonsense", "--app must look like"),
+        ("no_such_module:registry", "cannot import"),
+        ("worker_apps:not_a_registry", "is not a HandlerRegistry"),
+    ):
+        env = dict(os.environ, DATABASE_URL=dsn, PYTHONPATH=str(TESTS))
+        started = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "commandbus.cli", "worker", "--app", app, "--domain", "jobs"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode != 0
+        assert message in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert time.monotonic() - started < 30
+
+
+def test_worker_cli_refuses_a_domain_without_handlers(dsn: str) -> None:
+    env = dict(os.environ, DATABASE_URL=dsn, PYTHONPATH=str(TESTS))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "commandbus.cli",
+            "worker",
+            "--app",
+            "worker_apps:registry",
+            "--domain",
+            "nobody",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "no handlers are registered for domain 'nobody'" in proc.stderr
