@@ -45,7 +45,7 @@ async def counts(conn: psycopg.AsyncConnection[Any], domain: str = "payments") -
     }
 
 
-async def wait_for(predicate: Any, *, timeout: float = 15.0, interval: float = 0.02) -> None:
+async def wait_for(predicate: Any, *, timeout: float = 15.0, interval: float = 0.02) -> None:  # noqa: ASYNC109
     """Poll an async predicate until it is true; fail the test after ``timeout``."""
     import asyncio
     import time
