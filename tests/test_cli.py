@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.metadata import version
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -30,20 +31,15 @@ def assert_one_error_line(result: Result, *expected: str) -> None:
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        (),
-        ("migrate",),
-        ("demo",),
-        ("version",),
-        ("db",),
-        ("db", "start"),
-        ("db", "stop"),
-        ("db", "url"),
-        ("db", "status"),
-    ],
-)
+def _command_paths(command: click.Command, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [path]
+    if isinstance(command, click.Group):
+        for name, sub in sorted(command.commands.items()):
+            paths += _command_paths(sub, (*path, name))
+    return paths
+
+
+@pytest.mark.parametrize("args", _command_paths(cli), ids=lambda p: " ".join(p) or "commandbus")
 def test_help_everywhere(args: tuple[str, ...]) -> None:
     result = invoke(*args, "--help", env={"MAX_RETRIES": "broken"})  # help needs no config
     assert result.exit_code == 0, result.output
@@ -115,12 +111,11 @@ def test_two_migrate_processes_at_once(empty_dsn: str) -> None:
     assert check.stdout == "schema is up to date\n"
 
 
-def test_demo_lists_the_tables(empty_dsn: str) -> None:
+def test_demo_migrates_the_database_it_is_given(empty_dsn: str) -> None:
     result = invoke("demo", env={"DATABASE_URL": empty_dsn})
     assert result.exit_code == 0, result.output
-    assert f"migrations applied: {', '.join(NAMES)}" in result.stdout
-    for table in ("commandbus.event", "commandbus.command", "commandbus.schema_migrations"):
-        assert f"  {table}\n" in result.stdout
+    assert all(name in result.stdout for name in NAMES)
+    assert invoke("migrate", env={"DATABASE_URL": empty_dsn}).stdout == "schema is up to date\n"
 
 
 @pytest.mark.slow
@@ -155,6 +150,6 @@ def test_db_start_status_url_stop(embedded_dir: Path) -> None:
 def test_demo_on_embedded_server_stops_what_it_started(embedded_dir: Path) -> None:
     result = invoke("demo", env={"COMMANDBUS_DATA_DIR": str(embedded_dir), "DATABASE_URL": None})
     assert result.exit_code == 0, result.output
-    assert "commandbus.event" in result.stdout
+    assert all(name in result.stdout for name in NAMES)  # a fresh cluster got migrated
     status = embedded_status(embedded_dir)
     assert status.initialized and not status.running
