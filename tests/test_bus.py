@@ -297,3 +297,14 @@ async def test_open_reports_a_dead_database() -> None:
     with pytest.raises(DatabaseUnavailableError, match="cannot connect"):
         await dead.open()
     await dead.close()
+
+
+async def test_failure_unwrap_raises_the_matching_error(bus: CommandBus) -> None:
+    from commandbus import DuplicateCommandError
+
+    sent = await bus.send("payments", "Charge", {})
+    assert sent.ok
+    again = await bus.send("payments", "Charge", {}, command_id=sent.value.command_id)
+    assert not again.ok
+    with pytest.raises(DuplicateCommandError, match="already exists"):
+        again.unwrap()

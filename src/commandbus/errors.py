@@ -172,3 +172,14 @@ class BusinessRuleError(CommandFailure):
     """The command was valid but refused by a business rule: FAILED at once, no TSQ."""
 
     code = "BUSINESS_RULE"
+
+
+def error_for_code(code: str) -> type[CommandBusError]:
+    """The most specific error class with this ``code`` (CommandBusError if none)."""
+    pending: list[type[CommandBusError]] = [CommandBusError]
+    while pending:
+        cls = pending.pop()
+        if cls.code == code:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return CommandBusError

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, NoReturn, TypeVar
 
 import attrs
 
@@ -16,7 +16,7 @@ class Success(Generic[T]):
     value: T
 
     @property
-    def ok(self) -> bool:
+    def ok(self) -> Literal[True]:
         return True
 
     def unwrap(self) -> T:
@@ -32,13 +32,14 @@ class Failure:
     details: dict[str, Any] = attrs.field(factory=dict)
 
     @property
-    def ok(self) -> bool:
+    def ok(self) -> Literal[False]:
         return False
 
-    def unwrap(self) -> Any:
-        from commandbus.errors import CommandBusError
+    def unwrap(self) -> NoReturn:
+        """Raise the library error whose ``code`` this failure carries."""
+        from commandbus.errors import error_for_code
 
-        raise CommandBusError(f"{self.code}: {self.message}", details=self.details)
+        raise error_for_code(self.code)(self.message, details=self.details)
 
 
 Result = Success[T] | Failure

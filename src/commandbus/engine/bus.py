@@ -69,7 +69,7 @@ class CommandBus:
         min_connections: int = 1,
         max_connections: int = 10,
     ) -> None:
-        self.config = config or Config()
+        self.config = config or Config.from_env()
         self._url = url
         self._own_pool = pool is None
         self._pool: AsyncConnectionPool[Conn] | None = pool

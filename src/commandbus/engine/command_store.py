@@ -14,11 +14,10 @@ from uuid import UUID
 
 import attrs
 from psycopg import sql
-from psycopg.adapt import PyFormat
 
 from commandbus.engine import queries
+from commandbus.engine.codec import dumps
 from commandbus.engine.connections import Conn
-from commandbus.engine.event_store import EventColumns
 from commandbus.engine.models import NewEvent
 from commandbus.engine.names import command_stream_id
 from commandbus.engine.queues import archive_table, queue_table, with_queue
@@ -50,8 +49,8 @@ class Reply:
     """A reply message for a command's ``reply_to`` queue."""
 
     queue: str
-    message: str
-    headers: str
+    message: dict[str, Any]
+    headers: dict[str, Any]
 
 
 @attrs.frozen(kw_only=True)
@@ -67,10 +66,12 @@ class Transition:
     #: for ``retry``: seconds after the recording transaction when the message shows again
     retry_delay: float | None = None
     reply: Reply | None = None
-
-    @property
-    def stream_id(self) -> str:
-        return command_stream_id(self.domain, self.command_id)
+    #: the command's stream (computed from domain and id unless given)
+    stream_id: str = attrs.field(
+        default=attrs.Factory(
+            lambda self: command_stream_id(self.domain, self.command_id), takes_self=True
+        )
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -233,6 +234,7 @@ def _transition_statement(domains: tuple[str, ...], replies: tuple[str, ...]) ->
             sql.SQL(queries.TRANSITION_QUEUE).format(
                 queue=queue_table(domain),
                 archive=archive_table(domain),
+                domain=sql.Literal(domain),
                 deleted=sql.Identifier(f"deleted_{i}"),
                 moved=sql.Identifier(f"moved_{i}"),
                 archived=sql.Identifier(f"archived_{i}"),
@@ -244,9 +246,7 @@ def _transition_statement(domains: tuple[str, ...], replies: tuple[str, ...]) ->
             sql.SQL(queries.TRANSITION_REPLY).format(
                 cte=sql.Identifier(f"reply_{i}"),
                 queue=queue_table(queue),
-                ids=sql.Placeholder(f"r{i}_ids", PyFormat.BINARY),
-                messages=sql.Placeholder(f"r{i}_messages", PyFormat.BINARY),
-                headers=sql.Placeholder(f"r{i}_headers", PyFormat.BINARY),
+                reply_queue=sql.Literal(queue),
             )
         )
     parts.append(sql.SQL(queries.TRANSITION_TAIL))
@@ -262,6 +262,16 @@ def _patch(events: Sequence[NewEvent]) -> Patch:
     return result
 
 
+def _event_json(event: NewEvent) -> dict[str, Any]:
+    return {
+        "type": event.event_type,
+        "data": event.data,
+        "corr": None if event.correlation_id is None else str(event.correlation_id),
+        "caus": None if event.causation_id is None else str(event.causation_id),
+        "meta": event.metadata or None,
+    }
+
+
 async def record_transitions(conn: Conn, transitions: Sequence[Transition]) -> set[str]:
     """Record many command transitions in ONE statement.
 
@@ -269,74 +279,34 @@ async def record_transitions(conn: Conn, transitions: Sequence[Transition]) -> s
     the others (a duplicate delivery that lost the race, say) change nothing.
     Returns the stream ids that were recorded. Streams must be distinct.
     """
-    from commandbus.engine.codec import dumps
-
-    cols = EventColumns()
-    s_ids: list[str] = []
-    s_expected: list[int] = []
-    s_new: list[int] = []
-    s_msg: list[int | None] = []
-    s_op: list[str] = []
-    s_delay: list[float | None] = []
-    p_domains: list[str] = []
-    p_cmd: list[UUID] = []
-    p_status: list[str | None] = []
-    p_attempts: list[int | None] = []
-    p_error: list[str | None] = []
-    p_result: list[str | None] = []
-    p_msg: list[int | None] = []
+    rows: list[dict[str, Any]] = []
     op_domains: set[str] = set()
-    replies: dict[str, tuple[list[str], list[str], list[str]]] = {}
+    reply_queues: set[str] = set()
     for t in transitions:
-        sid = t.stream_id
-        new_version = t.expected_version + len(t.events)
-        s_ids.append(sid)
-        s_expected.append(t.expected_version)
-        s_new.append(new_version)
-        s_msg.append(t.msg_id)
-        s_op.append(t.queue_op)
-        s_delay.append(t.retry_delay)
+        patch = _patch(t.events)
         if t.queue_op != "none":
             op_domains.add(t.domain)
-        for i, event in enumerate(t.events, start=1):
-            cols.add(sid, t.expected_version + i, event)
-        patch = _patch(t.events)
-        p_domains.append(t.domain)
-        p_cmd.append(t.command_id)
-        p_status.append(None if patch.status is None else patch.status.value)
-        p_attempts.append(patch.attempts)
-        p_error.append(None if patch.last_error is None else dumps(patch.last_error))
-        p_result.append(None if patch.result is None else dumps(patch.result))
-        p_msg.append(patch.msg_id)
+        row = {
+            "stream_id": t.stream_id,
+            "expected": t.expected_version,
+            "new_version": t.expected_version + len(t.events),
+            "msg_id": t.msg_id,
+            "queue_op": t.queue_op,
+            "delay": t.retry_delay,
+            "domain": t.domain,
+            "command_id": str(t.command_id),
+            "status": None if patch.status is None else patch.status.value,
+            "attempts": patch.attempts,
+            "last_error": patch.last_error,
+            "result": patch.result,
+            "new_msg_id": patch.msg_id,
+            "events": [_event_json(e) for e in t.events],
+        }
         if t.reply is not None:
-            r = replies.setdefault(t.reply.queue, ([], [], []))
-            r[0].append(sid)
-            r[1].append(t.reply.message)
-            r[2].append(t.reply.headers)
-    reply_queues = tuple(sorted(replies))
-    params: dict[str, Any] = {
-        "s_ids": s_ids,
-        "s_expected": s_expected,
-        "s_new": s_new,
-        "s_msg": s_msg,
-        "s_op": s_op,
-        "s_delay": s_delay,
-        **cols.params(),
-        "p_ids": s_ids,
-        "p_domains": p_domains,
-        "p_cmd": p_cmd,
-        "p_version": s_new,
-        "p_status": p_status,
-        "p_attempts": p_attempts,
-        "p_error": p_error,
-        "p_result": p_result,
-        "p_msg": p_msg,
-    }
-    for i, queue in enumerate(reply_queues):
-        ids, messages, headers = replies[queue]
-        params[f"r{i}_ids"] = ids
-        params[f"r{i}_messages"] = messages
-        params[f"r{i}_headers"] = headers
-    stmt = _transition_statement(tuple(sorted(op_domains)), reply_queues)
-    cur = await conn.execute(stmt, params)
+            reply_queues.add(t.reply.queue)
+            row["reply_queue"] = t.reply.queue
+            row["reply"] = {"message": t.reply.message, "headers": t.reply.headers}
+        rows.append(row)
+    stmt = _transition_statement(tuple(sorted(op_domains)), tuple(sorted(reply_queues)))
+    cur = await conn.execute(stmt, {"transitions": dumps(rows, what="command transition")})
     return {r[0] for r in await cur.fetchall()}

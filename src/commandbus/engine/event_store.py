@@ -46,7 +46,7 @@ class EventColumns:
         self.data.append(dumps(event.data, what=f"{event.event_type} data"))
         self.corr.append(event.correlation_id)
         self.caus.append(event.causation_id)
-        self.meta.append(dumps(event.metadata, what="event metadata"))
+        self.meta.append(dumps(event.metadata, what="event metadata") if event.metadata else "{}")
 
     def params(self) -> dict[str, Any]:
         return {

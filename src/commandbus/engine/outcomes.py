@@ -6,7 +6,6 @@ from typing import Any
 from uuid import UUID
 
 from commandbus.engine import event_types as ev
-from commandbus.engine.codec import dumps
 from commandbus.engine.command_store import Reply, Transition
 from commandbus.engine.models import Command, ErrorInfo, NewEvent
 from commandbus.engine.retry import RetryPolicy, classify
@@ -38,7 +37,7 @@ def reply_for(
         "result": result,
         "error": None if error is None else error.as_dict(),
     }
-    return Reply(queue=command.reply_to, message=dumps(body), headers="{}")
+    return Reply(queue=command.reply_to, message=body, headers={})
 
 
 class OutcomeBuilder:

@@ -119,7 +119,7 @@ class Worker:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         registry.validate_for(domain)
-        self.config = config or Config()
+        self.config = config or Config.from_env()
         self.domain = domain
         self.registry = registry
         self.concurrency = concurrency
@@ -190,7 +190,7 @@ class Worker:
         )
         await self._pool.open()
         try:
-            self._reader = await self._connect()
+            self._reader = await self._retrying(self._connect_reader)
             for i in range(len(self._flushers)):
                 self._flushers[i] = await self._connect()
             log.info(
@@ -307,10 +307,19 @@ class Worker:
             raise DatabaseUnavailableError(f"worker {self.domain}: database lost: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _connect_reader(self) -> Conn:
+        conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+        # A read only moves messages' visibility forward. If the server crashed
+        # before that commit reached disk, the messages would just become visible
+        # again early: a redelivery, which the version-checked outcome already
+        # handles. So reads need not wait for a WAL flush; outcomes always do.
+        await conn.execute("SET synchronous_commit = off")
+        return conn
+
     async def _with_reader(self, op: Callable[[Conn], Awaitable[T]]) -> T:
         async def attempt() -> T:
             if self._reader is None or self._reader.closed or self._reader.broken:
-                self._reader = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+                self._reader = await self._connect_reader()
             return await op(self._reader)
 
         return await self._retrying(attempt)
