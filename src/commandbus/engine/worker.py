@@ -5,8 +5,9 @@ Shape of a running worker (every task is named and supervised):
 * ``reader``: reads batches from the domain queue into a bounded in-flight set;
   when the queue is empty it sleeps until a wake-up NOTIFY, the next delayed
   message, or the poll interval, whichever comes first.
-* one task per message: waits for a handler slot (semaphore), runs the handler,
-  and queues the outcome.
+* runner tasks, at most ``concurrency`` at once: each takes messages from the
+  in-memory backlog one after the other, runs the handler and queues the
+  outcome (no task or semaphore round per message).
 * ``flusher`` tasks (two by default, each with its own connection): each takes
   every outcome queued so far and records them in ONE statement (events,
   projection, queue actions, replies), so throughput is not one commit per
@@ -20,6 +21,7 @@ tenacity backoff; if a side task dies of anything else the worker stops loudly.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -92,7 +94,6 @@ class _Flight:
 
     msg: ReadMessage
     started: bool = False
-    task: asyncio.Task[None] | None = None
 
 
 class Worker:
@@ -136,7 +137,8 @@ class Worker:
         self._reconnect_timeout = reconnect_timeout.total_seconds()
         self.stats = WorkerStats(domain=domain)
 
-        self._sem = asyncio.Semaphore(concurrency)
+        self._backlog: collections.deque[_Flight] = collections.deque()
+        self._runners: set[asyncio.Task[None]] = set()
         self._flights: dict[int, _Flight] = {}
         self._pending: list[tuple[Transition, _Flight]] = []
         self._pending_event = asyncio.Event()
@@ -256,7 +258,7 @@ class Worker:
                     await task
 
     async def _drain_handlers(self) -> None:
-        tasks = [f.task for f in self._flights.values() if f.task is not None]
+        tasks = list(self._runners)
         if not tasks:
             return
         _done, still = await asyncio.wait(tasks, timeout=self._stop_timeout)
@@ -358,6 +360,7 @@ class Worker:
                 return
             for m in msgs:
                 self._dispatch(m)
+            self._start_runners()
             if len(msgs) == qty:
                 await asyncio.sleep(0)
                 continue
@@ -387,9 +390,30 @@ class Worker:
     def _dispatch(self, msg: ReadMessage) -> None:
         flight = _Flight(msg=msg)
         self._flights[msg.msg_id] = flight
-        flight.task = asyncio.create_task(
-            self._handle(flight), name=f"commandbus-{self.domain}-msg-{msg.msg_id}"
-        )
+        self._backlog.append(flight)
+
+    def _start_runners(self) -> None:
+        """Start handler runners, at most ``concurrency``, for what the backlog holds."""
+        while len(self._runners) < min(self.concurrency, len(self._backlog)):
+            task = asyncio.create_task(self._run_backlog(), name=f"commandbus-{self.domain}-runner")
+            self._runners.add(task)
+            task.add_done_callback(self._runners.discard)
+
+    async def _run_backlog(self) -> None:
+        """Handle messages from the backlog one after the other until it is empty."""
+        handled = 0
+        while self._backlog and not self._stopping:
+            flight = self._backlog.popleft()
+            try:
+                await self._handle(flight)
+            except Exception:
+                # e.g. the database went away while recording: the message comes
+                # back after its visibility timeout; keep serving the others
+                log.exception("handling message %s failed", flight.msg.msg_id)
+                self._forget(flight)
+            handled += 1
+            if handled % 32 == 0:
+                await asyncio.sleep(0)  # let the reader and flushers run
 
     # -- handling ---------------------------------------------------------------------------
 
@@ -405,11 +429,8 @@ class Worker:
                 flight, f"no command {command.command_id} was sent in domain {self.domain}"
             )
             return
-        async with self._sem:
-            if self._stopping:
-                return  # released unstarted at shutdown
-            flight.started = True
-            transition, ctx = await self._attempt(command, msg)
+        flight.started = True
+        transition, ctx = await self._attempt(command, msg)
         if ctx is not None and ctx.transaction is not None:
             await self._record_with_handler_tx(flight, transition, ctx)
         else:
