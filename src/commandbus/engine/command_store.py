@@ -226,6 +226,9 @@ async def extend_visibility(
     return None if row is None else row[0]
 
 
+_NO_PATCH = Patch()
+
+
 @lru_cache(maxsize=512)
 def _transition_statement(domains: tuple[str, ...], replies: tuple[str, ...]) -> sql.Composed:
     parts: list[sql.Composable] = [sql.SQL(queries.TRANSITION_HEAD)]
@@ -254,7 +257,9 @@ def _transition_statement(domains: tuple[str, ...], replies: tuple[str, ...]) ->
 
 
 def _patch(events: Sequence[NewEvent]) -> Patch:
-    result = Patch()
+    if len(events) == 1:
+        return patch_for(events[0].event_type, events[0].data) or _NO_PATCH
+    result = _NO_PATCH
     for event in events:
         p = patch_for(event.event_type, event.data)
         if p is not None:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 from contextvars import ContextVar
+from uuid import UUID
 
-correlation_id_var: ContextVar[str | None] = ContextVar("commandbus_correlation_id", default=None)
-command_id_var: ContextVar[str | None] = ContextVar("commandbus_command_id", default=None)
+# Ids are kept as UUIDs and turned into text only when a record is logged.
+correlation_id_var: ContextVar[UUID | None] = ContextVar("commandbus_correlation_id", default=None)
+command_id_var: ContextVar[UUID | None] = ContextVar("commandbus_command_id", default=None)
 
 
 class CorrelationFilter(logging.Filter):
     """Adds ``correlation_id`` and ``command_id`` to every record (None outside a handler)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.correlation_id = correlation_id_var.get()
-        record.command_id = command_id_var.get()
+        correlation_id, command_id = correlation_id_var.get(), command_id_var.get()
+        record.correlation_id = None if correlation_id is None else str(correlation_id)
+        record.command_id = None if command_id is None else str(command_id)
         return True
 
 

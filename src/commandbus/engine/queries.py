@@ -241,7 +241,8 @@ WITH picked AS (
      WHERE m.msg_id = picked.msg_id
     RETURNING m.msg_id, m.read_ct, m.message, m.headers
 )
-SELECT t.msg_id, t.read_ct, t.message, t.headers, c.version, c.attempts, c.status
+SELECT t.msg_id, t.read_ct, t.message, nullif(t.headers, '{{}}'::jsonb), c.version, c.attempts,
+       c.status
   FROM taken t
   -- LATERAL: one primary-key probe per message, whatever the statistics say
   LEFT JOIN LATERAL (

@@ -129,7 +129,14 @@ class Worker:
             raise ValueError("visibility_timeout must be at least one second")
         self._vt = vt.total_seconds()
         self._batch_size = batch_size
-        self._capacity = concurrency + batch_size
+        # Messages held at once (read, running or waiting to be recorded), and the
+        # room there must be before the next read: reading a handful at a time
+        # would cost a round trip per handful.
+        # Up to two batches: the next one is read while the last is handled and
+        # recorded. Keep 2 * batch_size * handler time / concurrency well under
+        # the visibility timeout.
+        self._capacity = max(2 * batch_size, concurrency + batch_size)
+        self._read_threshold = max(1, min(batch_size, self._capacity // 2))
         self._url = url
         self._outcomes = OutcomeBuilder(
             RetryPolicy(self.config), archive_completed=archive_completed
@@ -342,7 +349,7 @@ class Worker:
         poll = self.config.poll_interval.total_seconds()
         while not self._stopping and not self._stop_event.is_set():
             room = self._capacity - len(self._flights)
-            if room <= 0:
+            if room < self._read_threshold and self._flights:
                 self._room.clear()
                 await self._room.wait()
                 continue
@@ -461,12 +468,13 @@ class Worker:
             return t, None
         assert self._pool is not None
         ctx = HandlerContext(command=command, attempt=attempt, msg_id=msg.msg_id, pool=self._pool)
-        tok_c = correlation_id_var.set(str(command.correlation_id))
-        tok_i = command_id_var.set(str(command.command_id))
+        tok_c = correlation_id_var.set(command.correlation_id)
+        tok_i = command_id_var.set(command.command_id)
         try:
             try:
                 result = await handler(command, ctx)
-                dumps(result, what="handler result")
+                if result is not None and not isinstance(result, str | int | bool):
+                    dumps(result, what="handler result")  # refuse it here, not in the flush
             except PayloadError as exc:
                 raise PermanentCommandError(str(exc)) from exc
             return (
@@ -608,4 +616,5 @@ class Worker:
 
     def _forget(self, flight: _Flight) -> None:
         self._flights.pop(flight.msg.msg_id, None)
-        self._room.set()
+        if not self._flights or self._capacity - len(self._flights) >= self._read_threshold:
+            self._room.set()
