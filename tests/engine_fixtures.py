@@ -75,3 +75,25 @@ class RunningWorker:
     async def __aexit__(self, *exc: object) -> None:
         await self.worker.stop(timeout=5)
         await self.task
+
+
+STREAM_GAPS = """
+SELECT s.stream_id, s.version, array_agg(e.stream_version ORDER BY e.stream_version)
+  FROM commandbus.stream s
+  LEFT JOIN commandbus.event e USING (stream_id)
+ GROUP BY s.stream_id, s.version
+HAVING array_agg(e.stream_version ORDER BY e.stream_version)
+       IS DISTINCT FROM array(SELECT generate_series(1, s.version))
+"""
+
+
+async def assert_streams_contiguous(conn: Any) -> None:
+    """Every stream's events are numbered 1..version with no gap or duplicate."""
+    bad = await fetch(conn, STREAM_GAPS)
+    assert bad == [], bad
+    orphans = await scalar(
+        conn,
+        "SELECT count(*) FROM commandbus.event e"
+        " WHERE NOT EXISTS (SELECT 1 FROM commandbus.stream s WHERE s.stream_id = e.stream_id)",
+    )
+    assert orphans == 0

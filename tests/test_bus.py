@@ -24,7 +24,7 @@ from commandbus import (
     Success,
     ValidationError,
 )
-from engine_fixtures import counts, fetch, scalar
+from engine_fixtures import assert_streams_contiguous, counts, fetch, scalar
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -194,6 +194,7 @@ async def test_concurrent_senders_lose_and_duplicate_nothing(bus: CommandBus, co
     }
     rows = await fetch(conn, "SELECT count(DISTINCT message->>'command_id') FROM pgmq.q_payments")
     assert rows[0][0] == 8 * per_sender
+    await assert_streams_contiguous(conn)
 
 
 async def test_send_batch_is_one_transaction_with_a_batch_stream(

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from commandbus import CommandBus, ConcurrencyError, NewEvent, StreamAppend
-from engine_fixtures import scalar
+from engine_fixtures import assert_streams_contiguous, scalar
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -109,6 +109,7 @@ async def test_racing_appenders_keep_streams_contiguous(bus: CommandBus, conn: C
     assert [e.stream_version for e in events] == list(range(1, 121))
     assert await scalar(conn, "SELECT max(position) FROM commandbus.event") == 120
     assert conflicts > 0  # the race really happened
+    await assert_streams_contiguous(conn)
 
 
 async def test_event_table_is_append_only(bus: CommandBus, conn: Conn) -> None:

@@ -19,7 +19,7 @@ from commandbus import (
     TransientCommandError,
     Worker,
 )
-from engine_fixtures import FAST, RunningWorker, fetch, scalar, wait_for
+from engine_fixtures import FAST, RunningWorker, assert_streams_contiguous, fetch, scalar, wait_for
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -71,6 +71,7 @@ async def test_projection_equals_a_replay_after_a_mixed_workload(
     dsn: str, bus: CommandBus, conn: Conn
 ) -> None:
     await mixed_workload(dsn, bus)
+    await assert_streams_contiguous(conn)
     report = await bus.verify_projection()
     assert report.ok, [str(d) for d in report.differences]
     assert report.checked == 32
