@@ -135,6 +135,34 @@ async def retry(conn: Conn, domain: str, command_id: UUID, *, operator: str | No
         return msg_id
 
 
+async def _finish(
+    conn: Conn,
+    domain: str,
+    command_id: UUID,
+    *,
+    action: str,
+    event_type: str,
+    data: dict[str, Any],
+    outcome: str,
+    result: Any = None,
+) -> None:
+    """Record an operator's final word on a TSQ command, with its reply if any."""
+    async with conn.transaction():
+        record = await _in_tsq(conn, domain, command_id, action)
+        sent = await _sent_event(conn, domain, command_id)
+        await _record(
+            conn,
+            Transition(
+                domain=domain,
+                command_id=command_id,
+                expected_version=record.version,
+                events=[_event(record, event_type, data)],
+                reply=reply_for(_command_of(record, sent), outcome, result=result),
+            ),
+            action,
+        )
+
+
 async def cancel(
     conn: Conn,
     domain: str,
@@ -144,26 +172,15 @@ async def cancel(
     operator: str | None = None,
 ) -> None:
     """Cancel a TSQ command for good (its reply, if any, says CANCELLED)."""
-    async with conn.transaction():
-        record = await _in_tsq(conn, domain, command_id, "cancel")
-        sent = await _sent_event(conn, domain, command_id)
-        await _record(
-            conn,
-            Transition(
-                domain=domain,
-                command_id=command_id,
-                expected_version=record.version,
-                events=[
-                    _event(
-                        record,
-                        ev.COMMAND_CANCELLED_BY_OPERATOR,
-                        {"reason": reason, "operator": operator},
-                    )
-                ],
-                reply=reply_for(_command_of(record, sent), "CANCELLED"),
-            ),
-            "cancel",
-        )
+    await _finish(
+        conn,
+        domain,
+        command_id,
+        action="cancel",
+        event_type=ev.COMMAND_CANCELLED_BY_OPERATOR,
+        data={"reason": reason, "operator": operator},
+        outcome="CANCELLED",
+    )
 
 
 async def complete(
@@ -176,26 +193,16 @@ async def complete(
 ) -> None:
     """Mark a TSQ command completed by hand with ``result`` (its reply says SUCCESS)."""
     dumps(result, what="result")
-    async with conn.transaction():
-        record = await _in_tsq(conn, domain, command_id, "complete")
-        sent = await _sent_event(conn, domain, command_id)
-        await _record(
-            conn,
-            Transition(
-                domain=domain,
-                command_id=command_id,
-                expected_version=record.version,
-                events=[
-                    _event(
-                        record,
-                        ev.COMMAND_COMPLETED_BY_OPERATOR,
-                        {"result": result, "operator": operator},
-                    )
-                ],
-                reply=reply_for(_command_of(record, sent), "SUCCESS", result=result),
-            ),
-            "complete",
-        )
+    await _finish(
+        conn,
+        domain,
+        command_id,
+        action="complete",
+        event_type=ev.COMMAND_COMPLETED_BY_OPERATOR,
+        data={"result": result, "operator": operator},
+        outcome="SUCCESS",
+        result=result,
+    )
 
 
 class TroubleshootingQueue:
