@@ -35,7 +35,8 @@ WITH st AS (
     UPDATE commandbus.stream s
        SET version = st.new_version, updated_at = now()
       FROM st
-     WHERE s.stream_id = st.stream_id AND st.expected > 0 AND s.version = st.expected
+     WHERE s.stream_id = ANY (ARRAY(SELECT stream_id FROM st WHERE expected > 0))
+       AND s.stream_id = st.stream_id AND st.expected > 0 AND s.version = st.expected
     RETURNING s.stream_id
 ), ok AS (
     SELECT stream_id FROM created UNION ALL SELECT stream_id FROM bumped
@@ -282,10 +283,13 @@ WITH st AS (
                 command_id, status, attempts, last_error, result, new_msg_id, events,
                 reply_queue, reply, ord)
 ), bumped AS (
+    -- "= ANY (ARRAY(...))" keeps these to primary-key probes whatever the table
+    -- statistics say (a hash join would scan the whole table on every group)
     UPDATE commandbus.stream s
        SET version = st.new_version, updated_at = now()
       FROM st
-     WHERE s.stream_id = st.stream_id AND s.version = st.expected
+     WHERE s.stream_id = ANY (ARRAY(SELECT stream_id FROM st))
+       AND s.stream_id = st.stream_id AND s.version = st.expected
     RETURNING s.stream_id
 ), ok AS (
     SELECT st.* FROM st JOIN bumped USING (stream_id)
