@@ -201,7 +201,7 @@ class Worker:
         try:
             self._reader = await self._retrying(self._connect_reader)
             for i in range(len(self._flushers)):
-                self._flushers[i] = await self._connect()
+                self._flushers[i] = await self._connect(prepare_threshold=0)
             log.info(
                 "worker serving domain %s (%s) concurrency=%d vt=%.0fs",
                 self.domain,
@@ -297,9 +297,11 @@ class Worker:
 
     # -- connections ------------------------------------------------------------------------
 
-    async def _connect(self) -> Conn:
+    async def _connect(self, *, prepare_threshold: int | None = 5) -> Conn:
         return await self._retrying(
-            lambda: psycopg.AsyncConnection.connect(self._url, autocommit=True)
+            lambda: psycopg.AsyncConnection.connect(
+                self._url, autocommit=True, prepare_threshold=prepare_threshold
+            )
         )
 
     async def _retrying(self, fn: Callable[[], Awaitable[T]]) -> T:
@@ -317,7 +319,10 @@ class Worker:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _connect_reader(self) -> Conn:
-        conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+        # the hot statements run thousands of times: prepare them at once
+        conn = await psycopg.AsyncConnection.connect(
+            self._url, autocommit=True, prepare_threshold=0
+        )
         # A read only moves messages' visibility forward. If the server crashed
         # before that commit reached disk, the messages would just become visible
         # again early: a redelivery, which the version-checked outcome already
@@ -337,7 +342,9 @@ class Worker:
         async def attempt() -> T:
             conn = self._flushers[i]
             if conn is None or conn.closed or conn.broken:
-                conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+                conn = await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, prepare_threshold=0
+                )
                 self._flushers[i] = conn
             return await op(conn)
 
