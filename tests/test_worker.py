@@ -368,9 +368,10 @@ async def test_graceful_stop_lets_handlers_finish(dsn: str, bus: CommandBus) -> 
         await asyncio.sleep(0.5)
         return "done"
 
-    sent = (await bus.send("payments", "Charge", {})).value
     worker = make_worker(dsn, reg)
     task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.ready.wait(), 10)  # connected and listening
+    sent = (await bus.send("payments", "Charge", {})).value
     await asyncio.wait_for(started.wait(), 10)
     await worker.stop(timeout=5)
     stats = await task

@@ -98,11 +98,11 @@ QUEUE_EXISTS: Final[LiteralString] = "SELECT 1 FROM commandbus.queue WHERE queue
 CREATE_QUEUE: Final[LiteralString] = "SELECT pgmq.create(%(queue)s::text)"
 
 # {queue} is the pgmq table pgmq.q_<name>; the trigger wakes idle workers.
+DROP_WAKEUP: Final[LiteralString] = "DROP TRIGGER IF EXISTS commandbus_wake_readers ON pgmq.{queue}"
 INSTALL_WAKEUP: Final[LiteralString] = """
-DROP TRIGGER IF EXISTS commandbus_wake_readers ON pgmq.{queue};
 CREATE TRIGGER commandbus_wake_readers
     AFTER INSERT ON pgmq.{queue}
-    FOR EACH STATEMENT EXECUTE FUNCTION commandbus.wake_queue_readers();
+    FOR EACH STATEMENT EXECUTE FUNCTION commandbus.wake_queue_readers()
 """
 
 REGISTER_QUEUE: Final[LiteralString] = """

@@ -56,9 +56,8 @@ class QueueRegistry:
                 cur = await conn.execute(queries.QUEUE_EXISTS, {"queue": queue})
                 if await cur.fetchone() is None:
                     await conn.execute(queries.CREATE_QUEUE, {"queue": queue})
-                    await conn.execute(
-                        sql.SQL(queries.INSTALL_WAKEUP).format(queue=queue_table(queue))
-                    )
+                    for ddl in (queries.DROP_WAKEUP, queries.INSTALL_WAKEUP):
+                        await conn.execute(sql.SQL(ddl).format(queue=queue_table(queue)))
                     await conn.execute(
                         queries.REGISTER_QUEUE, {"queue": queue, "throttle_ms": self._throttle_ms}
                     )

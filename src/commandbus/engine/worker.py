@@ -45,7 +45,7 @@ from commandbus.engine.event_store import EventStore, StreamAppend
 from commandbus.engine.log import command_id_var, correlation_id_var
 from commandbus.engine.models import Command, NewEvent
 from commandbus.engine.outcomes import OutcomeBuilder, decode_command
-from commandbus.engine.queues import wakeup_channel
+from commandbus.engine.queues import QueueRegistry, wakeup_channel
 from commandbus.engine.registry import HandlerRegistry
 from commandbus.engine.retry import RetryPolicy
 from commandbus.errors import (
@@ -155,6 +155,8 @@ class Worker:
         self._stop_timeout = 30.0
         self._running = False
         self._finished = asyncio.Event()
+        #: set once the worker is connected and listening for new messages
+        self.ready = asyncio.Event()
         self._stopping = False
         self._closing = False
         self._reader: Conn | None = None
@@ -200,6 +202,8 @@ class Worker:
         await self._pool.open()
         try:
             self._reader = await self._retrying(self._connect_reader)
+            # a worker may start before anything was sent to its domain
+            await QueueRegistry().ensure(self._reader, self.domain)
             for i in range(len(self._flushers)):
                 self._flushers[i] = await self._connect(prepare_threshold=0)
             log.info(
@@ -395,6 +399,7 @@ class Worker:
                 async with conn:
                     await conn.execute(f'LISTEN "{channel}"')  # channel is a validated name
                     self._wake.set()  # catch up on anything sent while not listening
+                    self.ready.set()
                     async for _ in conn.notifies():
                         self._wake.set()
             except (psycopg.OperationalError, DatabaseUnavailableError) as exc:
