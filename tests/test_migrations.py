@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -277,3 +279,52 @@ async def test_migrating_an_empty_database_builds_the_template_schema(
     assert ("commandbus", "commandbus.event", "event_stream_version_key") in {
         row[:3] for row in built["constraints"]
     }
+
+
+# -- the schema the migrations build, against the checked-in definition ------------------------
+
+SCHEMA_FILE = Path(__file__).parent / "expected_schema.txt"
+
+_SCHEMA_LINES = """
+SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type
+       || CASE WHEN is_nullable = 'NO' THEN ' not null' ELSE '' END
+       || coalesce(' default ' || column_default, '')
+       || CASE WHEN is_identity = 'YES' THEN ' identity' ELSE '' END
+  FROM information_schema.columns WHERE table_schema = 'commandbus'
+UNION ALL
+SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'commandbus'
+UNION ALL
+SELECT 'constraint ' || conrelid::regclass::text || ' ' || conname || ' '
+       || pg_get_constraintdef(c.oid)
+  FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+ WHERE n.nspname = 'commandbus' AND c.contype <> 'n'  -- PG 18 lists NOT NULL here too
+UNION ALL
+SELECT 'trigger ' || pg_get_triggerdef(t.oid)
+  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'commandbus' AND NOT t.tgisinternal
+UNION ALL
+SELECT 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')'
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'commandbus'
+UNION ALL
+SELECT 'table ' || c.relname || ' ' || c.relpersistence::text
+       || coalesce(' ' || array_to_string(c.reloptions, ','), '')
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'commandbus' AND c.relkind = 'r'
+"""
+
+
+async def test_migrations_build_exactly_the_checked_in_schema(empty_dsn: str) -> None:
+    """tests/expected_schema.txt is the current schema; regenerate it on purpose with
+    COMMANDBUS_UPDATE_SCHEMA=1 when a new migration changes it."""
+    await migrate(empty_dsn)
+    async with await connect(empty_dsn) as conn:
+        lines = sorted(str(r[0]) for r in await _rows(conn, _SCHEMA_LINES))
+    text = "\n".join(lines) + "\n"
+    if os.environ.get("COMMANDBUS_UPDATE_SCHEMA") == "1":
+        SCHEMA_FILE.write_text(text)
+    expected = SCHEMA_FILE.read_text()
+    missing = sorted(set(expected.splitlines()) - set(lines))
+    extra = sorted(set(lines) - set(expected.splitlines()))
+    assert not missing and not extra, {"missing": missing, "unexpected": extra}
