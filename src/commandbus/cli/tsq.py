@@ -12,6 +12,7 @@ import click
 
 from commandbus.cli._common import CLIError, database_url, load_config
 from commandbus.engine.bus import CommandBus
+from commandbus.engine.codec import unstructure
 
 T = TypeVar("T")
 
@@ -62,18 +63,7 @@ def list_(
     for c in page.items:
         err: dict[str, Any] = c.last_error or {}
         if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "domain": c.domain,
-                        "command_id": str(c.command_id),
-                        "command_type": c.command_type,
-                        "attempts": c.attempts,
-                        "error": err,
-                        "updated_at": c.updated_at.isoformat(),
-                    }
-                )
-            )
+            click.echo(json.dumps(unstructure(c)))
         else:
             click.echo(
                 f"{c.domain}\t{c.command_id}\t{c.command_type}\tattempts={c.attempts}\t"

@@ -11,7 +11,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus.engine import queries
-from commandbus.engine.codec import dumps
+from commandbus.engine.codec import dumps, structure
 from commandbus.engine.connections import Conn, borrow
 from commandbus.engine.models import NewEvent, StoredEvent
 from commandbus.errors import ConcurrencyError
@@ -61,7 +61,7 @@ class EventColumns:
 
 
 def stored_event(row: dict[str, Any]) -> StoredEvent:
-    return StoredEvent(**row)
+    return structure(row, StoredEvent)
 
 
 async def read_stream(conn: Conn, stream_id: str, *, after_version: int = 0) -> list[StoredEvent]:

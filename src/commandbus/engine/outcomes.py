@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
 
 from commandbus.engine import event_types as ev
 from commandbus.engine.command_store import Reply, Transition
@@ -161,29 +160,3 @@ class OutcomeBuilder:
             data={"attempt": attempt, "error": err.as_dict(), "reason": reason},
             queue_op="archive",
         )
-
-
-def decode_command(domain: str, message: Any) -> Command:
-    """The command a queue message carries; raises ValueError/KeyError/TypeError if bad."""
-    if not isinstance(message, dict):
-        raise TypeError(f"message is a {type(message).__name__}, not an object")
-    data = message.get("data")
-    if not isinstance(data, dict):
-        raise TypeError("message has no 'data' object")
-
-    def opt_uuid(key: str) -> UUID | None:
-        v = message.get(key)
-        return None if v is None else UUID(v)
-
-    return Command(
-        domain=domain,
-        command_id=UUID(message["command_id"]),
-        command_type=str(message["command_type"]),
-        data=data,
-        correlation_id=UUID(message["correlation_id"]),
-        causation_id=opt_uuid("causation_id"),
-        reply_to=message.get("reply_to"),
-        saga_id=opt_uuid("saga_id"),
-        batch_id=opt_uuid("batch_id"),
-        max_attempts=int(message.get("max_attempts") or 1),
-    )

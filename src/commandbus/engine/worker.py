@@ -37,14 +37,14 @@ from psycopg_pool import AsyncConnectionPool
 from commandbus.config import Config
 from commandbus.engine import command_store
 from commandbus.engine import event_types as ev
-from commandbus.engine.codec import dumps
+from commandbus.engine.codec import command_from_message, dumps
 from commandbus.engine.command_store import ReadMessage, Transition
 from commandbus.engine.connections import Conn
 from commandbus.engine.context import HandlerContext
 from commandbus.engine.event_store import EventStore, StreamAppend
 from commandbus.engine.log import command_id_var, correlation_id_var
 from commandbus.engine.models import Command, NewEvent
-from commandbus.engine.outcomes import OutcomeBuilder, decode_command
+from commandbus.engine.outcomes import OutcomeBuilder
 from commandbus.engine.queues import QueueRegistry, wakeup_channel
 from commandbus.engine.registry import HandlerRegistry
 from commandbus.engine.retry import RetryPolicy
@@ -439,7 +439,7 @@ class Worker:
     async def _handle(self, flight: _Flight) -> None:
         msg = flight.msg
         try:
-            command = decode_command(self.domain, msg.message)
+            command = command_from_message(self.domain, msg.message)
         except (KeyError, TypeError, ValueError) as exc:
             await self._quarantine(flight, f"undecodable message: {exc!r}")
             return

@@ -9,6 +9,7 @@ from uuid import UUID
 
 from psycopg.rows import dict_row
 
+from commandbus.engine.codec import structure
 from commandbus.engine.connections import Conn
 from commandbus.engine.models import BatchRecord, CommandRecord, CommandStatus, Page
 from commandbus.engine.names import command_stream_id
@@ -19,7 +20,7 @@ MAX_PAGE = 1000
 
 
 def to_record(row: dict[str, Any]) -> CommandRecord:
-    return CommandRecord(**{**row, "status": CommandStatus(row["status"])})
+    return structure(row, CommandRecord)
 
 
 def _encode_cursor(record: CommandRecord) -> str:
@@ -84,7 +85,7 @@ async def get_batch(conn: Conn, batch_id: UUID) -> BatchRecord | None:
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(q.GET_BATCH, {"batch_id": batch_id})
     row = await cur.fetchone()
-    return None if row is None else BatchRecord(**row)
+    return None if row is None else structure(row, BatchRecord)
 
 
 def stream_of(domain: str, command_id: UUID) -> str:

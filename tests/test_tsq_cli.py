@@ -1,0 +1,75 @@
+"""``commandbus tsq`` against a real database, as an operator would use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+from uuid import UUID
+
+from commandbus import (
+    Command,
+    CommandBus,
+    CommandStatus,
+    HandlerContext,
+    HandlerRegistry,
+    PermanentCommandError,
+    Worker,
+)
+from engine_fixtures import FAST, RunningWorker, wait_for
+
+
+def tsq(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "commandbus.cli", "tsq", *args],
+        env=dict(os.environ, DATABASE_URL=dsn),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_list_retry_cancel_complete_from_the_shell(dsn: str, bus: CommandBus) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> Any:
+        raise PermanentCommandError("card declined", code="DECLINED")
+
+    ids = [(await bus.send("payments", "Charge", {"n": i})).unwrap().command_id for i in range(3)]
+    async with RunningWorker(Worker(dsn, reg, domain="payments", config=FAST)):
+
+        async def all_in_tsq() -> bool:
+            return len((await bus.troubleshooting.list()).items) == 3
+
+        await wait_for(all_in_tsq)
+
+    listed = tsq(dsn, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert {UUID(r["command_id"]) for r in rows} == set(ids)
+    assert rows[0]["last_error"]["code"] == "DECLINED"
+    plain = tsq(dsn, "list", "--error", "declined")
+    assert plain.returncode == 0 and "3 command(s)" in plain.stderr
+
+    assert tsq(dsn, "retry", "payments", str(ids[0]), "--operator", "ana").returncode == 0
+    assert tsq(dsn, "cancel", "payments", str(ids[1]), "--reason", "dup").returncode == 0
+    done = tsq(dsn, "complete", "payments", str(ids[2]), "--result", '{"refund": 12}')
+    assert done.returncode == 0, done.stderr
+
+    statuses = {i: (await bus.get_command("payments", i)) for i in ids}
+    assert statuses[ids[0]] is not None and statuses[ids[0]].status is CommandStatus.PENDING
+    assert statuses[ids[1]] is not None and statuses[ids[1]].status is CommandStatus.CANCELLED
+    assert statuses[ids[2]] is not None and statuses[ids[2]].result == {"refund": 12}
+
+    # refused, with one clear line and a non-zero status
+    again = tsq(dsn, "cancel", "payments", str(ids[1]))
+    assert again.returncode != 0
+    assert again.stderr.strip().startswith("error: cannot cancel")
+    assert "Traceback" not in again.stderr
+    bad_id = tsq(dsn, "retry", "payments", "not-a-uuid")
+    assert bad_id.returncode != 0 and "not a command id" in bad_id.stderr
+    bad_json = tsq(dsn, "complete", "payments", str(ids[0]), "--result", "{oops")
+    assert bad_json.returncode != 0 and "--result is not JSON" in bad_json.stderr
