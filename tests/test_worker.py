@@ -459,3 +459,48 @@ async def test_log_lines_carry_the_correlation_id(
     assert len(lines) == 1
     assert lines[0].correlation_id == str(sent.correlation_id)  # type: ignore[attr-defined]
     assert lines[0].command_id == str(sent.command_id)  # type: ignore[attr-defined]
+
+
+async def test_an_outcome_the_database_refuses_goes_to_the_tsq_alone(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    """Its reply queue was dropped: that command lands in the TSQ, the rest complete."""
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        return "charged"
+
+    doomed = (await bus.send("payments", "Charge", {}, reply_to="gone")).unwrap()
+    fine = [(await bus.send("payments", "Charge", {})).unwrap() for _ in range(5)]
+    await conn.execute("SELECT pgmq.drop_queue('gone')")
+    worker = make_worker(dsn, reg)
+    async with RunningWorker(worker):
+        await until_status(bus, doomed.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
+        for s in fine:
+            await until_status(bus, s.command_id, CommandStatus.COMPLETED)
+    history = await bus.command_history("payments", doomed.command_id)
+    assert history[-1].data["reason"] == "unrecordable_outcome"
+    assert "could not be recorded" in history[-1].data["error"]["message"]
+    assert worker.stats.completed == 5 and worker.stats.troubleshooting == 1
+
+
+async def test_results_postgres_cannot_store_are_refused_cleanly(dsn: str, bus: CommandBus) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> Any:
+        return {"nul": "a\x00b"} if cmd.data["n"] == 0 else "x\ud800"
+
+    a = (await bus.send("payments", "Charge", {"n": 0})).unwrap()
+    b = (await bus.send("payments", "Charge", {"n": 1})).unwrap()
+    async with RunningWorker(make_worker(dsn, reg)):
+        await until_status(bus, a.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
+        await until_status(bus, b.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
+    ra = await bus.get_command("payments", a.command_id)
+    assert ra is not None and ra.last_error is not None
+    assert "NUL" in ra.last_error["message"]
+    from commandbus import PayloadError
+
+    with pytest.raises(PayloadError, match="NUL"):
+        await bus.send("payments", "Charge", {"bad": "\x00"})

@@ -8,6 +8,7 @@ represent with a :class:`~commandbus.errors.PayloadError` naming the problem.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -62,15 +63,25 @@ def command_from_message(domain: str, message: Any) -> Command:
     return converter.structure({**message, "domain": domain}, Command)
 
 
+# an escaped NUL (\u0000) that is not itself an escaped backslash followed by "u0000"
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def dumps(value: Any, *, what: str = "data") -> str:
     """Serialise ``value`` to compact JSON or raise :class:`PayloadError`."""
     try:
-        return _encoder.encode(value)
+        text = _encoder.encode(value)
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"{what} is not JSON-serialisable: {exc}") from None
+    if "\\u0000" in text and _NUL.search(text):
+        raise PayloadError(f"{what} contains a NUL character, which PostgreSQL jsonb cannot store")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise PayloadError(f"{what} contains text that is not valid Unicode") from None
+    return text
 
 
 def dumps_limited(value: Any, limit: int, *, what: str = "data") -> str:

@@ -160,3 +160,32 @@ class OutcomeBuilder:
             data={"attempt": attempt, "error": err.as_dict(), "reason": reason},
             queue_op="archive",
         )
+
+    def unrecordable(self, t: Transition, exc: BaseException) -> Transition:
+        """The TSQ transition for an outcome the database refused to store."""
+        last = t.events[-1]
+        err = error_info(exc)
+        return Transition(
+            domain=t.domain,
+            command_id=t.command_id,
+            stream_id=t.stream_id,
+            expected_version=t.expected_version,
+            events=[
+                *t.events[:-1],
+                NewEvent(
+                    event_type=ev.COMMAND_MOVED_TO_TSQ,
+                    data={
+                        "attempt": last.data.get("attempt"),
+                        "error": {
+                            **err.as_dict(),
+                            "message": f"the outcome could not be recorded: {err.message}",
+                        },
+                        "reason": "unrecordable_outcome",
+                    },
+                    correlation_id=last.correlation_id,
+                    causation_id=last.causation_id,
+                ),
+            ],
+            msg_id=t.msg_id,
+            queue_op="archive",
+        )

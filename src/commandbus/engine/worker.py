@@ -485,7 +485,7 @@ class Worker:
         try:
             try:
                 result = await handler(command, ctx)
-                if result is not None and not isinstance(result, str | int | bool):
+                if result is not None and not isinstance(result, int | bool):
                     dumps(result, what="handler result")  # refuse it here, not in the flush
             except PayloadError as exc:
                 raise PermanentCommandError(str(exc)) from exc
@@ -599,13 +599,44 @@ class Worker:
             (clashing if sid in seen else unique).append(item)
             seen.add(sid)
         transitions = [t for t, _f in unique]
-        ok = await self._with_flusher(i, lambda c: command_store.record_transitions(c, transitions))
+        try:
+            ok = await self._with_flusher(
+                i, lambda c: command_store.record_transitions(c, transitions)
+            )
+        except (psycopg.Error, PayloadError) as exc:
+            # Not a lost connection (those are retried): one outcome the database
+            # refuses must not take its group, or the worker, down with it.
+            if len(unique) > 1:
+                for item in unique:
+                    await self._flush(i, [item])
+                ok = set()
+                unique = []
+            else:
+                await self._record_unrecordable(i, unique[0], exc)
+                return
         for t, f in unique:
             self._count(t, recorded=t.stream_id in ok)
             self._forget(f)
         for t, f in clashing:
             self._count(t, recorded=False)
             self._forget(f)
+
+    async def _record_unrecordable(
+        self, i: int, item: tuple[Transition, _Flight], exc: BaseException
+    ) -> None:
+        """Send a command whose outcome the database refused to the TSQ, saying why."""
+        t, flight = item
+        log.error("outcome of command %s could not be recorded: %s", t.command_id, exc)
+        fallback = self._outcomes.unrecordable(t, exc)
+        try:
+            ok = await self._with_flusher(
+                i, lambda c: command_store.record_transitions(c, [fallback])
+            )
+            self._count(fallback, recorded=fallback.stream_id in ok)
+        except psycopg.Error:
+            log.exception("command %s: not even its failure could be recorded", t.command_id)
+        finally:
+            self._forget(flight)
 
     def _count(self, t: Transition, *, recorded: bool) -> None:
         if not recorded:
