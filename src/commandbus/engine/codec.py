@@ -33,14 +33,17 @@ def _opt_uuid(value: Any) -> UUID | None:
     return None if value is None else UUID(value)
 
 
-def _structure_command(message: Any, _cls: Any) -> Command:
-    """A queue message (with its ``domain`` added) as a Command: the worker's hot path,
-    so written out by hand rather than generated."""
+def _structure_command(value: Any, _cls: Any) -> Command:
+    """``(domain, queue message)`` as a Command. The worker's hot path, so written
+    out by hand rather than generated, and given the message as it came."""
+    domain, message = value
+    if not isinstance(message, dict):
+        raise TypeError(f"message is a {type(message).__name__}, not an object")
     data = message.get("data")
     if not isinstance(data, dict):
         raise TypeError("message has no 'data' object")
     return Command(
-        domain=message["domain"],
+        domain=domain,
         command_id=UUID(message["command_id"]),
         command_type=str(message["command_type"]),
         data=data,
@@ -58,9 +61,7 @@ converter.register_structure_hook(Command, _structure_command)
 
 def command_from_message(domain: str, message: Any) -> Command:
     """The command a queue message carries; raises KeyError/TypeError/ValueError if bad."""
-    if not isinstance(message, dict):
-        raise TypeError(f"message is a {type(message).__name__}, not an object")
-    return converter.structure({**message, "domain": domain}, Command)
+    return converter.structure((domain, message), Command)
 
 
 # an escaped NUL (\u0000) that is not itself an escaped backslash followed by "u0000"
