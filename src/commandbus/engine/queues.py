@@ -41,9 +41,6 @@ class QueueRegistry:
     def is_known(self, queue: str) -> bool:
         return queue in self._known
 
-    def forget(self, queue: str) -> None:
-        self._known.discard(queue)
-
     async def ensure(self, conn: Conn, queue: str) -> None:
         """Create ``queue`` (PGMQ tables, wake-up trigger) unless it exists."""
         validate_queue_name(queue)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
 
@@ -13,10 +10,3 @@ def current_trace_headers() -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
-
-
-def context_from_headers(headers: Any) -> otel_context.Context | None:
-    """The trace context carried by a message's headers, if any."""
-    if isinstance(headers, dict) and "traceparent" in headers:
-        return propagate.extract(headers)
-    return None

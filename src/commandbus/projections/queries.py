@@ -12,7 +12,6 @@ from psycopg.rows import dict_row
 from commandbus.engine.codec import structure
 from commandbus.engine.connections import Conn
 from commandbus.engine.models import BatchRecord, CommandRecord, CommandStatus, Page
-from commandbus.engine.names import command_stream_id
 from commandbus.errors import ValidationError
 from commandbus.projections import sql as q
 
@@ -86,7 +85,3 @@ async def get_batch(conn: Conn, batch_id: UUID) -> BatchRecord | None:
     await cur.execute(q.GET_BATCH, {"batch_id": batch_id})
     row = await cur.fetchone()
     return None if row is None else structure(row, BatchRecord)
-
-
-def stream_of(domain: str, command_id: UUID) -> str:
-    return command_stream_id(domain, command_id)
