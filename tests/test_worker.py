@@ -504,3 +504,40 @@ async def test_results_postgres_cannot_store_are_refused_cleanly(dsn: str, bus: 
 
     with pytest.raises(PayloadError, match="NUL"):
         await bus.send("payments", "Charge", {"bad": "\x00"})
+
+
+async def test_completions_are_grouped_into_few_transactions(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        await asyncio.sleep(0.001)
+
+    from commandbus import CommandRequest
+
+    n = 300
+    sent = await bus.send_batch(
+        [CommandRequest(domain="payments", command_type="Charge") for _ in range(n)]
+    )
+    batch_id = sent.unwrap().batch_id
+    async with RunningWorker(make_worker(dsn, reg, concurrency=16)):
+
+        async def all_done() -> bool:
+            b = await bus.get_batch(batch_id)
+            return b is not None and b.is_complete
+
+        await wait_for(all_done)
+    completed_in = await scalar(
+        conn,
+        "SELECT count(DISTINCT transaction_id) FROM commandbus.event"
+        " WHERE event_type = 'CommandCompleted'",
+    )
+    sent_in = await scalar(
+        conn,
+        "SELECT count(DISTINCT transaction_id) FROM commandbus.event"
+        " WHERE event_type IN ('CommandSent', 'BatchCreated')",
+    )
+    assert sent_in == 1  # the whole batch: one transaction
+    assert completed_in <= n // 5, completed_in  # grouped, not one commit per command
