@@ -1,4 +1,4 @@
-"""``commandbus tsq`` against a real database, as an operator would use it."""
+"""``commandbus tsq`` and ``commandbus show`` against a real database, as an operator would."""
 
 from __future__ import annotations
 
@@ -73,3 +73,45 @@ async def test_list_retry_cancel_complete_from_the_shell(dsn: str, bus: CommandB
     assert bad_id.returncode != 0 and "not a command id" in bad_id.stderr
     bad_json = tsq(dsn, "complete", "payments", str(ids[0]), "--result", "{oops")
     assert bad_json.returncode != 0 and "--result is not JSON" in bad_json.stderr
+
+
+def show(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "commandbus.cli", "show", *args],
+        env=dict(os.environ, DATABASE_URL=dsn),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_show_a_command_and_a_batch(dsn: str, bus: CommandBus) -> None:
+    from commandbus import CommandRequest
+
+    batch = (
+        await bus.send_batch(
+            [CommandRequest(domain="payments", command_type="Charge", data={"n": 1})] * 1,
+            name="nightly",
+        )
+    ).unwrap()
+    cid = batch.command_ids[0]
+
+    text = show(dsn, "command", "payments", str(cid))
+    assert text.returncode == 0, text.stderr
+    assert "PENDING (attempts 0 of 3)" in text.stdout
+    assert "v1 " in text.stdout and "CommandSent" in text.stdout
+
+    as_json = json.loads(show(dsn, "command", "payments", str(cid), "--json").stdout)
+    assert as_json["command"]["command_id"] == str(cid)
+    assert [e["event_type"] for e in as_json["events"]] == ["CommandSent"]
+
+    progress = show(dsn, "batch", str(batch.batch_id))
+    assert progress.returncode == 0, progress.stderr
+    assert "0 of 1 finished" in progress.stdout and "PENDING: 1" in progress.stdout
+
+    missing = show(dsn, "command", "payments", "6f1c9e4e-1111-4b5b-9c55-000000000000")
+    assert missing.returncode != 0
+    assert missing.stderr.strip() == (
+        "error: no command 6f1c9e4e-1111-4b5b-9c55-000000000000 in domain 'payments'"
+    )
+    assert show(dsn, "batch", "nope").returncode != 0
