@@ -31,7 +31,6 @@ from typing import TypeVar
 
 import attrs
 import psycopg
-import tenacity
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus.config import Config
@@ -47,6 +46,7 @@ from commandbus.engine.models import Command, NewEvent
 from commandbus.engine.outcomes import OutcomeBuilder
 from commandbus.engine.queues import QueueRegistry, wakeup_channel
 from commandbus.engine.registry import HandlerRegistry
+from commandbus.engine.resilient import ResilientConnection, connect, retrying
 from commandbus.engine.retry import RetryPolicy
 from commandbus.errors import (
     DatabaseUnavailableError,
@@ -159,8 +159,21 @@ class Worker:
         self.ready = asyncio.Event()
         self._stopping = False
         self._closing = False
-        self._reader: Conn | None = None
-        self._flushers: list[Conn | None] = [None] * flushers
+        retry_for = reconnect_timeout.total_seconds()
+        # The reader only moves messages' visibility forward. If the server crashed
+        # before a read's commit reached disk, those messages would just become
+        # visible again early: a redelivery, which the version-checked outcome
+        # already handles. So reads skip the WAL flush wait; outcomes never do.
+        self._reader = ResilientConnection(
+            url,
+            what=f"worker {domain} reader",
+            retry_for=retry_for,
+            setup=("SET synchronous_commit = off",),
+        )
+        self._flushers = [
+            ResilientConnection(url, what=f"worker {domain} flusher", retry_for=retry_for)
+            for _ in range(flushers)
+        ]
         self._pool: AsyncConnectionPool[Conn] | None = None
 
     # -- public lifecycle -------------------------------------------------------------------
@@ -201,11 +214,10 @@ class Worker:
         )
         await self._pool.open()
         try:
-            self._reader = await self._retrying(self._connect_reader)
             # a worker may start before anything was sent to its domain
-            await QueueRegistry().ensure(self._reader, self.domain)
-            for i in range(len(self._flushers)):
-                self._flushers[i] = await self._connect(prepare_threshold=0)
+            await self._reader.run(lambda c: QueueRegistry().ensure(c, self.domain))
+            for flusher in self._flushers:
+                await flusher.open()
             log.info(
                 "worker serving domain %s (%s) concurrency=%d vt=%.0fs",
                 self.domain,
@@ -293,66 +305,18 @@ class Worker:
                 log.warning("could not release %d messages; they reappear after vt", len(left))
             self._flights.clear()
         for held in (self._reader, *self._flushers):
-            if held is not None:
-                with contextlib.suppress(Exception):
-                    await held.close()
+            with contextlib.suppress(Exception):
+                await held.close()
         if self._pool is not None:
             await self._pool.close()
 
     # -- connections ------------------------------------------------------------------------
 
-    async def _connect(self, *, prepare_threshold: int | None = 5) -> Conn:
-        return await self._retrying(
-            lambda: psycopg.AsyncConnection.connect(
-                self._url, autocommit=True, prepare_threshold=prepare_threshold
-            )
-        )
-
     async def _retrying(self, fn: Callable[[], Awaitable[T]]) -> T:
-        try:
-            async for attempt in tenacity.AsyncRetrying(
-                retry=tenacity.retry_if_exception_type(psycopg.OperationalError),
-                wait=tenacity.wait_exponential(multiplier=0.1, max=5),
-                stop=tenacity.stop_after_delay(self._reconnect_timeout),
-                reraise=True,
-            ):
-                with attempt:
-                    return await fn()
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnavailableError(f"worker {self.domain}: database lost: {exc}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await retrying(fn, retry_for=self._reconnect_timeout, what=f"worker {self.domain}")
 
-    async def _connect_reader(self) -> Conn:
-        # the hot statements run thousands of times: prepare them at once
-        conn = await psycopg.AsyncConnection.connect(
-            self._url, autocommit=True, prepare_threshold=0
-        )
-        # A read only moves messages' visibility forward. If the server crashed
-        # before that commit reached disk, the messages would just become visible
-        # again early: a redelivery, which the version-checked outcome already
-        # handles. So reads need not wait for a WAL flush; outcomes always do.
-        await conn.execute("SET synchronous_commit = off")
-        return conn
-
-    async def _with_reader(self, op: Callable[[Conn], Awaitable[T]]) -> T:
-        async def attempt() -> T:
-            if self._reader is None or self._reader.closed or self._reader.broken:
-                self._reader = await self._connect_reader()
-            return await op(self._reader)
-
-        return await self._retrying(attempt)
-
-    async def _with_flusher(self, i: int, op: Callable[[Conn], Awaitable[T]]) -> T:
-        async def attempt() -> T:
-            conn = self._flushers[i]
-            if conn is None or conn.closed or conn.broken:
-                conn = await psycopg.AsyncConnection.connect(
-                    self._url, autocommit=True, prepare_threshold=0
-                )
-                self._flushers[i] = conn
-            return await op(conn)
-
-        return await self._retrying(attempt)
+    async def _connect(self) -> Conn:
+        return await self._retrying(lambda: connect(self._url))
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -366,7 +330,7 @@ class Worker:
                 continue
             qty = min(self._batch_size, room)
             self._wake.clear()
-            msgs = await self._with_reader(
+            msgs = await self._reader.run(
                 lambda c, q=qty: command_store.read_batch(  # type: ignore[misc]
                     c, self.domain, qty=q, vt_seconds=self._vt
                 )
@@ -383,7 +347,7 @@ class Worker:
                 await asyncio.sleep(0)
                 continue
             wait = poll
-            nxt = await self._with_reader(
+            nxt = await self._reader.run(
                 lambda c: command_store.seconds_until_next_visible(c, self.domain)
             )
             if nxt is not None:
@@ -600,8 +564,8 @@ class Worker:
             seen.add(sid)
         transitions = [t for t, _f in unique]
         try:
-            ok = await self._with_flusher(
-                i, lambda c: command_store.record_transitions(c, transitions)
+            ok = await self._flushers[i].run(
+                lambda c: command_store.record_transitions(c, transitions)
             )
         except (psycopg.Error, PayloadError) as exc:
             # Not a lost connection (those are retried): one outcome the database
@@ -629,8 +593,8 @@ class Worker:
         log.error("outcome of command %s could not be recorded: %s", t.command_id, exc)
         fallback = self._outcomes.unrecordable(t, exc)
         try:
-            ok = await self._with_flusher(
-                i, lambda c: command_store.record_transitions(c, [fallback])
+            ok = await self._flushers[i].run(
+                lambda c: command_store.record_transitions(c, [fallback])
             )
             self._count(fallback, recorded=fallback.stream_id in ok)
         except psycopg.Error:
