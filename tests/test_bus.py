@@ -309,3 +309,18 @@ async def test_failure_unwrap_raises_the_matching_error(bus: CommandBus) -> None
     assert not again.ok
     with pytest.raises(DuplicateCommandError, match="already exists"):
         again.unwrap()
+
+
+async def test_a_lost_connection_is_a_clear_error_and_the_bus_recovers(
+    bus: CommandBus, conn: Conn
+) -> None:
+    assert (await bus.send("payments", "Charge", {})).ok
+    await conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        "   AND backend_type = 'client backend'"
+    )
+    with pytest.raises(DatabaseUnavailableError):
+        await bus.send("payments", "Charge", {})
+    # the pool drops the broken connection; the next send gets a fresh one
+    assert (await bus.send("payments", "Charge", {})).ok
