@@ -5,7 +5,7 @@ The public API is what ``__all__`` lists; everything else is private.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata as _metadata
 
 from commandbus.config import Config
 from commandbus.engine.bus import CommandBus
@@ -52,8 +52,8 @@ from commandbus.projections.replay import Difference, VerifyReport
 from commandbus.results import Failure, Result, Success
 
 try:
-    __version__ = version("commandbus")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _metadata.version("commandbus")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [

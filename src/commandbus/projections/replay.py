@@ -112,6 +112,8 @@ class Difference:
 
 @attrs.frozen(kw_only=True)
 class VerifyReport:
+    """The result of :func:`verify`: how many commands were compared, and every difference."""
+
     checked: int
     differences: tuple[Difference, ...]
 
