@@ -541,3 +541,32 @@ async def test_completions_are_grouped_into_few_transactions(
     )
     assert sent_in == 1  # the whole batch: one transaction
     assert completed_in <= n // 5, completed_in  # grouped, not one commit per command
+
+
+async def test_a_second_stop_request_can_cut_the_grace_short(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    reg = HandlerRegistry()
+    started = asyncio.Event()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    sent = (await bus.send("payments", "Charge", {})).unwrap()
+    worker = make_worker(dsn, reg)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 10)
+    worker.request_stop(30)  # generous grace ...
+    await asyncio.sleep(0.2)
+    assert not task.done()
+    worker.request_stop(0)  # ... then: now
+    stats = await asyncio.wait_for(task, 5)
+    assert stats.released == 1
+    visible = await scalar(
+        conn,
+        "SELECT count(*) FROM pgmq.q_payments WHERE msg_id = %s AND vt <= clock_timestamp()",
+        sent.msg_id,
+    )
+    assert visible == 1

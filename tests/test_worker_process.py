@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -207,3 +208,26 @@ def test_worker_cli_refuses_a_domain_without_handlers(dsn: str) -> None:
     )
     assert proc.returncode != 0
     assert "no handlers are registered for domain 'nobody'" in proc.stderr
+
+
+async def test_a_second_sigterm_forces_the_stop(dsn: str, bus: CommandBus, conn: Conn) -> None:
+    await conn.execute("CREATE TABLE public.effects (command_id uuid, attempt int)")
+    await send_jobs(bus, 2)
+    proc = start_worker(dsn, "--grace", "60", sleep=60)
+    await wait_for(
+        lambda: _true(
+            scalar(conn, "SELECT count(*) FROM pgmq.q_jobs WHERE read_ct > 0"), at_least=2
+        ),
+        timeout=30,
+    )
+    await asyncio.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    assert proc.poll() is None  # waiting for its handlers, as asked
+    started = time.monotonic()
+    code, err = stop(proc, signal.SIGTERM)
+    assert code == 0, err
+    assert time.monotonic() - started < 15
+    assert "forcing" in err
+    invisible = await scalar(conn, "SELECT count(*) FROM pgmq.q_jobs WHERE vt > clock_timestamp()")
+    assert invisible == 0

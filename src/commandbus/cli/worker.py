@@ -34,8 +34,20 @@ def load_registry(spec: str) -> HandlerRegistry:
 async def serve(worker: Worker, *, grace: float) -> WorkerStats:
     """Run ``worker`` until SIGINT or SIGTERM, then stop it gracefully."""
     loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            click.echo(f"stopping: in-flight handlers get {grace:g}s (again to force)", err=True)
+            worker.request_stop(grace)
+        else:
+            click.echo("forcing: cancelling in-flight handlers", err=True)
+            worker.request_stop(0)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, worker.request_stop, grace)
+        loop.add_signal_handler(sig, on_signal)
     try:
         return await worker.run()
     finally:

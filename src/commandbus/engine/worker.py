@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import psycopg
@@ -153,6 +153,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()
         self._stop_timeout = 30.0
+        self._hurry = asyncio.Event()  # the stop timeout changed
         self._running = False
         self._finished = asyncio.Event()
         #: set once the worker is connected and listening for new messages
@@ -179,9 +180,14 @@ class Worker:
     # -- public lifecycle -------------------------------------------------------------------
 
     def request_stop(self, timeout: float | None = None) -> None:
-        """Ask the worker to stop (safe from signal handlers, idempotent)."""
+        """Ask the worker to stop (safe from signal handlers, idempotent).
+
+        A later call with a shorter ``timeout`` shortens the wait for running
+        handlers, even while it is under way (``0``: cancel them now).
+        """
         if timeout is not None:
-            self._stop_timeout = timeout
+            self._stop_timeout = min(self._stop_timeout, timeout)
+            self._hurry.set()
         self._stop_event.set()
         self._wake.set()
         self._room.set()
@@ -281,14 +287,22 @@ class Worker:
                     await task
 
     async def _drain_handlers(self) -> None:
-        tasks = list(self._runners)
-        if not tasks:
-            return
-        _done, still = await asyncio.wait(tasks, timeout=self._stop_timeout)
-        for task in still:
+        """Let running handlers finish within the stop timeout (which may shrink)."""
+        started = time.monotonic()
+        while True:
+            running: list[asyncio.Future[Any]] = [t for t in self._runners if not t.done()]
+            left = self._stop_timeout - (time.monotonic() - started)
+            if not running or left <= 0:
+                break
+            self._hurry.clear()
+            hurry = asyncio.create_task(self._hurry.wait(), name="commandbus-stop-hurry")
+            await asyncio.wait([*running, hurry], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            hurry.cancel()
+        late = [t for t in self._runners if not t.done()]
+        for task in late:
             task.cancel()
-        if still:
-            await asyncio.wait(still, timeout=5)
+        if late:
+            await asyncio.wait(late, timeout=5)
 
     async def _shutdown(self) -> None:
         """Make every message we still hold visible again, then close connections."""
