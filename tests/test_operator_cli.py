@@ -21,14 +21,22 @@ from commandbus import (
 from engine_fixtures import FAST, RunningWorker, wait_for
 
 
-def tsq(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "commandbus.cli", "tsq", *args],
+        [sys.executable, "-m", "commandbus.cli", *args],
         env=dict(os.environ, DATABASE_URL=dsn),
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def tsq(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli(dsn, "tsq", *args)
+
+
+def show(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli(dsn, "show", *args)
 
 
 async def test_list_retry_cancel_complete_from_the_shell(dsn: str, bus: CommandBus) -> None:
@@ -73,16 +81,6 @@ async def test_list_retry_cancel_complete_from_the_shell(dsn: str, bus: CommandB
     assert bad_id.returncode != 0 and "not a command id" in bad_id.stderr
     bad_json = tsq(dsn, "complete", "payments", str(ids[0]), "--result", "{oops")
     assert bad_json.returncode != 0 and "--result is not JSON" in bad_json.stderr
-
-
-def show(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "commandbus.cli", "show", *args],
-        env=dict(os.environ, DATABASE_URL=dsn),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 async def test_show_a_command_and_a_batch(dsn: str, bus: CommandBus) -> None:
