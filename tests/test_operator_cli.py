@@ -113,3 +113,23 @@ async def test_show_a_command_and_a_batch(dsn: str, bus: CommandBus) -> None:
         "error: no command 6f1c9e4e-1111-4b5b-9c55-000000000000 in domain 'payments'"
     )
     assert show(dsn, "batch", "nope").returncode != 0
+
+
+async def test_projection_verify_and_rebuild_from_the_shell(
+    dsn: str, bus: CommandBus, conn: Any
+) -> None:
+    for _ in range(3):
+        (await bus.send("payments", "Charge", {})).unwrap()
+    ok = cli(dsn, "projection", "verify")
+    assert ok.returncode == 0, ok.stderr
+    assert "3 commands: the projection equals a replay" in ok.stdout
+
+    await conn.execute("UPDATE commandbus.command SET attempts = 7")
+    bad = cli(dsn, "projection", "verify", "--limit", "1")
+    assert bad.returncode == 1
+    assert len(bad.stdout.splitlines()) == 1 and "attempts" in bad.stdout
+    assert bad.stderr.strip() == "error: 3 difference(s) in 3 commands"
+
+    fixed = cli(dsn, "projection", "rebuild", "--replace")
+    assert fixed.returncode == 0 and "rebuilt 3 commands into commandbus.command" in fixed.stdout
+    assert cli(dsn, "projection", "verify").returncode == 0

@@ -17,6 +17,7 @@ from commandbus.cli._common import CLIError, Overrides
 from commandbus.cli.db import db
 from commandbus.cli.demo import demo
 from commandbus.cli.migrate import migrate
+from commandbus.cli.projection import projection
 from commandbus.cli.show import show
 from commandbus.cli.tsq import tsq
 from commandbus.cli.worker import worker
@@ -65,7 +66,7 @@ def version() -> None:
     click.echo(f"commandbus {package_version('commandbus')}")
 
 
-_COMMANDS: tuple[click.Command, ...] = (db, migrate, demo, worker, tsq, show)
+_COMMANDS: tuple[click.Command, ...] = (db, migrate, demo, worker, tsq, show, projection)
 for _command in _COMMANDS:
     cli.add_command(_command)
 
