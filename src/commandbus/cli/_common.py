@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
 
 import attrs
 import click
 
 from commandbus.config import Config
 from commandbus.database import open_database
+
+if TYPE_CHECKING:
+    from commandbus.engine.bus import CommandBus
+
+T = TypeVar("T")
 
 
 class CLIError(click.ClickException):
@@ -42,3 +49,23 @@ def database_url(ctx: click.Context) -> Iterator[str]:
     """The database URL for this command (DATABASE_URL, else the embedded server)."""
     with open_database(load_config(ctx)) as url:
         yield url
+
+
+def parse_uuid(value: str, what: str) -> UUID:
+    """A command or batch id given on the command line."""
+    try:
+        return UUID(value)
+    except ValueError:
+        raise CLIError(f"not a {what} id: {value!r}") from None
+
+
+def run_with_bus(ctx: click.Context, action: Callable[[CommandBus], Awaitable[T]]) -> T:
+    """Open a small CommandBus on this command's database and run ``action`` with it."""
+    from commandbus.engine.bus import CommandBus
+
+    async def go(url: str) -> T:
+        async with CommandBus(url, config=load_config(ctx), max_connections=2) as bus:
+            return await action(bus)
+
+    with database_url(ctx) as url:
+        return asyncio.run(go(url))

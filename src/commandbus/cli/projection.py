@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import click
 
-from commandbus.cli._common import CLIError, database_url, load_config
-from commandbus.engine.bus import CommandBus
+from commandbus.cli._common import CLIError, run_with_bus
 
 
 @click.group()
@@ -26,18 +23,12 @@ def projection() -> None:
 @click.pass_context
 def verify(ctx: click.Context, limit: int) -> None:
     """Replay every event and compare with the live table; exit 1 on any difference."""
-
-    async def go(url: str) -> None:
-        async with CommandBus(url, config=load_config(ctx), max_connections=1) as bus:
-            report = await bus.verify_projection()
-        for diff in report.differences[:limit]:
-            click.echo(str(diff))
-        if not report.ok:
-            raise CLIError(f"{len(report.differences)} difference(s) in {report.checked} commands")
-        click.echo(f"{report.checked} commands: the projection equals a replay of the events")
-
-    with database_url(ctx) as url:
-        asyncio.run(go(url))
+    report = run_with_bus(ctx, lambda bus: bus.verify_projection())
+    for diff in report.differences[:limit]:
+        click.echo(str(diff))
+    if not report.ok:
+        raise CLIError(f"{len(report.differences)} difference(s) in {report.checked} commands")
+    click.echo(f"{report.checked} commands: the projection equals a replay of the events")
 
 
 @projection.command()
@@ -49,12 +40,6 @@ def verify(ctx: click.Context, limit: int) -> None:
 @click.pass_context
 def rebuild(ctx: click.Context, replace: bool) -> None:
     """Recompute the projection from the events alone."""
-
-    async def go(url: str) -> None:
-        async with CommandBus(url, config=load_config(ctx), max_connections=1) as bus:
-            n = await bus.rebuild_projection(replace_live=replace)
-        where = "commandbus.command" if replace else "commandbus.command_rebuild"
-        click.echo(f"rebuilt {n} commands into {where}")
-
-    with database_url(ctx) as url:
-        asyncio.run(go(url))
+    n = run_with_bus(ctx, lambda bus: bus.rebuild_projection(replace_live=replace))
+    where = "commandbus.command" if replace else "commandbus.command_rebuild"
+    click.echo(f"rebuilt {n} commands into {where}")

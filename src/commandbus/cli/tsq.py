@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from uuid import UUID
 
 import click
 
-from commandbus.cli._common import CLIError, database_url, load_config
-from commandbus.engine.bus import CommandBus
+from commandbus.cli._common import CLIError, parse_uuid, run_with_bus
 from commandbus.engine.codec import unstructure
 
 T = TypeVar("T")
-
-
-def _run(ctx: click.Context, action: Callable[[CommandBus], Awaitable[T]]) -> T:
-    async def go(url: str) -> T:
-        async with CommandBus(url, config=load_config(ctx), max_connections=2) as bus:
-            return await action(bus)
-
-    with database_url(ctx) as url:
-        return asyncio.run(go(url))
-
-
-def _uuid(value: str) -> UUID:
-    try:
-        return UUID(value)
-    except ValueError:
-        raise CLIError(f"not a command id: {value!r}") from None
 
 
 @click.group()
@@ -54,7 +34,7 @@ def list_(
     as_json: bool,
 ) -> None:
     """Commands waiting for an operator, oldest first."""
-    page = _run(
+    page = run_with_bus(
         ctx,
         lambda bus: bus.troubleshooting.list(
             domain=domain, command_type=command_type, error_contains=error, limit=limit
@@ -80,8 +60,10 @@ def list_(
 @click.pass_context
 def retry(ctx: click.Context, domain: str, command_id: str, operator: str | None) -> None:
     """Re-queue a command with fresh attempts."""
-    cid = _uuid(command_id)
-    msg_id = _run(ctx, lambda bus: bus.troubleshooting.retry(domain, cid, operator=operator))
+    cid = parse_uuid(command_id, "command")
+    msg_id = run_with_bus(
+        ctx, lambda bus: bus.troubleshooting.retry(domain, cid, operator=operator)
+    )
     click.echo(f"re-queued {cid} as message {msg_id}")
 
 
@@ -95,8 +77,10 @@ def cancel(
     ctx: click.Context, domain: str, command_id: str, reason: str | None, operator: str | None
 ) -> None:
     """Cancel a command for good."""
-    cid = _uuid(command_id)
-    _run(ctx, lambda bus: bus.troubleshooting.cancel(domain, cid, reason=reason, operator=operator))
+    cid = parse_uuid(command_id, "command")
+    run_with_bus(
+        ctx, lambda bus: bus.troubleshooting.cancel(domain, cid, reason=reason, operator=operator)
+    )
     click.echo(f"cancelled {cid}")
 
 
@@ -116,12 +100,12 @@ def complete(
     ctx: click.Context, domain: str, command_id: str, result_json: str, operator: str | None
 ) -> None:
     """Mark a command completed by hand."""
-    cid = _uuid(command_id)
+    cid = parse_uuid(command_id, "command")
     try:
         result = json.loads(result_json)
     except json.JSONDecodeError as exc:
         raise CLIError(f"--result is not JSON: {exc}") from None
-    _run(
+    run_with_bus(
         ctx,
         lambda bus: bus.troubleshooting.complete(domain, cid, result=result, operator=operator),
     )

@@ -71,6 +71,54 @@ async def read_stream(conn: Conn, stream_id: str, *, after_version: int = 0) -> 
     return [stored_event(r) for r in await cur.fetchall()]
 
 
+async def append(conn: Conn, appends: Sequence[StreamAppend]) -> int:
+    """Append events to one or more streams in ONE statement; all or nothing.
+
+    Returns the position of the last event appended. Raises
+    :class:`ConcurrencyError` (appending nothing) when any stream is not at its
+    expected version.
+    """
+    if not appends:
+        raise ValueError("nothing to append")
+    cols = EventColumns()
+    s_ids: list[str] = []
+    s_types: list[str] = []
+    s_expected: list[int] = []
+    s_new: list[int] = []
+    seen: set[str] = set()
+    for item in appends:
+        if item.stream_id in seen:
+            raise ValueError(f"stream {item.stream_id!r} appears twice in one append")
+        if not item.events:
+            raise ValueError(f"no events for stream {item.stream_id!r}")
+        if item.expected_version < 0:
+            raise ValueError("expected_version must be >= 0")
+        seen.add(item.stream_id)
+        s_ids.append(item.stream_id)
+        s_types.append(item.stream_type)
+        s_expected.append(item.expected_version)
+        s_new.append(item.expected_version + len(item.events))
+        for i, event in enumerate(item.events, start=1):
+            cols.add(item.stream_id, item.expected_version + i, event)
+    params = {
+        "s_ids": s_ids,
+        "s_types": s_types,
+        "s_expected": s_expected,
+        "s_new": s_new,
+        **cols.params(),
+    }
+    async with conn.transaction():
+        cur = await conn.execute(queries.APPEND, params)
+        rows = await cur.fetchall()
+        conflicts = [r[0] for r in rows if not r[1]]
+        if conflicts:
+            raise ConcurrencyError(
+                f"stream version conflict on {', '.join(conflicts)}",
+                details={"streams": conflicts},
+            )
+        return int(rows[0][2])
+
+
 class EventStore:
     """Appends to and reads from ``commandbus.event``."""
 
@@ -78,51 +126,9 @@ class EventStore:
         self._pool = pool
 
     async def append(self, appends: Sequence[StreamAppend], *, conn: Conn | None = None) -> int:
-        """Append events to one or more streams in ONE statement; all or nothing.
-
-        Returns the position of the last event appended. Raises
-        :class:`ConcurrencyError` (appending nothing) when any stream is not at its
-        expected version.
-        """
-        if not appends:
-            raise ValueError("nothing to append")
-        cols = EventColumns()
-        s_ids: list[str] = []
-        s_types: list[str] = []
-        s_expected: list[int] = []
-        s_new: list[int] = []
-        seen: set[str] = set()
-        for item in appends:
-            if item.stream_id in seen:
-                raise ValueError(f"stream {item.stream_id!r} appears twice in one append")
-            if not item.events:
-                raise ValueError(f"no events for stream {item.stream_id!r}")
-            if item.expected_version < 0:
-                raise ValueError("expected_version must be >= 0")
-            seen.add(item.stream_id)
-            s_ids.append(item.stream_id)
-            s_types.append(item.stream_type)
-            s_expected.append(item.expected_version)
-            s_new.append(item.expected_version + len(item.events))
-            for i, event in enumerate(item.events, start=1):
-                cols.add(item.stream_id, item.expected_version + i, event)
-        params = {
-            "s_ids": s_ids,
-            "s_types": s_types,
-            "s_expected": s_expected,
-            "s_new": s_new,
-            **cols.params(),
-        }
-        async with borrow(self._pool, conn) as c, c.transaction():
-            cur = await c.execute(queries.APPEND, params)
-            rows = await cur.fetchall()
-            conflicts = [r[0] for r in rows if not r[1]]
-            if conflicts:
-                raise ConcurrencyError(
-                    f"stream version conflict on {', '.join(conflicts)}",
-                    details={"streams": conflicts},
-                )
-            return int(rows[0][2])
+        """Append events to one or more streams in ONE statement; see :func:`append`."""
+        async with borrow(self._pool, conn) as c:
+            return await append(c, appends)
 
     async def read_stream(
         self, stream_id: str, *, after_version: int = 0, conn: Conn | None = None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -34,13 +35,13 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus.config import Config
-from commandbus.engine import command_store
+from commandbus.engine import command_store, event_store
 from commandbus.engine import event_types as ev
 from commandbus.engine.codec import command_from_message, dumps
 from commandbus.engine.command_store import ReadMessage, Transition
 from commandbus.engine.connections import Conn
 from commandbus.engine.context import HandlerContext
-from commandbus.engine.event_store import EventStore, StreamAppend
+from commandbus.engine.event_store import StreamAppend
 from commandbus.engine.log import command_id_var, correlation_id_var
 from commandbus.engine.models import Command, NewEvent
 from commandbus.engine.outcomes import OutcomeBuilder
@@ -345,8 +346,8 @@ class Worker:
             qty = min(self._batch_size, room)
             self._wake.clear()
             msgs = await self._reader.run(
-                lambda c, q=qty: command_store.read_batch(  # type: ignore[misc]
-                    c, self.domain, qty=q, vt_seconds=self._vt
+                functools.partial(
+                    command_store.read_batch, domain=self.domain, qty=qty, vt_seconds=self._vt
                 )
             )
             if self._stop_event.is_set():
@@ -521,7 +522,8 @@ class Worker:
 
         async def op(conn: Conn) -> None:
             async with conn.transaction():
-                await EventStore(self._pool).append(  # type: ignore[arg-type]
+                await event_store.append(
+                    conn,
                     [
                         StreamAppend(
                             stream_id=f"quarantine:{self.domain}:{msg.msg_id}",
@@ -540,7 +542,6 @@ class Worker:
                             ],
                         )
                     ],
-                    conn=conn,
                 )
                 await command_store.archive(conn, self.domain, [msg.msg_id])
 
