@@ -14,7 +14,7 @@ from commandbus.config import Config
 from commandbus.engine import command_store
 from commandbus.engine.codec import dumps, dumps_limited
 from commandbus.engine.command_store import OutgoingCommand
-from commandbus.engine.connections import Conn, borrow
+from commandbus.engine.connections import Conn, atomic, borrow
 from commandbus.engine.event_store import EventStore, read_stream
 from commandbus.engine.models import (
     BatchRecord,
@@ -342,7 +342,7 @@ class CommandBus:
         await self._ensure_queues(sorted(queues_needed))
         async with borrow(self.pool, conn) as c:
             try:
-                async with c.transaction():
+                async with atomic(c):
                     rows = await command_store.send_many(
                         c,
                         outs,

@@ -12,7 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from commandbus.engine import queries
 from commandbus.engine.codec import dumps, structure
-from commandbus.engine.connections import Conn, borrow
+from commandbus.engine.connections import Conn, atomic, borrow
 from commandbus.engine.models import NewEvent, StoredEvent
 from commandbus.errors import ConcurrencyError
 
@@ -107,7 +107,7 @@ async def append(conn: Conn, appends: Sequence[StreamAppend]) -> int:
         "s_new": s_new,
         **cols.params(),
     }
-    async with conn.transaction():
+    async with atomic(conn):
         cur = await conn.execute(queries.APPEND, params)
         rows = await cur.fetchall()
         conflicts = [r[0] for r in rows if not r[1]]

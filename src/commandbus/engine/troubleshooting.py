@@ -18,7 +18,7 @@ from commandbus.engine import command_store, queries
 from commandbus.engine import event_types as ev
 from commandbus.engine.codec import dumps
 from commandbus.engine.command_store import Transition
-from commandbus.engine.connections import Conn, borrow
+from commandbus.engine.connections import Conn, atomic, borrow
 from commandbus.engine.event_store import read_stream
 from commandbus.engine.models import Command, CommandRecord, CommandStatus, NewEvent, Page
 from commandbus.engine.names import command_stream_id
@@ -105,7 +105,7 @@ def _event(record: CommandRecord, event_type: str, data: dict[str, Any]) -> NewE
 
 async def retry(conn: Conn, domain: str, command_id: UUID, *, operator: str | None = None) -> int:
     """Re-queue a TSQ command with fresh attempts; returns its new message id."""
-    async with conn.transaction():
+    async with atomic(conn):
         record = await _in_tsq(conn, domain, command_id, "retry")
         sent = await _sent_event(conn, domain, command_id)
         message = {k: v for k, v in sent.items() if k not in _EVENT_ONLY_KEYS}
@@ -147,7 +147,7 @@ async def _finish(
     result: Any = None,
 ) -> None:
     """Record an operator's final word on a TSQ command, with its reply if any."""
-    async with conn.transaction():
+    async with atomic(conn):
         record = await _in_tsq(conn, domain, command_id, action)
         sent = await _sent_event(conn, domain, command_id)
         await _record(
