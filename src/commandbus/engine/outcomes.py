@@ -48,7 +48,10 @@ class OutcomeBuilder:
 
     @staticmethod
     def lost_attempts(command: Command, read_ct: int, recorded: int) -> list[NewEvent]:
-        """Events for earlier deliveries of this message that never recorded an outcome."""
+        """Events for earlier deliveries of this message that never recorded an outcome.
+
+        At most ``max_attempts`` are counted: a delivery past them never runs.
+        """
         return [
             NewEvent(
                 event_type=ev.COMMAND_ATTEMPT_LOST,
@@ -59,7 +62,7 @@ class OutcomeBuilder:
                 correlation_id=command.correlation_id,
                 causation_id=command.command_id,
             )
-            for n in range(recorded + 1, read_ct)
+            for n in range(recorded + 1, min(read_ct, command.max_attempts + 1))
         ]
 
     def _transition(
@@ -158,6 +161,37 @@ class OutcomeBuilder:
             **common,
             event_type=ev.COMMAND_MOVED_TO_TSQ,
             data={"attempt": attempt, "error": err.as_dict(), "reason": reason},
+            queue_op="archive",
+        )
+
+    def deliveries_exhausted(
+        self, command: Command, *, deliveries: int, version: int, msg_id: int, recorded: int
+    ) -> Transition:
+        """TSQ for a message delivered past ``max_attempts`` with no outcome recorded.
+
+        Each of those deliveries ended without an outcome (the worker died or the
+        visibility timeout ran out mid-handler): the handler does not run again.
+        """
+        last = command.max_attempts
+        return self._transition(
+            command,
+            version=version,
+            msg_id=msg_id,
+            prefix=self.lost_attempts(command, deliveries, recorded),
+            event_type=ev.COMMAND_MOVED_TO_TSQ,
+            data={
+                "attempt": last,
+                "deliveries": deliveries,
+                "error": {
+                    "type": "AttemptsExhausted",
+                    "code": "ATTEMPTS_EXHAUSTED",
+                    "message": (
+                        f"delivered {deliveries - 1} times without a recorded outcome "
+                        f"(max_attempts={last}); the handler was not run again"
+                    ),
+                },
+                "reason": "attempts_exhausted",
+            },
             queue_op="archive",
         )
 

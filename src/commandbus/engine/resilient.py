@@ -9,6 +9,8 @@ worker stops loudly.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import LiteralString, TypeVar
 
@@ -21,13 +23,34 @@ from commandbus.errors import DatabaseUnavailableError
 T = TypeVar("T")
 
 
-async def retrying(fn: Callable[[], Awaitable[T]], *, retry_for: float, what: str) -> T:
-    """``await fn()``, retried on lost connections with exponential backoff."""
+async def retrying(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    retry_for: float,
+    what: str,
+    give_up: asyncio.Event | None = None,
+) -> T:
+    """``await fn()``, retried on lost connections with exponential backoff.
+
+    Setting ``give_up`` (a worker's stop request) ends the waiting at once: the
+    next failure is final instead of being retried for up to ``retry_for``.
+    """
+    stop: tenacity.stop.stop_base = tenacity.stop_after_delay(retry_for)
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    if give_up is not None:
+        event = give_up
+        stop = stop | tenacity.stop_when_event_set(event)  # type: ignore[arg-type]
+
+        async def sleep(seconds: float) -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), seconds)
+
     try:
         async for attempt in tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(psycopg.OperationalError),
             wait=tenacity.wait_exponential(multiplier=0.1, max=5),
-            stop=tenacity.stop_after_delay(retry_for),
+            stop=stop,
+            sleep=sleep,
             reraise=True,
         ):
             with attempt:
@@ -55,8 +78,10 @@ class ResilientConnection:
         retry_for: float,
         setup: Sequence[LiteralString] = (),
         prepare_threshold: int | None = 0,
+        give_up: asyncio.Event | None = None,
     ) -> None:
         self._url = url
+        self._give_up = give_up
         self._what = what
         self._retry_for = retry_for
         self._setup = tuple(setup)
@@ -77,7 +102,9 @@ class ResilientConnection:
                 self._conn = await self._fresh()
             return await op(self._conn)
 
-        return await retrying(attempt, retry_for=self._retry_for, what=self._what)
+        return await retrying(
+            attempt, retry_for=self._retry_for, what=self._what, give_up=self._give_up
+        )
 
     async def open(self) -> None:
         """Connect now (with the same retries), so start-up problems show at once."""

@@ -26,12 +26,13 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus.config import Config
@@ -50,14 +51,34 @@ from commandbus.engine.registry import HandlerRegistry
 from commandbus.engine.resilient import ResilientConnection, connect, retrying
 from commandbus.engine.retry import RetryPolicy
 from commandbus.errors import (
+    CommandBusError,
     DatabaseUnavailableError,
     PayloadError,
     PermanentCommandError,
+    TransientCommandError,
     UnknownCommandTypeError,
+    ValidationError,
 )
 
 log = logging.getLogger("commandbus.worker")
 T = TypeVar("T")
+
+#: seconds running handlers get when a stop names no timeout
+DEFAULT_GRACE = 30.0
+#: seconds a stop may take past its grace to record what finished and hand back the rest
+FINAL_SECONDS = 1.0
+
+
+def _seconds(value: timedelta | float, name: str) -> float:
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ValidationError(f"{name} must be a timedelta or a number of seconds, got {value!r}")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValidationError(f"{name} must be a finite duration >= 0, got {value!r}")
+    return seconds
 
 
 @attrs.define
@@ -97,6 +118,18 @@ class _Flight:
     started: bool = False
 
 
+@attrs.frozen
+class _Attempt:
+    """One delivery of a command being handled: what its outcome is recorded against."""
+
+    command: Command
+    number: int  # the delivery count (PGMQ's read_ct)
+    version: int  # the stream version the delivery was read at
+    msg_id: int
+    recorded: int  # attempts recorded so far
+    prefix: list[NewEvent]  # CommandAttemptLost events for earlier, unrecorded deliveries
+
+
 class Worker:
     """Processes one domain's commands with the handlers of a registry."""
 
@@ -114,20 +147,23 @@ class Worker:
         reconnect_timeout: timedelta = timedelta(minutes=5),
         flushers: int = 2,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        if flushers < 1:
-            raise ValueError(f"flushers must be >= 1, got {flushers}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for name, value, top in (
+            ("concurrency", concurrency, 10_000),
+            ("flushers", flushers, 16),
+            ("batch_size", batch_size, 10_000),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+                raise ValidationError(f"{name} must be an integer from 1 to {top}, got {value!r}")
         registry.validate_for(domain)
         self.config = config or Config.from_env()
         self.domain = domain
         self.registry = registry
         self.concurrency = concurrency
         vt = visibility_timeout or self.config.visibility_timeout
-        if vt < timedelta(seconds=1):
-            raise ValueError("visibility_timeout must be at least one second")
+        if not isinstance(vt, timedelta) or not timedelta(seconds=1) <= vt <= timedelta(days=7):
+            raise ValidationError(
+                f"visibility_timeout must be a timedelta from 1 s to 7 days, got {vt!r}"
+            )
         self._vt = vt.total_seconds()
         self._batch_size = batch_size
         # Messages held at once (read, running or waiting to be recorded), and the
@@ -148,62 +184,89 @@ class Worker:
         self._backlog: collections.deque[_Flight] = collections.deque()
         self._runners: set[asyncio.Task[None]] = set()
         self._flights: dict[int, _Flight] = {}
-        self._pending: list[tuple[Transition, _Flight]] = []
-        self._pending_event = asyncio.Event()
+        # outcomes waiting to be recorded; ``None`` is a flusher's stop sentinel
+        self._outcomes_q: asyncio.Queue[tuple[Transition, _Flight] | None] = asyncio.Queue()
         self._room = asyncio.Event()
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()
-        self._stop_timeout = 30.0
-        self._hurry = asyncio.Event()  # the stop timeout changed
+        self._deadline: float | None = None  # monotonic time by which handlers must end
+        self._deadline_moved = asyncio.Event()
         self._running = False
         self._finished = asyncio.Event()
         #: set once the worker is connected and listening for new messages
         self.ready = asyncio.Event()
         self._stopping = False
-        self._closing = False
         retry_for = reconnect_timeout.total_seconds()
         # The reader only moves messages' visibility forward. If the server crashed
         # before a read's commit reached disk, those messages would just become
         # visible again early: a redelivery, which the version-checked outcome
         # already handles. So reads skip the WAL flush wait; outcomes never do.
+        # A stop request ends the reader's reconnect attempts at once.
         self._reader = ResilientConnection(
             url,
             what=f"worker {domain} reader",
             retry_for=retry_for,
             setup=("SET synchronous_commit = off",),
+            give_up=self._stop_event,
         )
         self._flushers = [
             ResilientConnection(url, what=f"worker {domain} flusher", retry_for=retry_for)
             for _ in range(flushers)
         ]
         self._pool: AsyncConnectionPool[Conn] | None = None
+        self._task: asyncio.Task[WorkerStats] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._flush_tasks: list[asyncio.Task[None]] = []
 
     # -- public lifecycle -------------------------------------------------------------------
 
-    def request_stop(self, timeout: float | None = None) -> None:
+    def request_stop(self, timeout: timedelta | float | None = None) -> None:
         """Ask the worker to stop (safe from signal handlers, idempotent).
 
-        A later call with a shorter ``timeout`` shortens the wait for running
-        handlers, even while it is under way (``0``: cancel them now).
+        Running handlers get ``timeout`` (default 30 s) from now to finish; a
+        later call with a shorter ``timeout`` cuts the wait short, even while it
+        is under way (``0``: cancel them now).
         """
-        if timeout is not None:
-            self._stop_timeout = min(self._stop_timeout, timeout)
-            self._hurry.set()
+        grace = DEFAULT_GRACE if timeout is None else _seconds(timeout, "timeout")
+        deadline = time.monotonic() + grace
+        if self._deadline is None or deadline < self._deadline:
+            self._deadline = deadline
+            self._deadline_moved.set()
         self._stop_event.set()
         self._wake.set()
         self._room.set()
 
-    async def stop(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
-        """Stop gracefully and wait for it: in-flight handlers get ``timeout`` seconds.
+    async def stop(self, timeout: timedelta | float = DEFAULT_GRACE) -> None:  # noqa: ASYNC109
+        """Stop gracefully and wait for it: in-flight handlers get ``timeout`` to finish.
 
         Idempotent, and callable before :meth:`run` (which then returns at once).
+        The whole stop takes at most ``timeout`` plus about a second (recording
+        what finished and handing back the rest), whatever the database does.
         """
         self.request_stop(timeout)
         if self._running:
             await self._finished.wait()
 
+    async def __aenter__(self) -> Worker:
+        """``async with Worker(...) as w:`` runs the worker in a task until the block ends."""
+        self._task = asyncio.create_task(self.run(), name=f"commandbus-worker-{self.domain}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self.request_stop()
+        await task
+
     async def run(self) -> WorkerStats:
-        """Run until :meth:`stop` (or a signal, via the CLI); returns the stats."""
+        """Run until :meth:`stop` (or a signal, via the CLI); returns the stats.
+
+        Cancelling the task that runs it stops the worker at once (handlers are
+        cancelled, what finished is recorded, the rest handed back to the queue),
+        and then re-raises the cancellation. Every task it started has ended by
+        the time it returns or raises.
+        """
         if self._running:
             raise RuntimeError("this worker is already running")
         if self._stop_event.is_set():
@@ -211,113 +274,167 @@ class Worker:
             return self.stats
         self._running = True
         self.stats.started_at = time.monotonic()
+        # Every runner may hold a handler transaction; two more connections are
+        # always there for ``extend_visibility`` and quarantines, so a handler
+        # holding one never waits on another that cannot come.
         self._pool = AsyncConnectionPool(
             self._url,
             min_size=0,
-            max_size=max(2, min(self.concurrency, 20)),
+            max_size=self.concurrency + 2,
             kwargs={"autocommit": True},
             check=AsyncConnectionPool.check_connection,
             open=False,
         )
-        await self._pool.open()
+        cancelled = False
         try:
-            # a worker may start before anything was sent to its domain
-            await self._reader.run(lambda c: QueueRegistry().ensure(c, self.domain))
-            for flusher in self._flushers:
-                await flusher.open()
-            log.info(
-                "worker serving domain %s (%s) concurrency=%d vt=%.0fs",
-                self.domain,
-                ", ".join(self.registry.command_types(self.domain)),
-                self.concurrency,
-                self._vt,
-            )
-            await self._supervise()
+            await self._pool.open()
+            try:
+                await self._start()
+                await self._supervise()
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
+            finally:
+                cancelled = await self._stop_everything() or cancelled
         finally:
-            await self._shutdown()
+            await self._close()
             self._running = False
             self._finished.set()
             self.stats.stopped_at = time.monotonic()
             log.info("%s", self.stats.summary())
+        if cancelled:
+            raise asyncio.CancelledError()
         return self.stats
 
     # -- supervision ------------------------------------------------------------------------
 
+    async def _start(self) -> None:
+        # a worker may start before anything was sent to its domain
+        await self._reader.run(lambda c: QueueRegistry().ensure(c, self.domain))
+        for flusher in self._flushers:
+            await flusher.open()
+        log.info(
+            "worker serving domain %s (%s) concurrency=%d vt=%.0fs",
+            self.domain,
+            ", ".join(self.registry.command_types(self.domain)),
+            self.concurrency,
+            self._vt,
+        )
+
     async def _supervise(self) -> None:
-        reader = asyncio.create_task(self._read_loop(), name=f"commandbus-reader-{self.domain}")
-        flushers = [
-            asyncio.create_task(self._flush_loop(i), name=f"commandbus-flusher-{self.domain}-{i}")
+        """Run the side tasks until a stop is requested or one of them fails."""
+        d = self.domain
+        self._tasks = [
+            asyncio.create_task(self._read_loop(), name=f"commandbus-reader-{d}"),
+            asyncio.create_task(self._listen_loop(), name=f"commandbus-listener-{d}"),
+        ]
+        self._flush_tasks = [
+            asyncio.create_task(self._flush_loop(i), name=f"commandbus-flusher-{d}-{i}")
             for i in range(len(self._flushers))
         ]
-        listener = asyncio.create_task(
-            self._listen_loop(), name=f"commandbus-listener-{self.domain}"
-        )
-        stopper = asyncio.create_task(self._stop_event.wait(), name="commandbus-stop")
-        side = {*flushers, listener}
+        stopper = asyncio.create_task(self._stop_event.wait(), name=f"commandbus-stop-{d}")
         try:
             done, _ = await asyncio.wait(
-                {reader, stopper, *side}, return_when=asyncio.FIRST_COMPLETED
+                {stopper, *self._tasks, *self._flush_tasks}, return_when=asyncio.FIRST_COMPLETED
             )
-            for task in done & ({reader} | side):
-                if task.exception() is not None:
-                    log.error("worker task %s died; stopping", task.get_name())
-                    raise task.exception()  # type: ignore[misc]
-            # A stop was requested: stop reading, let handlers finish.
-            self._stopping = True
-            self._wake.set()
-            self._room.set()
-            await reader
-            await self._drain_handlers()
-            self._pending_event.set()
         finally:
-            self._stopping = True
-            for task in (reader, listener, stopper):
-                task.cancel()
-            # let the flusher record what is queued, then end
-            self._closing = True
-            self._pending_event.set()
-            running = [f for f in flushers if not f.done()]
-            if running:
-                _done, late = await asyncio.wait(running, timeout=30)
-                if late or self._pending:
-                    log.warning("could not record %d pending outcomes", len(self._pending))
-                for task in late:
-                    task.cancel()
-            for task in (reader, listener, stopper, *flushers):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            stopper.cancel()
+        for task in done - {stopper}:
+            if task.cancelled():
+                raise CommandBusError(f"worker {d}: task {task.get_name()} was cancelled")
+            exc = task.exception()
+            if exc is not None and not self._stop_event.is_set():
+                log.error("worker task %s died; stopping", task.get_name())
+                self.request_stop(0)
+                raise exc
 
-    async def _drain_handlers(self) -> None:
-        """Let running handlers finish within the stop timeout (which may shrink)."""
-        started = time.monotonic()
+    async def _stop_everything(self) -> bool:
+        """Staged stop: reading ends, handlers finish (or are cancelled), outcomes are recorded.
+
+        Returns whether the calling task was cancelled meanwhile (a second
+        cancellation only hurries the stop along: it still ends every task).
+        """
+        cancelled = False
+        if self._deadline is None or not self._stop_event.is_set():
+            self.request_stop(0)  # cancelled, or a task died: stop now
+        self._stopping = True
+        self._wake.set()
+        self._room.set()
+        tasks, flushers = self._tasks, self._flush_tasks
         while True:
-            running: list[asyncio.Future[Any]] = [t for t in self._runners if not t.done()]
-            left = self._stop_timeout - (time.monotonic() - started)
-            if not running or left <= 0:
-                break
-            self._hurry.clear()
-            hurry = asyncio.create_task(self._hurry.wait(), name="commandbus-stop-hurry")
-            await asyncio.wait([*running, hurry], timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            hurry.cancel()
-        late = [t for t in self._runners if not t.done()]
+            try:
+                # 1. nothing new is read; reconnect attempts have given up
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                # 2. running handlers get until the deadline
+                await self._until_deadline(lambda: [t for t in self._runners if not t.done()])
+                await self._cancel_all(self._runners, "handler")
+                # 3. flushers record what finished, then end on their sentinel
+                for _ in flushers:
+                    self._outcomes_q.put_nowait(None)
+                if flushers:
+                    grace = max(0.0, (self._deadline or 0) - time.monotonic())
+                    _, late = await asyncio.wait(flushers, timeout=grace + FINAL_SECONDS)
+                    if late:
+                        log.warning(
+                            "could not record %d outcomes in time; their messages come back",
+                            self._outcomes_q.qsize(),
+                        )
+                    await self._cancel_all(late, "flusher")
+                for task in flushers:
+                    if not task.cancelled() and task.exception() is not None:
+                        log.error("flusher failed: %r", task.exception())
+                return cancelled
+            except asyncio.CancelledError:
+                cancelled = True
+                self.request_stop(0)
+
+    async def _until_deadline(self, pending: Callable[[], list[asyncio.Task[None]]]) -> None:
+        """Wait for ``pending()`` tasks to end, until the (shrinkable) stop deadline."""
+        while running := pending():
+            left = (self._deadline or 0) - time.monotonic()
+            if left <= 0:
+                return
+            self._deadline_moved.clear()
+            moved = asyncio.create_task(
+                self._deadline_moved.wait(), name=f"commandbus-deadline-{self.domain}"
+            )
+            try:
+                await asyncio.wait(
+                    [*running, moved], timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                moved.cancel()
+                await asyncio.gather(moved, return_exceptions=True)
+
+    @staticmethod
+    async def _cancel_all(tasks: Iterable[asyncio.Task[None]], what: str) -> None:
+        late = [t for t in tasks if not t.done()]
         for task in late:
             task.cancel()
         if late:
-            await asyncio.wait(late, timeout=5)
+            _, stuck = await asyncio.wait(late, timeout=FINAL_SECONDS)
+            for task in stuck:  # it swallowed its cancellation
+                log.error("%s task %s ignores cancellation; abandoning it", what, task.get_name())
 
-    async def _shutdown(self) -> None:
-        """Make every message we still hold visible again, then close connections."""
+    async def _close(self) -> None:
+        """Make every message still held visible again, then close connections."""
         left = list(self._flights.values())
         if left:
             unstarted = [f.msg.msg_id for f in left if not f.started]
             started = [f.msg.msg_id for f in left if f.started]
             try:
-                conn = await self._connect()
-                async with conn:
-                    await command_store.release(conn, self.domain, started, unstarted)
+                # one try, bounded: the messages come back after vt anyway
+                async with asyncio.timeout(FINAL_SECONDS):
+                    conn = await connect(self._url)
+                    async with conn:
+                        await command_store.release(conn, self.domain, started, unstarted)
                 self.stats.released += len(left)
-            except Exception:  # pragma: no cover - the database is gone
-                log.warning("could not release %d messages; they reappear after vt", len(left))
+            except (TimeoutError, psycopg.Error) as exc:
+                log.warning(
+                    "could not release %d messages (%s); they reappear after vt", len(left), exc
+                )
             self._flights.clear()
         for held in (self._reader, *self._flushers):
             with contextlib.suppress(Exception):
@@ -328,7 +445,12 @@ class Worker:
     # -- connections ------------------------------------------------------------------------
 
     async def _retrying(self, fn: Callable[[], Awaitable[T]]) -> T:
-        return await retrying(fn, retry_for=self._reconnect_timeout, what=f"worker {self.domain}")
+        return await retrying(
+            fn,
+            retry_for=self._reconnect_timeout,
+            what=f"worker {self.domain}",
+            give_up=self._stop_event,
+        )
 
     async def _connect(self) -> Conn:
         return await self._retrying(lambda: connect(self._url))
@@ -382,6 +504,8 @@ class Worker:
                     async for _ in conn.notifies():
                         self._wake.set()
             except (psycopg.OperationalError, DatabaseUnavailableError) as exc:
+                if self._stop_event.is_set():
+                    return
                 log.warning("listener lost its connection (%s); reconnecting", exc)
                 await asyncio.sleep(0.5)
 
@@ -406,7 +530,7 @@ class Worker:
                 await self._handle(flight)
             except Exception:
                 # e.g. the database went away while recording: the message comes
-                # back after its visibility timeout; keep serving the others
+                # back after its visibility timeout (and counts as a delivery)
                 log.exception("handling message %s failed", flight.msg.msg_id)
                 self._forget(flight)
             handled += 1
@@ -428,37 +552,60 @@ class Worker:
             )
             return
         flight.started = True
-        transition, ctx = await self._attempt(command, msg)
+        attempt = _Attempt(
+            command=command,
+            number=msg.read_ct,
+            version=int(msg.version),
+            msg_id=msg.msg_id,
+            recorded=int(msg.attempts or 0),
+            prefix=self._outcomes.lost_attempts(command, msg.read_ct, int(msg.attempts or 0)),
+        )
+        transition, ctx = await self._attempt(attempt)
         if ctx is not None and ctx.transaction is not None:
-            await self._record_with_handler_tx(flight, transition, ctx)
+            await self._record_with_handler_tx(flight, attempt, transition, ctx)
         else:
-            self._pending.append((transition, flight))
-            self._pending_event.set()
+            self._outcomes_q.put_nowait((transition, flight))
 
-    async def _attempt(
-        self, command: Command, msg: ReadMessage
-    ) -> tuple[Transition, HandlerContext | None]:
-        attempt = msg.read_ct
-        version = int(msg.version or 0)
-        prefix = self._outcomes.lost_attempts(command, attempt, int(msg.attempts or 0))
-        version_after_prefix = version  # prefix events are appended with the outcome
+    def _failure(self, a: _Attempt, exc: BaseException, kind: str | None = None) -> Transition:
+        outcome, t = self._outcomes.failure(
+            a.command,
+            exc,
+            attempt=a.number,
+            version=a.version,
+            msg_id=a.msg_id,
+            prefix=a.prefix,
+            kind=kind,
+        )
+        log.log(
+            logging.INFO if outcome == "retried" else logging.WARNING,
+            "command %s attempt %d: %s (%s)",
+            a.command.command_type,
+            a.number,
+            outcome,
+            exc,
+        )
+        return t
+
+    async def _attempt(self, a: _Attempt) -> tuple[Transition, HandlerContext | None]:
+        command = a.command
+        if a.number > command.max_attempts:
+            # Deliveries that never recorded an outcome (a crash, a hang past the
+            # vt) used the attempts up: the handler does not run again.
+            return self._outcomes.deliveries_exhausted(
+                command,
+                deliveries=a.number,
+                version=a.version,
+                msg_id=a.msg_id,
+                recorded=a.recorded,
+            ), None
         handler = self.registry.get(self.domain, command.command_type)
         if handler is None:
             exc = UnknownCommandTypeError(
                 f"no handler for command type {command.command_type!r} in domain {self.domain!r}"
             )
-            _kind, t = self._outcomes.failure(
-                command,
-                exc,
-                attempt=attempt,
-                version=version_after_prefix,
-                msg_id=msg.msg_id,
-                prefix=prefix,
-                kind="unknown_command_type",
-            )
-            return t, None
+            return self._failure(a, exc, "unknown_command_type"), None
         assert self._pool is not None
-        ctx = HandlerContext(command=command, attempt=attempt, msg_id=msg.msg_id, pool=self._pool)
+        ctx = HandlerContext(command=command, attempt=a.number, msg_id=a.msg_id, pool=self._pool)
         tok_c = correlation_id_var.set(command.correlation_id)
         tok_i = command_id_var.set(command.command_id)
         try:
@@ -468,50 +615,71 @@ class Worker:
                     dumps(result, what="handler result")  # refuse it here, not in the flush
             except PayloadError as exc:
                 raise PermanentCommandError(str(exc)) from exc
-            return (
-                self._outcomes.success(
-                    command,
-                    result,
-                    attempt=attempt,
-                    version=version,
-                    msg_id=msg.msg_id,
-                    prefix=prefix,
-                ),
-                ctx,
+            success = self._outcomes.success(
+                command,
+                result,
+                attempt=a.number,
+                version=a.version,
+                msg_id=a.msg_id,
+                prefix=a.prefix,
             )
-        except asyncio.CancelledError:
+            return success, ctx
+        except asyncio.CancelledError as exc:
             await ctx.finish(commit=False)
-            raise
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the worker is stopping: this delivery is handed back
+            # a cancellation raised inside the handler (an inner task was
+            # cancelled): an ordinary failed attempt
+            return self._failure(a, exc), None
         except Exception as exc:
             await ctx.finish(commit=False)
-            kind, t = self._outcomes.failure(
-                command, exc, attempt=attempt, version=version, msg_id=msg.msg_id, prefix=prefix
-            )
-            log.log(
-                logging.INFO if kind == "retried" else logging.WARNING,
-                "command %s attempt %d: %s (%s)",
-                command.command_type,
-                attempt,
-                kind,
-                exc,
-            )
-            return t, None
+            return self._failure(a, exc), None
         finally:
             correlation_id_var.reset(tok_c)
             command_id_var.reset(tok_i)
 
     async def _record_with_handler_tx(
-        self, flight: _Flight, transition: Transition, ctx: HandlerContext
+        self, flight: _Flight, a: _Attempt, transition: Transition, ctx: HandlerContext
     ) -> None:
+        """Record the outcome in the handler's transaction and commit both, or neither."""
         conn = ctx.transaction
         assert conn is not None
+        if conn.info.transaction_status == TransactionStatus.INERROR:
+            # The handler caught a failed statement and went on: its transaction is
+            # aborted, so nothing it wrote can commit. A failed attempt.
+            await ctx.finish(commit=False)
+            exc = TransientCommandError(
+                "the handler's transaction was aborted by a statement that failed "
+                "(the handler caught the error); its writes were rolled back"
+            )
+            self._outcomes_q.put_nowait((self._failure(a, exc), flight))
+            return
+        lost = (psycopg.OperationalError, DatabaseUnavailableError, asyncio.CancelledError)
         try:
             ok = await command_store.record_transitions(conn, [transition])
+        except lost:
+            with contextlib.suppress(psycopg.Error):
+                await ctx.finish(commit=False)
+            self._forget(flight)  # comes back after the vt, as a counted delivery
+            raise
+        except (psycopg.Error, PayloadError) as exc:
+            # the outcome itself cannot be stored (say its reply queue is gone)
+            with contextlib.suppress(psycopg.Error):
+                await ctx.finish(commit=False)
+            log.error("outcome of command %s could not be recorded: %s", a.command.command_id, exc)
+            self._outcomes_q.put_nowait((self._outcomes.unrecordable(transition, exc), flight))
+            return
+        try:
             await ctx.finish(commit=bool(ok))
-        except BaseException:
-            await ctx.finish(commit=False)
+        except lost:
             self._forget(flight)
             raise
+        except psycopg.Error as exc:
+            # the handler's own writes failed at COMMIT (a deferred constraint,
+            # say), so the outcome was not recorded either: a failed attempt
+            self._outcomes_q.put_nowait((self._failure(a, exc), flight))
+            return
         self._count(transition, recorded=bool(ok))
         self._forget(flight)
 
@@ -559,14 +727,22 @@ class Worker:
     # -- recording --------------------------------------------------------------------------
 
     async def _flush_loop(self, i: int) -> None:
-        """Record queued outcomes, a group at a time, until closed and drained."""
+        """Record queued outcomes, a group at a time, until this flusher's stop sentinel."""
+        queue = self._outcomes_q
         while True:
-            await self._pending_event.wait()
-            self._pending_event.clear()
-            if self._pending:
-                batch, self._pending = self._pending, []
-                await self._flush(i, batch)
-            elif self._closing:
+            item = await queue.get()
+            if item is None:
+                return
+            group = [item]
+            last = False
+            while not queue.empty():
+                more = queue.get_nowait()
+                if more is None:  # one sentinel per flusher: take only our own
+                    last = True
+                    break
+                group.append(more)
+            await self._flush(i, group)
+            if last:
                 return
 
     async def _flush(self, i: int, batch: list[tuple[Transition, _Flight]]) -> None:

@@ -1,0 +1,336 @@
+"""Worker defects from acceptance testing: bounded redelivery, pools, stop and cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from commandbus import (
+    Command,
+    CommandBus,
+    CommandStatus,
+    HandlerContext,
+    HandlerRegistry,
+    Worker,
+)
+from engine_fixtures import FAST, RunningWorker, fetch, scalar, wait_for
+from proxy import Proxy
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+def make_worker(dsn: str, registry: HandlerRegistry, **kw: Any) -> Worker:
+    return Worker(dsn, registry, domain="payments", config=FAST, **kw)
+
+
+def live_worker_tasks() -> list[str]:
+    return sorted(
+        t.get_name()
+        for t in asyncio.all_tasks()
+        if t.get_name().startswith("commandbus-") and not t.done()
+    )
+
+
+async def until_status(bus: CommandBus, command_id: Any, status: CommandStatus) -> None:
+    async def check() -> bool:
+        record = await bus.get_command("payments", command_id)
+        return record is not None and record.status is status
+
+    await wait_for(check)
+
+
+async def history(bus: CommandBus, command_id: Any) -> list[tuple[str, dict[str, Any]]]:
+    return [(e.event_type, e.data) for e in await bus.command_history("payments", command_id)]
+
+
+# -- every delivery counts: max_attempts holds whatever path failed --------------------------
+
+
+async def test_a_handler_that_swallows_a_failed_statement_is_retried_then_tsqd(
+    dsn: str, bus: CommandBus
+) -> None:
+    """Its transaction is aborted, so success cannot be recorded: a failed attempt."""
+    reg = HandlerRegistry()
+    calls: list[int] = []
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        calls.append(ctx.attempt)
+        db = await ctx.connection()
+        try:
+            await db.execute("SELECT 1/0")
+        except psycopg.errors.DivisionByZero:
+            pass  # caught, but the transaction is now aborted
+        return "done"
+
+    sent = (await bus.send("payments", "Charge", {}, max_attempts=2)).unwrap()
+    async with RunningWorker(make_worker(dsn, reg, visibility_timeout=timedelta(seconds=1))):
+        await until_status(bus, sent.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
+    assert calls == [1, 2]
+    events = await history(bus, sent.command_id)
+    assert [t for t, _ in events] == [
+        "CommandSent",
+        "CommandRetryScheduled",
+        "CommandMovedToTroubleshootingQueue",
+    ]
+    assert "aborted" in events[1][1]["error"]["message"]
+    assert events[2][1]["reason"] == "attempts_exhausted"
+    record = await bus.get_command("payments", sent.command_id)
+    assert record is not None and record.attempts == 2
+
+
+async def test_a_handler_transaction_whose_reply_queue_is_gone_lands_in_the_tsq(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    reg = HandlerRegistry()
+    calls: list[int] = []
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        calls.append(ctx.attempt)
+        db = await ctx.connection()
+        await db.execute("SELECT 1")
+        return "charged"
+
+    sent = (await bus.send("payments", "Charge", {}, reply_to="gone", max_attempts=3)).unwrap()
+    await conn.execute("SELECT pgmq.drop_queue('gone')")
+    async with RunningWorker(make_worker(dsn, reg, visibility_timeout=timedelta(seconds=1))):
+        await until_status(bus, sent.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
+    assert calls == [1]
+    events = await history(bus, sent.command_id)
+    assert [t for t, _ in events] == ["CommandSent", "CommandMovedToTroubleshootingQueue"]
+    assert events[-1][1]["reason"] == "unrecordable_outcome"
+    assert "could not be recorded" in events[-1][1]["error"]["message"]
+
+
+async def test_a_cancelled_inner_task_is_a_failed_attempt_not_a_lost_one(
+    dsn: str, bus: CommandBus
+) -> None:
+    reg = HandlerRegistry()
+    calls: list[int] = []
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        calls.append(ctx.attempt)
+        inner = asyncio.ensure_future(asyncio.sleep(10))
+        asyncio.get_running_loop().call_soon(inner.cancel)
+        await inner  # raises CancelledError, though nobody cancelled the handler
+        return "unreachable"
+
+    sent = (await bus.send("payments", "Charge", {}, max_attempts=2)).unwrap()
+    async with RunningWorker(make_worker(dsn, reg, visibility_timeout=timedelta(seconds=1))):
+        await until_status(bus, sent.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
+    assert calls == [1, 2]
+    events = await history(bus, sent.command_id)
+    assert [t for t, _ in events][1:] == [
+        "CommandRetryScheduled",
+        "CommandMovedToTroubleshootingQueue",
+    ]
+    assert events[1][1]["error"]["type"] == "CancelledError"
+
+
+async def test_deliveries_past_max_attempts_go_to_the_tsq_without_running_the_handler(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    """Two deliveries died without an outcome (say the handler crashes the process)."""
+    reg = HandlerRegistry()
+    calls: list[int] = []
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        calls.append(ctx.attempt)
+        return "ok"
+
+    sent = (await bus.send("payments", "Charge", {}, max_attempts=2)).unwrap()
+    for _ in range(2):  # read and lost, as by a worker killed mid-handler
+        await conn.execute("SELECT * FROM pgmq.read('payments', 0, 1)")
+    async with RunningWorker(make_worker(dsn, reg)):
+        await until_status(bus, sent.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
+    assert calls == []
+    events = await history(bus, sent.command_id)
+    assert [t for t, _ in events] == [
+        "CommandSent",
+        "CommandAttemptLost",
+        "CommandAttemptLost",
+        "CommandMovedToTroubleshootingQueue",
+    ]
+    assert [d["attempt"] for _, d in events[1:3]] == [1, 2]
+    assert events[-1][1]["reason"] == "attempts_exhausted"
+    assert events[-1][1]["attempt"] == 2
+    record = await bus.get_command("payments", sent.command_id)
+    assert record is not None and record.attempts == 2
+    assert await scalar(conn, "SELECT count(*) FROM pgmq.q_payments") == 0
+
+
+# -- connections ----------------------------------------------------------------------------
+
+
+async def test_handler_transactions_and_extend_visibility_never_starve_the_pool(
+    dsn: str, bus: CommandBus
+) -> None:
+    """Every running handler holds a transaction, then asks for more time."""
+    reg = HandlerRegistry()
+    both_hold_one = asyncio.Barrier(2)
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        db = await ctx.connection()
+        await db.execute("SELECT 1")
+        await both_hold_one.wait()
+        await ctx.extend_visibility(60)
+        return "ok"
+
+    sent = [(await bus.send("payments", "Charge", {})).unwrap() for _ in range(2)]
+    started = time.monotonic()
+    async with RunningWorker(make_worker(dsn, reg, concurrency=2)):
+        for s in sent:
+            await until_status(bus, s.command_id, CommandStatus.COMPLETED)
+    assert time.monotonic() - started < 5
+
+
+# -- stopping -------------------------------------------------------------------------------
+
+
+async def test_graceful_stop_returns_as_soon_as_handlers_finish(dsn: str, bus: CommandBus) -> None:
+    reg = HandlerRegistry()
+    started = asyncio.Event()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        started.set()
+        await asyncio.sleep(0.5)
+        return "done"
+
+    sent = [(await bus.send("payments", "Charge", {})).unwrap() for _ in range(4)]
+    worker = make_worker(dsn, reg, flushers=2)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 10)  # all four are read in one batch
+    t0 = time.monotonic()
+    await worker.stop(timeout=timedelta(seconds=20))
+    stats = await task
+    assert time.monotonic() - t0 < 2.0  # the handlers' 0.5 s, not a hidden 30 s wait
+    assert stats.completed == 4
+    for s in sent:
+        record = await bus.get_command("payments", s.command_id)
+        assert record is not None and record.status is CommandStatus.COMPLETED
+    assert live_worker_tasks() == []
+
+
+async def test_cancelling_run_stops_gracefully_and_leaves_no_task(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    reg = HandlerRegistry()
+    started = asyncio.Event()
+    finished: list[str] = []
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            finished.append("handler")
+
+    sent = (await bus.send("payments", "Charge", {})).unwrap()
+    worker = make_worker(dsn, reg, visibility_timeout=timedelta(seconds=300))
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert finished == ["handler"]  # the handler was ended before run() returned
+    assert live_worker_tasks() == []
+    # its message is visible again at once, not after the 300 s visibility timeout
+    visible = await scalar(
+        conn,
+        "SELECT count(*) FROM pgmq.q_payments WHERE msg_id = %s AND vt <= clock_timestamp()",
+        sent.msg_id,
+    )
+    assert visible == 1
+
+
+async def test_a_stop_interrupts_reconnecting_and_returns_within_the_grace(
+    dsn: str, bus: CommandBus
+) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        return None
+
+    proxy = await Proxy(dsn).start()
+    try:
+        worker = make_worker(proxy.url, reg, reconnect_timeout=timedelta(minutes=10))
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(worker.ready.wait(), 10)
+        await proxy.cut()  # the database is gone, for good
+        await asyncio.sleep(0.5)  # let the worker notice and start reconnecting
+        assert not task.done()
+        t0 = time.monotonic()
+        await worker.stop(timeout=timedelta(seconds=1))
+        await asyncio.wait_for(task, 10)
+        assert time.monotonic() - t0 < 2.5
+        assert live_worker_tasks() == []
+    finally:
+        await proxy.close()
+
+
+async def test_a_second_stop_request_cuts_the_grace_while_the_database_is_down(
+    dsn: str, bus: CommandBus
+) -> None:
+    reg = HandlerRegistry()
+    started = asyncio.Event()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    (await bus.send("payments", "Charge", {})).unwrap()
+    proxy = await Proxy(dsn).start()
+    try:
+        worker = make_worker(proxy.url, reg, reconnect_timeout=timedelta(minutes=10))
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(started.wait(), 10)
+        await proxy.cut()
+        worker.request_stop(timedelta(seconds=60))  # the handler may take its time ...
+        await asyncio.sleep(0.3)
+        assert not task.done()
+        t0 = time.monotonic()
+        worker.request_stop(timedelta(0))  # ... until a second request: now
+        stats = await asyncio.wait_for(task, 5)
+        assert time.monotonic() - t0 < 1.5
+        assert stats.released == 0  # the database is gone: the message returns after vt
+        assert live_worker_tasks() == []
+    finally:
+        await proxy.close()
+
+
+async def test_a_worker_rides_out_a_short_outage_behind_the_proxy(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    """The proxy itself is sound: cut, restore, and the worker carries on."""
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        return "ok"
+
+    proxy = await Proxy(dsn).start()
+    try:
+        async with RunningWorker(make_worker(proxy.url, reg)) as worker:
+            await asyncio.wait_for(worker.ready.wait(), 10)
+            await proxy.cut()
+            sent = (await bus.send("payments", "Charge", {})).unwrap()
+            await asyncio.sleep(0.3)
+            await proxy.restore()
+            await until_status(bus, sent.command_id, CommandStatus.COMPLETED)
+    finally:
+        await proxy.close()
+    rows = await fetch(conn, "SELECT count(*) FROM pgmq.q_payments")
+    assert rows == [(0,)]
