@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import timedelta
 from typing import Any
@@ -62,10 +63,8 @@ async def test_a_handler_that_swallows_a_failed_statement_is_retried_then_tsqd(
     async def charge(cmd: Command, ctx: HandlerContext) -> str:
         calls.append(ctx.attempt)
         db = await ctx.connection()
-        try:
-            await db.execute("SELECT 1/0")
-        except psycopg.errors.DivisionByZero:
-            pass  # caught, but the transaction is now aborted
+        with contextlib.suppress(psycopg.errors.DivisionByZero):
+            await db.execute("SELECT 1/0")  # caught, but the transaction is now aborted
         return "done"
 
     sent = (await bus.send("payments", "Charge", {}, max_attempts=2)).unwrap()
@@ -334,3 +333,45 @@ async def test_a_worker_rides_out_a_short_outage_behind_the_proxy(
         await proxy.close()
     rows = await fetch(conn, "SELECT count(*) FROM pgmq.q_payments")
     assert rows == [(0,)]
+
+
+@pytest.mark.slow
+async def test_the_cli_worker_stops_on_sigint_while_its_database_is_down(
+    dsn: str, bus: CommandBus
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proxy = await Proxy(dsn).start()
+    env = dict(os.environ, DATABASE_URL=proxy.url)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "commandbus.cli", "worker", "--app", "worker_apps:registry"),
+        *("--domain", "jobs", "--grace", "2"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        line = await asyncio.wait_for(proc.stderr.readline(), 20)
+        assert b"serving domain" in line, line
+        await asyncio.sleep(0.5)  # connected: reader, flushers and listener
+        await proxy.cut()
+        await asyncio.sleep(1.0)  # it notices and keeps trying to reconnect
+        assert proc.returncode is None
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _out, err = await asyncio.wait_for(proc.communicate(), 10)
+        assert time.monotonic() - t0 < 3.5, err  # the 2 s grace plus a second, at most
+        assert b"Traceback" not in err, err.decode()
+        assert proc.returncode == 0, err.decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await proxy.close()
