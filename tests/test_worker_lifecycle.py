@@ -375,3 +375,60 @@ async def test_the_cli_worker_stops_on_sigint_while_its_database_is_down(
             proc.kill()
             await proc.wait()
         await proxy.close()
+
+
+async def test_async_with_runs_the_worker_for_the_block(dsn: str, bus: CommandBus) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        return "ok"
+
+    sent = (await bus.send("payments", "Charge", {})).unwrap()
+    async with make_worker(dsn, reg) as worker:
+        await until_status(bus, sent.command_id, CommandStatus.COMPLETED)
+    assert worker.stats.completed == 1 and worker.stats.stopped_at is not None
+    assert live_worker_tasks() == []
+
+
+@pytest.mark.parametrize(
+    ("kw", "names"),
+    [
+        ({"concurrency": 0}, "concurrency"),
+        ({"concurrency": "4"}, "concurrency"),
+        ({"concurrency": True}, "concurrency"),
+        ({"batch_size": 10**9}, "batch_size"),
+        ({"flushers": 0}, "flushers"),
+        ({"visibility_timeout": timedelta(milliseconds=10)}, "visibility_timeout"),
+        ({"visibility_timeout": 30}, "visibility_timeout"),
+        ({"visibility_timeout": timedelta(0)}, "visibility_timeout"),
+    ],
+)
+async def test_bad_worker_arguments_are_validation_errors(
+    dsn: str, kw: dict[str, Any], names: str
+) -> None:
+    from commandbus import ValidationError
+
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        return None
+
+    with pytest.raises(ValidationError, match=names):
+        make_worker(dsn, reg, **kw)
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), float("inf"), "5", timedelta(seconds=-1)])
+async def test_bad_stop_timeouts_are_validation_errors(dsn: str, timeout: Any) -> None:
+    from commandbus import ValidationError
+
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        return None
+
+    worker = make_worker(dsn, reg)
+    with pytest.raises(ValidationError, match="timeout"):
+        await worker.stop(timeout)

@@ -159,7 +159,7 @@ class Worker:
         self.domain = domain
         self.registry = registry
         self.concurrency = concurrency
-        vt = visibility_timeout or self.config.visibility_timeout
+        vt = self.config.visibility_timeout if visibility_timeout is None else visibility_timeout
         if not isinstance(vt, timedelta) or not timedelta(seconds=1) <= vt <= timedelta(days=7):
             raise ValidationError(
                 f"visibility_timeout must be a timedelta from 1 s to 7 days, got {vt!r}"
