@@ -94,7 +94,7 @@ async def test_sigkill_mid_run_loses_nothing_and_completes_once(
         await wait_for(lambda: _at_least(conn, 6), timeout=60)
     finally:
         first.kill()  # SIGKILL: no cleanup at all
-        first.wait()
+        first.communicate()  # reap it and close its pipes
     done_at_kill = await completed(conn)
     assert done_at_kill < n
     second = start_worker(dsn, "--vt", "2", "--concurrency", "8")
