@@ -21,7 +21,12 @@ from commandbus.engine.connections import Conn
 from commandbus.engine.models import NewEvent
 from commandbus.engine.names import command_stream_id
 from commandbus.engine.queues import archive_table, queue_table, with_queue
-from commandbus.projections.command_projection import Patch, merge, patch_for
+from commandbus.projections.command_projection import (
+    Patch,
+    merge,
+    patch_for,
+    sql_set_by_event,
+)
 
 QueueOp = Literal["delete", "archive", "retry", "none"]
 
@@ -76,7 +81,12 @@ class Transition:
 
 @attrs.frozen(kw_only=True)
 class ReadMessage:
-    """A message taken from a domain queue, with its command's projected state."""
+    """A message taken from a domain queue, with its command's state.
+
+    ``version``, ``attempts`` and ``status`` are the command's status row, or, if
+    that row is missing, what the command's stream says; all are None only when
+    the domain has no such command (a foreign message).
+    """
 
     msg_id: int
     read_ct: int
@@ -190,7 +200,11 @@ async def read_batch(conn: Conn, domain: str, *, qty: int, vt_seconds: float) ->
 
 @lru_cache(maxsize=256)
 def _read_statement(domain: str) -> sql.Composed:
-    return with_queue(queries.READ_BATCH, domain)
+    return sql.SQL(queries.READ_BATCH).format(
+        queue=queue_table(domain),
+        status_of_event=sql_set_by_event("status"),
+        attempts_of_event=sql_set_by_event("attempts"),
+    )
 
 
 async def seconds_until_next_visible(conn: Conn, domain: str) -> float | None:

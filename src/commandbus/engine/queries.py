@@ -223,9 +223,13 @@ SELECT input.command_id, sent.msg_id,
 # -- worker: read and record outcomes -------------------------------------------------------
 
 # Take up to %(qty)s visible messages, make them invisible for %(vt)s seconds, and
-# return them with the projected state of their command (for the expected version
-# of the outcome append). Ordering by vt uses PGMQ's vt index and skips in-flight
-# messages instead of rescanning them.
+# return them with the state of their command (for the expected version of the
+# outcome append). Ordering by vt uses PGMQ's vt index and skips in-flight messages
+# instead of rescanning them. The state comes from the status row; if that row is
+# missing (dropped by hand, say), from the command's own stream: its version, and
+# the status and attempts of its last event that set them ({status_of_event} and
+# {attempts_of_event}, generated from the one projection definition). Only a
+# message with no command stream at all reads as foreign (NULL version).
 READ_BATCH: Final[LiteralString] = """
 WITH picked AS (
     SELECT msg_id FROM pgmq.{queue}
@@ -240,23 +244,37 @@ WITH picked AS (
            last_read_at = clock_timestamp()
       FROM picked
      WHERE m.msg_id = picked.msg_id
-    RETURNING m.msg_id, m.read_ct, m.message, m.headers
+    RETURNING m.msg_id, m.read_ct, m.message, m.headers,
+              CASE WHEN m.message->>'command_id'
+                        ~* '^[0-9a-f]{{8}}-([0-9a-f]{{4}}-){{3}}[0-9a-f]{{12}}$'
+                   THEN (m.message->>'command_id')::uuid
+              END AS command_id
 )
-SELECT t.msg_id, t.read_ct, t.message, nullif(t.headers, '{{}}'::jsonb), c.version, c.attempts,
-       c.status
+SELECT t.msg_id, t.read_ct, t.message, nullif(t.headers, '{{}}'::jsonb),
+       coalesce(c.version, f.version), coalesce(c.attempts, f.attempts),
+       coalesce(c.status, f.status)
   FROM taken t
   -- LATERAL: one primary-key probe per message, whatever the statistics say
   LEFT JOIN LATERAL (
         SELECT c.version, c.attempts, c.status
           FROM commandbus.command c
-         WHERE c.domain = %(domain)s
-           AND c.command_id = CASE
-                   WHEN t.message->>'command_id'
-                        ~* '^[0-9a-f]{{8}}-([0-9a-f]{{4}}-){{3}}[0-9a-f]{{12}}$'
-                   THEN (t.message->>'command_id')::uuid
-               END
+         WHERE c.domain = %(domain)s AND c.command_id = t.command_id
          LIMIT 1  -- keeps the planner from flattening this into a hash join
        ) c ON true
+  -- only run when the status row is missing (a one-time filter per message)
+  LEFT JOIN LATERAL (
+        SELECT s.version,
+               (SELECT {attempts_of_event} FROM commandbus.event e
+                 WHERE e.stream_id = s.stream_id AND {attempts_of_event} IS NOT NULL
+                 ORDER BY e.stream_version DESC LIMIT 1) AS attempts,
+               (SELECT {status_of_event} FROM commandbus.event e
+                 WHERE e.stream_id = s.stream_id AND {status_of_event} IS NOT NULL
+                 ORDER BY e.stream_version DESC LIMIT 1) AS status
+          FROM commandbus.stream s
+         WHERE c.version IS NULL
+           AND s.stream_id = 'command:' || %(domain)s::text || ':' || t.command_id::text
+         LIMIT 1  -- not flattened: the IS NULL test gates the whole lookup
+       ) f ON true
  ORDER BY t.msg_id
 """
 
