@@ -150,6 +150,104 @@ async def test_projection_never_moves_backwards(bus: CommandBus, conn: Conn) -> 
     assert record is not None and record.status is CommandStatus.COMPLETED and record.version == 2
 
 
+# -- rebuild under concurrent writes (issue 8, item 1) -----------------------------------------
+
+
+async def _lock_waiters(conn: Conn, table: str) -> int:
+    """How many lock requests on ``commandbus.<table>`` are waiting."""
+    return int(
+        await scalar(
+            conn,
+            "SELECT count(*) FROM pg_locks WHERE relation = to_regclass(%s) AND NOT granted",
+            f"commandbus.{table}",
+        )
+    )
+
+
+async def test_rebuild_keeps_sends_that_commit_while_it_waits(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    """Sends in a caller's open transaction: the rebuild waits for them and keeps them."""
+    (await bus.send("payments", "Charge", {"n": 0})).unwrap()
+    async with await psycopg.AsyncConnection.connect(dsn) as caller:
+        async with caller.transaction():
+            sent = (await bus.send("payments", "Charge", {"n": 1}, conn=caller)).unwrap()
+            rebuild = asyncio.create_task(bus.rebuild_projection(replace_live=True))
+
+            async def rebuild_waits() -> bool:
+                return await _lock_waiters(conn, "command") > 0
+
+            await wait_for(rebuild_waits)
+            # the caller goes on writing while the rebuild waits (no lock cycle)
+            req = CommandRequest(domain="payments", command_type="Charge", data={"n": 2})
+            batch = (await bus.send_batch([req], name="late", conn=caller)).unwrap()
+            assert not rebuild.done()
+        assert await rebuild == 3
+    record = await bus.get_command("payments", sent.command_id)
+    assert record is not None and record.status is CommandStatus.PENDING
+    late = await bus.get_batch(batch.batch_id)
+    assert late is not None and late.total == 1 and late.counts == {"PENDING": 1}
+    report = await bus.verify_projection()
+    assert report.ok, [str(d) for d in report.differences]
+
+
+async def test_replace_live_rebuilds_under_concurrent_senders_lose_nothing(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    senders, per_sender, rebuilds = 3, 40, 4
+    sent_ids: list[Any] = []
+    progress = asyncio.Condition()
+
+    async def sender(n: int) -> None:
+        for i in range(per_sender):
+            if i % 10 == 5:  # now and then a batch, in a caller's transaction
+                reqs = [
+                    CommandRequest(domain="payments", command_type="Charge", data={"s": n})
+                    for _ in range(3)
+                ]
+                async with bus.pool.connection() as c, c.transaction():
+                    result = (await bus.send_batch(reqs, conn=c)).unwrap()
+                sent_ids.extend(result.command_ids)
+            else:
+                sent_ids.append(
+                    (await bus.send("payments", "Charge", {"s": n})).unwrap().command_id
+                )
+            async with progress:
+                progress.notify_all()
+
+    async def rebuilder() -> None:
+        total = senders * per_sender
+        for k in range(1, rebuilds + 1):
+            # each rebuild starts while the senders are still sending
+            async with progress:
+                await progress.wait_for(lambda k=k: len(sent_ids) >= k * total // (rebuilds + 2))
+            await bus.rebuild_projection(replace_live=True)
+
+    await asyncio.gather(rebuilder(), *(sender(n) for n in range(senders)))
+    live = {r[0] for r in await fetch(conn, "SELECT command_id FROM commandbus.command")}
+    assert set(sent_ids) <= live, f"{len(set(sent_ids) - live)} status rows lost"
+    assert len(live) == len(sent_ids)
+    report = await bus.verify_projection()
+    assert report.ok, [str(d) for d in report.differences]
+
+    # and a worker runs every one of them: none is taken for a foreign message
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> Any:
+        return None
+
+    worker = Worker(dsn, reg, domain="payments", config=FAST, concurrency=8)
+    async with RunningWorker(worker):
+
+        async def all_completed() -> bool:
+            done = await bus.list_commands(status=CommandStatus.COMPLETED, limit=1000)
+            return len(done.items) == len(sent_ids)
+
+        await wait_for(all_completed)
+    assert worker.stats.quarantined == 0
+
+
 # -- the worker's read falls back to the stream when a status row is missing -------------------
 
 
@@ -257,3 +355,202 @@ async def test_a_worker_runs_commands_whose_status_rows_are_missing(
     for cid in ids:
         record = await bus.get_command("payments", cid)
         assert record is not None and record.status is CommandStatus.COMPLETED
+
+
+# -- only a dedicated rebuild target is ever dropped (issue 8, item 2) -------------------------
+
+SCHEMA_SHAPE = """
+SELECT c.relname, c.relkind, obj_description(c.oid, 'pg_class'),
+       (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+       (SELECT array_agg(t.tgname::text ORDER BY t.tgname) FROM pg_trigger t
+         WHERE t.tgrelid = c.oid),
+       c.reltuples, c.oid
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname IN ('commandbus', 'pgmq') AND c.relkind IN ('r', 'v', 'p', 'u')
+ ORDER BY c.relname
+"""
+
+LIBRARY_TABLES = (
+    "event",
+    "stream",
+    "batch",
+    "command",
+    "queue",
+    "queue_wakeup",
+    "schema_migrations",
+    "pgmq_install",
+)
+
+
+async def test_rebuild_refuses_every_table_but_a_rebuild_target(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    from commandbus.errors import ValidationError
+
+    await mixed_workload(dsn, bus)
+    await conn.execute("CREATE TABLE commandbus.mine_rebuild (x int)")
+    await conn.execute("INSERT INTO commandbus.mine_rebuild VALUES (1)")
+    before = await fetch(conn, SCHEMA_SHAPE)
+    events = await scalar(conn, "SELECT count(*) FROM commandbus.event")
+    bad = [
+        *LIBRARY_TABLES,
+        *(f"{t}_rebuild" for t in ("mine",)),  # exists, but rebuild did not create it
+        "Command_rebuild",
+        "command_rebuild; DROP TABLE commandbus.event",
+        "pgmq.q_payments",
+        "q_payments",
+        "_rebuild",
+        "",
+        "x" * 70 + "_rebuild",
+    ]
+    for name in bad:
+        # with replace_live the target is unused, but a bad name is still refused
+        for replace_live in (False, True) if name != "mine_rebuild" else (False,):
+            try:
+                await bus.rebuild_projection(table=name, replace_live=replace_live)
+            except ValidationError as exc:
+                assert name in str(exc) or not name
+            else:
+                raise AssertionError(f"table={name!r} was accepted")
+    assert await fetch(conn, SCHEMA_SHAPE) == before
+    assert await scalar(conn, "SELECT count(*) FROM commandbus.event") == events
+    assert await scalar(conn, "SELECT x FROM commandbus.mine_rebuild") == 1
+    # a command_rebuild made before rebuild targets were marked: replaced if it is
+    # shaped like the live table, refused otherwise
+    await conn.execute("CREATE TABLE commandbus.command_rebuild (LIKE commandbus.command)")
+    assert await bus.rebuild_projection() == 32
+    await conn.execute("DROP TABLE commandbus.command_rebuild")
+    await conn.execute("CREATE TABLE commandbus.command_rebuild (x int)")
+    try:
+        await bus.rebuild_projection()
+    except ValidationError as exc:
+        assert "was not created by a rebuild" in str(exc)
+    else:
+        raise AssertionError("replaced a command_rebuild of another shape")
+    assert await fetch(conn, "SELECT * FROM commandbus.command_rebuild") == []
+    # a table rebuild created is a rebuild target: rebuilding into it again replaces it
+    assert await bus.rebuild_projection(table="other_rebuild") == 32
+    assert await bus.rebuild_projection(table="other_rebuild") == 32
+    assert await scalar(conn, "SELECT count(*) FROM commandbus.other_rebuild") == 32
+
+
+def _cli(dsn: str, *args: str) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "commandbus.cli", *args],
+        env=dict(os.environ, DATABASE_URL=dsn),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_the_cli_refuses_a_bad_rebuild_table_in_one_line(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    (await bus.send("payments", "Charge", {})).unwrap()
+    events = await scalar(conn, "SELECT count(*) FROM commandbus.event")
+    for name in ("event", "command"):
+        bad = _cli(dsn, "projection", "rebuild", "--table", name)
+        assert bad.returncode == 1, bad.stderr
+        assert bad.stdout == ""
+        lines = bad.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), bad.stderr
+        assert repr(name) in lines[0]
+    assert await scalar(conn, "SELECT count(*) FROM commandbus.event") == events
+    good = _cli(dsn, "projection", "rebuild", "--table", "mine_rebuild")
+    assert good.returncode == 0, good.stderr
+    assert "rebuilt 1 commands into commandbus.mine_rebuild" in good.stdout
+
+
+# -- batches are verified and rebuilt too (issue 8, item 18) -----------------------------------
+
+
+async def test_verify_catches_a_tampered_batch_and_rebuild_restores_it(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    await mixed_workload(dsn, bus)
+
+    def reqs(n: int) -> list[CommandRequest]:
+        return [CommandRequest(domain="payments", command_type="Charge", data={}) for _ in range(n)]
+
+    named = (await bus.send_batch(reqs(2), name="nightly")).unwrap()
+    gone = (await bus.send_batch(reqs(3))).unwrap()
+    all_batches = "SELECT * FROM commandbus.batch ORDER BY batch_id"
+    original = await fetch(conn, all_batches)
+    assert len(original) == 3
+    report = await bus.verify_projection()
+    assert report.ok and report.checked == 37 and report.checked_batches == 3
+
+    # the rebuild target holds the same batches
+    await bus.rebuild_projection()
+    assert await fetch(conn, "SELECT * FROM commandbus.batch_rebuild ORDER BY batch_id") == original
+
+    await conn.execute(
+        "UPDATE commandbus.batch SET total = 99, name = 'renamed' WHERE batch_id = %s",
+        (named.batch_id,),
+    )
+    await conn.execute("DELETE FROM commandbus.batch WHERE batch_id = %s", (gone.batch_id,))
+    await conn.execute(
+        "INSERT INTO commandbus.batch"
+        " VALUES (gen_random_uuid(), 'bogus', 1, gen_random_uuid(), now(), 1)"
+    )
+    report = await bus.verify_projection()
+    assert not report.ok
+    found = {(d.table, d.batch_id, d.field, d.live, d.replayed) for d in report.differences}
+    assert (("batch", named.batch_id, "total", 99, 2)) in found
+    assert (("batch", named.batch_id, "name", "renamed", "nightly")) in found
+    assert (("batch", gone.batch_id, "<row>", "missing", "present")) in found
+    assert any(
+        d.table == "batch" and d.field == "<row>" and d.replayed == "missing"
+        for d in report.differences
+    )
+    assert len(report.differences) == 4
+    assert all(d.table == "batch" and d.domain is None for d in report.differences)
+    assert f"batch {named.batch_id} total: live=99 replayed=2" in [
+        str(d) for d in report.differences
+    ]
+
+    await bus.rebuild_projection(replace_live=True)
+    assert (await bus.verify_projection()).ok
+    assert await fetch(conn, all_batches) == original
+    record = await bus.get_batch(gone.batch_id)
+    assert record is not None and record.total == 3
+
+
+# -- maintenance functions run their own transaction, never inside the caller's ---------------
+
+
+async def test_rebuild_and_verify_refuse_a_connection_inside_a_transaction(
+    dsn: str, bus: CommandBus
+) -> None:
+    from commandbus.errors import ValidationError
+    from commandbus.projections import replay
+
+    (await bus.send("payments", "Charge", {})).unwrap()
+    async with await psycopg.AsyncConnection.connect(dsn) as c:
+        await c.execute("SELECT 1")  # a transaction is open now
+        for call in (
+            lambda: replay.rebuild(c),
+            lambda: replay.rebuild(c, replace_live=True),
+            lambda: replay.verify(c),
+        ):
+            try:
+                await call()
+            except ValidationError as exc:
+                assert "own transaction" in str(exc)
+            else:
+                raise AssertionError("accepted a connection inside a transaction")
+        # the caller's transaction is untouched and still usable
+        assert await scalar(c, "SELECT 2") == 2
+        await c.rollback()
+        # idle, not autocommit: they run (and commit) their own transaction
+        assert await replay.rebuild(c, replace_live=True) == 1
+        assert c.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
+        assert (await replay.verify(c)).ok
+        assert c.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
+        assert len(await replay.replay(c)) == 1

@@ -21,6 +21,7 @@ from commandbus.engine.connections import Conn
 from commandbus.engine.models import NewEvent
 from commandbus.engine.names import command_stream_id
 from commandbus.engine.queues import archive_table, queue_table, with_queue
+from commandbus.projections import batch_projection
 from commandbus.projections.command_projection import (
     Patch,
     merge,
@@ -133,7 +134,13 @@ def _send_batch_statement(domains: tuple[str, ...]) -> sql.Composed:
             )
         )
         union.append(sql.SQL("SELECT msg_id, command_id FROM {}").format(cte))
-    parts.append(sql.SQL(queries.SEND_BATCH_TAIL).format(union=sql.SQL(" UNION ALL ").join(union)))
+    parts.append(
+        sql.SQL(queries.SEND_BATCH_TAIL).format(
+            union=sql.SQL(" UNION ALL ").join(union),
+            batch_columns=batch_projection.columns(),
+            batch_row=batch_projection.row_from_created(),
+        )
+    )
     return sql.Composed(parts)
 
 

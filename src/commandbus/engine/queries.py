@@ -203,10 +203,17 @@ SEND_BATCH_TAIL: Final[LiteralString] = """, msgs AS (
     SELECT %(batch_stream)s, 1, 'BatchCreated', %(batch_data)s::jsonb, %(batch_corr)s, NULL,
            jsonb_build_object()
      WHERE EXISTS (SELECT 1 FROM go)
+    -- the batch row is built from its event (the commands' payloads stay here)
+    RETURNING stream_version, event_type,
+              CASE WHEN event_type = 'BatchCreated' THEN data END AS data,
+              correlation_id, recorded_at
 ), batch AS (
-    INSERT INTO commandbus.batch (batch_id, name, total, correlation_id, created_at, version)
-    SELECT %(batch_id)s, %(batch_name)s, %(expected_streams)s - 1, %(batch_corr)s, now(), 1
-     WHERE EXISTS (SELECT 1 FROM go)
+    -- the row is the one definition of a batch row (projections/batch_projection.py),
+    -- which the replay uses too
+    INSERT INTO commandbus.batch ({batch_columns}, version)
+    SELECT {batch_row}, e.stream_version
+      FROM evt e
+     WHERE e.event_type = 'BatchCreated'
 ), proj AS (
     INSERT INTO commandbus.command
            (domain, command_id, command_type, status, attempts, max_attempts, msg_id,
