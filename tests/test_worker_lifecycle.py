@@ -419,8 +419,8 @@ async def test_bad_worker_arguments_are_validation_errors(
         make_worker(dsn, reg, **kw)
 
 
-@pytest.mark.parametrize("timeout", [-1, float("nan"), float("inf"), "5", timedelta(seconds=-1)])
-async def test_bad_stop_timeouts_are_validation_errors(dsn: str, timeout: Any) -> None:
+@pytest.mark.parametrize("grace", [-1, float("nan"), float("inf"), "5", timedelta(seconds=-1)])
+async def test_bad_stop_timeouts_are_validation_errors(dsn: str, grace: Any) -> None:
     from commandbus import ValidationError
 
     reg = HandlerRegistry()
@@ -431,4 +431,4 @@ async def test_bad_stop_timeouts_are_validation_errors(dsn: str, timeout: Any) -
 
     worker = make_worker(dsn, reg)
     with pytest.raises(ValidationError, match="timeout"):
-        await worker.stop(timeout)
+        await worker.stop(grace)
