@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -12,6 +12,19 @@ from psycopg_pool import AsyncConnectionPool
 
 from commandbus.config import Config
 from commandbus.engine import command_store
+from commandbus.engine.arguments import (
+    MAX_INT,
+    conn_arg,
+    delay_arg,
+    int_arg,
+    mapping_arg,
+    opt_command_type_arg,
+    opt_domain_arg,
+    opt_text_arg,
+    opt_uuid_arg,
+    status_arg,
+    uuid_arg,
+)
 from commandbus.engine.codec import dumps, dumps_limited
 from commandbus.engine.command_store import OutgoingCommand
 from commandbus.engine.connections import Conn, atomic, borrow
@@ -164,62 +177,70 @@ class CommandBus:
 
     def _outgoing(
         self,
-        domain: str,
-        command_type: str,
-        data: Mapping[str, Any],
+        domain: object,
+        command_type: object,
+        data: object,
         *,
-        command_id: UUID | None,
-        correlation_id: UUID | None,
-        causation_id: UUID | None,
-        reply_to: str | None,
-        saga_id: UUID | None,
+        command_id: object,
+        correlation_id: object,
+        causation_id: object,
+        reply_to: object,
+        saga_id: object,
         batch_id: UUID | None,
-        max_attempts: int | None,
-        delay: timedelta | None,
+        max_attempts: object,
+        delay: object,
         trace: dict[str, str],
     ) -> OutgoingCommand:
-        if (domain, command_type) not in self._valid_names:
-            validate_domain(domain)
-            validate_command_type(command_type)
+        """Check one command's arguments (pure Python) and render its message."""
+        if (
+            isinstance(domain, str)
+            and isinstance(command_type, str)
+            and (domain, command_type) in self._valid_names
+        ):
+            dom, ctype = domain, command_type
+        else:
+            dom, ctype = validate_domain(domain), validate_command_type(command_type)
             if len(self._valid_names) < 10_000:
-                self._valid_names.add((domain, command_type))
-        if reply_to is not None and not self.queues.is_known(reply_to):
-            validate_queue_name(reply_to, what="reply_to queue")
-        if not isinstance(data, Mapping):
-            raise ValidationError(f"command data must be a mapping, got {type(data).__name__}")
-        attempts = self.config.max_retries if max_attempts is None else max_attempts
-        if not isinstance(attempts, int) or attempts < 1:
-            raise ValidationError(f"max_attempts must be an integer >= 1, got {attempts!r}")
-        delay_s = 0.0 if delay is None else delay.total_seconds()
-        if delay_s < 0:
-            raise ValidationError(f"delay must not be negative, got {delay!r}")
-        data_json = dumps_limited(dict(data), self.config.max_payload_bytes, what="command data")
-        cid = command_id or uuid4()
-        corr = correlation_id or cid
-        cid_s, corr_s = str(cid), str(corr)
-        saga_s = None if saga_id is None else str(saga_id)
-        batch_s = None if batch_id is None else str(batch_id)
+                self._valid_names.add((dom, ctype))
+        reply: str | None = None
+        if reply_to is not None:
+            if isinstance(reply_to, str) and self.queues.is_known(reply_to):
+                reply = reply_to
+            else:
+                reply = validate_queue_name(reply_to, what="reply_to queue")
+        payload = mapping_arg(data, "data")
+        attempts = (
+            self.config.max_retries
+            if max_attempts is None
+            else int_arg(max_attempts, "max_attempts", low=1, high=MAX_INT)
+        )
+        delay_s = 0.0 if delay is None else delay_arg(delay)
+        cid = uuid4() if command_id is None else uuid_arg(command_id, "command_id")
+        corr = cid if correlation_id is None else uuid_arg(correlation_id, "correlation_id")
+        caus = opt_uuid_arg(causation_id, "causation_id")
+        saga = opt_uuid_arg(saga_id, "saga_id")
+        data_json = dumps_limited(dict(payload), self.config.max_payload_bytes, what="command data")
         message = _embed(
             {
-                "command_id": cid_s,
-                "command_type": command_type,
-                "correlation_id": corr_s,
-                "causation_id": None if causation_id is None else str(causation_id),
-                "reply_to": reply_to,
-                "saga_id": saga_s,
-                "batch_id": batch_s,
+                "command_id": str(cid),
+                "command_type": ctype,
+                "correlation_id": str(corr),
+                "causation_id": None if caus is None else str(caus),
+                "reply_to": reply,
+                "saga_id": None if saga is None else str(saga),
+                "batch_id": None if batch_id is None else str(batch_id),
                 "max_attempts": attempts,
             },
             data_json,
         )
         return OutgoingCommand(
-            domain=domain,
+            domain=dom,
             command_id=cid,
-            command_type=command_type,
+            command_type=ctype,
             correlation_id=corr,
-            causation_id=causation_id,
-            reply_to=reply_to,
-            saga_id=saga_id,
+            causation_id=caus,
+            reply_to=reply,
+            saga_id=saga,
             max_attempts=attempts,
             delay_seconds=delay_s,
             message=message,
@@ -233,22 +254,26 @@ class CommandBus:
         command_type: str,
         data: Mapping[str, Any] | None = None,
         *,
-        command_id: UUID | None = None,
-        correlation_id: UUID | None = None,
-        causation_id: UUID | None = None,
+        command_id: UUID | str | None = None,
+        correlation_id: UUID | str | None = None,
+        causation_id: UUID | str | None = None,
         reply_to: str | None = None,
-        saga_id: UUID | None = None,
+        saga_id: UUID | str | None = None,
         max_attempts: int | None = None,
-        delay: timedelta | None = None,
+        delay: timedelta | float | None = None,
         conn: Conn | None = None,
     ) -> Result[SendResult]:
         """Send one command: ``CommandSent`` event, queue message and status row, atomically.
 
-        With ``conn=`` the command joins the caller's transaction and is exactly as
-        durable as the caller's commit. Returns ``Failure(code="DUPLICATE_COMMAND")``
-        when the domain already has a command with this id (nothing is written).
-        Raises :class:`~commandbus.errors.ValidationError` subclasses for bad names,
-        data that is not JSON or too large, before anything is written.
+        One statement. With ``conn=`` it joins the caller's transaction (explicit or
+        implicit) and is committed or rolled back by the caller; nothing commits
+        behind the caller. Ids may be ``UUID`` or any of their text forms (they are
+        normalised to ``UUID``); ``delay`` is a ``timedelta`` or seconds. Returns
+        ``Failure(code="DUPLICATE_COMMAND")`` when the domain already has a command
+        with this id (nothing is written). Raises
+        :class:`~commandbus.errors.ValidationError` (naming the argument) for bad
+        arguments and :class:`~commandbus.errors.PayloadError` for data that is not
+        JSON or too large, before anything is written.
         """
         out = self._outgoing(
             domain,
@@ -264,14 +289,18 @@ class CommandBus:
             delay=delay,
             trace=current_trace_headers(),
         )
-        await self._ensure_queues((domain,) if reply_to is None else (domain, reply_to))
+        if conn is not None:
+            conn_arg(conn)
+        await self._ensure_queues(
+            (out.domain,) if out.reply_to is None else (out.domain, out.reply_to)
+        )
         async with borrow(self.pool, conn) as c:
             msg_id = await command_store.send_one(c, out)
         if msg_id is None:
             return Failure(
                 code=DuplicateCommandError.code,
-                message=f"command {out.command_id} already exists in domain {domain!r}",
-                details={"domain": domain, "command_id": str(out.command_id)},
+                message=f"command {out.command_id} already exists in domain {out.domain!r}",
+                details={"domain": out.domain, "command_id": str(out.command_id)},
             )
         return Success(
             value=SendResult(
@@ -281,40 +310,58 @@ class CommandBus:
 
     async def send_batch(
         self,
-        commands: Sequence[CommandRequest],
+        commands: Iterable[CommandRequest],
         *,
-        batch_id: UUID | None = None,
+        batch_id: UUID | str | None = None,
         name: str | None = None,
-        correlation_id: UUID | None = None,
+        correlation_id: UUID | str | None = None,
         conn: Conn | None = None,
     ) -> Result[BatchResult]:
-        """Send many commands and their batch in ONE transaction and one statement.
+        """Send many commands and their batch in ONE statement.
 
         All or nothing: if any command id already exists in its domain, nothing is
-        written and ``Failure(code="DUPLICATE_COMMAND")`` lists the ids.
+        written and ``Failure(code="DUPLICATE_COMMAND")`` lists the ids. With
+        ``conn=`` the batch joins the caller's transaction (explicit or implicit)
+        and is committed or rolled back by the caller. The same id may be used in
+        different domains. Arguments are checked as :meth:`send` checks them; an
+        error names the command (``commands[i]``) and the argument.
         """
-        if not commands:
-            raise ValidationError("send_batch needs at least one command")
-        bid = batch_id or uuid4()
-        corr = correlation_id or bid
-        trace = current_trace_headers()
-        outs = [
-            self._outgoing(
-                r.domain,
-                r.command_type,
-                r.data,
-                command_id=r.command_id,
-                correlation_id=r.correlation_id or corr,
-                causation_id=r.causation_id,
-                reply_to=r.reply_to,
-                saga_id=r.saga_id,
-                batch_id=bid,
-                max_attempts=r.max_attempts,
-                delay=r.delay,
-                trace=trace,
+        if isinstance(commands, str | bytes | Mapping) or not isinstance(commands, Iterable):
+            raise ValidationError(
+                f"commands must be a sequence of CommandRequest, got {type(commands).__name__}"
             )
-            for r in commands
-        ]
+        requests = list(commands)
+        if not requests:
+            raise ValidationError("commands must hold at least one CommandRequest")
+        bid = uuid4() if batch_id is None else uuid_arg(batch_id, "batch_id")
+        corr = bid if correlation_id is None else uuid_arg(correlation_id, "correlation_id")
+        name = opt_text_arg(name, "name", empty=True)
+        trace = current_trace_headers()
+        outs = []
+        for i, r in enumerate(requests):
+            if not isinstance(r, CommandRequest):
+                raise ValidationError(
+                    f"commands[{i}] must be a CommandRequest, got {type(r).__name__}"
+                )
+            try:
+                outs.append(
+                    self._outgoing(
+                        r.domain,
+                        r.command_type,
+                        r.data,
+                        command_id=r.command_id,
+                        correlation_id=corr if r.correlation_id is None else r.correlation_id,
+                        causation_id=r.causation_id,
+                        reply_to=r.reply_to,
+                        saga_id=r.saga_id,
+                        batch_id=bid,
+                        max_attempts=r.max_attempts,
+                        delay=r.delay,
+                        trace=trace,
+                    )
+                )
+            except ValidationError as exc:
+                raise type(exc)(f"commands[{i}]: {exc.message}", details=exc.details) from None
         seen: set[tuple[str, UUID]] = set()
         repeated = []
         for o in outs:
@@ -337,8 +384,10 @@ class CommandBus:
             }
         )
         queues_needed = {o.domain for o in outs} | {o.reply_to for o in outs if o.reply_to}
-        duplicates: list[str] = []
-        rows: list[tuple[UUID, int | None, bool]] = []
+        duplicates: list[tuple[str, UUID]] = []
+        rows: list[tuple[str, UUID, int | None, bool]] = []
+        if conn is not None:
+            conn_arg(conn)
         await self._ensure_queues(sorted(queues_needed))
         async with borrow(self.pool, conn) as c:
             try:
@@ -353,27 +402,28 @@ class CommandBus:
                         batch_correlation_id=corr,
                         metadata=dumps({"trace": trace}) if trace else "{}",
                     )
-                    duplicates = [str(cid) for cid, _m, is_new in rows if not is_new]
-                    if duplicates or any(m is None for _c, m, _n in rows):
+                    duplicates = [(d, cid) for d, cid, _m, is_new in rows if not is_new]
+                    if duplicates or any(m is None for _d, _c, m, _n in rows):
                         raise _Rollback
             except _Rollback:
                 pass
-        if duplicates or not rows or any(m is None for _c, m, _n in rows):
+        if duplicates or not rows or any(m is None for _d, _c, m, _n in rows):
             return Failure(
                 code=DuplicateCommandError.code,
                 message=(
-                    f"{len(duplicates)} command id(s) already exist: {', '.join(duplicates)}"
+                    f"{len(duplicates)} command id(s) already exist: "
+                    + ", ".join(f"{cid} in domain {d!r}" for d, cid in duplicates)
                     if duplicates
                     else f"batch {bid} already exists"
                 ),
-                details={"command_ids": duplicates, "batch_id": str(bid)},
+                details={"command_ids": [str(cid) for _d, cid in duplicates], "batch_id": str(bid)},
             )
-        by_id = {cid: m for cid, m, _n in rows}
+        by_key = {(d, cid): m for d, cid, m, _n in rows}
         return Success(
             value=BatchResult(
                 batch_id=bid,
                 command_ids=tuple(o.command_id for o in outs),
-                msg_ids=tuple(int(by_id[o.command_id] or 0) for o in outs),
+                msg_ids=tuple(int(by_key[o.domain, o.command_id] or 0) for o in outs),
             )
         )
 
@@ -385,48 +435,61 @@ class CommandBus:
         return TroubleshootingQueue(self.pool)
 
     async def get_command(
-        self, domain: str, command_id: UUID, *, conn: Conn | None = None
+        self, domain: str, command_id: UUID | str, *, conn: Conn | None = None
     ) -> CommandRecord | None:
         """Where is command X: its row of the status projection (None if unknown)."""
+        domain = validate_domain(domain)
+        cid = uuid_arg(command_id, "command_id")
         async with borrow(self.pool, conn) as c:
-            return await pq.get_command(c, domain, command_id)
+            return await pq.get_command(c, domain, cid)
 
     async def list_commands(
         self,
         *,
         domain: str | None = None,
         status: CommandStatus | str | None = None,
-        correlation_id: UUID | None = None,
+        correlation_id: UUID | str | None = None,
         command_type: str | None = None,
-        batch_id: UUID | None = None,
+        batch_id: UUID | str | None = None,
         limit: int = 100,
         cursor: str | None = None,
         conn: Conn | None = None,
     ) -> Page:
         """Commands by domain / status / correlation id, oldest first, keyset-paged."""
+        domain = opt_domain_arg(domain)
+        status = status_arg(status)
+        corr = opt_uuid_arg(correlation_id, "correlation_id")
+        command_type = opt_command_type_arg(command_type)
+        bid = opt_uuid_arg(batch_id, "batch_id")
+        limit = int_arg(limit, "limit", low=1, high=pq.MAX_PAGE)
+        cursor = opt_text_arg(cursor, "cursor")
         async with borrow(self.pool, conn) as c:
             return await pq.list_commands(
                 c,
                 domain=domain,
                 status=status,
-                correlation_id=correlation_id,
+                correlation_id=corr,
                 command_type=command_type,
-                batch_id=batch_id,
+                batch_id=bid,
                 limit=limit,
                 cursor=cursor,
             )
 
     async def command_history(
-        self, domain: str, command_id: UUID, *, conn: Conn | None = None
+        self, domain: str, command_id: UUID | str, *, conn: Conn | None = None
     ) -> list[StoredEvent]:
         """Every event of one command, in order."""
+        stream = command_stream_id(validate_domain(domain), uuid_arg(command_id, "command_id"))
         async with borrow(self.pool, conn) as c:
-            return await read_stream(c, command_stream_id(domain, command_id))
+            return await read_stream(c, stream)
 
-    async def get_batch(self, batch_id: UUID, *, conn: Conn | None = None) -> BatchRecord | None:
+    async def get_batch(
+        self, batch_id: UUID | str, *, conn: Conn | None = None
+    ) -> BatchRecord | None:
         """A batch with its progress counted by status."""
+        bid = uuid_arg(batch_id, "batch_id")
         async with borrow(self.pool, conn) as c:
-            return await pq.get_batch(c, batch_id)
+            return await pq.get_batch(c, bid)
 
     async def rebuild_projection(
         self, *, table: str = "command_rebuild", replace_live: bool = False

@@ -76,6 +76,8 @@ def dumps(value: Any, *, what: str = "data") -> str:
         text = _encoder.encode(value)
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"{what} is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise PayloadError(f"{what} is nested too deeply to serialise") from None
     if "\\u0000" in text and _NUL.search(text):
         raise PayloadError(f"{what} contains a NUL character, which PostgreSQL jsonb cannot store")
     try:

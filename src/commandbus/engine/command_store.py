@@ -133,7 +133,7 @@ def _send_batch_statement(domains: tuple[str, ...]) -> sql.Composed:
                 cte=cte, queue=queue_table(domain), domain=sql.Literal(domain)
             )
         )
-        union.append(sql.SQL("SELECT msg_id, command_id FROM {}").format(cte))
+        union.append(sql.SQL("SELECT msg_id, domain, command_id FROM {}").format(cte))
     parts.append(
         sql.SQL(queries.SEND_BATCH_TAIL).format(
             union=sql.SQL(" UNION ALL ").join(union),
@@ -154,8 +154,8 @@ async def send_many(
     batch_data: str,
     batch_correlation_id: UUID,
     metadata: str,
-) -> list[tuple[UUID, int | None, bool]]:
-    """Insert many commands and their batch; returns (command id, msg id, was new).
+) -> list[tuple[str, UUID, int | None, bool]]:
+    """Insert many commands and their batch; returns (domain, command id, msg id, was new).
 
     Nothing but streams is written when any command id already exists: the caller
     must then roll back.
@@ -183,7 +183,7 @@ async def send_many(
         "metadata": metadata,
     }
     cur = await conn.execute(_send_batch_statement(domains), params)
-    return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+    return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
 
 
 async def read_batch(conn: Conn, domain: str, *, qty: int, vt_seconds: float) -> list[ReadMessage]:

@@ -11,6 +11,7 @@ from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
+from commandbus.engine.arguments import conn_arg
 from commandbus.errors import DatabaseUnavailableError
 
 Conn = AsyncConnection[Any]
@@ -20,6 +21,7 @@ Conn = AsyncConnection[Any]
 async def borrow(pool: AsyncConnectionPool[Conn], conn: Conn | None) -> AsyncIterator[Conn]:
     """Yield ``conn`` if given (the caller's transaction), else a pooled connection."""
     if conn is not None:
+        conn_arg(conn)
         yield conn
         return
     try:

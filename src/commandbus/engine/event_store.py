@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -11,10 +11,18 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus.engine import queries
+from commandbus.engine.arguments import (
+    MAX_BIGINT,
+    int_arg,
+    mapping_arg,
+    opt_uuid_arg,
+    text_arg,
+)
 from commandbus.engine.codec import dumps, structure
 from commandbus.engine.connections import Conn, atomic, borrow
 from commandbus.engine.models import NewEvent, StoredEvent
-from commandbus.errors import ConcurrencyError
+from commandbus.engine.names import is_library_stream
+from commandbus.errors import ConcurrencyError, ValidationError
 
 
 @attrs.frozen(kw_only=True)
@@ -39,14 +47,18 @@ class EventColumns:
     caus: list[UUID | None] = attrs.field(factory=list)
     meta: list[str] = attrs.field(factory=list)
 
-    def add(self, stream_id: str, version: int, event: NewEvent) -> None:
+    def add(self, stream_id: str, version: int, event: object, where: str) -> None:
+        if not isinstance(event, NewEvent):
+            raise ValidationError(f"{where} must be a NewEvent, got {type(event).__name__}")
         self.ids.append(stream_id)
         self.versions.append(version)
-        self.types.append(event.event_type)
-        self.data.append(dumps(event.data, what=f"{event.event_type} data"))
-        self.corr.append(event.correlation_id)
-        self.caus.append(event.causation_id)
-        self.meta.append(dumps(event.metadata, what="event metadata") if event.metadata else "{}")
+        self.types.append(text_arg(event.event_type, f"{where}.event_type"))
+        data = mapping_arg(event.data, f"{where}.data")
+        self.data.append(dumps(data, what=f"{where}.data"))
+        self.corr.append(opt_uuid_arg(event.correlation_id, f"{where}.correlation_id"))
+        self.caus.append(opt_uuid_arg(event.causation_id, f"{where}.causation_id"))
+        meta = mapping_arg(event.metadata, f"{where}.metadata")
+        self.meta.append(dumps(meta, what=f"{where}.metadata") if meta else "{}")
 
     def params(self) -> dict[str, Any]:
         return {
@@ -71,35 +83,52 @@ async def read_stream(conn: Conn, stream_id: str, *, after_version: int = 0) -> 
     return [stored_event(r) for r in await cur.fetchall()]
 
 
+def _sequence(value: object, name: str) -> list[Any]:
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise ValidationError(f"{name} must be a sequence, got {type(value).__name__}")
+    items = list(value)
+    if not items:
+        raise ValidationError(f"{name} must not be empty: nothing to append")
+    return items
+
+
 async def append(conn: Conn, appends: Sequence[StreamAppend]) -> int:
     """Append events to one or more streams in ONE statement; all or nothing.
 
     Returns the position of the last event appended. Raises
     :class:`ConcurrencyError` (appending nothing) when any stream is not at its
-    expected version.
+    expected version, and :class:`ValidationError` (naming the argument) for bad
+    arguments, before anything is written. On the caller's connection it joins the
+    caller's transaction (see :func:`~commandbus.engine.connections.atomic`).
     """
-    if not appends:
-        raise ValueError("nothing to append")
     cols = EventColumns()
     s_ids: list[str] = []
     s_types: list[str] = []
     s_expected: list[int] = []
     s_new: list[int] = []
     seen: set[str] = set()
-    for item in appends:
-        if item.stream_id in seen:
-            raise ValueError(f"stream {item.stream_id!r} appears twice in one append")
-        if not item.events:
-            raise ValueError(f"no events for stream {item.stream_id!r}")
-        if item.expected_version < 0:
-            raise ValueError("expected_version must be >= 0")
-        seen.add(item.stream_id)
-        s_ids.append(item.stream_id)
-        s_types.append(item.stream_type)
-        s_expected.append(item.expected_version)
-        s_new.append(item.expected_version + len(item.events))
-        for i, event in enumerate(item.events, start=1):
-            cols.add(item.stream_id, item.expected_version + i, event)
+    for i, item in enumerate(_sequence(appends, "appends")):
+        where = f"appends[{i}]"
+        if not isinstance(item, StreamAppend):
+            raise ValidationError(f"{where} must be a StreamAppend, got {type(item).__name__}")
+        stream_id = text_arg(item.stream_id, f"{where}.stream_id")
+        stream_type = text_arg(item.stream_type, f"{where}.stream_type")
+        if stream_id in seen:
+            raise ValidationError(f"stream {stream_id!r} appears twice in one append ({where})")
+        events = _sequence(item.events, f"{where}.events")
+        expected = int_arg(
+            item.expected_version,
+            f"{where}.expected_version",
+            low=0,
+            high=MAX_BIGINT - len(events),
+        )
+        seen.add(stream_id)
+        s_ids.append(stream_id)
+        s_types.append(stream_type)
+        s_expected.append(expected)
+        s_new.append(expected + len(events))
+        for n, event in enumerate(events, start=1):
+            cols.add(stream_id, expected + n, event, f"{where}.events[{n - 1}]")
     params = {
         "s_ids": s_ids,
         "s_types": s_types,
@@ -126,7 +155,24 @@ class EventStore:
         self._pool = pool
 
     async def append(self, appends: Sequence[StreamAppend], *, conn: Conn | None = None) -> int:
-        """Append events to one or more streams in ONE statement; see :func:`append`."""
+        """Append events to one or more streams in ONE statement; see :func:`append`.
+
+        The library's own streams (commands, batches, quarantined messages: types
+        ``command``, ``batch``, ``quarantine`` and ids starting with ``<type>:``)
+        cannot be written here: :class:`ValidationError`, nothing appended.
+        """
+        for i, item in enumerate(_sequence(appends, "appends")):
+            if (
+                isinstance(item, StreamAppend)
+                and isinstance(item.stream_id, str)
+                and isinstance(item.stream_type, str)
+                and is_library_stream(item.stream_id, item.stream_type)
+            ):
+                raise ValidationError(
+                    f"appends[{i}]: stream {item.stream_id!r} of type {item.stream_type!r} "
+                    "belongs to the library (command, batch and quarantine streams are "
+                    "written only by commandbus)"
+                )
         async with borrow(self._pool, conn) as c:
             return await append(c, appends)
 
@@ -134,6 +180,8 @@ class EventStore:
         self, stream_id: str, *, after_version: int = 0, conn: Conn | None = None
     ) -> list[StoredEvent]:
         """All events of one stream in version order."""
+        stream_id = text_arg(stream_id, "stream_id")
+        after_version = int_arg(after_version, "after_version", low=0, high=MAX_BIGINT)
         async with borrow(self._pool, conn) as c:
             return await read_stream(c, stream_id, after_version=after_version)
 
@@ -141,6 +189,8 @@ class EventStore:
         self, *, after: int = 0, limit: int = 1000, conn: Conn | None = None
     ) -> list[StoredEvent]:
         """Events after a global position, in position order."""
+        after = int_arg(after, "after", low=0, high=MAX_BIGINT)
+        limit = int_arg(limit, "limit", low=1, high=MAX_BIGINT)
         async with borrow(self._pool, conn) as c:
             cur = c.cursor(row_factory=dict_row)
             await cur.execute(queries.READ_ALL, {"after": after, "limit": limit})
@@ -148,6 +198,7 @@ class EventStore:
 
     async def stream_version(self, stream_id: str, *, conn: Conn | None = None) -> int:
         """The current version of a stream (0 when it does not exist)."""
+        stream_id = text_arg(stream_id, "stream_id")
         async with borrow(self._pool, conn) as c:
             cur = await c.execute(queries.STREAM_VERSION, {"stream_id": stream_id})
             row = await cur.fetchone()

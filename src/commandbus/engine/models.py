@@ -55,18 +55,23 @@ class Command:
 
 @attrs.frozen(kw_only=True)
 class CommandRequest:
-    """One command to send with :meth:`CommandBus.send_batch`."""
+    """One command to send with :meth:`CommandBus.send_batch`.
+
+    Its fields are checked when the batch is sent, as :meth:`CommandBus.send` checks
+    its arguments: ids may be ``UUID`` or a text form of one, ``delay`` a
+    ``timedelta`` or seconds.
+    """
 
     domain: str
     command_type: str
     data: dict[str, Any] = attrs.field(factory=dict)
-    command_id: UUID | None = None
-    correlation_id: UUID | None = None
-    causation_id: UUID | None = None
+    command_id: UUID | str | None = None
+    correlation_id: UUID | str | None = None
+    causation_id: UUID | str | None = None
     reply_to: str | None = None
-    saga_id: UUID | None = None
+    saga_id: UUID | str | None = None
     max_attempts: int | None = None
-    delay: timedelta | None = None
+    delay: timedelta | float | None = None
 
 
 @attrs.frozen(kw_only=True)

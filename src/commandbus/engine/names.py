@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from commandbus.engine import event_types as ev
 from commandbus.errors import InvalidNameError
 
 # PGMQ limits queue names to 47 characters (prefix + name must fit in 63).
@@ -49,3 +50,13 @@ def command_stream_id(domain: str, command_id: object) -> str:
 def batch_stream_id(batch_id: object) -> str:
     """The event stream of one batch."""
     return f"batch:{batch_id}"
+
+
+#: Stream types the library writes; their streams are named ``<type>:...``.
+LIBRARY_STREAM_TYPES = frozenset({ev.COMMAND_STREAM, ev.BATCH_STREAM, ev.QUARANTINE_STREAM})
+
+
+def is_library_stream(stream_id: str, stream_type: str) -> bool:
+    """Whether a stream id or type is one the library owns (only it may append there)."""
+    prefix, colon, _rest = stream_id.partition(":")
+    return stream_type in LIBRARY_STREAM_TYPES or (bool(colon) and prefix in LIBRARY_STREAM_TYPES)

@@ -184,13 +184,14 @@ SEND_BATCH_QUEUE: Final[LiteralString] = """, {cte} AS (
     INSERT INTO pgmq.{queue} (vt, message, headers)
     SELECT clock_timestamp() + go.delay * interval '1 second', go.message, go.headers
       FROM go WHERE go.domain = {domain}
-    RETURNING msg_id, message->>'command_id' AS command_id
+    RETURNING msg_id, {domain}::text AS domain, message->>'command_id' AS command_id
 )"""
 
 SEND_BATCH_TAIL: Final[LiteralString] = """, msgs AS (
     {union}
 ), sent AS (
-    SELECT go.*, msgs.msg_id FROM go JOIN msgs ON msgs.command_id = go.command_id::text
+    SELECT go.*, msgs.msg_id
+      FROM go JOIN msgs ON msgs.domain = go.domain AND msgs.command_id = go.command_id::text
 ), evt AS (
     INSERT INTO commandbus.event
            (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
@@ -222,9 +223,9 @@ SEND_BATCH_TAIL: Final[LiteralString] = """, msgs AS (
            correlation_id, reply_to, saga_id, %(batch_id)s, now(), now(), 1
       FROM sent
 )
-SELECT input.command_id, sent.msg_id,
+SELECT input.domain, input.command_id, sent.msg_id,
        input.stream_id IN (SELECT stream_id FROM created) AS is_new
-  FROM input LEFT JOIN sent USING (command_id)
+  FROM input LEFT JOIN sent USING (stream_id)
 """
 
 # -- worker: read and record outcomes -------------------------------------------------------

@@ -16,12 +16,19 @@ from psycopg_pool import AsyncConnectionPool
 
 from commandbus.engine import command_store, queries
 from commandbus.engine import event_types as ev
+from commandbus.engine.arguments import (
+    int_arg,
+    opt_command_type_arg,
+    opt_domain_arg,
+    opt_text_arg,
+    uuid_arg,
+)
 from commandbus.engine.codec import dumps
 from commandbus.engine.command_store import Transition
 from commandbus.engine.connections import Conn, atomic, borrow
 from commandbus.engine.event_store import read_stream
 from commandbus.engine.models import Command, CommandRecord, CommandStatus, NewEvent, Page
-from commandbus.engine.names import command_stream_id
+from commandbus.engine.names import command_stream_id, validate_domain
 from commandbus.engine.outcomes import reply_for
 from commandbus.engine.queues import with_queue
 from commandbus.errors import CommandNotFoundError, InvalidStateError
@@ -40,16 +47,25 @@ async def list_tsq(
     limit: int = 100,
     cursor: str | None = None,
 ) -> Page:
-    """Commands waiting in the troubleshooting queue, oldest first."""
+    """Commands waiting in the troubleshooting queue, oldest first.
+
+    ``error_contains`` is a literal, case-insensitive substring of the last error's
+    message (``_``, ``%`` and ``\\`` are plain characters).
+    """
     return await pq.list_commands(
         conn,
-        domain=domain,
+        domain=opt_domain_arg(domain),
         status=CommandStatus.IN_TROUBLESHOOTING_QUEUE,
-        command_type=command_type,
-        error_contains=error_contains,
-        limit=limit,
-        cursor=cursor,
+        command_type=opt_command_type_arg(command_type),
+        error_contains=opt_text_arg(error_contains, "error_contains", empty=True),
+        limit=int_arg(limit, "limit", low=1, high=pq.MAX_PAGE),
+        cursor=opt_text_arg(cursor, "cursor"),
     )
+
+
+def _target(domain: object, command_id: object) -> tuple[str, UUID]:
+    """The (domain, command id) an operator action names, checked and normalised."""
+    return validate_domain(domain), uuid_arg(command_id, "command_id")
 
 
 async def _in_tsq(conn: Conn, domain: str, command_id: UUID, action: str) -> CommandRecord:
@@ -103,8 +119,12 @@ def _event(record: CommandRecord, event_type: str, data: dict[str, Any]) -> NewE
     )
 
 
-async def retry(conn: Conn, domain: str, command_id: UUID, *, operator: str | None = None) -> int:
+async def retry(
+    conn: Conn, domain: str, command_id: UUID | str, *, operator: str | None = None
+) -> int:
     """Re-queue a TSQ command with fresh attempts; returns its new message id."""
+    domain, command_id = _target(domain, command_id)
+    operator = opt_text_arg(operator, "operator", empty=True)
     async with atomic(conn):
         record = await _in_tsq(conn, domain, command_id, "retry")
         sent = await _sent_event(conn, domain, command_id)
@@ -166,16 +186,19 @@ async def _finish(
 async def cancel(
     conn: Conn,
     domain: str,
-    command_id: UUID,
+    command_id: UUID | str,
     *,
     reason: str | None = None,
     operator: str | None = None,
 ) -> None:
     """Cancel a TSQ command for good (its reply, if any, says CANCELLED)."""
+    domain, cid = _target(domain, command_id)
+    reason = opt_text_arg(reason, "reason", empty=True)
+    operator = opt_text_arg(operator, "operator", empty=True)
     await _finish(
         conn,
         domain,
-        command_id,
+        cid,
         action="cancel",
         event_type=ev.COMMAND_CANCELLED_BY_OPERATOR,
         data={"reason": reason, "operator": operator},
@@ -186,17 +209,19 @@ async def cancel(
 async def complete(
     conn: Conn,
     domain: str,
-    command_id: UUID,
+    command_id: UUID | str,
     *,
     result: Any = None,
     operator: str | None = None,
 ) -> None:
     """Mark a TSQ command completed by hand with ``result`` (its reply says SUCCESS)."""
+    domain, cid = _target(domain, command_id)
+    operator = opt_text_arg(operator, "operator", empty=True)
     dumps(result, what="result")
     await _finish(
         conn,
         domain,
-        command_id,
+        cid,
         action="complete",
         event_type=ev.COMMAND_COMPLETED_BY_OPERATOR,
         data={"result": result, "operator": operator},
@@ -230,14 +255,16 @@ class TroubleshootingQueue:
                 cursor=cursor,
             )
 
-    async def retry(self, domain: str, command_id: UUID, *, operator: str | None = None) -> int:
+    async def retry(
+        self, domain: str, command_id: UUID | str, *, operator: str | None = None
+    ) -> int:
         async with borrow(self._pool, None) as conn:
             return await retry(conn, domain, command_id, operator=operator)
 
     async def cancel(
         self,
         domain: str,
-        command_id: UUID,
+        command_id: UUID | str,
         *,
         reason: str | None = None,
         operator: str | None = None,
@@ -248,7 +275,7 @@ class TroubleshootingQueue:
     async def complete(
         self,
         domain: str,
-        command_id: UUID,
+        command_id: UUID | str,
         *,
         result: Any = None,
         operator: str | None = None,
