@@ -4,11 +4,28 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from commandbus.config import DEFAULT_DATA_DIR, Config
+from commandbus import (
+    Command,
+    CommandBus,
+    CommandStatus,
+    HandlerContext,
+    HandlerRegistry,
+    TransientCommandError,
+    Worker,
+)
+from commandbus.config import (
+    DEFAULT_DATA_DIR,
+    MAX_DURATION,
+    MAX_INT4,
+    MAX_VISIBILITY_TIMEOUT,
+    Config,
+)
 from commandbus.errors import ConfigError
+from engine_fixtures import RunningWorker, wait_for
 
 
 def test_defaults_from_an_empty_environment() -> None:
@@ -77,3 +94,136 @@ def test_bad_value_names_the_variable_and_the_value(var: str, value: str) -> Non
     # the refused value as given, or (for durations) the number it parsed to
     assert value in message or f"{float(value):g}" in message
     assert "\n" not in message
+
+
+# -- bounds: every numeric value must fit what uses it (timedelta, int4 columns, jsonb) ----
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "bound"),
+    [
+        ("MAX_RETRIES", "2147483648", "2147483647"),  # max_attempts is an int4 column
+        ("MAX_RETRIES", "-3", "2147483647"),
+        ("MAX_RETRIES", "9" * 5000, "2147483647"),  # longer than int() parses
+        ("VT_SECONDS", "1e14", "604800"),  # past timedelta's range
+        ("VT_SECONDS", "604801", "604800"),
+        ("VT_SECONDS", "nan", "604800"),
+        ("VT_SECONDS", "-inf", "604800"),
+        ("BACKOFF_BASE_SECONDS", "1e10", "3155760000"),
+        ("BACKOFF_BASE_SECONDS", "inf", "3155760000"),
+        ("BACKOFF_MULTIPLIER", "inf", "finite"),
+        ("BACKOFF_MULTIPLIER", "-2", ">= 1"),
+        ("BACKOFF_MAX_SECONDS", "1e300", "3155760000"),
+        ("BACKOFF_MAX_SECONDS", "-1", "3155760000"),
+        ("BACKOFF_JITTER_SECONDS", "1e10", "3155760000"),
+        ("BACKOFF_JITTER_SECONDS", "nan", "3155760000"),
+        ("MAX_PAYLOAD_BYTES", "268435456", "268435455"),  # more than a jsonb value holds
+        ("MAX_PAYLOAD_BYTES", "-1", "268435455"),
+        ("POLL_INTERVAL_SECONDS", "1e-9", "0.000001"),  # rounds to a zero timedelta
+        ("POLL_INTERVAL_SECONDS", "-1", "0.000001"),
+        ("POLL_INTERVAL_SECONDS", "1e20", "3155760000"),
+    ],
+)
+def test_out_of_range_values_are_config_errors_naming_the_bound(
+    var: str, value: str, bound: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({var: value})
+    message = str(info.value)
+    assert message.startswith(var), message
+    assert bound in message
+    assert value[:20] in message
+    assert len(message) < 300 and "\n" not in message
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    config = Config.from_env(
+        {
+            "MAX_RETRIES": "2147483647",
+            "VT_SECONDS": "604800",
+            "BACKOFF_BASE_SECONDS": "3155760000",
+            "BACKOFF_MULTIPLIER": "1e300",
+            "BACKOFF_MAX_SECONDS": "3155760000",
+            "BACKOFF_JITTER_SECONDS": "3.15576e9",
+            "MAX_PAYLOAD_BYTES": "268435455",
+            "POLL_INTERVAL_SECONDS": "0.000001",
+        }
+    )
+    assert config.max_retries == MAX_INT4
+    assert config.visibility_timeout == MAX_VISIBILITY_TIMEOUT == timedelta(days=7)
+    assert config.backoff_max == config.backoff_jitter == MAX_DURATION
+    assert config.poll_interval == timedelta(microseconds=1)
+
+
+@pytest.mark.parametrize(
+    ("changes", "var", "bound"),
+    [
+        ({"max_retries": 2**31}, "MAX_RETRIES", "2147483647"),
+        ({"max_retries": 1.5}, "MAX_RETRIES", "integer"),
+        ({"max_retries": "3"}, "MAX_RETRIES", "integer"),
+        ({"max_retries": True}, "MAX_RETRIES", "integer"),
+        ({"visibility_timeout": timedelta(days=999_999_999)}, "VT_SECONDS", "604800"),
+        ({"visibility_timeout": 30}, "VT_SECONDS", "timedelta"),
+        ({"backoff_base": timedelta(seconds=-1)}, "BACKOFF_BASE_SECONDS", "3155760000"),
+        ({"backoff_multiplier": float("nan")}, "BACKOFF_MULTIPLIER", "finite"),
+        ({"backoff_multiplier": float("inf")}, "BACKOFF_MULTIPLIER", "finite"),
+        ({"backoff_multiplier": "2"}, "BACKOFF_MULTIPLIER", "number"),
+        (
+            {"backoff_max": timedelta(days=50_000), "backoff_base": timedelta(0)},
+            "BACKOFF_MAX_SECONDS",
+            "3155760000",
+        ),
+        ({"backoff_jitter": timedelta(days=-1)}, "BACKOFF_JITTER_SECONDS", "3155760000"),
+        ({"max_payload_bytes": 2**40}, "MAX_PAYLOAD_BYTES", "268435455"),
+        ({"poll_interval": timedelta(0)}, "POLL_INTERVAL_SECONDS", "0.000001"),
+        ({"poll_interval": None}, "POLL_INTERVAL_SECONDS", "timedelta"),
+    ],
+)
+def test_the_constructor_checks_the_same_bounds(
+    changes: dict[str, Any], var: str, bound: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config(**changes)
+    message = str(info.value)
+    assert message.startswith(var), message
+    assert bound in message
+    assert "\n" not in message
+
+
+async def test_the_largest_accepted_values_work_against_postgresql(dsn: str) -> None:
+    """A command sent, read, failed and rescheduled with every bound at its maximum."""
+    config = Config(
+        max_retries=MAX_INT4,
+        visibility_timeout=MAX_VISIBILITY_TIMEOUT,
+        backoff_base=MAX_DURATION,
+        backoff_multiplier=1e300,
+        backoff_max=MAX_DURATION,
+        backoff_jitter=MAX_DURATION,
+        poll_interval=timedelta(milliseconds=50),
+    )
+    registry = HandlerRegistry()
+
+    @registry.handler("bounds", "Flaky")
+    async def flaky(cmd: Command, ctx: HandlerContext) -> None:
+        raise TransientCommandError("try again much later")
+
+    async with CommandBus(dsn, config=config) as bus:
+        sent = (await bus.send("bounds", "Flaky", {})).unwrap()
+        command = await bus.get_command("bounds", sent.command_id)
+        assert command is not None and command.max_attempts == MAX_INT4
+
+        async def rescheduled() -> bool:
+            found = await bus.get_command("bounds", sent.command_id)
+            return found is not None and found.status is CommandStatus.RETRY_SCHEDULED
+
+        async with RunningWorker(Worker(dsn, registry, domain="bounds", config=config)):
+            await wait_for(rescheduled, timeout=30)
+        history = await bus.command_history("bounds", sent.command_id)
+        retry = history[-1]
+        assert retry.event_type == "CommandRetryScheduled"
+        assert MAX_DURATION.total_seconds() <= retry.data["delay_seconds"]
+        assert retry.data["delay_seconds"] <= 2 * MAX_DURATION.total_seconds()
+        async with bus.pool.connection() as conn:
+            cur = await conn.execute("SELECT vt - clock_timestamp() FROM pgmq.q_bounds")
+            row = await cur.fetchone()
+        assert row is not None and row[0] >= MAX_DURATION - timedelta(days=1)

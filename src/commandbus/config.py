@@ -6,17 +6,29 @@ the value that was refused.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import attrs
 
 from commandbus.errors import ConfigError
 
 DEFAULT_DATA_DIR = Path(".commandbus") / "pgdata"
+
+#: The largest ``MAX_RETRIES``: attempts are stored in an ``integer`` (int4) column.
+MAX_INT4: Final = 2**31 - 1
+#: The largest ``MAX_PAYLOAD_BYTES``: the most a PostgreSQL ``jsonb`` value can hold.
+MAX_JSONB_BYTES: Final = 2**28 - 1
+#: The longest visibility timeout (a worker refuses longer ones too).
+MAX_VISIBILITY_TIMEOUT: Final = timedelta(days=7)
+#: The longest backoff, jitter or poll interval: far inside what ``timedelta`` and
+#: PostgreSQL timestamps can hold.
+MAX_DURATION: Final = timedelta(days=36525)  # 100 years
 
 
 @attrs.frozen(kw_only=True)
@@ -46,32 +58,32 @@ class Config:
     poll_interval: timedelta = timedelta(seconds=1)
 
     def __attrs_post_init__(self) -> None:
-        if self.max_retries < 1:
-            raise ConfigError(f"MAX_RETRIES must be >= 1, got {self.max_retries!r}")
-        if self.visibility_timeout < timedelta(seconds=5):
-            raise ConfigError(
-                f"VT_SECONDS must be >= 5, got {self.visibility_timeout.total_seconds():g}"
-            )
-        if self.backoff_base < timedelta(0):
-            raise ConfigError(
-                f"BACKOFF_BASE_SECONDS must be >= 0, got {self.backoff_base.total_seconds():g}"
-            )
-        if self.backoff_multiplier < 1:
-            raise ConfigError(f"BACKOFF_MULTIPLIER must be >= 1, got {self.backoff_multiplier!r}")
+        for var, value in (
+            ("MAX_RETRIES", self.max_retries),
+            ("MAX_PAYLOAD_BYTES", self.max_payload_bytes),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{var} must be an integer, got {_show(value)}")
+            _check_int(var, value, _show(value))
+        for var, duration in (
+            ("VT_SECONDS", self.visibility_timeout),
+            ("BACKOFF_BASE_SECONDS", self.backoff_base),
+            ("BACKOFF_MAX_SECONDS", self.backoff_max),
+            ("BACKOFF_JITTER_SECONDS", self.backoff_jitter),
+            ("POLL_INTERVAL_SECONDS", self.poll_interval),
+        ):
+            if not isinstance(duration, timedelta):
+                raise ConfigError(f"{var} must be a timedelta, got {_show(duration)}")
+            seconds = duration.total_seconds()
+            _check_seconds(var, seconds, f"{seconds:g}")
+        multiplier = self.backoff_multiplier
+        if isinstance(multiplier, bool) or not isinstance(multiplier, int | float):
+            raise ConfigError(f"BACKOFF_MULTIPLIER must be a number, got {_show(multiplier)}")
+        _check_multiplier(float(multiplier), _show(multiplier))
         if self.backoff_max < self.backoff_base:
             raise ConfigError(
                 "BACKOFF_MAX_SECONDS must be >= BACKOFF_BASE_SECONDS, got "
                 f"{self.backoff_max.total_seconds():g} < {self.backoff_base.total_seconds():g}"
-            )
-        if self.backoff_jitter < timedelta(0):
-            raise ConfigError(
-                f"BACKOFF_JITTER_SECONDS must be >= 0, got {self.backoff_jitter.total_seconds():g}"
-            )
-        if self.max_payload_bytes < 1:
-            raise ConfigError(f"MAX_PAYLOAD_BYTES must be >= 1, got {self.max_payload_bytes!r}")
-        if self.poll_interval <= timedelta(0):
-            raise ConfigError(
-                f"POLL_INTERVAL_SECONDS must be > 0, got {self.poll_interval.total_seconds():g}"
             )
 
     @classmethod
@@ -93,32 +105,90 @@ class Config:
         return cls(**kwargs)
 
 
+#: Each integer variable's range and what its top is.
+_INT_BOUNDS: Final[dict[str, tuple[int, int, str]]] = {
+    "MAX_RETRIES": (1, MAX_INT4, "attempts are an int4 column"),
+    "MAX_PAYLOAD_BYTES": (1, MAX_JSONB_BYTES, "the most a jsonb value holds"),
+}
+
+#: Each duration's range in seconds and what its top is.
+_SECONDS_BOUNDS: Final[dict[str, tuple[float, float, str]]] = {
+    "VT_SECONDS": (5, MAX_VISIBILITY_TIMEOUT.total_seconds(), "7 days"),
+    "BACKOFF_BASE_SECONDS": (0, MAX_DURATION.total_seconds(), "100 years"),
+    "BACKOFF_MAX_SECONDS": (0, MAX_DURATION.total_seconds(), "100 years"),
+    "BACKOFF_JITTER_SECONDS": (0, MAX_DURATION.total_seconds(), "100 years"),
+    # one microsecond: a shorter interval is a zero timedelta
+    "POLL_INTERVAL_SECONDS": (0.000001, MAX_DURATION.total_seconds(), "100 years"),
+}
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def _show(value: object) -> str:
+    """``repr(value)``, cut short for messages."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(value: float) -> str:
+    """5 -> ``5``, 1e-06 -> ``0.000001``, 3155760000.0 -> ``3155760000``."""
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def _check_int(var: str, value: int, shown: str) -> None:
+    low, high, why = _INT_BOUNDS[var]
+    if not low <= value <= high:
+        raise ConfigError(f"{var} must be an integer from {low} to {high} ({why}), got {shown}")
+
+
+def _check_seconds(var: str, seconds: float, shown: str) -> None:
+    low, high, why = _SECONDS_BOUNDS[var]
+    if not (math.isfinite(seconds) and low <= seconds <= high):
+        raise ConfigError(
+            f"{var} must be a number of seconds from {_number(low)} to {_number(high)} "
+            f"({why}), got {shown}"
+        )
+
+
+def _check_multiplier(value: float, shown: str) -> None:
+    if not (math.isfinite(value) and value >= 1):
+        raise ConfigError(f"BACKOFF_MULTIPLIER must be a finite number >= 1, got {shown}")
+
+
 def _int(var: str, raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
+    if not _INTEGER.fullmatch(raw):
+        raise ConfigError(f"{var} must be an integer, got {_show(raw)}")
+    # int() refuses very long text; anything that long is out of range anyway
+    too_big = MAX_INT4 * MAX_INT4 * (-1 if raw.startswith("-") else 1)
+    value = int(raw) if len(raw) <= 30 else too_big
+    _check_int(var, value, _show(raw))
+    return value
 
 
 def _float(var: str, raw: str) -> float:
     try:
-        value = float(raw)
+        return float(raw)
     except ValueError:
-        raise ConfigError(f"{var} must be a number, got {raw!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ConfigError(f"{var} must be a finite number, got {raw!r}")
+        raise ConfigError(f"{var} must be a number, got {_show(raw)}") from None
+
+
+def _multiplier(var: str, raw: str) -> float:
+    value = _float(var, raw)
+    _check_multiplier(value, _show(raw))
     return value
 
 
 def _seconds(var: str, raw: str) -> timedelta:
-    return timedelta(seconds=_float(var, raw))
+    seconds = _float(var, raw)
+    _check_seconds(var, seconds, _show(raw))
+    return timedelta(seconds=seconds)
 
 
 _NUMERIC_VARS: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
     ("MAX_RETRIES", "max_retries", _int),
     ("VT_SECONDS", "visibility_timeout", _seconds),
     ("BACKOFF_BASE_SECONDS", "backoff_base", _seconds),
-    ("BACKOFF_MULTIPLIER", "backoff_multiplier", _float),
+    ("BACKOFF_MULTIPLIER", "backoff_multiplier", _multiplier),
     ("BACKOFF_MAX_SECONDS", "backoff_max", _seconds),
     ("BACKOFF_JITTER_SECONDS", "backoff_jitter", _seconds),
     ("MAX_PAYLOAD_BYTES", "max_payload_bytes", _int),
