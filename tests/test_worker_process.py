@@ -231,3 +231,61 @@ async def test_a_second_sigterm_forces_the_stop(dsn: str, bus: CommandBus, conn:
     assert "forcing" in err
     invisible = await scalar(conn, "SELECT count(*) FROM pgmq.q_jobs WHERE vt > clock_timestamp()")
     assert invisible == 0
+
+
+def run_worker_cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``commandbus worker`` for the jobs domain, to completion (for refusals)."""
+    env = dict(os.environ, DATABASE_URL=dsn, PYTHONPATH=str(TESTS))
+    return subprocess.run(
+        [sys.executable, "-m", "commandbus.cli", "worker", "--app", "worker_apps:registry"]
+        + ["--domain", "jobs", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def assert_one_error_line(proc: subprocess.CompletedProcess[str], *expected: str) -> None:
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr
+    for text in expected:
+        assert text in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_the_worker_refuses_a_database_that_was_never_migrated(empty_dsn: str) -> None:
+    proc = run_worker_cli(empty_dsn)
+    assert_one_error_line(proc, "not installed", "run `commandbus migrate`")
+
+
+async def test_the_worker_refuses_a_database_with_a_pending_migration(dsn: str, conn: Conn) -> None:
+    last = await scalar(conn, "SELECT max(version) FROM commandbus.schema_migrations")
+    name = await scalar(
+        conn, "DELETE FROM commandbus.schema_migrations WHERE version = %s RETURNING name", last
+    )
+    proc = await asyncio.to_thread(run_worker_cli, dsn)
+    assert_one_error_line(proc, "pending", name, "run `commandbus migrate`")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--vt", "nan"), "--vt"),
+        (("--vt", "inf"), "--vt"),
+        (("--vt", "1e14"), "--vt"),
+        (("--vt", "0.5"), "--vt"),
+        (("--vt", "soon"), "--vt"),
+        (("--grace", "nan"), "--grace"),
+        (("--grace", "-1"), "--grace"),
+        (("--concurrency", "0"), "--concurrency"),
+        (("--concurrency", "1" + "0" * 20), "--concurrency"),
+        (("--batch-size", "1" + "0" * 20), "--batch-size"),
+        (("--batch-size", "1.5"), "--batch-size"),
+    ],
+)
+def test_bad_worker_options_are_one_line_errors(
+    dsn: str, args: tuple[str, ...], expected: str
+) -> None:
+    proc = run_worker_cli(dsn, *args)
+    assert_one_error_line(proc, expected, args[1][:10])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,52 @@ class CLIError(click.ClickException):
 
     def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[float, Any]  # generic in the click mypy checks against
+else:
+    _ParamType = click.ParamType  # not subscriptable in older click
+
+
+class Number(_ParamType):
+    """A finite number from ``low`` to ``high`` (an integer with ``integer=True``).
+
+    A refused value is a one-line ``error: ...`` like every other error of the
+    command line, and NaN, infinities and values too large to use never pass.
+    """
+
+    def __init__(self, low: float, high: float, *, integer: bool = False, unit: str = "") -> None:
+        self.low, self.high, self.integer, self.unit = low, high, integer, unit
+        self.name = "integer" if integer else "number"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "N" if self.integer else "S"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        option = param.opts[0] if param is not None and param.opts else "value"
+        kind = "an integer" if self.integer else "a number"
+        unit = f" {self.unit}" if self.unit else ""
+        refusal = CLIError(
+            f"{option} must be {kind} from {self.low:g} to {self.high:g}{unit}, got {value!r}"
+        )
+        if isinstance(value, bool):
+            raise refusal
+        if isinstance(value, int | float) and not isinstance(value, str):
+            number: float = value
+        else:
+            text = str(value).strip()
+            try:
+                number = int(text) if self.integer else float(text)
+            except ValueError:
+                raise refusal from None
+        if self.integer:
+            ok = isinstance(number, int) and self.low <= number <= self.high
+        else:
+            ok = math.isfinite(number) and self.low <= number <= self.high
+        if not ok:
+            raise refusal
+        return number
 
 
 @attrs.frozen(kw_only=True)

@@ -9,11 +9,20 @@ import sys
 from datetime import timedelta
 
 import click
+import psycopg
 
-from commandbus.cli._common import CLIError, database_url, load_config
+from commandbus.cli._common import CLIError, Number, database_url, load_config
+from commandbus.config import MAX_VISIBILITY_TIMEOUT
+from commandbus.database import connect, first_line
 from commandbus.engine.log import configure_logging
 from commandbus.engine.registry import HandlerRegistry
 from commandbus.engine.worker import Worker, WorkerStats
+from commandbus.errors import DatabaseError, DatabaseUnavailableError
+from commandbus.migrations import ensure_schema_current
+
+#: The most handlers (--concurrency) and messages per read (--batch-size) a worker takes.
+MAX_COUNT = 10_000
+MAX_GRACE_SECONDS = 7 * 24 * 3600
 
 
 def load_registry(spec: str) -> HandlerRegistry:
@@ -66,31 +75,31 @@ async def serve(worker: Worker, *, grace: float) -> WorkerStats:
 @click.option("--domain", required=True, help="The domain (queue) to serve.")
 @click.option(
     "--concurrency",
-    type=click.IntRange(min=1),
+    type=Number(1, MAX_COUNT, integer=True),
     default=10,
     show_default=True,
-    help="Handlers running at once.",
+    help=f"Handlers running at once (1-{MAX_COUNT}).",
 )
 @click.option(
     "--vt",
     "vt",
-    type=click.FloatRange(min=1),
+    type=Number(1, MAX_VISIBILITY_TIMEOUT.total_seconds(), unit="seconds"),
     default=None,
-    help="Visibility timeout in seconds (default: VT_SECONDS, 30).",
+    help="Visibility timeout in seconds, up to 7 days (default: VT_SECONDS, 30).",
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=Number(1, MAX_COUNT, integer=True),
     default=100,
     show_default=True,
-    help="Messages read per query.",
+    help=f"Messages read per query (1-{MAX_COUNT}).",
 )
 @click.option(
     "--grace",
-    type=click.FloatRange(min=0),
+    type=Number(0, MAX_GRACE_SECONDS, unit="seconds"),
     default=30.0,
     show_default=True,
-    help="Seconds in-flight handlers get to finish on SIGINT/SIGTERM.",
+    help="Seconds in-flight handlers get to finish on SIGINT/SIGTERM (up to 7 days).",
 )
 @click.pass_context
 def worker(
@@ -117,10 +126,37 @@ def worker(
             batch_size=batch_size,
             config=config,
         )
-        click.echo(
+        banner = (
             f"serving domain {domain!r}: {', '.join(registry.command_types(domain))} "
-            f"(concurrency {concurrency})",
-            err=True,
+            f"(concurrency {concurrency})"
         )
-        stats = asyncio.run(serve(w, grace=grace))
+        stats = asyncio.run(_checked_serve(w, url, banner=banner, grace=grace))
     click.echo(stats.summary(), err=True)
+
+
+async def _checked_serve(w: Worker, url: str, *, banner: str, grace: float) -> WorkerStats:
+    await check_schema(url)
+    click.echo(banner, err=True)
+    return await serve(w, grace=grace)
+
+
+async def check_schema(url: str) -> None:
+    """Refuse (:class:`SchemaNotReadyError`) a database without the current schema.
+
+    A server that cannot be reached yet is left to the worker, which keeps trying
+    to connect (up to its ``reconnect_timeout``).
+    """
+    try:
+        conn = await connect(url)
+    except DatabaseUnavailableError:
+        return
+    async with conn:
+        try:
+            await ensure_schema_current(conn)
+        except psycopg.OperationalError:
+            return  # lost it again: the worker's reconnects take over
+        except psycopg.Error as exc:
+            raise DatabaseError(
+                f"could not check the commandbus schema in database {conn.info.dbname!r}: "
+                f"{first_line(exc)}"
+            ) from exc
