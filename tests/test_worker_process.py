@@ -237,8 +237,10 @@ def run_worker_cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``commandbus worker`` for the jobs domain, to completion (for refusals)."""
     env = dict(os.environ, DATABASE_URL=dsn, PYTHONPATH=str(TESTS))
     return subprocess.run(
-        [sys.executable, "-m", "commandbus.cli", "worker", "--app", "worker_apps:registry"]
-        + ["--domain", "jobs", *args],
+        [
+            *(sys.executable, "-m", "commandbus.cli", "worker"),
+            *("--app", "worker_apps:registry", "--domain", "jobs", *args),
+        ],
         env=env,
         capture_output=True,
         text=True,
