@@ -201,6 +201,19 @@ for i, (key, bad, error) in enumerate(LIST_BAD):
         error,
     )
 
+for i, bad in enumerate(["yes", "false", 1, 0, None]):
+    case(
+        f"rebuild_projection-replace_live-{i}",
+        lambda bus, bad=bad: bus.rebuild_projection(replace_live=bad),
+        "replace_live",
+    )
+for i, bad in enumerate([5, None, "event", "command"]):
+    case(
+        f"rebuild_projection-table-{i}",
+        lambda bus, bad=bad: bus.rebuild_projection(table=bad),
+        "table",
+    )
+
 # -- troubleshooting ----------------------------------------------------------------------
 TSQ_LIST_BAD: list[tuple[str, Any, type[Exception]]] = [
     ("domain", ["a"], InvalidNameError),

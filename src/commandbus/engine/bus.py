@@ -14,6 +14,7 @@ from commandbus.config import Config
 from commandbus.engine import command_store
 from commandbus.engine.arguments import (
     MAX_INT,
+    bool_arg,
     conn_arg,
     delay_arg,
     int_arg,
@@ -495,6 +496,7 @@ class CommandBus:
         self, *, table: str = "command_rebuild", replace_live: bool = False
     ) -> int:
         """Recompute the command projection from the events (see projections.replay)."""
+        replace_live = bool_arg(replace_live, "replace_live")
         async with borrow(self.pool, None) as c:
             return await replay.rebuild(c, table=table, replace_live=replace_live)
 
