@@ -384,6 +384,26 @@ async def test_a_closed_connection_is_refused(bus: CommandBus, dsn: str, conn: C
     assert (await written(conn))["events"] == 0
 
 
+async def test_a_connection_in_a_failed_transaction_is_refused(
+    bus: CommandBus, dsn: str, conn: Conn
+) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn) as failed:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await failed.execute("SELECT 1/0")
+        for call in (
+            bus.send("payments", "Charge", {}, conn=failed),
+            bus.send_batch([req()], conn=failed),
+            bus.events.append([app()], conn=failed),
+            bus.get_command("payments", uuid4(), conn=failed),
+        ):
+            with pytest.raises(ValidationError, match="conn is in a failed transaction"):
+                await call
+        await failed.rollback()
+        assert (await bus.send("payments", "Charge", {}, conn=failed)).ok
+        await failed.rollback()
+    assert (await written(conn))["events"] == 0
+
+
 @pytest.mark.parametrize("delay", [5, 5.0, timedelta(seconds=5)])
 async def test_delay_is_a_timedelta_or_seconds(bus: CommandBus, conn: Conn, delay: Any) -> None:
     sent = (await bus.send("payments", "Charge", {}, delay=delay)).unwrap()

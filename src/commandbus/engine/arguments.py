@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from commandbus.engine.models import CommandStatus
 from commandbus.engine.names import validate_command_type, validate_domain
@@ -117,6 +118,8 @@ def conn_arg(value: object) -> None:
         raise ValidationError(f"conn must be a psycopg AsyncConnection, got {show(value)}")
     if value.closed:
         raise ValidationError("conn is closed")
+    if value.info.transaction_status is TransactionStatus.INERROR:
+        raise ValidationError("conn is in a failed transaction: roll it back first")
 
 
 def status_arg(value: object, name: str = "status") -> CommandStatus | None:
