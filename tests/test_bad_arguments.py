@@ -390,14 +390,15 @@ async def test_a_connection_in_a_failed_transaction_is_refused(
     async with await psycopg.AsyncConnection.connect(dsn) as failed:
         with pytest.raises(psycopg.errors.DivisionByZero):
             await failed.execute("SELECT 1/0")
-        for call in (
-            bus.send("payments", "Charge", {}, conn=failed),
-            bus.send_batch([req()], conn=failed),
-            bus.events.append([app()], conn=failed),
-            bus.get_command("payments", uuid4(), conn=failed),
-        ):
+        calls: list[Call] = [
+            lambda bus: bus.send("payments", "Charge", {}, conn=failed),
+            lambda bus: bus.send_batch([req()], conn=failed),
+            lambda bus: bus.events.append([app()], conn=failed),
+            lambda bus: bus.get_command("payments", uuid4(), conn=failed),
+        ]
+        for call in calls:
             with pytest.raises(ValidationError, match="conn is in a failed transaction"):
-                await call
+                await call(bus)
         await failed.rollback()
         assert (await bus.send("payments", "Charge", {}, conn=failed)).ok
         await failed.rollback()
