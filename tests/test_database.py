@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
+import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from commandbus import database
 from commandbus.config import Config
 from commandbus.database import (
     EmbeddedServer,
@@ -192,13 +196,51 @@ def test_resolve_database_url_reuses_one_server_per_process(embedded_dir: Path) 
     assert embedded_status(embedded_dir).running  # until exit (embedded_dir stops it)
 
 
+def _blocked_on_lock(lock_path: Path, pids: set[int]) -> set[int]:
+    """The processes among ``pids`` waiting for an flock on ``lock_path`` (Linux /proc/locks)."""
+    inode = lock_path.stat().st_ino
+    waiting = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        # "1: -> FLOCK  ADVISORY  WRITE 8018 fe:00:2146386 0 EOF": a blocked request
+        if len(fields) >= 6 and fields[1] == "->" and fields[2] == "FLOCK":
+            pid, device_inode = int(fields[5]), fields[6]
+            if pid in pids and int(device_inode.rsplit(":", 1)[1]) == inode:
+                waiting.add(pid)
+    return waiting
+
+
 @pytest.mark.slow
-def test_two_processes_starting_at_once_share_one_server(embedded_dir: Path) -> None:
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
+def test_processes_arriving_during_initdb_wait_for_it_and_share_one_server(
+    embedded_dir: Path,
+) -> None:
+    """Starters that arrive while another one runs initdb wait on the start lock.
+
+    The test is that first starter: it holds the start lock with the data directory
+    half written (initdb creates directories before PG_VERSION), starts two
+    ``commandbus db start`` processes, and finishes initdb (and starts the server)
+    only once both are provably blocked on the lock. None may judge the directory
+    before it holds the lock.
+    """
     env: dict[str, str | None] = {"COMMANDBUS_DATA_DIR": str(embedded_dir), "DATABASE_URL": None}
-    procs = [run_cli("db", "start", env=env) for _ in range(2)]
+    embedded_dir.mkdir(parents=True)
+    (embedded_dir / "global").mkdir()  # initdb at work: no PG_VERSION yet
+    lock_path = embedded_dir.parent / f".{embedded_dir.name}.lock"
+    with lock_path.open("ab") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        procs = [run_cli("db", "start", env=env) for _ in range(2)]
+        pids = {proc.pid for proc in procs}
+        deadline = time.monotonic() + 60
+        while _blocked_on_lock(lock_path, pids) != pids:
+            if any(proc.poll() is not None for proc in procs) or time.monotonic() > deadline:
+                break  # one judged the directory without waiting: the asserts below say how
+            time.sleep(0.01)
+        # initdb completes and the server starts, all under the lock the others wait for
+        shutil.rmtree(embedded_dir)
+        url = database._launch(embedded_dir)
     results = [proc.communicate(timeout=60) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], results
-    urls = {out.strip() for out, _ in results}
+    assert {out.strip() for out, _ in results} == {url}
     status = embedded_status(embedded_dir)
-    assert urls == {status.url}
-    assert status.running and status.keep_running
+    assert status.url == url and status.running and status.keep_running

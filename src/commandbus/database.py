@@ -180,8 +180,10 @@ class EmbeddedServer:
     def start(self) -> str:
         if self.url is not None:
             return self.url
-        data_dir = _usable_data_dir(self.data_dir)
+        data_dir = _lockable_data_dir(self.data_dir)
         with _exclusive(data_dir):
+            # judged under the lock: another process may be running initdb in it
+            _check_data_dir(data_dir)
             users = _side_file(data_dir, "users").open("ab")
             try:
                 fcntl.flock(users, fcntl.LOCK_SH)
@@ -234,8 +236,9 @@ def start_embedded(data_dir: Path | str) -> str:
 
     It runs until :func:`stop_embedded`. Returns its URL.
     """
-    path = _usable_data_dir(_absolute(Path(data_dir)))
+    path = _lockable_data_dir(_absolute(Path(data_dir)))
     with _exclusive(path):
+        _check_data_dir(path)
         url = _launch(path)
         _side_file(path, "keep").touch()
     return url
@@ -302,8 +305,12 @@ def _fail(path: Path, problem: str) -> EmbeddedDatabaseError:
     )
 
 
-def _usable_data_dir(path: Path) -> Path:
-    """Check ``path`` can hold the embedded cluster; create its parents."""
+def _lockable_data_dir(path: Path) -> Path:
+    """Create the parents of ``path``, where its lock file lives (before the lock).
+
+    What the data directory holds is judged by :func:`_check_data_dir`, under the
+    lock: a process running initdb leaves it half written until it is done.
+    """
     if path.exists() and not path.is_dir():
         raise _fail(path, "is not a directory")
     try:
@@ -312,15 +319,22 @@ def _usable_data_dir(path: Path) -> Path:
         raise _fail(path, f"cannot be created ({exc.strerror}: {exc.filename})") from None
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise _fail(path, f"cannot be used: {path.parent} is not writable")
+    return path
+
+
+def _check_data_dir(path: Path) -> None:
+    """Check ``path`` is absent, empty or a cluster of our major version (hold the lock)."""
+    if path.exists() and not path.is_dir():
+        raise _fail(path, "is not a directory")
     if not path.exists():
-        return path
+        return
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         raise _fail(path, "is not readable and writable")
     version_file = path / "PG_VERSION"
     if not version_file.is_file():
         if any(path.iterdir()):
             raise _fail(path, "is not empty and is not a PostgreSQL data directory")
-        return path
+        return
     found = version_file.read_text().strip()
     if found != _binaries_major():
         raise _fail(
@@ -328,7 +342,6 @@ def _usable_data_dir(path: Path) -> Path:
             f"was created by PostgreSQL {found}; the embedded server is PostgreSQL "
             f"{_binaries_major()}",
         )
-    return path
 
 
 @contextmanager
