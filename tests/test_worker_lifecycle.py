@@ -432,3 +432,18 @@ async def test_bad_stop_timeouts_are_validation_errors(dsn: str, grace: Any) -> 
     worker = make_worker(dsn, reg)
     with pytest.raises(ValidationError, match="timeout"):
         await worker.stop(grace)
+
+
+async def test_a_worker_on_an_unmigrated_database_says_run_migrate(empty_dsn: str) -> None:
+    from commandbus import SchemaNotReadyError
+
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        return None
+
+    worker = make_worker(empty_dsn, reg)
+    with pytest.raises(SchemaNotReadyError, match="commandbus migrate"):
+        await asyncio.wait_for(worker.run(), 10)
+    assert live_worker_tasks() == []

@@ -309,6 +309,10 @@ class Worker:
     # -- supervision ------------------------------------------------------------------------
 
     async def _start(self) -> None:
+        from commandbus.migrations import ensure_schema_current
+
+        # an unmigrated database is a SchemaNotReadyError now, not a crash later
+        await self._reader.run(ensure_schema_current)
         # a worker may start before anything was sent to its domain
         await self._reader.run(lambda c: QueueRegistry().ensure(c, self.domain))
         for flusher in self._flushers:
