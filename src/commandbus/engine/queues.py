@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Final, LiteralString
+
 from psycopg import sql
 
 from commandbus.engine import queries
 from commandbus.engine.connections import Conn
 from commandbus.engine.names import validate_queue_name
 
-#: At most one wake-up NOTIFY per queue per this many milliseconds.
+#: At most one wake-up NOTIFY per queue per this many milliseconds (counted at commit).
 DEFAULT_WAKEUP_THROTTLE_MS = 2
 
 
@@ -53,9 +55,18 @@ class QueueRegistry:
                 cur = await conn.execute(queries.QUEUE_EXISTS, {"queue": queue})
                 if await cur.fetchone() is None:
                     await conn.execute(queries.CREATE_QUEUE, {"queue": queue})
-                    for ddl in (queries.DROP_WAKEUP, queries.INSTALL_WAKEUP):
-                        await conn.execute(sql.SQL(ddl).format(queue=queue_table(queue)))
                     await conn.execute(
-                        queries.REGISTER_QUEUE, {"queue": queue, "throttle_ms": self._throttle_ms}
+                        _INSTALL_WAKEUP, {"queue": queue, "throttle_ms": self._throttle_ms}
                     )
+                    await conn.execute(_REGISTER_QUEUE, {"queue": queue})
         self._known.add(queue)
+
+
+# The wake-up (a deferred trigger deciding at commit, see migration 0004), then the
+# queue's row, which marks it as complete.
+_INSTALL_WAKEUP: Final[LiteralString] = (
+    "SELECT commandbus.install_queue_wakeup(%(queue)s, %(throttle_ms)s)"
+)
+_REGISTER_QUEUE: Final[LiteralString] = (
+    "INSERT INTO commandbus.queue (queue_name) VALUES (%(queue)s) ON CONFLICT DO NOTHING"
+)
