@@ -1,0 +1,468 @@
+"""A queue consumer: one batched reader, bounded runners, grouped recording, staged stop.
+
+The worker (commands) and the saga coordinator (replies) are both consumers of a
+PGMQ queue; this module is the part they share, so neither copies the other.
+
+Shape of a running consumer (every task is named and owned):
+
+* ``reader``: reads batches into a bounded in-flight set; when the queue is
+  empty it sleeps until a wake-up NOTIFY, the next delayed message, or the poll
+  interval, whichever comes first.
+* runner tasks, at most ``concurrency`` at once: each takes messages from the
+  in-memory backlog one after the other and calls ``handle``; what it returns
+  (an outcome) is queued for recording, ``None`` means the message is done.
+* ``flusher`` tasks (each with its own connection): each takes every outcome
+  queued so far and hands the group to ``record``, so throughput is not one
+  commit per message, and one group commits while the next is being built.
+* ``listener``: LISTENs for the queue's wake-up channel.
+
+Stopping is staged: reading ends (reconnect attempts give up at once), running
+handlers get until the deadline and are then cancelled, every flusher records
+what finished and ends on its own sentinel, and every message still held is
+made visible again. Cancelling :meth:`QueueConsumer.run` is a stop with no grace
+that is awaited, then re-raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import timedelta
+from typing import Generic, Protocol, TypeVar
+
+import attrs
+import psycopg
+
+from commandbus.engine.connections import Conn
+from commandbus.engine.resilient import ResilientConnection, connect, retrying
+from commandbus.errors import CommandBusError, DatabaseUnavailableError, ValidationError
+
+log = logging.getLogger("commandbus.consumer")
+T = TypeVar("T")
+
+#: seconds running handlers get when a stop names no timeout
+DEFAULT_GRACE = 30.0
+#: seconds a stop may take past its grace to record what finished and hand back the rest
+FINAL_SECONDS = 1.0
+
+
+class Message(Protocol):
+    """What a consumer reads: anything with the PGMQ message id."""
+
+    @property
+    def msg_id(self) -> int: ...
+
+
+M = TypeVar("M", bound=Message)
+O = TypeVar("O")  # noqa: E741 - an outcome
+
+
+class ConsumerApp(Protocol[M, O]):
+    """What a consumer needs from the component it serves."""
+
+    async def prepare(self, conn: Conn) -> None:
+        """Check and create what reading needs (on the reader's connection)."""
+
+    async def read(self, conn: Conn, qty: int) -> Sequence[M]:
+        """Take up to ``qty`` visible messages (they become invisible)."""
+
+    async def next_visible(self, conn: Conn) -> float | None:
+        """Seconds until the next delayed message becomes visible, if any."""
+
+    async def handle(self, msg: M) -> O | None:
+        """Process one message; an outcome to record, or ``None`` when it is done."""
+
+    async def record(self, flusher: ResilientConnection, group: list[tuple[O, M]]) -> None:
+        """Record a group of outcomes on a flusher's (reconnecting) connection."""
+
+    async def release(self, conn: Conn, started: list[int], unstarted: list[int]) -> None:
+        """Make held messages visible now (``unstarted`` ones give back their read)."""
+
+
+def seconds(value: timedelta | float, name: str) -> float:
+    """A non-negative, finite duration in seconds from a timedelta or a number."""
+    if isinstance(value, timedelta):
+        result = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        result = float(value)
+    else:
+        raise ValidationError(f"{name} must be a timedelta or a number of seconds, got {value!r}")
+    if not result >= 0 or result == float("inf"):
+        raise ValidationError(f"{name} must be a finite duration >= 0, got {value!r}")
+    return result
+
+
+@attrs.define
+class _Flight(Generic[M]):
+    """A message between read and done."""
+
+    msg: M
+    started: bool = False
+
+
+class QueueConsumer(Generic[M, O]):
+    """Consumes one queue for a :class:`ConsumerApp`; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        app: ConsumerApp[M, O],
+        *,
+        name: str,
+        wakeup_channel: str,
+        concurrency: int,
+        batch_size: int,
+        flushers: int,
+        poll_interval: float,
+        reconnect_timeout: float,
+    ) -> None:
+        self._url = url
+        self._app = app
+        self.name = name
+        self._channel = wakeup_channel
+        self.concurrency = concurrency
+        self._batch_size = batch_size
+        self._poll = poll_interval
+        self._reconnect_timeout = reconnect_timeout
+        # Messages held at once (read, running or waiting to be recorded), and the
+        # room there must be before the next read: reading a handful at a time
+        # would cost a round trip per handful. Up to two batches: the next one is
+        # read while the last is handled and recorded.
+        self._capacity = max(2 * batch_size, concurrency + batch_size)
+        self._read_threshold = max(1, min(batch_size, self._capacity // 2))
+
+        self._backlog: collections.deque[_Flight[M]] = collections.deque()
+        self._runners: set[asyncio.Task[None]] = set()
+        self._flights: dict[int, _Flight[M]] = {}
+        # outcomes waiting to be recorded; ``None`` is a flusher's stop sentinel
+        self._outcomes: asyncio.Queue[tuple[O, _Flight[M]] | None] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stop_event = asyncio.Event()
+        self._deadline: float | None = None  # monotonic time by which handlers must end
+        self._deadline_moved = asyncio.Event()
+        self._stopping = False
+        self._running = False
+        self._finished = asyncio.Event()
+        #: set once the consumer is connected and listening for new messages
+        self.ready = asyncio.Event()
+        #: messages made visible again by a stop
+        self.released = 0
+        # The reader only moves messages' visibility forward. If the server crashed
+        # before a read's commit reached disk, those messages would just become
+        # visible again early: a redelivery, which a version-checked outcome
+        # handles. So reads skip the WAL flush wait; outcomes never do.
+        self._reader = ResilientConnection(
+            url,
+            what=f"{name} reader",
+            retry_for=reconnect_timeout,
+            setup=("SET synchronous_commit = off",),
+            give_up=self._stop_event,
+        )
+        self._flushers = [
+            ResilientConnection(url, what=f"{name} flusher", retry_for=reconnect_timeout)
+            for _ in range(flushers)
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._flush_tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_event.is_set()
+
+    def request_stop(self, timeout: timedelta | float | None = None) -> None:
+        """Ask for a stop (safe from signal handlers, idempotent); see :meth:`stop`."""
+        grace = DEFAULT_GRACE if timeout is None else seconds(timeout, "timeout")
+        deadline = time.monotonic() + grace
+        if self._deadline is None or deadline < self._deadline:
+            self._deadline = deadline
+            self._deadline_moved.set()
+        self._stop_event.set()
+        self._wake.set()
+        self._room.set()
+
+    async def stop(self, timeout: timedelta | float = DEFAULT_GRACE) -> None:  # noqa: ASYNC109
+        """Stop and wait: running handlers get ``timeout``, the rest about a second."""
+        self.request_stop(timeout)
+        if self._running:
+            await self._finished.wait()
+
+    async def run(self, *, opened: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Consume until a stop; ``opened`` runs once connected, before reading starts."""
+        if self._running:
+            raise RuntimeError(f"{self.name} is already running")
+        if self._stop_event.is_set():
+            return
+        self._running = True
+        cancelled = False
+        try:
+            try:
+                await self._reader.run(self._app.prepare)
+                for flusher in self._flushers:
+                    await flusher.open()
+                if opened is not None:
+                    await opened()
+                await self._supervise()
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
+            finally:
+                cancelled = await self._stop_everything() or cancelled
+        finally:
+            await self._close()
+            self._running = False
+            self._finished.set()
+        if cancelled:
+            raise asyncio.CancelledError()
+
+    async def _supervise(self) -> None:
+        """Run the side tasks until a stop is requested or one of them fails."""
+        n = self.name
+        self._tasks = [
+            asyncio.create_task(self._read_loop(), name=f"commandbus-reader-{n}"),
+            asyncio.create_task(self._listen_loop(), name=f"commandbus-listener-{n}"),
+        ]
+        self._flush_tasks = [
+            asyncio.create_task(self._flush_loop(i), name=f"commandbus-flusher-{n}-{i}")
+            for i in range(len(self._flushers))
+        ]
+        stopper = asyncio.create_task(self._stop_event.wait(), name=f"commandbus-stop-{n}")
+        try:
+            done, _ = await asyncio.wait(
+                {stopper, *self._tasks, *self._flush_tasks}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopper.cancel()
+        for task in done - {stopper}:
+            if task.cancelled():
+                raise CommandBusError(f"{n}: task {task.get_name()} was cancelled")
+            exc = task.exception()
+            if exc is not None and not self._stop_event.is_set():
+                log.error("%s: task %s died; stopping", n, task.get_name())
+                self.request_stop(0)
+                raise exc
+
+    async def _stop_everything(self) -> bool:
+        """Staged stop: reading ends, handlers finish (or are cancelled), outcomes are recorded.
+
+        Returns whether the calling task was cancelled meanwhile (a second
+        cancellation only hurries the stop along: it still ends every task).
+        """
+        cancelled = False
+        if not self._stop_event.is_set():
+            self.request_stop(0)  # cancelled, or a task died: stop now
+        self._stopping = True
+        while True:
+            try:
+                # 1. nothing new is read; reconnect attempts have given up
+                for task in self._tasks:
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+                # 2. running handlers get until the deadline
+                await self._until_deadline(lambda: [t for t in self._runners if not t.done()])
+                await _cancel_all(self._runners, "handler")
+                # 3. flushers record what finished, then end on their sentinel
+                for _ in self._flush_tasks:
+                    self._outcomes.put_nowait(None)
+                if self._flush_tasks:
+                    grace = max(0.0, (self._deadline or 0) - time.monotonic())
+                    _, late = await asyncio.wait(self._flush_tasks, timeout=grace + FINAL_SECONDS)
+                    if late:
+                        log.warning(
+                            "%s: could not record %d outcomes in time; their messages come back",
+                            self.name,
+                            self._outcomes.qsize(),
+                        )
+                    await _cancel_all(late, "flusher")
+                for task in self._flush_tasks:
+                    if not task.cancelled() and task.exception() is not None:
+                        log.error("%s: flusher failed: %r", self.name, task.exception())
+                return cancelled
+            except asyncio.CancelledError:
+                cancelled = True
+                self.request_stop(0)
+
+    async def _until_deadline(self, pending: Callable[[], list[asyncio.Task[None]]]) -> None:
+        """Wait for ``pending()`` tasks to end, until the (shrinkable) stop deadline."""
+        while running := pending():
+            left = (self._deadline or 0) - time.monotonic()
+            if left <= 0:
+                return
+            self._deadline_moved.clear()
+            moved = asyncio.create_task(
+                self._deadline_moved.wait(), name=f"commandbus-deadline-{self.name}"
+            )
+            try:
+                await asyncio.wait(
+                    [*running, moved], timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                moved.cancel()
+                await asyncio.gather(moved, return_exceptions=True)
+
+    async def _close(self) -> None:
+        """Make every message still held visible again, then close connections."""
+        left = list(self._flights.values())
+        if left:
+            unstarted = [f.msg.msg_id for f in left if not f.started]
+            started = [f.msg.msg_id for f in left if f.started]
+            try:
+                # one try, bounded: the messages come back after their vt anyway
+                async with asyncio.timeout(FINAL_SECONDS):
+                    conn = await connect(self._url)
+                    async with conn:
+                        await self._app.release(conn, started, unstarted)
+                self.released += len(left)
+            except (TimeoutError, psycopg.Error) as exc:
+                log.warning(
+                    "%s: could not release %d messages (%s); they reappear after their vt",
+                    self.name,
+                    len(left),
+                    exc,
+                )
+            self._flights.clear()
+        for held in (self._reader, *self._flushers):
+            with contextlib.suppress(Exception):
+                await held.close()
+
+    # -- connections ------------------------------------------------------------------------
+
+    async def retrying(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """``await fn()``, retried on lost connections until a stop is requested."""
+        return await retrying(
+            fn, retry_for=self._reconnect_timeout, what=self.name, give_up=self._stop_event
+        )
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        app = self._app
+        while not self._stopping and not self._stop_event.is_set():
+            room = self._capacity - len(self._flights)
+            if room < self._read_threshold and self._flights:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            qty = min(self._batch_size, room)
+            self._wake.clear()
+            msgs = await self._reader.run(functools.partial(_read, app, qty=qty))
+            if self._stop_event.is_set():
+                # read after stop was requested: hand them straight back
+                for m in msgs:
+                    self._flights[m.msg_id] = _Flight(msg=m)
+                return
+            for m in msgs:
+                flight = _Flight(msg=m)
+                self._flights[m.msg_id] = flight
+                self._backlog.append(flight)
+            self._start_runners()
+            if len(msgs) == qty:
+                await asyncio.sleep(0)
+                continue
+            wait = self._poll
+            nxt = await self._reader.run(app.next_visible)
+            if nxt is not None:
+                wait = min(wait, max(nxt, 0.001))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+
+    async def _listen_loop(self) -> None:
+        while True:
+            try:
+                conn = await self.retrying(lambda: connect(self._url))
+                async with conn:
+                    # the channel is built from a validated queue name
+                    await conn.execute(f'LISTEN "{self._channel}"')
+                    self._wake.set()  # catch up on anything sent while not listening
+                    self.ready.set()
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except (psycopg.OperationalError, DatabaseUnavailableError) as exc:
+                if self._stop_event.is_set():
+                    return
+                log.warning("%s: listener lost its connection (%s); reconnecting", self.name, exc)
+                await asyncio.sleep(0.5)
+
+    def _start_runners(self) -> None:
+        """Start runners, at most ``concurrency``, for what the backlog holds."""
+        while len(self._runners) < min(self.concurrency, len(self._backlog)):
+            task = asyncio.create_task(self._run_backlog(), name=f"commandbus-{self.name}-runner")
+            self._runners.add(task)
+            task.add_done_callback(self._runners.discard)
+
+    async def _run_backlog(self) -> None:
+        """Handle messages from the backlog one after the other until it is empty."""
+        handled = 0
+        while self._backlog and not self._stopping:
+            flight = self._backlog.popleft()
+            flight.started = True
+            try:
+                outcome = await self._app.handle(flight.msg)
+            except Exception:
+                # e.g. the database went away while recording: the message comes
+                # back after its visibility timeout (and counts as a delivery)
+                log.exception("%s: handling message %s failed", self.name, flight.msg.msg_id)
+                outcome = None
+            if outcome is None:
+                self._forget(flight)
+            else:
+                self._outcomes.put_nowait((outcome, flight))
+            handled += 1
+            if handled % 32 == 0:
+                await asyncio.sleep(0)  # let the reader and flushers run
+
+    # -- recording --------------------------------------------------------------------------
+
+    async def _flush_loop(self, i: int) -> None:
+        """Record queued outcomes, a group at a time, until this flusher's stop sentinel."""
+        queue = self._outcomes
+        flusher = self._flushers[i]
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            group = [item]
+            last = False
+            while not queue.empty():
+                more = queue.get_nowait()
+                if more is None:  # one sentinel per flusher: take only our own
+                    last = True
+                    break
+                group.append(more)
+            try:
+                await self._app.record(flusher, [(o, f.msg) for o, f in group])
+            finally:
+                for _o, flight in group:
+                    self._forget(flight)
+            if last:
+                return
+
+    def _forget(self, flight: _Flight[M]) -> None:
+        self._flights.pop(flight.msg.msg_id, None)
+        if not self._flights or self._capacity - len(self._flights) >= self._read_threshold:
+            self._room.set()
+
+
+async def _read(app: ConsumerApp[M, O], conn: Conn, *, qty: int) -> Sequence[M]:
+    return await app.read(conn, qty)
+
+
+async def _cancel_all(tasks: Iterable[asyncio.Task[None]], what: str) -> None:
+    late = [t for t in tasks if not t.done()]
+    for task in late:
+        task.cancel()
+    if late:
+        _, stuck = await asyncio.wait(late, timeout=FINAL_SECONDS)
+        for task in stuck:  # it swallowed its cancellation
+            log.error("%s task %s ignores cancellation; abandoning it", what, task.get_name())
