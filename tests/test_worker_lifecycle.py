@@ -447,3 +447,37 @@ async def test_a_worker_on_an_unmigrated_database_says_run_migrate(empty_dsn: st
     with pytest.raises(SchemaNotReadyError, match="commandbus migrate"):
         await asyncio.wait_for(worker.run(), 10)
     assert live_worker_tasks() == []
+
+
+async def test_a_send_whose_wakeup_was_throttled_is_read_without_waiting_for_the_poll(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    """B commits within the throttle interval after A's NOTIFY, so B sends none."""
+    from commandbus import Config
+
+    reg = HandlerRegistry()
+    done: dict[str, float] = {}
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        done[cmd.data["n"]] = time.monotonic()
+
+    from commandbus.engine.queues import QueueRegistry
+
+    await QueueRegistry().ensure(conn, "payments")
+    await conn.execute("SELECT commandbus.install_queue_wakeup('payments', 500)")
+    slow_poll = Config(poll_interval=timedelta(seconds=20))
+    worker = Worker(dsn, reg, domain="payments", config=slow_poll)
+    async with worker:
+        await asyncio.wait_for(worker.ready.wait(), 10)
+        await asyncio.sleep(0.1)  # the start-up read has come and gone
+        (await bus.send("payments", "Charge", {"n": "a"})).unwrap()
+        await asyncio.sleep(0.1)  # well inside A's 500 ms throttle window
+        sent_b = time.monotonic()
+        (await bus.send("payments", "Charge", {"n": "b"})).unwrap()
+
+        async def both() -> bool:
+            return len(done) == 2
+
+        await wait_for(both, timeout=5)
+    assert done["b"] - sent_b < 2.0  # the settle read, not the 20 s poll

@@ -49,6 +49,11 @@ T = TypeVar("T")
 DEFAULT_GRACE = 30.0
 #: seconds a stop may take past its grace to record what finished and hand back the rest
 FINAL_SECONDS = 1.0
+#: Senders notify at most once per queue per throttle interval (2 ms unless set
+#: otherwise; decided at their commit), so a message committed just after
+#: another's NOTIFY may have none of its own: a read that a NOTIFY woke is
+#: followed by one more, an interval (plus a millisecond) later.
+SETTLE_SECONDS = 0.003
 
 
 class Message(Protocol):
@@ -143,6 +148,9 @@ class QueueConsumer(Generic[M, O]):
         self._outcomes: asyncio.Queue[tuple[O, _Flight[M]] | None] = asyncio.Queue()
         self._room = asyncio.Event()
         self._wake = asyncio.Event()
+        self._notified = False  # a NOTIFY arrived since the last read began
+        #: seconds after a NOTIFY-woken read to look once more (the app may set it)
+        self.settle_seconds = SETTLE_SECONDS
         self._stop_event = asyncio.Event()
         self._deadline: float | None = None  # monotonic time by which handlers must end
         self._deadline_moved = asyncio.Event()
@@ -356,6 +364,7 @@ class QueueConsumer(Generic[M, O]):
                 continue
             qty = min(self._batch_size, room)
             self._wake.clear()
+            notified, self._notified = self._notified, False
             msgs = await self._reader.run(functools.partial(_read, app, qty=qty))
             if self._stop_event.is_set():
                 # read after stop was requested: hand them straight back
@@ -374,6 +383,8 @@ class QueueConsumer(Generic[M, O]):
             nxt = await self._reader.run(app.next_visible)
             if nxt is not None:
                 wait = min(wait, max(nxt, 0.001))
+            if notified:
+                wait = min(wait, self.settle_seconds)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
@@ -387,6 +398,7 @@ class QueueConsumer(Generic[M, O]):
                     self._wake.set()  # catch up on anything sent while not listening
                     self.ready.set()
                     async for _ in conn.notifies():
+                        self._notified = True
                         self._wake.set()
             except (psycopg.OperationalError, DatabaseUnavailableError) as exc:
                 if self._stop_event.is_set():

@@ -241,6 +241,13 @@ class Worker:
         await ensure_schema_current(conn)
         # a worker may start before anything was sent to its domain
         await QueueRegistry().ensure(conn, self.domain)
+        cur = await conn.execute(
+            "SELECT throttle_ms FROM commandbus.queue_wakeup WHERE queue_name = %s",
+            (self.domain,),
+        )
+        row = await cur.fetchone()
+        if row is not None:
+            self._consumer.settle_seconds = (row[0] + 1) / 1000
 
     async def read(self, conn: Conn, qty: int) -> Sequence[ReadMessage]:
         return await command_store.read_batch(conn, self.domain, qty=qty, vt_seconds=self._vt)
