@@ -14,8 +14,8 @@ import psycopg
 
 from benchmarks.core import COMMAND_TYPE, DOMAIN, RAW_QUEUE
 from benchmarks.procs import WorkerProcess
-from commandbus.engine.bus import CommandBus
-from commandbus.engine.models import CommandRequest
+from commandbus.engine.commands.bus import CommandBus
+from commandbus.models import CommandRequest
 
 Conn = psycopg.AsyncConnection[Any]
 

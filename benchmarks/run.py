@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     names = list(SCENARIOS) if "all" in args.scenarios else list(dict.fromkeys(args.scenarios))
     from commandbus.config import Config
-    from commandbus.database import open_database
+    from commandbus.engine.db.embedded import open_database
 
     config = Config.from_env()
     with open_database(config) as server_url:

@@ -7,7 +7,7 @@ Talks to its parent over stdin/stdout, one line each way:
   a graceful stop (``Worker.request_stop()`` for the library worker);
 * prints ``EXIT processed=<n> maxrss_kb=<peak RSS>`` and exits 0.
 
-``--mode library`` runs a commandbus :class:`~commandbus.engine.worker.Worker`
+``--mode library`` runs a commandbus :class:`~commandbus.engine.worker.worker.Worker`
 with a no-op handler; ``--mode raw`` runs a plain PGMQ consumer: ``pgmq.read``
 (polling every ``--poll-ms`` when the queue is empty) then ``pgmq.archive`` (or
 ``pgmq.delete`` with ``--delete``) of the batch.
@@ -45,8 +45,8 @@ def _on_signals(stop: Any) -> None:
 
 async def run_library(args: argparse.Namespace) -> int:
     from commandbus.config import Config
-    from commandbus.engine.registry import HandlerRegistry
-    from commandbus.engine.worker import Worker
+    from commandbus.engine.worker.registry import HandlerRegistry
+    from commandbus.engine.worker.worker import Worker
 
     registry = HandlerRegistry()
 

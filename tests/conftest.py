@@ -23,7 +23,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from commandbus import CommandBus
-from commandbus.database import EmbeddedServer, stop_embedded
+from commandbus.engine.db.embedded import EmbeddedServer, stop_embedded
 from commandbus.migrations import migrate
 from helpers import with_dbname
 

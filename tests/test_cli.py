@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from commandbus.cli.main import cli
-from commandbus.database import embedded_status
+from commandbus.engine.db.embedded import embedded_status
 from commandbus.migrations import available_migrations
 from helpers import run_cli
 

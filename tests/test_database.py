@@ -11,9 +11,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from commandbus import database
 from commandbus.config import Config
-from commandbus.database import (
+from commandbus.engine.db import embedded as database
+from commandbus.engine.db.embedded import (
     EmbeddedServer,
     check_connection,
     connect,

@@ -19,7 +19,7 @@ from commandbus import (
     SendResult,
     Worker,
 )
-from commandbus.engine.log import CorrelationFilter
+from commandbus.engine.observability.logging import CorrelationFilter
 from engine_fixtures import FAST, RunningWorker, wait_for
 
 

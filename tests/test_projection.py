@@ -118,9 +118,9 @@ async def test_verify_reports_every_difference_and_rebuild_repairs(
 
 
 async def test_projection_never_moves_backwards(bus: CommandBus, conn: Conn) -> None:
-    from commandbus.engine import command_store
-    from commandbus.engine.command_store import Transition
-    from commandbus.engine.models import NewEvent
+    from commandbus.engine.commands import store as command_store
+    from commandbus.engine.commands.store import Transition
+    from commandbus.models import NewEvent
 
     sent = (await bus.send("payments", "Charge", {})).value
     done = Transition(
@@ -260,9 +260,9 @@ async def test_the_read_reports_a_command_whose_status_row_is_missing(
     bus: CommandBus, conn: Conn
 ) -> None:
     """The version, attempts and status read are the command's, row or no row."""
-    from commandbus.engine import command_store
-    from commandbus.engine.command_store import Transition
-    from commandbus.engine.models import NewEvent
+    from commandbus.engine.commands import store as command_store
+    from commandbus.engine.commands.store import Transition
+    from commandbus.models import NewEvent
 
     error = {"type": "X", "code": "X", "message": "x"}
     pending, retrying, retried = [
@@ -528,8 +528,8 @@ async def test_verify_catches_a_tampered_batch_and_rebuild_restores_it(
 async def test_rebuild_and_verify_refuse_a_connection_inside_a_transaction(
     dsn: str, bus: CommandBus
 ) -> None:
+    from commandbus.engine.commands import replay
     from commandbus.errors import ValidationError
-    from commandbus.projections import replay
 
     (await bus.send("payments", "Charge", {})).unwrap()
     async with await psycopg.AsyncConnection.connect(dsn) as c:

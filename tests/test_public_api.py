@@ -34,3 +34,14 @@ def test_errors_say_whether_they_are_retryable() -> None:
         obj = getattr(commandbus, name)
         if inspect.isclass(obj) and issubclass(obj, Exception):
             assert issubclass(obj, commandbus.CommandBusError), name
+
+
+def test_every_error_the_library_defines_is_exported() -> None:
+    from commandbus import errors
+
+    defined = {
+        name
+        for name, obj in vars(errors).items()
+        if inspect.isclass(obj) and issubclass(obj, Exception) and obj.__module__ == errors.__name__
+    }
+    assert defined - set(commandbus.__all__) == set()

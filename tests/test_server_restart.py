@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from commandbus import CommandBus, CommandRequest, CommandStatus, HandlerRegistry, Worker, migrate
-from commandbus.database import start_embedded, stop_embedded
+from commandbus.engine.db.embedded import start_embedded, stop_embedded
 from engine_fixtures import FAST, wait_for
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import pytest
 from psycopg import IsolationLevel, sql
 
 from commandbus import CommandBus, CommandRequest
-from commandbus.engine.queues import QueueRegistry, wakeup_channel
+from commandbus.engine.queues.tables import QueueRegistry, wakeup_channel
 from commandbus.migrations import available_migrations, migrate
 
 Conn = psycopg.AsyncConnection[Any]

@@ -22,7 +22,7 @@ from commandbus import (
     TransientCommandError,
     Worker,
 )
-from commandbus.engine import command_store
+from commandbus.engine.commands import store as command_store
 from commandbus.errors import HandlerRegistrationError
 from engine_fixtures import FAST, RunningWorker, fetch, scalar, wait_for
 
@@ -281,8 +281,8 @@ async def test_a_losing_duplicate_delivery_rolls_back_its_handler_writes(
         db = await ctx.connection()
         await db.execute("INSERT INTO public.ledger VALUES (%s, %s)", (cmd.command_id, 1))
         # meanwhile an operator (or a twin delivery) moves the command on
-        from commandbus.engine.command_store import Transition
-        from commandbus.engine.models import NewEvent
+        from commandbus.engine.commands.store import Transition
+        from commandbus.models import NewEvent
 
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as other:
             recorded = await command_store.record_transitions(
@@ -441,7 +441,7 @@ async def test_registry_rejects_duplicates_and_unserved_domains(dsn: str) -> Non
 async def test_log_lines_carry_the_correlation_id(
     dsn: str, bus: CommandBus, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from commandbus.engine.log import CorrelationFilter
+    from commandbus.engine.observability.logging import CorrelationFilter
 
     reg = HandlerRegistry()
     app_log = logging.getLogger("commandbus.tests.app")

@@ -462,7 +462,7 @@ async def test_a_send_whose_wakeup_was_throttled_is_read_without_waiting_for_the
     async def charge(cmd: Command, ctx: HandlerContext) -> None:
         done[cmd.data["n"]] = time.monotonic()
 
-    from commandbus.engine.queues import QueueRegistry
+    from commandbus.engine.queues.tables import QueueRegistry
 
     await QueueRegistry().ensure(conn, "payments")
     await conn.execute("SELECT commandbus.install_queue_wakeup('payments', 500)")

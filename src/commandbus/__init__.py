@@ -8,33 +8,26 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from commandbus.config import Config
-from commandbus.engine.bus import CommandBus
-from commandbus.engine.context import HandlerContext
-from commandbus.engine.event_store import EventStore, StreamAppend
-from commandbus.engine.log import configure_logging
-from commandbus.engine.models import (
-    BatchRecord,
-    BatchResult,
-    Command,
-    CommandRecord,
-    CommandRequest,
-    CommandStatus,
-    NewEvent,
-    Page,
-    SendResult,
-    StoredEvent,
-)
-from commandbus.engine.registry import HandlerRegistry
-from commandbus.engine.troubleshooting import TroubleshootingQueue
-from commandbus.engine.worker import Worker, WorkerStats
+from commandbus.engine.commands.bus import CommandBus
+from commandbus.engine.commands.replay import Difference, VerifyReport
+from commandbus.engine.commands.troubleshooting import TroubleshootingQueue
+from commandbus.engine.eventstore.store import EventStore, StreamAppend
+from commandbus.engine.observability.logging import CorrelationFilter, configure_logging
+from commandbus.engine.worker.context import HandlerContext
+from commandbus.engine.worker.registry import HandlerRegistry
+from commandbus.engine.worker.worker import Worker, WorkerStats
 from commandbus.errors import (
     BusinessRuleError,
     CommandBusError,
+    CommandFailure,
     CommandNotFoundError,
     ConcurrencyError,
     ConfigError,
+    DatabaseError,
     DatabaseUnavailableError,
     DuplicateCommandError,
+    EmbeddedDatabaseError,
+    HandlerRegistrationError,
     IncompatiblePGMQError,
     InvalidNameError,
     InvalidStateError,
@@ -48,7 +41,18 @@ from commandbus.errors import (
     ValidationError,
 )
 from commandbus.migrations import migrate
-from commandbus.projections.replay import Difference, VerifyReport
+from commandbus.models import (
+    BatchRecord,
+    BatchResult,
+    Command,
+    CommandRecord,
+    CommandRequest,
+    CommandStatus,
+    NewEvent,
+    Page,
+    SendResult,
+    StoredEvent,
+)
 from commandbus.results import Failure, Result, Success
 
 try:
@@ -63,6 +67,7 @@ __all__ = [
     "Command",
     "CommandBus",
     "CommandBusError",
+    "CommandFailure",
     "CommandNotFoundError",
     "CommandRecord",
     "CommandRequest",
@@ -70,12 +75,16 @@ __all__ = [
     "ConcurrencyError",
     "Config",
     "ConfigError",
+    "CorrelationFilter",
+    "DatabaseError",
     "DatabaseUnavailableError",
     "Difference",
     "DuplicateCommandError",
+    "EmbeddedDatabaseError",
     "EventStore",
     "Failure",
     "HandlerContext",
+    "HandlerRegistrationError",
     "HandlerRegistry",
     "IncompatiblePGMQError",
     "InvalidNameError",

@@ -14,10 +14,10 @@ import attrs
 import click
 
 from commandbus.config import Config
-from commandbus.database import open_database
+from commandbus.engine.db.embedded import open_database
 
 if TYPE_CHECKING:
-    from commandbus.engine.bus import CommandBus
+    from commandbus.engine.commands.bus import CommandBus
 
 T = TypeVar("T")
 
@@ -108,7 +108,7 @@ def parse_uuid(value: str, what: str) -> UUID:
 
 def run_with_bus(ctx: click.Context, action: Callable[[CommandBus], Awaitable[T]]) -> T:
     """Open a small CommandBus on this command's database and run ``action`` with it."""
-    from commandbus.engine.bus import CommandBus
+    from commandbus.engine.commands.bus import CommandBus
 
     async def go(url: str) -> T:
         async with CommandBus(url, config=load_config(ctx), max_connections=2) as bus:

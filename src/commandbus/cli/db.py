@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from commandbus.cli._common import CLIError, load_config
-from commandbus.database import embedded_status, start_embedded, stop_embedded
+from commandbus.engine.db.embedded import embedded_status, start_embedded, stop_embedded
 
 #: Exit status of ``db status`` when the server is not running (as ``pg_ctl status``).
 NOT_RUNNING = 3

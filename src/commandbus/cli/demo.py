@@ -19,13 +19,13 @@ from uuid import UUID, uuid4
 import click
 
 from commandbus.config import Config
-from commandbus.engine.bus import CommandBus
-from commandbus.engine.context import HandlerContext
-from commandbus.engine.models import Command, CommandRequest, CommandStatus
-from commandbus.engine.registry import HandlerRegistry
-from commandbus.engine.worker import Worker
+from commandbus.engine.commands.bus import CommandBus
+from commandbus.engine.worker.context import HandlerContext
+from commandbus.engine.worker.registry import HandlerRegistry
+from commandbus.engine.worker.worker import Worker
 from commandbus.errors import BusinessRuleError, PermanentCommandError, TransientCommandError
 from commandbus.migrations import migrate
+from commandbus.models import Command, CommandRequest, CommandStatus
 
 DEMO_CONFIG = Config(
     backoff_base=timedelta(milliseconds=300),

@@ -53,7 +53,7 @@ def rebuild(ctx: click.Context, replace: bool, table: str) -> None:
 
     Batches go to commandbus.batch_rebuild (with --replace: commandbus.batch).
     """
-    from commandbus.projections.replay import rebuild_target
+    from commandbus.engine.commands.replay import rebuild_target
 
     rebuild_target(table)  # refused before connecting
     n = run_with_bus(ctx, lambda bus: bus.rebuild_projection(table=table, replace_live=replace))

@@ -7,9 +7,9 @@ import json
 import click
 
 from commandbus.cli._common import CLIError, parse_uuid, run_with_bus
-from commandbus.engine.bus import CommandBus
-from commandbus.engine.codec import unstructure
-from commandbus.engine.models import CommandRecord, StoredEvent
+from commandbus.codec import unstructure
+from commandbus.engine.commands.bus import CommandBus
+from commandbus.models import CommandRecord, StoredEvent
 
 
 @click.group()

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import click
 
 from commandbus.cli._common import CLIError, parse_uuid, run_with_bus
-from commandbus.engine.codec import unstructure
+from commandbus.codec import unstructure
 
 T = TypeVar("T")
 

@@ -13,10 +13,10 @@ import psycopg
 
 from commandbus.cli._common import CLIError, Number, database_url, load_config
 from commandbus.config import MAX_VISIBILITY_TIMEOUT
-from commandbus.database import connect, first_line
-from commandbus.engine.log import configure_logging
-from commandbus.engine.registry import HandlerRegistry
-from commandbus.engine.worker import Worker, WorkerStats
+from commandbus.engine.db.embedded import connect, first_line
+from commandbus.engine.observability.logging import configure_logging
+from commandbus.engine.worker.registry import HandlerRegistry
+from commandbus.engine.worker.worker import Worker, WorkerStats
 from commandbus.errors import DatabaseError, DatabaseUnavailableError
 from commandbus.migrations import ensure_schema_current
 

@@ -23,7 +23,7 @@ import attrs
 import psycopg
 from pgmq.install import get_embedded_install_sql, get_embedded_sql_version
 
-from commandbus.database import connect, first_line
+from commandbus.engine.db.embedded import connect, first_line
 from commandbus.errors import (
     DatabaseUnavailableError,
     IncompatiblePGMQError,

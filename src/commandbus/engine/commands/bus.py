@@ -10,9 +10,7 @@ from uuid import UUID, uuid4
 
 from psycopg_pool import AsyncConnectionPool
 
-from commandbus.config import Config
-from commandbus.engine import command_store
-from commandbus.engine.arguments import (
+from commandbus.arguments import (
     MAX_INT,
     bool_arg,
     conn_arg,
@@ -26,11 +24,19 @@ from commandbus.engine.arguments import (
     status_arg,
     uuid_arg,
 )
-from commandbus.engine.codec import dumps, dumps_limited
-from commandbus.engine.command_store import OutgoingCommand
-from commandbus.engine.connections import Conn, atomic, borrow
-from commandbus.engine.event_store import EventStore, read_stream
-from commandbus.engine.models import (
+from commandbus.codec import dumps, dumps_limited
+from commandbus.config import Config
+from commandbus.engine.commands import read as pq
+from commandbus.engine.commands import replay
+from commandbus.engine.commands import store as command_store
+from commandbus.engine.commands.store import OutgoingCommand
+from commandbus.engine.commands.troubleshooting import TroubleshootingQueue
+from commandbus.engine.db.connect import Conn, atomic, borrow
+from commandbus.engine.eventstore.store import EventStore, read_stream
+from commandbus.engine.observability.tracing import current_trace_headers
+from commandbus.engine.queues.tables import QueueRegistry
+from commandbus.errors import DuplicateCommandError, ValidationError
+from commandbus.models import (
     BatchRecord,
     BatchResult,
     CommandRecord,
@@ -40,19 +46,13 @@ from commandbus.engine.models import (
     SendResult,
     StoredEvent,
 )
-from commandbus.engine.names import (
+from commandbus.names import (
     batch_stream_id,
     command_stream_id,
     validate_command_type,
     validate_domain,
     validate_queue_name,
 )
-from commandbus.engine.queues import QueueRegistry
-from commandbus.engine.telemetry import current_trace_headers
-from commandbus.engine.troubleshooting import TroubleshootingQueue
-from commandbus.errors import DuplicateCommandError, ValidationError
-from commandbus.projections import queries as pq
-from commandbus.projections import replay
 from commandbus.results import Failure, Result, Success
 
 
@@ -97,7 +97,7 @@ class CommandBus:
     @property
     def url(self) -> str:
         if self._url is None:
-            from commandbus.database import resolve_database_url
+            from commandbus.engine.db.embedded import resolve_database_url
 
             self._url = resolve_database_url(self.config)
         return self._url
@@ -121,7 +121,7 @@ class CommandBus:
         cannot be reached and :class:`~commandbus.errors.SchemaNotReadyError` when
         migrations are pending; migrations never run as a side effect.
         """
-        from commandbus.database import connect
+        from commandbus.engine.db.embedded import connect
         from commandbus.migrations import ensure_schema_current
 
         probe = await connect(self.url)

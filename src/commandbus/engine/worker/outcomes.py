@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from commandbus.engine import event_types as ev
-from commandbus.engine.command_store import Reply, Transition
-from commandbus.engine.models import Command, ErrorInfo, NewEvent
-from commandbus.engine.retry import RetryPolicy, classify
+from commandbus import event_types as ev
+from commandbus.engine.commands.envelope import reply_for
+from commandbus.engine.commands.store import Reply, Transition
+from commandbus.engine.worker.retry_policy import RetryPolicy, classify
 from commandbus.errors import CommandFailure
+from commandbus.models import Command, ErrorInfo, NewEvent
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
@@ -18,25 +19,6 @@ def error_info(exc: BaseException) -> ErrorInfo:
         code=str(code or type(exc).__name__),
         message=str(exc) or type(exc).__name__,
     )
-
-
-def reply_for(
-    command: Command, outcome: str, *, result: Any = None, error: ErrorInfo | None = None
-) -> Reply | None:
-    if command.reply_to is None:
-        return None
-    body = {
-        "command_id": str(command.command_id),
-        "domain": command.domain,
-        "command_type": command.command_type,
-        "correlation_id": str(command.correlation_id),
-        "saga_id": None if command.saga_id is None else str(command.saga_id),
-        "batch_id": None if command.batch_id is None else str(command.batch_id),
-        "outcome": outcome,
-        "result": result,
-        "error": None if error is None else error.as_dict(),
-    }
-    return Reply(queue=command.reply_to, message=body, headers={})
 
 
 class OutcomeBuilder:

@@ -1,7 +1,7 @@
 """The worker: serves one domain's commands with the handlers of a registry.
 
 The reading, running, grouped recording and staged stop are the shared
-:class:`~commandbus.engine.consumer.QueueConsumer`'s; this module is what a
+:class:`~commandbus.engine.queues.consumer.QueueConsumer`'s; this module is what a
 command means to it: decoding a message, running its handler with a context,
 turning what happened into the command's next transition (events, projection,
 queue action, reply) and recording transitions in groups, ONE statement each.
@@ -21,22 +21,21 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
+from commandbus import event_types as ev
+from commandbus.codec import command_from_message, dumps
 from commandbus.config import Config
-from commandbus.engine import command_store, event_store
-from commandbus.engine import event_types as ev
-from commandbus.engine.codec import command_from_message, dumps
-from commandbus.engine.command_store import ReadMessage, Transition
-from commandbus.engine.connections import Conn
-from commandbus.engine.consumer import DEFAULT_GRACE, QueueConsumer
-from commandbus.engine.context import HandlerContext
-from commandbus.engine.event_store import StreamAppend
-from commandbus.engine.log import command_id_var, correlation_id_var
-from commandbus.engine.models import Command, NewEvent
-from commandbus.engine.outcomes import OutcomeBuilder
-from commandbus.engine.queues import QueueRegistry, wakeup_channel
-from commandbus.engine.registry import HandlerRegistry
-from commandbus.engine.resilient import ResilientConnection
-from commandbus.engine.retry import RetryPolicy
+from commandbus.engine.commands import store as command_store
+from commandbus.engine.commands.store import ReadMessage, Transition
+from commandbus.engine.db.connect import Conn, ResilientConnection
+from commandbus.engine.eventstore import store as event_store
+from commandbus.engine.eventstore.store import StreamAppend
+from commandbus.engine.observability.logging import command_id_var, correlation_id_var
+from commandbus.engine.queues.consumer import DEFAULT_GRACE, QueueConsumer
+from commandbus.engine.queues.tables import QueueRegistry, wakeup_channel
+from commandbus.engine.worker.context import HandlerContext
+from commandbus.engine.worker.outcomes import OutcomeBuilder
+from commandbus.engine.worker.registry import HandlerRegistry
+from commandbus.engine.worker.retry_policy import RetryPolicy
 from commandbus.errors import (
     DatabaseUnavailableError,
     PayloadError,
@@ -45,6 +44,7 @@ from commandbus.errors import (
     UnknownCommandTypeError,
     ValidationError,
 )
+from commandbus.models import Command, NewEvent
 
 log = logging.getLogger("commandbus.worker")
 

@@ -16,8 +16,8 @@ from typing import Any, Final, Literal
 import attrs
 from psycopg import sql
 
-from commandbus.engine import event_types as ev
-from commandbus.engine.models import CommandStatus
+from commandbus import event_types as ev
+from commandbus.models import CommandStatus
 
 # Patches only ever set values (None means "keep"), so applying one is the same
 # in SQL (coalesce) and in Python (fold).

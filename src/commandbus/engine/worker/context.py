@@ -6,9 +6,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from commandbus.engine import command_store
-from commandbus.engine.connections import Conn
-from commandbus.engine.models import Command
+from commandbus.engine.commands import store as command_store
+from commandbus.engine.db.connect import Conn
+from commandbus.models import Command
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool

@@ -1,24 +1,72 @@
-"""Connections that come back: retry with tenacity backoff when the database drops us.
+"""Connections: use the caller's or borrow one, make a block atomic, come back when lost.
 
-The worker keeps a few dedicated connections (its reader and flushers). When the
-server restarts or a backend is terminated, the operation that noticed is retried
-on a fresh connection, with exponential backoff, for up to ``retry_for`` seconds;
-after that :class:`~commandbus.errors.DatabaseUnavailableError` is raised and the
-worker stops loudly.
+The stores take a caller's connection or borrow one from a pool
+(:func:`borrow`), and make multi-statement work one unit without ever
+committing behind the caller (:func:`atomic`). The worker's and consumer's
+dedicated connections reconnect with tenacity backoff when the server restarts
+or a backend is terminated (:class:`ResilientConnection`, :func:`retrying`),
+for up to ``retry_for`` seconds, or until a stop gives up on them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
-from typing import LiteralString, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
+from typing import Any, LiteralString, TypeVar
 
 import psycopg
 import tenacity
+from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
+from psycopg_pool import AsyncConnectionPool
 
-from commandbus.engine.connections import Conn
+from commandbus.arguments import conn_arg
 from commandbus.errors import DatabaseUnavailableError
+
+Conn = AsyncConnection[Any]
+
+
+@asynccontextmanager
+async def borrow(pool: AsyncConnectionPool[Conn], conn: Conn | None) -> AsyncIterator[Conn]:
+    """Yield ``conn`` if given (the caller's transaction), else a pooled connection."""
+    if conn is not None:
+        conn_arg(conn)
+        yield conn
+        return
+    try:
+        async with pool.connection() as c:
+            yield c
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailableError(f"database unavailable: {exc}") from exc
+
+
+@asynccontextmanager
+async def atomic(conn: Conn) -> AsyncIterator[None]:
+    """Make the statements of the block one unit, never committing behind the caller.
+
+    - in a transaction (the caller's, explicit or implicit): a savepoint, so a
+      failure in the block undoes only the block's work and the caller's
+      transaction goes on; the caller commits or rolls back the rest;
+    - autocommit and idle: a transaction of its own, committed when the block ends;
+    - not autocommit and idle: the block's first statement opens the caller's
+      implicit transaction, which stays open for the caller to commit; if the block
+      fails that transaction (holding only the block's work) is rolled back.
+    """
+    if conn.autocommit or conn.info.transaction_status is not TransactionStatus.IDLE:
+        async with conn.transaction():
+            yield
+        return
+    try:
+        yield
+    except BaseException:
+        with suppress(psycopg.Error):  # a broken connection has nothing left to undo
+            await conn.rollback()
+        raise
+
+
+# -- reconnecting --------------------------------------------------------------------------
 
 T = TypeVar("T")
 

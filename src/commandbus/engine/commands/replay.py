@@ -1,9 +1,9 @@
 """Rebuild the status tables (commands and batches) from the event stream, and verify them.
 
 ``replay`` folds the command events with the same patches the engine writes live
-(:mod:`commandbus.projections.command_projection`); batches replay from the SQL
+(:mod:`commandbus.engine.commands.status`); batches replay from the SQL
 definition the engine inserts them with
-(:mod:`commandbus.projections.batch_projection`). ``rebuild`` writes the result
+(:mod:`commandbus.engine.commands.batch_status`). ``rebuild`` writes the result
 into fresh tables (or replaces the live ones), and ``verify`` compares the live
 tables with a replay inside ONE repeatable-read snapshot and reports every
 difference.
@@ -27,12 +27,12 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from commandbus.engine import event_types as ev
-from commandbus.engine.connections import Conn
+from commandbus import event_types as ev
+from commandbus.engine.commands import batch_status as batch_projection
+from commandbus.engine.commands import sql as q
+from commandbus.engine.commands.status import apply, patch_for, row_from_sent
+from commandbus.engine.db.connect import Conn
 from commandbus.errors import ValidationError
-from commandbus.projections import batch_projection
-from commandbus.projections import sql as q
-from commandbus.projections.command_projection import apply, patch_for, row_from_sent
 
 Key = tuple[str, UUID]
 

@@ -16,7 +16,7 @@ class CorrelationFilter(logging.Filter):
     """Adds ``correlation_id`` and ``command_id`` to every record (None outside a handler).
 
     Put it on a *handler*: a logger's own filters never see the records of its
-    child loggers (``commandbus.engine.worker``, ``myapp.handlers``...), a
+    child loggers (``commandbus.engine.worker.worker``, ``myapp.handlers``...), a
     handler's filters see every record the handler emits.
     """
 

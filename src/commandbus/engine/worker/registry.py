@@ -6,12 +6,12 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from commandbus.engine.names import validate_command_type, validate_domain
 from commandbus.errors import HandlerRegistrationError
+from commandbus.names import validate_command_type, validate_domain
 
 if TYPE_CHECKING:
-    from commandbus.engine.context import HandlerContext
-    from commandbus.engine.models import Command
+    from commandbus.engine.worker.context import HandlerContext
+    from commandbus.models import Command
 
 HandlerFn = Callable[["Command", "HandlerContext"], Awaitable[Any]]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from commandbus.engine import event_types as ev
+from commandbus import event_types as ev
 from commandbus.errors import InvalidNameError
 
 # PGMQ limits queue names to 47 characters (prefix + name must fit in 63).

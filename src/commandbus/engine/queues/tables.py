@@ -6,9 +6,9 @@ from typing import Final, LiteralString
 
 from psycopg import sql
 
-from commandbus.engine import queries
-from commandbus.engine.connections import Conn
-from commandbus.engine.names import validate_queue_name
+from commandbus.engine.db.connect import Conn
+from commandbus.engine.queues import sql as queue_sql
+from commandbus.names import validate_queue_name
 
 #: At most one wake-up NOTIFY per queue per this many milliseconds (counted at commit).
 DEFAULT_WAKEUP_THROTTLE_MS = 2
@@ -48,13 +48,13 @@ class QueueRegistry:
         validate_queue_name(queue)
         if queue in self._known:
             return
-        cur = await conn.execute(queries.QUEUE_EXISTS, {"queue": queue})
+        cur = await conn.execute(queue_sql.QUEUE_EXISTS, {"queue": queue})
         if await cur.fetchone() is None:
             async with conn.transaction():
-                await conn.execute(queries.QUEUE_LOCK, {"queue": queue})
-                cur = await conn.execute(queries.QUEUE_EXISTS, {"queue": queue})
+                await conn.execute(queue_sql.QUEUE_LOCK, {"queue": queue})
+                cur = await conn.execute(queue_sql.QUEUE_EXISTS, {"queue": queue})
                 if await cur.fetchone() is None:
-                    await conn.execute(queries.CREATE_QUEUE, {"queue": queue})
+                    await conn.execute(queue_sql.CREATE_QUEUE, {"queue": queue})
                     await conn.execute(
                         _INSTALL_WAKEUP, {"queue": queue, "throttle_ms": self._throttle_ms}
                     )

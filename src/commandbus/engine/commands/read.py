@@ -9,11 +9,11 @@ from uuid import UUID
 
 from psycopg.rows import dict_row
 
-from commandbus.engine.codec import structure
-from commandbus.engine.connections import Conn
-from commandbus.engine.models import BatchRecord, CommandRecord, CommandStatus, Page
+from commandbus.codec import structure
+from commandbus.engine.commands import sql as q
+from commandbus.engine.db.connect import Conn
 from commandbus.errors import ValidationError
-from commandbus.projections import sql as q
+from commandbus.models import BatchRecord, CommandRecord, CommandStatus, Page
 
 MAX_PAGE = 1000
 

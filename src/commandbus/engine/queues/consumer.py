@@ -38,8 +38,7 @@ from typing import Generic, Protocol, TypeVar
 import attrs
 import psycopg
 
-from commandbus.engine.connections import Conn
-from commandbus.engine.resilient import ResilientConnection, connect, retrying
+from commandbus.engine.db.connect import Conn, ResilientConnection, connect, retrying
 from commandbus.errors import CommandBusError, DatabaseUnavailableError, ValidationError
 
 log = logging.getLogger("commandbus.consumer")

@@ -18,9 +18,9 @@ from uuid import UUID
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from commandbus.engine.models import CommandStatus
-from commandbus.engine.names import validate_command_type, validate_domain
 from commandbus.errors import ValidationError
+from commandbus.models import CommandStatus
+from commandbus.names import validate_command_type, validate_domain
 
 #: The largest value of a PostgreSQL ``integer`` column (attempts are stored as one).
 MAX_INT = 2**31 - 1

@@ -14,25 +14,26 @@ from uuid import UUID
 
 from psycopg_pool import AsyncConnectionPool
 
-from commandbus.engine import command_store, queries
-from commandbus.engine import event_types as ev
-from commandbus.engine.arguments import (
+from commandbus import event_types as ev
+from commandbus.arguments import (
     int_arg,
     opt_command_type_arg,
     opt_domain_arg,
     opt_text_arg,
     uuid_arg,
 )
-from commandbus.engine.codec import dumps
-from commandbus.engine.command_store import Transition
-from commandbus.engine.connections import Conn, atomic, borrow
-from commandbus.engine.event_store import read_stream
-from commandbus.engine.models import Command, CommandRecord, CommandStatus, NewEvent, Page
-from commandbus.engine.names import command_stream_id, validate_domain
-from commandbus.engine.outcomes import reply_for
-from commandbus.engine.queues import with_queue
+from commandbus.codec import dumps
+from commandbus.engine.commands import read as pq
+from commandbus.engine.commands import store as command_store
+from commandbus.engine.commands.envelope import reply_for
+from commandbus.engine.commands.store import Transition
+from commandbus.engine.db.connect import Conn, atomic, borrow
+from commandbus.engine.eventstore.store import read_stream
+from commandbus.engine.queues import sql as queue_sql
+from commandbus.engine.queues.tables import with_queue
 from commandbus.errors import CommandNotFoundError, InvalidStateError
-from commandbus.projections import queries as pq
+from commandbus.models import Command, CommandRecord, CommandStatus, NewEvent, Page
+from commandbus.names import command_stream_id, validate_domain
 
 # Keys CommandSent adds to the queue message it was sent with.
 _EVENT_ONLY_KEYS = ("domain", "delay_seconds", "msg_id")
@@ -130,7 +131,7 @@ async def retry(
         sent = await _sent_event(conn, domain, command_id)
         message = {k: v for k, v in sent.items() if k not in _EVENT_ONLY_KEYS}
         cur = await conn.execute(
-            with_queue(queries.SEND_MESSAGE, domain),
+            with_queue(queue_sql.SEND_MESSAGE, domain),
             {"message": dumps(message), "headers": "{}"},
         )
         row = await cur.fetchone()

@@ -3,7 +3,7 @@
 This is the ONE definition of a batch row, in SQL: the row a ``BatchCreated``
 event creates is a select list over that event (``e``). ``send_batch`` inserts it
 from the event it appends, in the same statement, and the replay
-(:mod:`commandbus.projections.replay`) selects it from the stored events. Any later
+(:mod:`commandbus.engine.commands.replay`) selects it from the stored events. Any later
 event of a batch's stream only moves the row's version. A batch's progress is not
 stored: it is counted from its commands' status rows when asked for, so the
 commands' events never change a batch row.

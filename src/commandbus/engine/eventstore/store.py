@@ -10,19 +10,19 @@ import attrs
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from commandbus.engine import queries
-from commandbus.engine.arguments import (
+from commandbus.arguments import (
     MAX_BIGINT,
     int_arg,
     mapping_arg,
     opt_uuid_arg,
     text_arg,
 )
-from commandbus.engine.codec import dumps, structure
-from commandbus.engine.connections import Conn, atomic, borrow
-from commandbus.engine.models import NewEvent, StoredEvent
-from commandbus.engine.names import is_library_stream
+from commandbus.codec import dumps, structure
+from commandbus.engine.db.connect import Conn, atomic, borrow
+from commandbus.engine.eventstore import sql as es_sql
 from commandbus.errors import ConcurrencyError, ValidationError
+from commandbus.models import NewEvent, StoredEvent
+from commandbus.names import is_library_stream
 
 
 @attrs.frozen(kw_only=True)
@@ -79,7 +79,7 @@ def stored_event(row: dict[str, Any]) -> StoredEvent:
 async def read_stream(conn: Conn, stream_id: str, *, after_version: int = 0) -> list[StoredEvent]:
     """All events of one stream in version order."""
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(queries.READ_STREAM, {"stream_id": stream_id, "after_version": after_version})
+    await cur.execute(es_sql.READ_STREAM, {"stream_id": stream_id, "after_version": after_version})
     return [stored_event(r) for r in await cur.fetchall()]
 
 
@@ -99,7 +99,7 @@ async def append(conn: Conn, appends: Sequence[StreamAppend]) -> int:
     :class:`ConcurrencyError` (appending nothing) when any stream is not at its
     expected version, and :class:`ValidationError` (naming the argument) for bad
     arguments, before anything is written. On the caller's connection it joins the
-    caller's transaction (see :func:`~commandbus.engine.connections.atomic`).
+    caller's transaction (see :func:`~commandbus.engine.db.connect.atomic`).
     """
     cols = EventColumns()
     s_ids: list[str] = []
@@ -137,7 +137,7 @@ async def append(conn: Conn, appends: Sequence[StreamAppend]) -> int:
         **cols.params(),
     }
     async with atomic(conn):
-        cur = await conn.execute(queries.APPEND, params)
+        cur = await conn.execute(es_sql.APPEND, params)
         rows = await cur.fetchall()
         conflicts = [r[0] for r in rows if not r[1]]
         if conflicts:
@@ -193,13 +193,13 @@ class EventStore:
         limit = int_arg(limit, "limit", low=1, high=MAX_BIGINT)
         async with borrow(self._pool, conn) as c:
             cur = c.cursor(row_factory=dict_row)
-            await cur.execute(queries.READ_ALL, {"after": after, "limit": limit})
+            await cur.execute(es_sql.READ_ALL, {"after": after, "limit": limit})
             return [stored_event(r) for r in await cur.fetchall()]
 
     async def stream_version(self, stream_id: str, *, conn: Conn | None = None) -> int:
         """The current version of a stream (0 when it does not exist)."""
         stream_id = text_arg(stream_id, "stream_id")
         async with borrow(self._pool, conn) as c:
-            cur = await c.execute(queries.STREAM_VERSION, {"stream_id": stream_id})
+            cur = await c.execute(es_sql.STREAM_VERSION, {"stream_id": stream_id})
             row = await cur.fetchone()
             return int(row[0]) if row else 0

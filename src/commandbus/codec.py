@@ -15,8 +15,8 @@ from uuid import UUID
 
 import cattrs
 
-from commandbus.engine.models import Command
 from commandbus.errors import PayloadError, PayloadTooLargeError
+from commandbus.models import Command
 
 T = TypeVar("T")
 

@@ -15,19 +15,20 @@ from uuid import UUID
 import attrs
 from psycopg import sql
 
-from commandbus.engine import queries
-from commandbus.engine.codec import dumps
-from commandbus.engine.connections import Conn
-from commandbus.engine.models import NewEvent
-from commandbus.engine.names import command_stream_id
-from commandbus.engine.queues import archive_table, queue_table, with_queue
-from commandbus.projections import batch_projection
-from commandbus.projections.command_projection import (
+from commandbus.codec import dumps
+from commandbus.engine.commands import batch_status as batch_projection
+from commandbus.engine.commands import sql as queries
+from commandbus.engine.commands.status import (
     Patch,
     merge,
     patch_for,
     sql_set_by_event,
 )
+from commandbus.engine.db.connect import Conn
+from commandbus.engine.queues import sql as queue_sql
+from commandbus.engine.queues.tables import archive_table, queue_table, with_queue
+from commandbus.models import NewEvent
+from commandbus.names import command_stream_id
 
 QueueOp = Literal["delete", "archive", "retry", "none"]
 
@@ -216,7 +217,7 @@ def _read_statement(domain: str) -> sql.Composed:
 
 async def seconds_until_next_visible(conn: Conn, domain: str) -> float | None:
     """Seconds until the queue's next invisible message shows (None: queue empty)."""
-    cur = await conn.execute(with_queue(queries.NEXT_VISIBLE, domain))
+    cur = await conn.execute(with_queue(queue_sql.NEXT_VISIBLE, domain))
     row = await cur.fetchone()
     return None if row is None or row[0] is None else float(row[0])
 
@@ -227,21 +228,21 @@ async def release(
     """Make messages visible again at once (``unstarted`` ones give back their read)."""
     if started or unstarted:
         await conn.execute(
-            with_queue(queries.RELEASE, domain),
+            with_queue(queue_sql.RELEASE, domain),
             {"started": list(started), "unstarted": list(unstarted)},
         )
 
 
 async def archive(conn: Conn, domain: str, msg_ids: Sequence[int]) -> None:
     """Move messages from the queue to its archive table."""
-    await conn.execute(with_queue(queries.ARCHIVE, domain), {"msg_ids": list(msg_ids)})
+    await conn.execute(with_queue(queue_sql.ARCHIVE, domain), {"msg_ids": list(msg_ids)})
 
 
 async def extend_visibility(
     conn: Conn, domain: str, msg_id: int, seconds: float
 ) -> datetime | None:
     cur = await conn.execute(
-        with_queue(queries.EXTEND_VT, domain), {"msg_id": msg_id, "seconds": seconds}
+        with_queue(queue_sql.EXTEND_VT, domain), {"msg_id": msg_id, "seconds": seconds}
     )
     row = await cur.fetchone()
     return None if row is None else row[0]

@@ -2,7 +2,7 @@
 
 Values always travel as parameters. Queue tables are named only through
 ``psycopg.sql.Identifier`` (``{queue}``, ``{archive}``) after the queue name was
-validated by :mod:`commandbus.engine.names`.
+validated by :mod:`commandbus.names`.
 
 The statements are written for the hot path: each does its whole job in ONE
 round trip with data-modifying CTEs over ``unnest`` arrays, so sending a batch,
@@ -20,104 +20,9 @@ from typing import Final, LiteralString
 # passed: a conflicting append inserts no event and draws no position at all (the
 # caller rolls back the version bumps). Returns one row per input stream:
 # (stream_id, appended, last position).
-APPEND: Final[LiteralString] = """
-WITH st AS (
-    SELECT *
-      FROM unnest(%(s_ids)b::text[], %(s_types)b::text[], %(s_expected)b::bigint[],
-                  %(s_new)b::bigint[])
-           AS s(stream_id, stream_type, expected, new_version)
-), created AS (
-    INSERT INTO commandbus.stream (stream_id, stream_type, version)
-    SELECT stream_id, stream_type, new_version FROM st WHERE expected = 0
-    ON CONFLICT (stream_id) DO NOTHING
-    RETURNING stream_id
-), bumped AS (
-    UPDATE commandbus.stream s
-       SET version = st.new_version, updated_at = now()
-      FROM st
-     WHERE s.stream_id = ANY (ARRAY(SELECT stream_id FROM st WHERE expected > 0))
-       AND s.stream_id = st.stream_id AND st.expected > 0 AND s.version = st.expected
-    RETURNING s.stream_id
-), ok AS (
-    SELECT stream_id FROM created UNION ALL SELECT stream_id FROM bumped
-), ins AS (
-    INSERT INTO commandbus.event
-           (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
-    SELECT e.stream_id, e.stream_version, e.event_type, e.data, e.correlation_id,
-           e.causation_id, e.metadata
-      FROM unnest(%(e_ids)b::text[], %(e_versions)b::bigint[], %(e_types)b::text[],
-                  %(e_data)b::jsonb[], %(e_corr)b::uuid[], %(e_caus)b::uuid[],
-                  %(e_meta)b::jsonb[]) WITH ORDINALITY
-           AS e(stream_id, stream_version, event_type, data, correlation_id, causation_id,
-                metadata, ord)
-      JOIN ok USING (stream_id)
-     -- all or nothing: no stream's events (and no position) unless every stream passed
-     WHERE (SELECT count(*) FROM ok) = cardinality(%(s_ids)b::text[])
-     ORDER BY e.ord
-    RETURNING position
-)
-SELECT st.stream_id, ok.stream_id IS NOT NULL AS appended,
-       (SELECT max(position) FROM ins) AS last_position
-  FROM st LEFT JOIN ok USING (stream_id)
-"""
-
-EVENT_COLUMNS: Final[LiteralString] = """
-    position, transaction_id::text::bigint AS transaction_id, stream_id, stream_version,
-    event_type, data, correlation_id, causation_id, metadata, recorded_at
-"""
-
-READ_STREAM: Final[LiteralString] = (
-    "SELECT"
-    + EVENT_COLUMNS
-    + """
-  FROM commandbus.event
- WHERE stream_id = %(stream_id)s AND stream_version > %(after_version)s
- ORDER BY stream_version
-"""
-)
-
-READ_ALL: Final[LiteralString] = (
-    "SELECT"
-    + EVENT_COLUMNS
-    + """
-  FROM commandbus.event
- WHERE position > %(after)s
- ORDER BY position
- LIMIT %(limit)s
-"""
-)
-
-STREAM_VERSION: Final[LiteralString] = (
-    "SELECT version FROM commandbus.stream WHERE stream_id = %(stream_id)s"
-)
-
 # -- queues --------------------------------------------------------------------------------
 
-QUEUE_EXISTS: Final[LiteralString] = "SELECT 1 FROM commandbus.queue WHERE queue_name = %(queue)s"
-
-CREATE_QUEUE: Final[LiteralString] = "SELECT pgmq.create(%(queue)s::text)"
-
 # {queue} is the pgmq table pgmq.q_<name>; the trigger wakes idle workers.
-DROP_WAKEUP: Final[LiteralString] = "DROP TRIGGER IF EXISTS commandbus_wake_readers ON pgmq.{queue}"
-INSTALL_WAKEUP: Final[LiteralString] = """
-CREATE TRIGGER commandbus_wake_readers
-    AFTER INSERT ON pgmq.{queue}
-    FOR EACH STATEMENT EXECUTE FUNCTION commandbus.wake_queue_readers()
-"""
-
-REGISTER_QUEUE: Final[LiteralString] = """
-WITH wakeup AS (
-    INSERT INTO commandbus.queue_wakeup (queue_name, throttle_ms)
-    VALUES (%(queue)s, %(throttle_ms)s)
-    ON CONFLICT (queue_name) DO UPDATE SET throttle_ms = excluded.throttle_ms
-)
-INSERT INTO commandbus.queue (queue_name) VALUES (%(queue)s) ON CONFLICT DO NOTHING
-"""
-
-QUEUE_LOCK: Final[LiteralString] = (
-    "SELECT pg_advisory_xact_lock(hashtext('pgmq.queue_' || %(queue)s))"
-)
-
 # -- sending -------------------------------------------------------------------------------
 
 # One command: stream, queue message, CommandSent event and projection row in one
@@ -287,10 +192,6 @@ SELECT t.msg_id, t.read_ct, t.message, nullif(t.headers, '{{}}'::jsonb),
 """
 
 # When the queue is empty: when does the next delayed message become visible?
-NEXT_VISIBLE: Final[LiteralString] = (
-    "SELECT extract(epoch FROM min(vt) - clock_timestamp()) FROM pgmq.{queue}"
-)
-
 # Record a group of command transitions in one statement: bump stream versions,
 # append events, update the projection, act on the queue messages (delete, archive,
 # make visible again later) and send replies, all only for the streams whose
@@ -381,33 +282,114 @@ SELECT stream_id FROM ok
 # Make unfinished messages visible again at once (graceful shutdown). Messages
 # whose handler never started give back the read that took them, so the next
 # delivery does not count an attempt that never ran.
-RELEASE: Final[LiteralString] = """
-UPDATE pgmq.{queue}
-   SET vt = clock_timestamp(),
-       read_ct = read_ct - CASE WHEN msg_id = ANY(%(unstarted)s::bigint[]) THEN 1 ELSE 0 END
- WHERE msg_id = ANY(%(started)s::bigint[]) OR msg_id = ANY(%(unstarted)s::bigint[])
-"""
-
 # Set messages aside in the queue's archive table.
-ARCHIVE: Final[LiteralString] = """
-WITH moved AS (
-    DELETE FROM pgmq.{queue} WHERE msg_id = ANY(%(msg_ids)s::bigint[])
-    RETURNING msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers
-)
-INSERT INTO pgmq.{archive} (msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers)
-SELECT msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers FROM moved
-"""
-
 # Push the visibility timeout of one in-flight message forward.
-EXTEND_VT: Final[LiteralString] = """
-UPDATE pgmq.{queue} SET vt = clock_timestamp() + %(seconds)s * interval '1 second'
- WHERE msg_id = %(msg_id)s
-RETURNING vt
+# Re-send a command's message (operator retry); returns the new message id.
+
+
+# -- the status projection: reads, rebuild and verify ------------------------------------
+
+COMMAND_COLUMNS: Final[LiteralString] = """
+    domain, command_id, command_type, status, attempts, max_attempts, msg_id, last_error,
+    result, correlation_id, reply_to, saga_id, batch_id, created_at, updated_at, version
 """
 
-# Re-send a command's message (operator retry); returns the new message id.
-SEND_MESSAGE: Final[LiteralString] = """
-INSERT INTO pgmq.{queue} (vt, message, headers)
-VALUES (clock_timestamp(), %(message)s::jsonb, %(headers)s::jsonb)
-RETURNING msg_id
+GET_COMMAND: Final[LiteralString] = (
+    "SELECT"
+    + COMMAND_COLUMNS
+    + "FROM commandbus.command WHERE domain = %(domain)s AND command_id = %(command_id)s"
+)
+
+# Keyset paging over (created_at, command_id); each filter is optional.
+LIST_COMMANDS: Final[LiteralString] = (
+    "SELECT"
+    + COMMAND_COLUMNS
+    + """
+  FROM commandbus.command
+ WHERE (%(domain)s::text IS NULL OR domain = %(domain)s)
+   AND (%(status)s::text IS NULL OR status = %(status)s)
+   AND (%(correlation_id)s::uuid IS NULL OR correlation_id = %(correlation_id)s)
+   AND (%(command_type)s::text IS NULL OR command_type = %(command_type)s)
+   AND (%(batch_id)s::uuid IS NULL OR batch_id = %(batch_id)s)
+   -- a literal, case-insensitive substring of the error's message (no wildcards)
+   AND (%(error)s::text IS NULL
+        OR strpos(lower(last_error->>'message'), lower(%(error)s::text)) > 0)
+   AND (%(after_ts)s::timestamptz IS NULL
+        OR (created_at, command_id) > (%(after_ts)s::timestamptz, %(after_id)s::uuid))
+ ORDER BY created_at, command_id
+ LIMIT %(limit)s
+"""
+)
+
+GET_BATCH: Final[LiteralString] = """
+SELECT b.batch_id, b.name, b.total, b.correlation_id, b.created_at,
+       coalesce((SELECT jsonb_object_agg(status, n)
+                   FROM (SELECT status, count(*) AS n FROM commandbus.command
+                          WHERE batch_id = b.batch_id GROUP BY status) s),
+                '{}'::jsonb) AS counts
+  FROM commandbus.batch b
+ WHERE b.batch_id = %(batch_id)s
+"""
+
+# Every event of every command stream, stream by stream, in version order.
+COMMAND_EVENTS: Final[LiteralString] = """
+SELECT stream_id, stream_version, event_type, data, correlation_id, recorded_at
+  FROM commandbus.event
+ WHERE stream_id LIKE 'command:%%'
+ ORDER BY stream_id, stream_version
+"""
+
+ALL_COMMANDS: Final[LiteralString] = (
+    "SELECT" + COMMAND_COLUMNS + "FROM commandbus.command ORDER BY domain, command_id"
+)
+
+# A rebuild target: the live table's shape, marked as rebuild's own. {table} and
+# {like} are identifiers; {marker} a literal. Only a marked table is ever dropped.
+CREATE_REBUILD_TABLE: Final[LiteralString] = """
+DROP TABLE IF EXISTS {table};
+CREATE TABLE {table} (LIKE {like} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+COMMENT ON TABLE {table} IS {marker};
+"""
+
+# Whether commandbus.<name> may be dropped and recreated by a rebuild: absent, or a
+# table rebuild created (marked). A command_rebuild from before the marker existed
+# qualifies by its shape (the live table's columns, in order).
+REBUILD_TARGET_STATE: Final[LiteralString] = """
+SELECT c.relkind = 'r' AND (
+           obj_description(c.oid, 'pg_class') = %(marker)s
+        OR (c.relname = 'command_rebuild'
+            AND obj_description(c.oid, 'pg_class') IS NULL
+            AND array(SELECT a.attname::text || ' ' || format_type(a.atttypid, a.atttypmod)
+                        FROM pg_attribute a
+                       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                       ORDER BY a.attnum)
+              = array(SELECT a.attname::text || ' ' || format_type(a.atttypid, a.atttypmod)
+                        FROM pg_attribute a
+                       WHERE a.attrelid = 'commandbus.command'::regclass
+                         AND a.attnum > 0 AND NOT a.attisdropped
+                       ORDER BY a.attnum)))
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'commandbus' AND c.relname = %(name)s
+"""
+
+COPY_INTO: Final[LiteralString] = "COPY {table} (" + COMMAND_COLUMNS + ") FROM STDIN"
+
+# Replacing the live tables: lock out every writer (readers go on, seeing the old
+# rows until the rebuild commits) BEFORE the replay's snapshot is taken, so that
+# nothing committed after the snapshot can be deleted. Locking commandbus.command
+# keeps batch writers out too: a batch row is only ever written by a statement that
+# also writes its commands (send_batch), and a statement takes all its locks before
+# it writes anything. Not locking commandbus.batch as well means no lock cycle with
+# a caller's transaction that sent a command and then sends a batch.
+LOCK_LIVE: Final[LiteralString] = "LOCK TABLE commandbus.command IN SHARE ROW EXCLUSIVE MODE"
+DELETE_LIVE: Final[LiteralString] = "DELETE FROM commandbus.command"
+DELETE_LIVE_BATCHES: Final[LiteralString] = "DELETE FROM commandbus.batch"
+
+# {table} is an identifier, {columns} the batch columns, {replay} the replay query.
+INSERT_BATCHES: Final[LiteralString] = "INSERT INTO {table} ({columns}, version) {replay}"
+
+ALL_BATCHES: Final[LiteralString] = """
+SELECT batch_id, name, total, correlation_id, created_at, version
+  FROM commandbus.batch
+ ORDER BY batch_id
 """

@@ -1,0 +1,49 @@
+"""SQL of the queues: creation, visibility, release, archive, plain sends.
+
+Queue tables are named only through ``psycopg.sql.Identifier`` (``{queue}``,
+``{archive}``) after the queue name was validated.
+"""
+
+from __future__ import annotations
+
+from typing import Final, LiteralString
+
+QUEUE_EXISTS: Final[LiteralString] = "SELECT 1 FROM commandbus.queue WHERE queue_name = %(queue)s"
+
+CREATE_QUEUE: Final[LiteralString] = "SELECT pgmq.create(%(queue)s::text)"
+
+QUEUE_LOCK: Final[LiteralString] = (
+    "SELECT pg_advisory_xact_lock(hashtext('pgmq.queue_' || %(queue)s))"
+)
+
+NEXT_VISIBLE: Final[LiteralString] = (
+    "SELECT extract(epoch FROM min(vt) - clock_timestamp()) FROM pgmq.{queue}"
+)
+
+RELEASE: Final[LiteralString] = """
+UPDATE pgmq.{queue}
+   SET vt = clock_timestamp(),
+       read_ct = read_ct - CASE WHEN msg_id = ANY(%(unstarted)s::bigint[]) THEN 1 ELSE 0 END
+ WHERE msg_id = ANY(%(started)s::bigint[]) OR msg_id = ANY(%(unstarted)s::bigint[])
+"""
+
+ARCHIVE: Final[LiteralString] = """
+WITH moved AS (
+    DELETE FROM pgmq.{queue} WHERE msg_id = ANY(%(msg_ids)s::bigint[])
+    RETURNING msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers
+)
+INSERT INTO pgmq.{archive} (msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers)
+SELECT msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers FROM moved
+"""
+
+EXTEND_VT: Final[LiteralString] = """
+UPDATE pgmq.{queue} SET vt = clock_timestamp() + %(seconds)s * interval '1 second'
+ WHERE msg_id = %(msg_id)s
+RETURNING vt
+"""
+
+SEND_MESSAGE: Final[LiteralString] = """
+INSERT INTO pgmq.{queue} (vt, message, headers)
+VALUES (clock_timestamp(), %(message)s::jsonb, %(headers)s::jsonb)
+RETURNING msg_id
+"""
