@@ -15,7 +15,8 @@ from commandbus.engine.eventstore.store import EventStore, StreamAppend
 from commandbus.engine.observability.logging import CorrelationFilter, configure_logging
 from commandbus.engine.worker.context import HandlerContext
 from commandbus.engine.worker.registry import HandlerRegistry
-from commandbus.engine.worker.worker import Worker, WorkerStats
+from commandbus.engine.worker.stats import WorkerStats
+from commandbus.engine.worker.worker import Worker
 from commandbus.errors import (
     BusinessRuleError,
     CommandBusError,

@@ -16,7 +16,8 @@ from commandbus.config import MAX_VISIBILITY_TIMEOUT
 from commandbus.engine.db.embedded import connect, first_line
 from commandbus.engine.observability.logging import configure_logging
 from commandbus.engine.worker.registry import HandlerRegistry
-from commandbus.engine.worker.worker import Worker, WorkerStats
+from commandbus.engine.worker.stats import WorkerStats
+from commandbus.engine.worker.worker import Worker
 from commandbus.errors import DatabaseError, DatabaseUnavailableError
 from commandbus.migrations import ensure_schema_current
 

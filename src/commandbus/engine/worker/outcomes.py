@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
+
+import attrs
 
 from commandbus import event_types as ev
 from commandbus.engine.commands.envelope import reply_for
 from commandbus.engine.commands.store import Reply, Transition
-from commandbus.engine.worker.retry_policy import RetryPolicy, classify
+from commandbus.engine.worker.retry_policy import ErrorKind, RetryPolicy, classify
 from commandbus.errors import CommandFailure
 from commandbus.models import Command, ErrorInfo, NewEvent
 
@@ -19,6 +22,32 @@ def error_info(exc: BaseException) -> ErrorInfo:
         code=str(code or type(exc).__name__),
         message=str(exc) or type(exc).__name__,
     )
+
+
+class Outcome(StrEnum):
+    """What a recorded transition did to its command (what the worker counts)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RETRIED = "retried"
+    TROUBLESHOOTING = "troubleshooting"
+
+
+class TsqReason(StrEnum):
+    """Why a command went to the troubleshooting queue (``reason`` in its event)."""
+
+    PERMANENT = "permanent"
+    UNKNOWN_COMMAND_TYPE = "unknown_command_type"
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+    UNRECORDABLE_OUTCOME = "unrecordable_outcome"
+
+
+@attrs.frozen
+class Decision:
+    """A transition to record and what it means."""
+
+    outcome: Outcome
+    transition: Transition
 
 
 class OutcomeBuilder:
@@ -46,6 +75,9 @@ class OutcomeBuilder:
             )
             for n in range(recorded + 1, min(read_ct, command.max_attempts + 1))
         ]
+
+    def _decide(self, outcome: Outcome, command: Command, **kw: Any) -> Decision:
+        return Decision(outcome, self._transition(command, **kw))
 
     def _transition(
         self,
@@ -86,8 +118,9 @@ class OutcomeBuilder:
         version: int,
         msg_id: int,
         prefix: list[NewEvent],
-    ) -> Transition:
-        return self._transition(
+    ) -> Decision:
+        return self._decide(
+            Outcome.COMPLETED,
             command,
             version=version,
             msg_id=msg_id,
@@ -107,9 +140,9 @@ class OutcomeBuilder:
         version: int,
         msg_id: int,
         prefix: list[NewEvent],
-        kind: str | None = None,
-    ) -> tuple[str, Transition]:
-        """(outcome name, transition) for an exception raised while handling."""
+        kind: ErrorKind | None = None,
+    ) -> Decision:
+        """What an exception raised while handling (or ``kind``) does to the command."""
         kind = kind or classify(exc)
         err = error_info(exc)
         common: dict[str, Any] = {
@@ -117,8 +150,9 @@ class OutcomeBuilder:
             "msg_id": msg_id,
             "prefix": prefix,
         }
-        if kind == "business":
-            return "failed", self._transition(
+        if kind is ErrorKind.BUSINESS:
+            return self._decide(
+                Outcome.FAILED,
                 command,
                 **common,
                 event_type=ev.COMMAND_FAILED,
@@ -126,10 +160,11 @@ class OutcomeBuilder:
                 queue_op=self._done_op,
                 reply=reply_for(command, "FAILED", error=err),
             )
-        if kind == "transient" and attempt < command.max_attempts:
+        if kind is ErrorKind.TRANSIENT and attempt < command.max_attempts:
             delay = self._policy.delay(attempt).total_seconds()
             # the recording statement adds "retry_at" (its own time + delay)
-            return "retried", self._transition(
+            return self._decide(
+                Outcome.RETRIED,
                 command,
                 **common,
                 event_type=ev.COMMAND_RETRY_SCHEDULED,
@@ -137,25 +172,30 @@ class OutcomeBuilder:
                 queue_op="retry",
                 retry_delay=delay,
             )
-        reason = kind if kind != "transient" else "attempts_exhausted"
-        return "troubleshooting", self._transition(
+        reason = {
+            ErrorKind.PERMANENT: TsqReason.PERMANENT,
+            ErrorKind.UNKNOWN_COMMAND_TYPE: TsqReason.UNKNOWN_COMMAND_TYPE,
+        }.get(kind, TsqReason.ATTEMPTS_EXHAUSTED)
+        return self._decide(
+            Outcome.TROUBLESHOOTING,
             command,
             **common,
             event_type=ev.COMMAND_MOVED_TO_TSQ,
-            data={"attempt": attempt, "error": err.as_dict(), "reason": reason},
+            data={"attempt": attempt, "error": err.as_dict(), "reason": str(reason)},
             queue_op="archive",
         )
 
     def deliveries_exhausted(
         self, command: Command, *, deliveries: int, version: int, msg_id: int, recorded: int
-    ) -> Transition:
+    ) -> Decision:
         """TSQ for a message delivered past ``max_attempts`` with no outcome recorded.
 
         Each of those deliveries ended without an outcome (the worker died or the
         visibility timeout ran out mid-handler): the handler does not run again.
         """
         last = command.max_attempts
-        return self._transition(
+        return self._decide(
+            Outcome.TROUBLESHOOTING,
             command,
             version=version,
             msg_id=msg_id,
@@ -172,16 +212,16 @@ class OutcomeBuilder:
                         f"(max_attempts={last}); the handler was not run again"
                     ),
                 },
-                "reason": "attempts_exhausted",
+                "reason": str(TsqReason.ATTEMPTS_EXHAUSTED),
             },
             queue_op="archive",
         )
 
-    def unrecordable(self, t: Transition, exc: BaseException) -> Transition:
+    def unrecordable(self, t: Transition, exc: BaseException) -> Decision:
         """The TSQ transition for an outcome the database refused to store."""
         last = t.events[-1]
         err = error_info(exc)
-        return Transition(
+        transition = Transition(
             domain=t.domain,
             command_id=t.command_id,
             stream_id=t.stream_id,
@@ -196,7 +236,7 @@ class OutcomeBuilder:
                             **err.as_dict(),
                             "message": f"the outcome could not be recorded: {err.message}",
                         },
-                        "reason": "unrecordable_outcome",
+                        "reason": str(TsqReason.UNRECORDABLE_OUTCOME),
                     },
                     correlation_id=last.correlation_id,
                     causation_id=last.causation_id,
@@ -205,3 +245,4 @@ class OutcomeBuilder:
             msg_id=t.msg_id,
             queue_op="archive",
         )
+        return Decision(Outcome.TROUBLESHOOTING, transition)

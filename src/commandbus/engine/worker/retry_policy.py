@@ -7,6 +7,7 @@ them durable by moving the message's visibility time, never by sleeping.
 from __future__ import annotations
 
 from datetime import timedelta
+from enum import StrEnum
 
 import tenacity
 from tenacity.wait import wait_base
@@ -34,21 +35,35 @@ class RetryPolicy:
         self._wait = wait
 
     def delay(self, attempt: int) -> timedelta:
-        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        # tenacity's wait strategies read the attempt number from a call state
+        state = tenacity.RetryCallState(_RETRYING, fn=None, args=(), kwargs={})
         state.attempt_number = attempt
         return timedelta(seconds=self._wait(state))
 
 
-def classify(exc: BaseException) -> str:
+# the retrying object a call state belongs to (its settings are never used here)
+_RETRYING = tenacity.Retrying()
+
+
+class ErrorKind(StrEnum):
+    """What an exception raised by a handler means for its command."""
+
+    BUSINESS = "business"  # final at once: CommandFailed
+    PERMANENT = "permanent"  # the TSQ at once
+    TRANSIENT = "transient"  # retried while attempts last, then the TSQ
+    UNKNOWN_COMMAND_TYPE = "unknown_command_type"  # no handler: the TSQ at once
+
+
+def classify(exc: BaseException) -> ErrorKind:
     """``business``, ``permanent`` or ``transient`` for an error raised by a handler.
 
     Unknown exceptions count as transient: they are retried, then land in the
     troubleshooting queue when attempts run out.
     """
     if isinstance(exc, BusinessRuleError):
-        return "business"
+        return ErrorKind.BUSINESS
     if isinstance(exc, PermanentCommandError):
-        return "permanent"
+        return ErrorKind.PERMANENT
     if isinstance(exc, CommandBusError) and not exc.retryable:
-        return "permanent"
-    return "transient"
+        return ErrorKind.PERMANENT
+    return ErrorKind.TRANSIENT

@@ -25,7 +25,7 @@ from commandbus import event_types as ev
 from commandbus.codec import command_from_message, dumps
 from commandbus.config import Config
 from commandbus.engine.commands import store as command_store
-from commandbus.engine.commands.store import ReadMessage, Transition
+from commandbus.engine.commands.store import ReadMessage
 from commandbus.engine.db.connect import Conn, ResilientConnection
 from commandbus.engine.eventstore import store as event_store
 from commandbus.engine.eventstore.store import StreamAppend
@@ -33,9 +33,11 @@ from commandbus.engine.observability.logging import command_id_var, correlation_
 from commandbus.engine.queues.consumer import DEFAULT_GRACE, QueueConsumer
 from commandbus.engine.queues.tables import QueueRegistry, wakeup_channel
 from commandbus.engine.worker.context import HandlerContext
-from commandbus.engine.worker.outcomes import OutcomeBuilder
+from commandbus.engine.worker.outcomes import Decision, Outcome, OutcomeBuilder
+from commandbus.engine.worker.recorder import Recorder
 from commandbus.engine.worker.registry import HandlerRegistry
-from commandbus.engine.worker.retry_policy import RetryPolicy
+from commandbus.engine.worker.retry_policy import ErrorKind, RetryPolicy
+from commandbus.engine.worker.stats import WorkerStats
 from commandbus.errors import (
     DatabaseUnavailableError,
     PayloadError,
@@ -47,35 +49,6 @@ from commandbus.errors import (
 from commandbus.models import Command, NewEvent
 
 log = logging.getLogger("commandbus.worker")
-
-
-@attrs.define
-class WorkerStats:
-    """Counts of what a worker did; ``run()`` returns them when it stops."""
-
-    domain: str
-    completed: int = 0
-    failed: int = 0
-    retried: int = 0
-    troubleshooting: int = 0
-    quarantined: int = 0
-    conflicts: int = 0
-    released: int = 0
-    started_at: float = attrs.field(factory=time.monotonic)
-    stopped_at: float | None = None
-
-    @property
-    def processed(self) -> int:
-        return self.completed + self.failed + self.retried + self.troubleshooting
-
-    def summary(self) -> str:
-        elapsed = (self.stopped_at or time.monotonic()) - self.started_at
-        return (
-            f"worker {self.domain}: {self.processed} processed in {elapsed:.1f}s "
-            f"(completed {self.completed}, failed {self.failed}, retried {self.retried}, "
-            f"troubleshooting {self.troubleshooting}, quarantined {self.quarantined}, "
-            f"duplicate deliveries {self.conflicts}, released {self.released})"
-        )
 
 
 @attrs.frozen
@@ -137,7 +110,8 @@ class Worker:
         # A worker holds up to two batches (the next is read while the last is
         # handled and recorded): keep 2 * batch_size * handler time / concurrency
         # well under the visibility timeout.
-        self._consumer: QueueConsumer[ReadMessage, Transition] = QueueConsumer(
+        self._recorder = Recorder(self.stats, self._outcomes)
+        self._consumer: QueueConsumer[ReadMessage, Decision] = QueueConsumer(
             url,
             self,
             name=domain,
@@ -258,8 +232,13 @@ class Worker:
     async def release(self, conn: Conn, started: list[int], unstarted: list[int]) -> None:
         await command_store.release(conn, self.domain, started, unstarted)
 
-    async def handle(self, msg: ReadMessage) -> Transition | None:
-        """Run one delivery; its transition to record in a group, or ``None`` if done."""
+    async def record(
+        self, flusher: ResilientConnection, group: list[tuple[Decision, ReadMessage]]
+    ) -> None:
+        await self._recorder.record(flusher, [d for d, _msg in group])
+
+    async def handle(self, msg: ReadMessage) -> Decision | None:
+        """Run one delivery; its decision to record in a group, or ``None`` if done."""
         try:
             command = command_from_message(self.domain, msg.message)
         except (KeyError, TypeError, ValueError) as exc:
@@ -278,13 +257,13 @@ class Worker:
             recorded=int(msg.attempts or 0),
             prefix=self._outcomes.lost_attempts(command, msg.read_ct, int(msg.attempts or 0)),
         )
-        transition, ctx = await self._attempt(attempt)
+        decision, ctx = await self._attempt(attempt)
         if ctx is not None and ctx.transaction is not None:
-            return await self._record_with_handler_tx(attempt, transition, ctx)
-        return transition
+            return await self._record_with_handler_tx(attempt, decision, ctx)
+        return decision
 
-    def _failure(self, a: _Attempt, exc: BaseException, kind: str | None = None) -> Transition:
-        outcome, t = self._outcomes.failure(
+    def _failure(self, a: _Attempt, exc: BaseException, kind: ErrorKind | None = None) -> Decision:
+        decision = self._outcomes.failure(
             a.command,
             exc,
             attempt=a.number,
@@ -294,16 +273,16 @@ class Worker:
             kind=kind,
         )
         log.log(
-            logging.INFO if outcome == "retried" else logging.WARNING,
+            logging.INFO if decision.outcome is Outcome.RETRIED else logging.WARNING,
             "command %s attempt %d: %s (%s)",
             a.command.command_type,
             a.number,
-            outcome,
+            decision.outcome,
             exc,
         )
-        return t
+        return decision
 
-    async def _attempt(self, a: _Attempt) -> tuple[Transition, HandlerContext | None]:
+    async def _attempt(self, a: _Attempt) -> tuple[Decision, HandlerContext | None]:
         command = a.command
         if a.number > command.max_attempts:
             # Deliveries that never recorded an outcome (a crash, a hang past the
@@ -320,7 +299,7 @@ class Worker:
             exc = UnknownCommandTypeError(
                 f"no handler for command type {command.command_type!r} in domain {self.domain!r}"
             )
-            return self._failure(a, exc, "unknown_command_type"), None
+            return self._failure(a, exc, ErrorKind.UNKNOWN_COMMAND_TYPE), None
         assert self._pool is not None
         ctx = HandlerContext(command=command, attempt=a.number, msg_id=a.msg_id, pool=self._pool)
         tok_c = correlation_id_var.set(command.correlation_id)
@@ -357,8 +336,8 @@ class Worker:
             command_id_var.reset(tok_i)
 
     async def _record_with_handler_tx(
-        self, a: _Attempt, transition: Transition, ctx: HandlerContext
-    ) -> Transition | None:
+        self, a: _Attempt, decision: Decision, ctx: HandlerContext
+    ) -> Decision | None:
         """Record the outcome in the handler's transaction and commit both, or neither."""
         conn = ctx.transaction
         assert conn is not None
@@ -373,7 +352,7 @@ class Worker:
             return self._failure(a, exc)
         lost = (psycopg.OperationalError, DatabaseUnavailableError, asyncio.CancelledError)
         try:
-            ok = await command_store.record_transitions(conn, [transition])
+            ok = await command_store.record_transitions(conn, [decision.transition])
         except lost:
             with contextlib.suppress(psycopg.Error):
                 await ctx.finish(commit=False)
@@ -383,7 +362,7 @@ class Worker:
             with contextlib.suppress(psycopg.Error):
                 await ctx.finish(commit=False)
             log.error("outcome of command %s could not be recorded: %s", a.command.command_id, exc)
-            return self._outcomes.unrecordable(transition, exc)
+            return self._outcomes.unrecordable(decision.transition, exc)
         try:
             await ctx.finish(commit=bool(ok))
         except lost:
@@ -392,7 +371,7 @@ class Worker:
             # the handler's own writes failed at COMMIT (a deferred constraint,
             # say), so the outcome was not recorded either: a failed attempt
             return self._failure(a, exc)
-        self._count(transition, recorded=bool(ok))
+        self._recorder.count(decision, recorded=bool(ok))
         return None
 
     async def _quarantine(self, msg: ReadMessage, reason: str) -> None:
@@ -431,66 +410,3 @@ class Worker:
 
         await self._consumer.retrying(pooled)
         self.stats.quarantined += 1
-
-    # -- recording --------------------------------------------------------------------------
-
-    async def record(
-        self, flusher: ResilientConnection, batch: list[tuple[Transition, ReadMessage]]
-    ) -> None:
-        """Record a group of outcomes in ONE statement (consumer hook)."""
-        seen: set[str] = set()
-        unique: list[tuple[Transition, ReadMessage]] = []
-        clashing: list[tuple[Transition, ReadMessage]] = []
-        for item in batch:
-            sid = item[0].stream_id
-            (clashing if sid in seen else unique).append(item)
-            seen.add(sid)
-        transitions = [t for t, _f in unique]
-        try:
-            ok = await flusher.run(lambda c: command_store.record_transitions(c, transitions))
-        except (psycopg.Error, PayloadError) as exc:
-            # Not a lost connection (those are retried): one outcome the database
-            # refuses must not take its group, or the worker, down with it.
-            if len(unique) > 1:
-                for item in unique:
-                    await self.record(flusher, [item])
-                ok = set()
-                unique = []
-            else:
-                await self._record_unrecordable(flusher, unique[0][0], exc)
-                return
-        for t, _m in unique:
-            self._count(t, recorded=t.stream_id in ok)
-        for t, _m in clashing:
-            self._count(t, recorded=False)
-
-    async def _record_unrecordable(
-        self, flusher: ResilientConnection, t: Transition, exc: BaseException
-    ) -> None:
-        """Send a command whose outcome the database refused to the TSQ, saying why."""
-        log.error("outcome of command %s could not be recorded: %s", t.command_id, exc)
-        fallback = self._outcomes.unrecordable(t, exc)
-        try:
-            ok = await flusher.run(lambda c: command_store.record_transitions(c, [fallback]))
-            self._count(fallback, recorded=fallback.stream_id in ok)
-        except psycopg.Error:
-            log.exception("command %s: not even its failure could be recorded", t.command_id)
-
-    def _count(self, t: Transition, *, recorded: bool) -> None:
-        if not recorded:
-            self.stats.conflicts += 1
-            log.warning(
-                "outcome for command %s not recorded: its stream moved on "
-                "(another delivery of the same message recorded first)",
-                t.command_id,
-            )
-            return
-        kind = t.events[-1].event_type
-        if kind == ev.COMMAND_COMPLETED:
-            self.stats.completed += 1
-        elif kind == ev.COMMAND_FAILED:
-            self.stats.failed += 1
-        elif kind == ev.COMMAND_RETRY_SCHEDULED:
-            self.stats.retried += 1
-        else:
-            self.stats.troubleshooting += 1
