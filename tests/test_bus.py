@@ -51,7 +51,7 @@ async def test_send_writes_event_message_and_projection(bus: CommandBus, conn: C
     assert record is not None
     assert record.status is CommandStatus.PENDING
     assert record.msg_id == sent.msg_id
-    assert record.max_attempts == bus.config.max_retries
+    assert record.max_attempts == bus.config.max_attempts
     assert record.version == 1
     assert record.created_at == history[0].recorded_at
 

@@ -41,7 +41,7 @@ def _command_paths(command: click.Command, path: tuple[str, ...] = ()) -> list[t
 
 @pytest.mark.parametrize("args", _command_paths(cli), ids=lambda p: " ".join(p) or "commandbus")
 def test_help_everywhere(args: tuple[str, ...]) -> None:
-    result = invoke(*args, "--help", env={"MAX_RETRIES": "broken"})  # help needs no config
+    result = invoke(*args, "--help", env={"MAX_ATTEMPTS": "broken"})  # help needs no config
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Usage: commandbus")
 

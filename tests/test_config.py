@@ -40,7 +40,7 @@ def test_every_variable_is_read() -> None:
         {
             "DATABASE_URL": " postgresql://u@h/db ",
             "COMMANDBUS_DATA_DIR": "/var/lib/cb",
-            "MAX_RETRIES": "5",
+            "MAX_ATTEMPTS": "5",
             "VT_SECONDS": "45",
             "BACKOFF_BASE_SECONDS": "0.5",
             "BACKOFF_MULTIPLIER": "3",
@@ -52,7 +52,7 @@ def test_every_variable_is_read() -> None:
     )
     assert config.database_url == "postgresql://u@h/db"
     assert config.data_dir == Path("/var/lib/cb")
-    assert config.max_retries == 5
+    assert config.max_attempts == 5
     assert config.visibility_timeout == timedelta(seconds=45)
     assert config.backoff_base == timedelta(seconds=0.5)
     assert config.backoff_multiplier == 3.0
@@ -63,15 +63,17 @@ def test_every_variable_is_read() -> None:
 
 
 def test_blank_values_mean_default() -> None:
-    assert Config.from_env({"DATABASE_URL": "  ", "MAX_RETRIES": "", "VT_SECONDS": " "}) == Config()
+    assert (
+        Config.from_env({"DATABASE_URL": "  ", "MAX_ATTEMPTS": "", "VT_SECONDS": " "}) == Config()
+    )
 
 
 @pytest.mark.parametrize(
     ("var", "value"),
     [
-        ("MAX_RETRIES", "three"),
-        ("MAX_RETRIES", "0"),
-        ("MAX_RETRIES", "1.5"),
+        ("MAX_ATTEMPTS", "three"),
+        ("MAX_ATTEMPTS", "0"),
+        ("MAX_ATTEMPTS", "1.5"),
         ("VT_SECONDS", "soon"),
         ("VT_SECONDS", "4"),
         ("BACKOFF_BASE_SECONDS", "-1"),
@@ -102,9 +104,9 @@ def test_bad_value_names_the_variable_and_the_value(var: str, value: str) -> Non
 @pytest.mark.parametrize(
     ("var", "value", "bound"),
     [
-        ("MAX_RETRIES", "2147483648", "2147483647"),  # max_attempts is an int4 column
-        ("MAX_RETRIES", "-3", "2147483647"),
-        ("MAX_RETRIES", "9" * 5000, "2147483647"),  # longer than int() parses
+        ("MAX_ATTEMPTS", "2147483648", "2147483647"),  # max_attempts is an int4 column
+        ("MAX_ATTEMPTS", "-3", "2147483647"),
+        ("MAX_ATTEMPTS", "9" * 5000, "2147483647"),  # longer than int() parses
         ("VT_SECONDS", "1e14", "604800"),  # past timedelta's range
         ("VT_SECONDS", "604801", "604800"),
         ("VT_SECONDS", "nan", "604800"),
@@ -139,7 +141,7 @@ def test_out_of_range_values_are_config_errors_naming_the_bound(
 def test_the_bounds_themselves_are_accepted() -> None:
     config = Config.from_env(
         {
-            "MAX_RETRIES": "2147483647",
+            "MAX_ATTEMPTS": "2147483647",
             "VT_SECONDS": "604800",
             "BACKOFF_BASE_SECONDS": "3155760000",
             "BACKOFF_MULTIPLIER": "1e300",
@@ -149,7 +151,7 @@ def test_the_bounds_themselves_are_accepted() -> None:
             "POLL_INTERVAL_SECONDS": "0.000001",
         }
     )
-    assert config.max_retries == MAX_INT4
+    assert config.max_attempts == MAX_INT4
     assert config.visibility_timeout == MAX_VISIBILITY_TIMEOUT == timedelta(days=7)
     assert config.backoff_max == config.backoff_jitter == MAX_DURATION
     assert config.poll_interval == timedelta(microseconds=1)
@@ -158,10 +160,10 @@ def test_the_bounds_themselves_are_accepted() -> None:
 @pytest.mark.parametrize(
     ("changes", "var", "bound"),
     [
-        ({"max_retries": 2**31}, "MAX_RETRIES", "2147483647"),
-        ({"max_retries": 1.5}, "MAX_RETRIES", "integer"),
-        ({"max_retries": "3"}, "MAX_RETRIES", "integer"),
-        ({"max_retries": True}, "MAX_RETRIES", "integer"),
+        ({"max_attempts": 2**31}, "MAX_ATTEMPTS", "2147483647"),
+        ({"max_attempts": 1.5}, "MAX_ATTEMPTS", "integer"),
+        ({"max_attempts": "3"}, "MAX_ATTEMPTS", "integer"),
+        ({"max_attempts": True}, "MAX_ATTEMPTS", "integer"),
         ({"visibility_timeout": timedelta(days=999_999_999)}, "VT_SECONDS", "604800"),
         ({"visibility_timeout": 30}, "VT_SECONDS", "timedelta"),
         ({"backoff_base": timedelta(seconds=-1)}, "BACKOFF_BASE_SECONDS", "3155760000"),
@@ -193,7 +195,7 @@ def test_the_constructor_checks_the_same_bounds(
 async def test_the_largest_accepted_values_work_against_postgresql(dsn: str) -> None:
     """A command sent, read, failed and rescheduled with every bound at its maximum."""
     config = Config(
-        max_retries=MAX_INT4,
+        max_attempts=MAX_INT4,
         visibility_timeout=MAX_VISIBILITY_TIMEOUT,
         backoff_base=MAX_DURATION,
         backoff_multiplier=1e300,
@@ -227,3 +229,13 @@ async def test_the_largest_accepted_values_work_against_postgresql(dsn: str) -> 
             cur = await conn.execute("SELECT vt - clock_timestamp() FROM pgmq.q_bounds")
             row = await cur.fetchone()
         assert row is not None and row[0] >= MAX_DURATION - timedelta(days=1)
+
+
+def test_the_old_max_retries_names_still_work_with_a_deprecation_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="MAX_ATTEMPTS"):
+        config = Config.from_env({"MAX_RETRIES": "7"})
+    assert config.max_attempts == 7
+    with pytest.warns(DeprecationWarning, match="max_attempts"):
+        assert config.max_retries == 7
+    # the new name wins, silently
+    assert Config.from_env({"MAX_RETRIES": "7", "MAX_ATTEMPTS": "2"}).max_attempts == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ from commandbus.errors import ConfigError
 
 DEFAULT_DATA_DIR = Path(".commandbus") / "pgdata"
 
-#: The largest ``MAX_RETRIES``: attempts are stored in an ``integer`` (int4) column.
+#: The largest ``MAX_ATTEMPTS``: attempts are stored in an ``integer`` (int4) column.
 MAX_INT4: Final = 2**31 - 1
 #: The largest ``MAX_PAYLOAD_BYTES``: the most a PostgreSQL ``jsonb`` value can hold.
 MAX_JSONB_BYTES: Final = 2**28 - 1
@@ -43,7 +44,7 @@ class Config:
     #: Where the embedded server keeps its data (created on first start, reused).
     data_dir: Path = DEFAULT_DATA_DIR
     #: Attempts a command gets before it lands in the troubleshooting queue.
-    max_retries: int = 3
+    max_attempts: int = 3
     #: How long a read message stays invisible to other workers.
     visibility_timeout: timedelta = timedelta(seconds=30)
     #: First retry delay; later ones grow by ``backoff_multiplier`` up to ``backoff_max``.
@@ -59,7 +60,7 @@ class Config:
 
     def __attrs_post_init__(self) -> None:
         for var, value in (
-            ("MAX_RETRIES", self.max_retries),
+            ("MAX_ATTEMPTS", self.max_attempts),
             ("MAX_PAYLOAD_BYTES", self.max_payload_bytes),
         ):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -86,10 +87,28 @@ class Config:
                 f"{self.backoff_max.total_seconds():g} < {self.backoff_base.total_seconds():g}"
             )
 
+    @property
+    def max_retries(self) -> int:
+        """Deprecated name of :attr:`max_attempts` (it always counted attempts)."""
+        warnings.warn(
+            "Config.max_retries is deprecated: use max_attempts", DeprecationWarning, stacklevel=2
+        )
+        return self.max_attempts
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
-        """Build a config from environment variables (see the README's table)."""
+        """Build a config from environment variables (see the README's table).
+
+        ``MAX_RETRIES``, the old name of ``MAX_ATTEMPTS``, is still read (with a
+        DeprecationWarning) when ``MAX_ATTEMPTS`` is not set.
+        """
         env = os.environ if environ is None else environ
+        old = env.get("MAX_RETRIES", "").strip()
+        if old and not env.get("MAX_ATTEMPTS", "").strip():
+            warnings.warn(
+                "MAX_RETRIES is deprecated: set MAX_ATTEMPTS", DeprecationWarning, stacklevel=2
+            )
+            env = {**env, "MAX_ATTEMPTS": old}
         kwargs: dict[str, Any] = {}
         url = env.get("DATABASE_URL", "").strip()
         if url:
@@ -107,7 +126,7 @@ class Config:
 
 #: Each integer variable's range and what its top is.
 _INT_BOUNDS: Final[dict[str, tuple[int, int, str]]] = {
-    "MAX_RETRIES": (1, MAX_INT4, "attempts are an int4 column"),
+    "MAX_ATTEMPTS": (1, MAX_INT4, "attempts are an int4 column"),
     "MAX_PAYLOAD_BYTES": (1, MAX_JSONB_BYTES, "the most a jsonb value holds"),
 }
 
@@ -185,7 +204,7 @@ def _seconds(var: str, raw: str) -> timedelta:
 
 
 _NUMERIC_VARS: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
-    ("MAX_RETRIES", "max_retries", _int),
+    ("MAX_ATTEMPTS", "max_attempts", _int),
     ("VT_SECONDS", "visibility_timeout", _seconds),
     ("BACKOFF_BASE_SECONDS", "backoff_base", _seconds),
     ("BACKOFF_MULTIPLIER", "backoff_multiplier", _multiplier),

@@ -211,7 +211,7 @@ class CommandBus:
                 reply = validate_queue_name(reply_to, what="reply_to queue")
         payload = mapping_arg(data, "data")
         attempts = (
-            self.config.max_retries
+            self.config.max_attempts
             if max_attempts is None
             else int_arg(max_attempts, "max_attempts", low=1, high=MAX_INT)
         )
