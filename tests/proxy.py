@@ -26,6 +26,7 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._frozen = False
 
     @property
     def url(self) -> str:
@@ -44,6 +45,9 @@ class Proxy:
         return await asyncio.open_connection(self._host, self._port)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._frozen:  # accepted, never answered
+            self._writers.add(writer)
+            return
         try:
             up_reader, up_writer = await self._upstream()
         except OSError:
@@ -55,13 +59,13 @@ class Proxy:
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
 
-    @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await src.read(65536):
                 dst.write(data)
                 await dst.drain()
-        dst.close()
+        if not self._frozen:
+            dst.close()
 
     async def cut(self) -> None:
         """Refuse new connections and reset the live ones."""
@@ -78,6 +82,13 @@ class Proxy:
         self._writers.clear()
         if server is not None:
             await server.wait_closed()
+
+    async def freeze(self) -> None:
+        """Stop answering, as a server that hangs: connections stay open, nothing moves."""
+        self._frozen = True
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
 
     async def restore(self) -> None:
         await self.start()

@@ -481,3 +481,32 @@ async def test_a_send_whose_wakeup_was_throttled_is_read_without_waiting_for_the
 
         await wait_for(both, timeout=5)
     assert done["b"] - sent_b < 2.0  # the settle read, not the 20 s poll
+
+
+async def test_a_stop_ends_promptly_when_the_database_hangs(dsn: str, bus: CommandBus) -> None:
+    """A server that stops answering (no refusal, no reset) must not hold the stop."""
+    reg = HandlerRegistry()
+    started = asyncio.Event()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        started.set()
+        await asyncio.sleep(0.5)
+        return "done"
+
+    for _ in range(3):
+        (await bus.send("payments", "Charge", {})).unwrap()
+    proxy = await Proxy(dsn).start()
+    try:
+        worker = make_worker(proxy.url, reg, reconnect_timeout=timedelta(minutes=10))
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(started.wait(), 10)
+        await proxy.freeze()  # the handlers finish, but nothing can be recorded
+        t0 = time.monotonic()
+        worker.request_stop(timedelta(seconds=2))
+        await asyncio.wait_for(task, 15)  # returns, no InvalidStateError
+        elapsed = time.monotonic() - t0
+        assert elapsed < 4.5, elapsed  # the 2 s grace plus bounded clean-up
+        assert live_worker_tasks() == []
+    finally:
+        await proxy.close()

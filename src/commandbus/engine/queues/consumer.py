@@ -48,6 +48,8 @@ T = TypeVar("T")
 DEFAULT_GRACE = 30.0
 #: seconds a stop may take past its grace to record what finished and hand back the rest
 FINAL_SECONDS = 1.0
+#: seconds a cancelled task gets before the connections it may be stuck on are closed
+STUCK_SECONDS = 0.25
 #: Senders notify at most once per queue per throttle interval (2 ms unless set
 #: otherwise; decided at their commit), so a message committed just after
 #: another's NOTIFY may have none of its own: a read that a NOTIFY woke is
@@ -177,6 +179,7 @@ class QueueConsumer(Generic[M, O]):
         ]
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_tasks: list[asyncio.Task[None]] = []
+        self._listen_conn: Conn | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -215,9 +218,14 @@ class QueueConsumer(Generic[M, O]):
         cancelled = False
         try:
             try:
-                await self._reader.run(self._app.prepare)
-                for flusher in self._flushers:
-                    await flusher.open()
+                try:
+                    await self._reader.run(self._app.prepare)
+                    for flusher in self._flushers:
+                        await flusher.open()
+                except DatabaseUnavailableError:
+                    if self._stop_event.is_set():
+                        return  # stopped while waiting for the database: nothing was read
+                    raise
                 if opened is not None:
                     await opened()
                 await self._supervise()
@@ -272,13 +280,12 @@ class QueueConsumer(Generic[M, O]):
         self._stopping = True
         while True:
             try:
-                # 1. nothing new is read; reconnect attempts have given up
-                for task in self._tasks:
-                    task.cancel()
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+                # 1. nothing new is read; reconnect attempts have given up (a
+                #    statement hung on a silent server is cut off with its connection)
+                await self._end(self._tasks, "reader", self._reader_connections())
                 # 2. running handlers get until the deadline
                 await self._until_deadline(lambda: [t for t in self._runners if not t.done()])
-                await _cancel_all(self._runners, "handler")
+                await self._end(self._runners, "handler", ())
                 # 3. flushers record what finished, then end on their sentinel
                 for _ in self._flush_tasks:
                     self._outcomes.put_nowait(None)
@@ -291,14 +298,70 @@ class QueueConsumer(Generic[M, O]):
                             self.name,
                             self._outcomes.qsize(),
                         )
-                    await _cancel_all(late, "flusher")
+                    await self._end(late, "flusher", self._flushers)
                 for task in self._flush_tasks:
-                    if not task.cancelled() and task.exception() is not None:
+                    if task.done() and not task.cancelled() and task.exception() is not None:
                         log.error("%s: flusher failed: %r", self.name, task.exception())
                 return cancelled
             except asyncio.CancelledError:
                 cancelled = True
                 self.request_stop(0)
+
+    def _reader_connections(self) -> list[ResilientConnection | Conn]:
+        held: list[ResilientConnection | Conn] = [self._reader]
+        if self._listen_conn is not None:
+            held.append(self._listen_conn)
+        return held
+
+    async def _end(
+        self,
+        tasks: Iterable[asyncio.Task[None]],
+        what: str,
+        connections: Iterable[ResilientConnection | Conn],
+    ) -> None:
+        """Cancel ``tasks`` and wait for them, at most about two seconds.
+
+        A task stuck in a statement on a server that stopped answering (psycopg
+        waits for its cancel request to time out) is cancelled once more, then
+        freed by closing the connections it may be using; one that still does not
+        end is abandoned.
+        """
+        tasks = list(tasks)
+        try:
+            await self._end_tasks(tasks, what, connections)
+        finally:
+            for task in tasks:  # what they died of was logged, or is a stop's doing
+                if task.done() and not task.cancelled():
+                    task.exception()
+
+    async def _end_tasks(
+        self,
+        tasks: list[asyncio.Task[None]],
+        what: str,
+        connections: Iterable[ResilientConnection | Conn],
+    ) -> None:
+        late = [t for t in tasks if not t.done()]
+        for task in late:
+            task.cancel()
+        if not late:
+            return
+        _, stuck = await asyncio.wait(late, timeout=STUCK_SECONDS)
+        if stuck:
+            # psycopg answers a cancelled statement by asking the server to cancel
+            # it and waiting (5 s each); a second cancellation makes it give up
+            # and close the connection
+            for task in stuck:
+                task.cancel()
+            _, stuck = await asyncio.wait(stuck, timeout=STUCK_SECONDS)
+        if stuck:
+            for held in connections:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(FINAL_SECONDS):
+                        await held.close()
+            _, stuck = await asyncio.wait(stuck, timeout=FINAL_SECONDS)
+        for task in stuck:
+            name = task.get_name()
+            log.error("%s: %s task %s does not end; abandoning it", self.name, what, name)
 
     async def _until_deadline(self, pending: Callable[[], list[asyncio.Task[None]]]) -> None:
         """Wait for ``pending()`` tasks to end, until the (shrinkable) stop deadline."""
@@ -331,7 +394,7 @@ class QueueConsumer(Generic[M, O]):
                     async with conn:
                         await self._app.release(conn, started, unstarted)
                 self.released += len(left)
-            except (TimeoutError, psycopg.Error) as exc:
+            except (TimeoutError, psycopg.Error, DatabaseUnavailableError) as exc:
                 log.warning(
                     "%s: could not release %d messages (%s); they reappear after their vt",
                     self.name,
@@ -391,6 +454,7 @@ class QueueConsumer(Generic[M, O]):
         while True:
             try:
                 conn = await self.retrying(lambda: connect(self._url))
+                self._listen_conn = conn
                 async with conn:
                     # the channel is built from a validated queue name
                     await conn.execute(f'LISTEN "{self._channel}"')
@@ -467,13 +531,3 @@ class QueueConsumer(Generic[M, O]):
 
 async def _read(app: ConsumerApp[M, O], conn: Conn, *, qty: int) -> Sequence[M]:
     return await app.read(conn, qty)
-
-
-async def _cancel_all(tasks: Iterable[asyncio.Task[None]], what: str) -> None:
-    late = [t for t in tasks if not t.done()]
-    for task in late:
-        task.cancel()
-    if late:
-        _, stuck = await asyncio.wait(late, timeout=FINAL_SECONDS)
-        for task in stuck:  # it swallowed its cancellation
-            log.error("%s task %s ignores cancellation; abandoning it", what, task.get_name())

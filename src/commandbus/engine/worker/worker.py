@@ -30,7 +30,7 @@ from commandbus.engine.db.connect import Conn, ResilientConnection
 from commandbus.engine.eventstore import store as event_store
 from commandbus.engine.eventstore.store import StreamAppend
 from commandbus.engine.observability.logging import command_id_var, correlation_id_var
-from commandbus.engine.queues.consumer import DEFAULT_GRACE, QueueConsumer
+from commandbus.engine.queues.consumer import DEFAULT_GRACE, FINAL_SECONDS, QueueConsumer
 from commandbus.engine.queues.tables import QueueRegistry, wakeup_channel
 from commandbus.engine.worker.context import HandlerContext
 from commandbus.engine.worker.outcomes import Decision, Outcome, OutcomeBuilder
@@ -191,7 +191,7 @@ class Worker:
             await self._pool.open()
             await self._consumer.run(opened=self._opened)
         finally:
-            await self._pool.close()
+            await self._pool.close(timeout=FINAL_SECONDS)
             self.stats.released = self._consumer.released
             self.stats.stopped_at = time.monotonic()
             log.info("%s", self.stats.summary())
