@@ -26,7 +26,8 @@ Conn = psycopg.AsyncConnection[Any]
 
 
 def make_worker(dsn: str, registry: HandlerRegistry, **kw: Any) -> Worker:
-    return Worker(dsn, registry, domain="payments", config=FAST, **kw)
+    kw.setdefault("config", FAST)
+    return Worker(dsn, registry, domain="payments", **kw)
 
 
 def live_worker_tasks() -> list[str]:
@@ -402,6 +403,9 @@ async def test_async_with_runs_the_worker_for_the_block(dsn: str, bus: CommandBu
         ({"visibility_timeout": timedelta(milliseconds=10)}, "visibility_timeout"),
         ({"visibility_timeout": 30}, "visibility_timeout"),
         ({"visibility_timeout": timedelta(0)}, "visibility_timeout"),
+        ({"config": "x"}, "config"),
+        ({"archive_completed": "no"}, "archive_completed"),
+        ({"reconnect_timeout": 5}, "reconnect_timeout"),
     ],
 )
 async def test_bad_worker_arguments_are_validation_errors(
@@ -419,7 +423,9 @@ async def test_bad_worker_arguments_are_validation_errors(
         make_worker(dsn, reg, **kw)
 
 
-@pytest.mark.parametrize("grace", [-1, float("nan"), float("inf"), "5", timedelta(seconds=-1)])
+@pytest.mark.parametrize(
+    "grace", [-1, float("nan"), float("inf"), "5", timedelta(seconds=-1), 10**400, True]
+)
 async def test_bad_stop_timeouts_are_validation_errors(dsn: str, grace: Any) -> None:
     from commandbus import ValidationError
 
@@ -510,3 +516,43 @@ async def test_a_stop_ends_promptly_when_the_database_hangs(dsn: str, bus: Comma
         assert live_worker_tasks() == []
     finally:
         await proxy.close()
+
+
+@pytest.mark.parametrize("registry", [None, {}, "registry"])
+async def test_a_worker_needs_a_registry_and_a_url(dsn: str, registry: Any) -> None:
+    from commandbus import ValidationError
+
+    with pytest.raises(ValidationError, match="registry"):
+        Worker(dsn, registry, domain="payments", config=FAST)
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        return None
+
+    with pytest.raises(ValidationError, match="url"):
+        Worker(5, reg, domain="payments", config=FAST)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "seconds", [float("nan"), float("inf"), 10**12, True, "5", -1, 0, timedelta(days=8)]
+)
+async def test_extend_visibility_refuses_bad_durations_and_the_handler_is_not_run_twice(
+    dsn: str, bus: CommandBus, seconds: Any
+) -> None:
+    from commandbus import ValidationError
+
+    reg = HandlerRegistry()
+    runs: list[str] = []
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        runs.append(type(seconds).__name__)
+        with pytest.raises(ValidationError, match="seconds"):
+            await ctx.extend_visibility(seconds)
+        return "ok"
+
+    sent = (await bus.send("payments", "Charge", {})).unwrap()
+    async with make_worker(dsn, reg):
+        await until_status(bus, sent.command_id, CommandStatus.COMPLETED)
+    assert len(runs) == 1

@@ -50,7 +50,7 @@ def uuid_arg(value: object, name: str) -> UUID:
     if isinstance(value, UUID):
         return value
     if isinstance(value, str) and _UUID_TEXT.fullmatch(value):
-        return UUID(value)
+        return UUID(value.lower())  # UUID() strips only a lower-case "urn:uuid:"
     raise ValidationError(f"{name} must be a UUID, got {show(value)}")
 
 

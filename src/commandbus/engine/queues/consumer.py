@@ -95,7 +95,10 @@ def seconds(value: timedelta | float, name: str) -> float:
     if isinstance(value, timedelta):
         result = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        result = float(value)
+        try:
+            result = float(value)
+        except OverflowError:
+            raise ValidationError(f"{name} is too large, got {value!r:.40}") from None
     else:
         raise ValidationError(f"{name} must be a timedelta or a number of seconds, got {value!r}")
     if not result >= 0 or result == float("inf"):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+from commandbus.config import MAX_VISIBILITY_TIMEOUT
 from commandbus.engine.commands import store as command_store
 from commandbus.engine.db.connect import Conn
+from commandbus.engine.queues.consumer import seconds as _seconds
+from commandbus.errors import ValidationError
 from commandbus.models import Command
 
 if TYPE_CHECKING:
@@ -57,11 +60,18 @@ class HandlerContext:
     def is_last_attempt(self) -> bool:
         return self.attempt >= self.command.max_attempts
 
-    async def extend_visibility(self, seconds: float) -> datetime | None:
-        """Keep the message invisible for ``seconds`` more (for long handlers)."""
+    async def extend_visibility(self, seconds: timedelta | float) -> datetime | None:
+        """Keep the message invisible for ``seconds`` from now (for long handlers).
+
+        A ``timedelta`` or a number of seconds, from 1 s to 7 days; returns the
+        new visibility time (``None`` if the message is no longer in the queue).
+        """
+        value = _seconds(seconds, "seconds")
+        if not 1 <= value <= MAX_VISIBILITY_TIMEOUT.total_seconds():
+            raise ValidationError(f"seconds must be from 1 s to 7 days, got {seconds!r}")
         async with self._pool.connection() as conn:
             return await command_store.extend_visibility(
-                conn, self.command.domain, self.msg_id, seconds
+                conn, self.command.domain, self.msg_id, value
             )
 
     async def connection(self) -> Conn:

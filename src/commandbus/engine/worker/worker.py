@@ -91,6 +91,16 @@ class Worker:
             raise ValidationError(
                 f"reconnect_timeout must be a timedelta >= 0, got {reconnect_timeout!r}"
             )
+        if not isinstance(url, str) or not url.strip():
+            raise ValidationError(f"url must be a connection string, got {url!r:.60}")
+        if not isinstance(registry, HandlerRegistry):
+            raise ValidationError(f"registry must be a HandlerRegistry, got {registry!r:.60}")
+        if config is not None and not isinstance(config, Config):
+            raise ValidationError(f"config must be a Config, got {config!r:.60}")
+        if not isinstance(archive_completed, bool):
+            raise ValidationError(
+                f"archive_completed must be a bool, got {archive_completed!r:.60}"
+            )
         registry.validate_for(domain)
         self.config = config or Config.from_env()
         self.domain = domain
