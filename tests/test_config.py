@@ -239,3 +239,16 @@ def test_the_old_max_retries_names_still_work_with_a_deprecation_warning() -> No
         assert config.max_retries == 7
     # the new name wins, silently
     assert Config.from_env({"MAX_RETRIES": "7", "MAX_ATTEMPTS": "2"}).max_attempts == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "var"),
+    [({"database_url": 5}, "DATABASE_URL"), ({"data_dir": 5}, "COMMANDBUS_DATA_DIR")],
+)
+def test_wrong_types_for_the_database_settings(kwargs: dict[str, object], var: str) -> None:
+    with pytest.raises(ConfigError, match=var):
+        Config(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_data_dir_given_as_text_becomes_a_path() -> None:
+    assert Config(data_dir="x/y").data_dir == Path("x/y")  # type: ignore[arg-type]

@@ -59,6 +59,12 @@ class Config:
     poll_interval: timedelta = timedelta(seconds=1)
 
     def __attrs_post_init__(self) -> None:
+        if self.database_url is not None and not isinstance(self.database_url, str):
+            raise ConfigError(f"DATABASE_URL must be a string, got {_show(self.database_url)}")
+        if not isinstance(self.data_dir, Path):
+            if not isinstance(self.data_dir, str) or not self.data_dir.strip():
+                raise ConfigError(f"COMMANDBUS_DATA_DIR must be a path, got {_show(self.data_dir)}")
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
         for var, value in (
             ("MAX_ATTEMPTS", self.max_attempts),
             ("MAX_PAYLOAD_BYTES", self.max_payload_bytes),
