@@ -16,6 +16,7 @@ import pytest
 from commandbus import (
     Command,
     CommandBus,
+    CommandFilter,
     CommandRequest,
     CommandStatus,
     Failure,
@@ -76,7 +77,7 @@ async def test_a_text_command_id_names_the_same_command(
         # another text form of the same id is the same command: a duplicate
         again = await bus.send("payments", "Charge", {}, command_id=other)  # type: ignore[arg-type]
         assert isinstance(again, Failure) and again.code == "DUPLICATE_COMMAND"
-    page = await bus.list_commands(correlation_id=str(corr).upper())  # type: ignore[arg-type]
+    page = await bus.list_commands(CommandFilter(correlation_id=str(corr).upper()))
     assert [c.command_id for c in page.items] == [u]
     assert await counts(conn) == {"streams": 1, "events": 1, "commands": 1, "messages": 1}
 
@@ -106,7 +107,7 @@ async def test_text_ids_in_a_batch_are_normalised(bus: CommandBus, conn: Conn) -
     assert streams == {f"batch:{bid}", f"command:payments:{cid}"}
     batch = await bus.get_batch(str(bid).upper())  # type: ignore[arg-type]
     assert batch is not None and batch.batch_id == bid and batch.correlation_id == corr
-    page = await bus.list_commands(batch_id=bid.hex)  # type: ignore[arg-type]
+    page = await bus.list_commands(CommandFilter(batch_id=bid.hex))
     assert [c.command_id for c in page.items] == [cid]
 
 

@@ -18,6 +18,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from commandbus import (
     CommandBus,
+    CommandFilter,
     CommandRequest,
     InvalidNameError,
     NewEvent,
@@ -182,6 +183,8 @@ LIST_BAD: list[tuple[str, Any, type[Exception]]] = [
     ("correlation_id", "x", ValidationError),
     ("command_type", 5, InvalidNameError),
     ("batch_id", "x", ValidationError),
+    ("error_contains", 5, ValidationError),
+    ("error_contains", "a\x00", ValidationError),
     ("limit", 0, ValidationError),
     ("limit", -1, ValidationError),
     ("limit", 10**6, ValidationError),
@@ -192,13 +195,34 @@ LIST_BAD: list[tuple[str, Any, type[Exception]]] = [
     ("cursor", "garbage!", ValidationError),
     ("conn", "x", ValidationError),
 ]
+FILTER_KEYS = {"domain", "status", "command_type", "correlation_id", "batch_id", "error_contains"}
+
+
+def list_call(method: str, key: str, bad: Any) -> Call:
+    """``list_commands`` or the TSQ ``list`` with one bad criterion or argument.
+
+    A criterion is refused when its CommandFilter is built, before any call.
+    """
+
+    def call(bus: CommandBus) -> Awaitable[Any]:
+        target = bus if method == "list_commands" else bus.troubleshooting
+        fn = getattr(target, method)
+        return fn(CommandFilter(**{key: bad})) if key in FILTER_KEYS else fn(**{key: bad})
+
+    return call
+
+
 for i, (key, bad, error) in enumerate(LIST_BAD):
     arg = "command type" if key == "command_type" else key
+    case(f"list_commands-{key}-{i}", list_call("list_commands", key, bad), arg, error)
+for i, bad in enumerate([{"domain": "payments"}, "payments", 5]):
+    case(f"list_commands-where-{i}", lambda bus, bad=bad: bus.list_commands(bad), "where")
+    case(f"tsq.list-where-{i}", lambda bus, bad=bad: bus.troubleshooting.list(bad), "where")
+for i, status in enumerate(["PENDING", "COMPLETED"]):
     case(
-        f"list_commands-{key}-{i}",
-        lambda bus, key=key, bad=bad: bus.list_commands(**{key: bad}),
-        arg,
-        error,
+        f"tsq.list-status-{i}",
+        lambda bus, status=status: bus.troubleshooting.list(CommandFilter(status=status)),
+        "status",
     )
 
 for i, bad in enumerate(["yes", "false", 1, 0, None]):
@@ -225,15 +249,11 @@ TSQ_LIST_BAD: list[tuple[str, Any, type[Exception]]] = [
     ("limit", True, ValidationError),
     ("limit", 5000, ValidationError),
     ("cursor", 5, ValidationError),
+    ("conn", "x", ValidationError),
 ]
 for i, (key, bad, error) in enumerate(TSQ_LIST_BAD):
     arg = "command type" if key == "command_type" else key
-    case(
-        f"tsq.list-{key}-{i}",
-        lambda bus, key=key, bad=bad: bus.troubleshooting.list(**{key: bad}),
-        arg,
-        error,
-    )
+    case(f"tsq.list-{key}-{i}", list_call("list", key, bad), arg, error)
 for action in ("retry", "cancel", "complete"):
     for i, bad in enumerate(NOT_UUIDS):
         case(
@@ -256,6 +276,14 @@ for action in ("retry", "cancel", "complete"):
         ),
         "operator",
     )
+    for i, bad in enumerate(["postgresql://", 42]):
+        case(
+            f"tsq.{action}-conn-{i}",
+            lambda bus, action=action, bad=bad: getattr(bus.troubleshooting, action)(
+                "payments", uuid4(), conn=bad
+            ),
+            "conn",
+        )
 case(
     "tsq.cancel-reason",
     lambda bus: bus.troubleshooting.cancel("payments", uuid4(), reason=["r"]),

@@ -12,6 +12,7 @@ import pytest
 
 from commandbus import (
     CommandBus,
+    CommandFilter,
     CommandRequest,
     CommandStatus,
     Config,
@@ -219,7 +220,7 @@ async def test_send_batch_is_one_transaction_with_a_batch_stream(
     events = await bus.events.read_stream(f"batch:{batch.batch_id}")
     assert [e.event_type for e in events] == ["BatchCreated"]
     assert events[0].data["total"] == 6
-    page = await bus.list_commands(batch_id=batch.batch_id)
+    page = await bus.list_commands(CommandFilter(batch_id=batch.batch_id))
     assert {c.command_id for c in page.items} == set(batch.command_ids)
     assert await scalar(conn, "SELECT count(*) FROM pgmq.q_shipping") == 1
 
@@ -271,15 +272,15 @@ async def test_list_commands_pages_by_keyset(bus: CommandBus) -> None:
     seen = []
     cursor = None
     while True:
-        page = await bus.list_commands(domain="payments", limit=3, cursor=cursor)
+        page = await bus.list_commands(CommandFilter(domain="payments"), limit=3, cursor=cursor)
         seen.extend(c.command_id for c in page.items)
         cursor = page.next_cursor
         if cursor is None:
             break
     assert seen == sent  # oldest first, every command once
-    by_corr = await bus.list_commands(correlation_id=corr)
+    by_corr = await bus.list_commands(CommandFilter(correlation_id=corr))
     assert [c.command_id for c in by_corr.items] == sent[1::2]
-    pending = await bus.list_commands(domain="payments", status="PENDING", limit=100)
+    pending = await bus.list_commands(CommandFilter(domain="payments", status="PENDING"), limit=100)
     assert len(pending.items) == 7
     with pytest.raises(ValidationError):
         await bus.list_commands(cursor="garbage!")

@@ -20,6 +20,7 @@ from psycopg.pq import TransactionStatus
 
 from commandbus import (
     CommandBus,
+    CommandFilter,
     CommandRequest,
     ConcurrencyError,
     Failure,
@@ -59,7 +60,7 @@ async def send(bus: CommandBus, conn: Conn) -> None:
     assert record is not None
     history = await bus.command_history("payments", r.value.command_id, conn=conn)
     assert [e.event_type for e in history] == ["CommandSent"]
-    assert len((await bus.list_commands(domain="payments", conn=conn)).items) == 1
+    assert len((await bus.list_commands(CommandFilter(domain="payments"), conn=conn)).items) == 1
 
 
 async def send_batch(bus: CommandBus, conn: Conn) -> None:

@@ -11,6 +11,7 @@ from commandbus import (
     BusinessRuleError,
     Command,
     CommandBus,
+    CommandFilter,
     CommandRequest,
     CommandStatus,
     HandlerContext,
@@ -53,8 +54,10 @@ async def mixed_workload(dsn: str, bus: CommandBus) -> None:
     async with RunningWorker(Worker(dsn, reg, domain="payments", config=FAST, concurrency=4)):
 
         async def settled() -> bool:
-            open_ = await bus.list_commands(domain="payments", status="PENDING")
-            retrying = await bus.list_commands(domain="payments", status="RETRY_SCHEDULED")
+            open_ = await bus.list_commands(CommandFilter(domain="payments", status="PENDING"))
+            retrying = await bus.list_commands(
+                CommandFilter(domain="payments", status="RETRY_SCHEDULED")
+            )
             return not open_.items and not retrying.items
 
         await wait_for(settled)
@@ -99,7 +102,7 @@ async def test_verify_reports_every_difference_and_rebuild_repairs(
     dsn: str, bus: CommandBus, conn: Conn
 ) -> None:
     await mixed_workload(dsn, bus)
-    victim = (await bus.list_commands(status=CommandStatus.FAILED)).items[0]
+    victim = (await bus.list_commands(CommandFilter(status=CommandStatus.FAILED))).items[0]
     await conn.execute(
         "UPDATE commandbus.command SET status = 'COMPLETED', attempts = 9 WHERE command_id = %s",
         (victim.command_id,),
@@ -241,7 +244,9 @@ async def test_replace_live_rebuilds_under_concurrent_senders_lose_nothing(
     async with RunningWorker(worker):
 
         async def all_completed() -> bool:
-            done = await bus.list_commands(status=CommandStatus.COMPLETED, limit=1000)
+            done = await bus.list_commands(
+                CommandFilter(status=CommandStatus.COMPLETED), limit=1000
+            )
             return len(done.items) == len(sent_ids)
 
         await wait_for(all_completed)

@@ -11,6 +11,7 @@ import pytest
 from commandbus import (
     Command,
     CommandBus,
+    CommandFilter,
     CommandNotFoundError,
     CommandStatus,
     HandlerContext,
@@ -54,13 +55,18 @@ async def _to_tsq(dsn: str, bus: CommandBus, n: int, **send: Any) -> list[Any]:
 
 async def test_list_filters_by_type_and_error(dsn: str, bus: CommandBus) -> None:
     await _to_tsq(dsn, bus, 3)
-    assert len((await bus.troubleshooting.list(domain="payments")).items) == 4
-    assert len((await bus.troubleshooting.list(command_type="Refund")).items) == 1
-    assert len((await bus.troubleshooting.list(error_contains="declined 1")).items) == 1
+    assert len((await bus.troubleshooting.list(CommandFilter(domain="payments"))).items) == 4
+    assert len((await bus.troubleshooting.list(CommandFilter(command_type="Refund"))).items) == 1
+    assert (
+        len((await bus.troubleshooting.list(CommandFilter(error_contains="declined 1"))).items) == 1
+    )
     # the message, not the code: "REFUNDS_OFF" is the code of "refunds are off"
-    assert len((await bus.troubleshooting.list(error_contains="Refunds ARE")).items) == 1
-    assert (await bus.troubleshooting.list(error_contains="REFUNDS_OFF")).items == ()
-    assert (await bus.troubleshooting.list(domain="shipping")).items == ()
+    assert (
+        len((await bus.troubleshooting.list(CommandFilter(error_contains="Refunds ARE"))).items)
+        == 1
+    )
+    assert (await bus.troubleshooting.list(CommandFilter(error_contains="REFUNDS_OFF"))).items == ()
+    assert (await bus.troubleshooting.list(CommandFilter(domain="shipping"))).items == ()
     page = await bus.troubleshooting.list(limit=2)
     assert len(page.items) == 2 and page.next_cursor is not None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from commandbus import (
     Command,
     CommandBus,
+    CommandFilter,
     HandlerContext,
     HandlerRegistry,
     PermanentCommandError,
@@ -44,7 +45,7 @@ async def test_error_contains_is_literal_over_the_message(dsn: str, bus: Command
         await wait_for(all_in_tsq)
 
     async def found(text: str) -> list[str]:
-        page = await bus.troubleshooting.list(error_contains=text)
+        page = await bus.troubleshooting.list(CommandFilter(error_contains=text))
         return sorted(str((c.last_error or {})["message"]) for c in page.items)
 
     assert await found("a_c") == ["a_c failed"]

@@ -15,6 +15,7 @@ from commandbus import (
     BusinessRuleError,
     Command,
     CommandBus,
+    CommandFilter,
     CommandStatus,
     HandlerContext,
     HandlerRegistry,
@@ -148,7 +149,7 @@ async def test_exhausted_attempts_land_in_the_tsq(dsn: str, bus: CommandBus, con
     assert history[-1].data["error"]["type"] == "ConnectionError"
     assert await scalar(conn, "SELECT count(*) FROM pgmq.q_payments") == 0
     assert await scalar(conn, "SELECT count(*) FROM pgmq.a_payments") == 1
-    tsq = await bus.troubleshooting.list(domain="payments")
+    tsq = await bus.troubleshooting.list(CommandFilter(domain="payments"))
     assert [c.command_id for c in tsq.items] == [sent.command_id]
     assert tsq.items[0].last_error is not None
     assert tsq.items[0].last_error["message"] == "bank unreachable"

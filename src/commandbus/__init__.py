@@ -9,6 +9,7 @@ from importlib import metadata as _metadata
 
 from commandbus.config import Config
 from commandbus.engine.commands.bus import CommandBus
+from commandbus.engine.commands.read import CommandFilter
 from commandbus.engine.commands.replay import Difference, VerifyReport
 from commandbus.engine.commands.troubleshooting import TroubleshootingQueue
 from commandbus.engine.eventstore.store import EventStore, StreamAppend
@@ -69,6 +70,7 @@ __all__ = [
     "CommandBus",
     "CommandBusError",
     "CommandFailure",
+    "CommandFilter",
     "CommandNotFoundError",
     "CommandRecord",
     "CommandRequest",

@@ -20,6 +20,7 @@ import click
 
 from commandbus.config import Config
 from commandbus.engine.commands.bus import CommandBus
+from commandbus.engine.commands.read import CommandFilter
 from commandbus.engine.worker.context import HandlerContext
 from commandbus.engine.worker.registry import HandlerRegistry
 from commandbus.engine.worker.worker import Worker
@@ -60,7 +61,7 @@ def build_registry(cards_on_file: set[str]) -> HandlerRegistry:
 async def _settled(bus: CommandBus, run: UUID, timeout: float = 20.0) -> None:  # noqa: ASYNC109
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        page = await bus.list_commands(correlation_id=run, limit=1000)
+        page = await bus.list_commands(CommandFilter(correlation_id=run), limit=1000)
         if not any(c.status in OPEN for c in page.items):
             return
         await asyncio.sleep(0.05)
@@ -104,9 +105,7 @@ async def _demo(url: str) -> int:
         tasks = [asyncio.create_task(w.run(), name=f"demo-{w.domain}") for w in workers]
         try:
             await _settled(bus, run)
-            tsq = await bus.list_commands(
-                correlation_id=run, status=CommandStatus.IN_TROUBLESHOOTING_QUEUE
-            )
+            tsq = await bus.troubleshooting.list(CommandFilter(correlation_id=run))
             for c in tsq.items:
                 err = c.last_error or {}
                 click.echo(
@@ -123,7 +122,7 @@ async def _demo(url: str) -> int:
             await asyncio.gather(*tasks)
 
         click.echo("")
-        page = await bus.list_commands(correlation_id=run, limit=1000)
+        page = await bus.list_commands(CommandFilter(correlation_id=run), limit=1000)
         for c in page.items:
             click.echo(f"{c.domain}/{c.command_type} {c.command_id}: {c.status.value}")
             for e in await bus.command_history(c.domain, c.command_id):

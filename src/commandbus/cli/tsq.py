@@ -9,6 +9,7 @@ import click
 
 from commandbus.cli._common import CLIError, parse_uuid, run_with_bus
 from commandbus.codec import unstructure
+from commandbus.engine.commands.read import CommandFilter
 
 T = TypeVar("T")
 
@@ -34,12 +35,8 @@ def list_(
     as_json: bool,
 ) -> None:
     """Commands waiting for an operator, oldest first."""
-    page = run_with_bus(
-        ctx,
-        lambda bus: bus.troubleshooting.list(
-            domain=domain, command_type=command_type, error_contains=error, limit=limit
-        ),
-    )
+    where = CommandFilter(domain=domain, command_type=command_type, error_contains=error)
+    page = run_with_bus(ctx, lambda bus: bus.troubleshooting.list(where, limit=limit))
     for c in page.items:
         err: dict[str, Any] = c.last_error or {}
         if as_json:

@@ -17,38 +17,25 @@ from commandbus.arguments import (
     delay_arg,
     int_arg,
     mapping_arg,
-    opt_command_type_arg,
-    opt_domain_arg,
     opt_text_arg,
     opt_uuid_arg,
-    status_arg,
     uuid_arg,
 )
 from commandbus.codec import dumps, dumps_limited
 from commandbus.config import Config
-from commandbus.engine.commands import read as pq
 from commandbus.engine.commands import replay
 from commandbus.engine.commands import store as command_store
+from commandbus.engine.commands.read import CommandReads
 from commandbus.engine.commands.store import OutgoingCommand
 from commandbus.engine.commands.troubleshooting import TroubleshootingQueue
 from commandbus.engine.db.connect import Conn, atomic, borrow
-from commandbus.engine.eventstore.store import EventStore, read_stream
+from commandbus.engine.eventstore.store import EventStore
 from commandbus.engine.observability.tracing import current_trace_headers
 from commandbus.engine.queues.tables import QueueRegistry
 from commandbus.errors import DuplicateCommandError, ValidationError
-from commandbus.models import (
-    BatchRecord,
-    BatchResult,
-    CommandRecord,
-    CommandRequest,
-    CommandStatus,
-    Page,
-    SendResult,
-    StoredEvent,
-)
+from commandbus.models import BatchResult, CommandRequest, SendResult
 from commandbus.names import (
     batch_stream_id,
-    command_stream_id,
     validate_command_type,
     validate_domain,
     validate_queue_name,
@@ -66,12 +53,16 @@ def _embed(envelope: dict[str, Any], data_json: str) -> str:
     return head[:-1] + ',"data":' + data_json + "}"
 
 
-class CommandBus:
+class CommandBus(CommandReads):
     """Sends commands to their domain's PGMQ queue, recording each as an event.
 
     Use it as ``async with CommandBus(url) as bus:`` or call :meth:`open` and
     :meth:`close`. ``url=None`` resolves the database like the CLI does
-    (``DATABASE_URL``, else the embedded server).
+    (``DATABASE_URL``, else the embedded server). Every method takes an optional
+    ``conn=`` (the caller's connection and transaction). The queries
+    (``get_command``, ``list_commands``, ``command_history``, ``get_batch``) come
+    from :class:`~commandbus.engine.commands.read.CommandReads`; ``bus.events`` is
+    the event store and ``bus.troubleshooting`` the troubleshooting queue.
     """
 
     def __init__(
@@ -90,6 +81,7 @@ class CommandBus:
         self._pool_sizes = (min_connections, max_connections)
         self.queues = QueueRegistry()
         self._events: EventStore | None = None
+        self._troubleshooting: TroubleshootingQueue | None = None
         self._valid_names: set[tuple[str, str]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -110,9 +102,17 @@ class CommandBus:
 
     @property
     def events(self) -> EventStore:
+        """The event store (append, read_stream, read_all, stream_version)."""
         if self._events is None:
             self._events = EventStore(self.pool)
         return self._events
+
+    @property
+    def troubleshooting(self) -> TroubleshootingQueue:
+        """Operator actions on the troubleshooting queue (list, retry, cancel, complete)."""
+        if self._troubleshooting is None:
+            self._troubleshooting = TroubleshootingQueue(self.pool)
+        return self._troubleshooting
 
     async def open(self) -> None:
         """Check the database (reachable, migrated), then open the connection pool.
@@ -145,6 +145,7 @@ class CommandBus:
             await self._pool.close()
             self._pool = None
             self._events = None
+            self._troubleshooting = None
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -160,10 +161,18 @@ class CommandBus:
 
     # -- domains -----------------------------------------------------------------------
 
-    async def create_domain(self, domain: str) -> None:
-        """Create the domain's queue now (sending creates it on first use anyway)."""
+    async def create_domain(self, domain: str, *, conn: Conn | None = None) -> None:
+        """Create the domain's queue now (sending creates it on first use anyway).
+
+        With ``conn=`` the queue is created in the caller's transaction (and is
+        gone again if the caller rolls back).
+        """
         validate_domain(domain)
-        await self._ensure_queues((domain,))
+        if conn is None:
+            await self._ensure_queues((domain,))
+            return
+        async with borrow(self.pool, conn) as c, atomic(c):
+            await self.queues.ensure(c, domain, remember=False)
 
     async def _ensure_queues(self, queues: Sequence[str]) -> None:
         # Queues are created in their own committed transaction, never in a caller's
@@ -428,79 +437,28 @@ class CommandBus:
             )
         )
 
-    # -- queries ---------------------------------------------------------------------
-
-    @property
-    def troubleshooting(self) -> TroubleshootingQueue:
-        """Operator actions on the troubleshooting queue (list, retry, cancel, complete)."""
-        return TroubleshootingQueue(self.pool)
-
-    async def get_command(
-        self, domain: str, command_id: UUID | str, *, conn: Conn | None = None
-    ) -> CommandRecord | None:
-        """Where is command X: its row of the status projection (None if unknown)."""
-        domain = validate_domain(domain)
-        cid = uuid_arg(command_id, "command_id")
-        async with borrow(self.pool, conn) as c:
-            return await pq.get_command(c, domain, cid)
-
-    async def list_commands(
-        self,
-        *,
-        domain: str | None = None,
-        status: CommandStatus | str | None = None,
-        correlation_id: UUID | str | None = None,
-        command_type: str | None = None,
-        batch_id: UUID | str | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
-        conn: Conn | None = None,
-    ) -> Page:
-        """Commands by domain / status / correlation id, oldest first, keyset-paged."""
-        domain = opt_domain_arg(domain)
-        status = status_arg(status)
-        corr = opt_uuid_arg(correlation_id, "correlation_id")
-        command_type = opt_command_type_arg(command_type)
-        bid = opt_uuid_arg(batch_id, "batch_id")
-        limit = int_arg(limit, "limit", low=1, high=pq.MAX_PAGE)
-        cursor = opt_text_arg(cursor, "cursor")
-        async with borrow(self.pool, conn) as c:
-            return await pq.list_commands(
-                c,
-                domain=domain,
-                status=status,
-                correlation_id=corr,
-                command_type=command_type,
-                batch_id=bid,
-                limit=limit,
-                cursor=cursor,
-            )
-
-    async def command_history(
-        self, domain: str, command_id: UUID | str, *, conn: Conn | None = None
-    ) -> list[StoredEvent]:
-        """Every event of one command, in order."""
-        stream = command_stream_id(validate_domain(domain), uuid_arg(command_id, "command_id"))
-        async with borrow(self.pool, conn) as c:
-            return await read_stream(c, stream)
-
-    async def get_batch(
-        self, batch_id: UUID | str, *, conn: Conn | None = None
-    ) -> BatchRecord | None:
-        """A batch with its progress counted by status."""
-        bid = uuid_arg(batch_id, "batch_id")
-        async with borrow(self.pool, conn) as c:
-            return await pq.get_batch(c, bid)
+    # -- the projection ---------------------------------------------------------------
 
     async def rebuild_projection(
-        self, *, table: str = "command_rebuild", replace_live: bool = False
+        self,
+        *,
+        table: str = "command_rebuild",
+        replace_live: bool = False,
+        conn: Conn | None = None,
     ) -> int:
-        """Recompute the command projection from the events (see projections.replay)."""
+        """Recompute the status tables from the events (see :func:`replay.rebuild`).
+
+        It runs its own transaction and commits it: a ``conn=`` must not be inside
+        a transaction (:class:`~commandbus.errors.ValidationError` otherwise).
+        """
         replace_live = bool_arg(replace_live, "replace_live")
-        async with borrow(self.pool, None) as c:
+        async with borrow(self.pool, conn) as c:
             return await replay.rebuild(c, table=table, replace_live=replace_live)
 
-    async def verify_projection(self) -> replay.VerifyReport:
-        """Compare the live command projection with a replay of the events."""
-        async with borrow(self.pool, None) as c:
+    async def verify_projection(self, *, conn: Conn | None = None) -> replay.VerifyReport:
+        """Compare the status tables with a replay of the events (own read-only transaction).
+
+        A ``conn=`` must not be inside a transaction, as for :meth:`rebuild_projection`.
+        """
+        async with borrow(self.pool, conn) as c:
             return await replay.verify(c)

@@ -5,6 +5,11 @@ handler knows its type; its queue message is archived. Operators list them and
 retry (re-queue with fresh attempts), cancel, or complete them by hand. Each
 action is an event on the command's stream, recorded only if the command is
 still in the TSQ at that moment.
+
+:class:`TroubleshootingQueue` (``bus.troubleshooting``) is the one place these
+operations live; each takes an optional ``conn=`` and so can join the caller's
+transaction (a rollback there leaves no trace of the action), never committing
+behind it.
 """
 
 from __future__ import annotations
@@ -12,56 +17,34 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+import attrs
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus import event_types as ev
-from commandbus.arguments import (
-    int_arg,
-    opt_command_type_arg,
-    opt_domain_arg,
-    opt_text_arg,
-    uuid_arg,
-)
+from commandbus.arguments import opt_text_arg, uuid_arg
 from commandbus.codec import dumps
-from commandbus.engine.commands import read as pq
 from commandbus.engine.commands import store as command_store
 from commandbus.engine.commands.envelope import reply_for
+from commandbus.engine.commands.read import (
+    CommandFilter,
+    fetch_command,
+    fetch_page,
+    filter_arg,
+    page_args,
+)
 from commandbus.engine.commands.store import Transition
 from commandbus.engine.db.connect import Conn, atomic, borrow
-from commandbus.engine.eventstore.store import read_stream
+from commandbus.engine.eventstore.store import EventStore
 from commandbus.engine.queues import sql as queue_sql
 from commandbus.engine.queues.tables import with_queue
-from commandbus.errors import CommandNotFoundError, InvalidStateError
+from commandbus.errors import CommandNotFoundError, InvalidStateError, ValidationError
 from commandbus.models import Command, CommandRecord, CommandStatus, NewEvent, Page
 from commandbus.names import command_stream_id, validate_domain
 
 # Keys CommandSent adds to the queue message it was sent with.
 _EVENT_ONLY_KEYS = ("domain", "delay_seconds", "msg_id")
 
-
-async def list_tsq(
-    conn: Conn,
-    *,
-    domain: str | None = None,
-    command_type: str | None = None,
-    error_contains: str | None = None,
-    limit: int = 100,
-    cursor: str | None = None,
-) -> Page:
-    """Commands waiting in the troubleshooting queue, oldest first.
-
-    ``error_contains`` is a literal, case-insensitive substring of the last error's
-    message (``_``, ``%`` and ``\\`` are plain characters).
-    """
-    return await pq.list_commands(
-        conn,
-        domain=opt_domain_arg(domain),
-        status=CommandStatus.IN_TROUBLESHOOTING_QUEUE,
-        command_type=opt_command_type_arg(command_type),
-        error_contains=opt_text_arg(error_contains, "error_contains", empty=True),
-        limit=int_arg(limit, "limit", low=1, high=pq.MAX_PAGE),
-        cursor=opt_text_arg(cursor, "cursor"),
-    )
+_IN_TSQ = CommandStatus.IN_TROUBLESHOOTING_QUEUE
 
 
 def _target(domain: object, command_id: object) -> tuple[str, UUID]:
@@ -70,10 +53,10 @@ def _target(domain: object, command_id: object) -> tuple[str, UUID]:
 
 
 async def _in_tsq(conn: Conn, domain: str, command_id: UUID, action: str) -> CommandRecord:
-    record = await pq.get_command(conn, domain, command_id)
+    record = await fetch_command(conn, domain, command_id)
     if record is None:
         raise CommandNotFoundError(f"no command {command_id} in domain {domain!r}")
-    if record.status is not CommandStatus.IN_TROUBLESHOOTING_QUEUE:
+    if record.status is not _IN_TSQ:
         raise InvalidStateError(
             f"cannot {action} command {command_id}: it is {record.status.value}, "
             "not in the troubleshooting queue"
@@ -95,14 +78,6 @@ def _command_of(record: CommandRecord, sent: dict[str, Any]) -> Command:
     )
 
 
-async def _sent_event(conn: Conn, domain: str, command_id: UUID) -> dict[str, Any]:
-    events = await read_stream(conn, command_stream_id(domain, command_id))
-    for e in events:
-        if e.event_type == ev.COMMAND_SENT:
-            return e.data
-    raise CommandNotFoundError(f"command {command_id} has no {ev.COMMAND_SENT} event")
-
-
 async def _record(conn: Conn, transition: Transition, action: str) -> None:
     ok = await command_store.record_transitions(conn, [transition])
     if not ok:
@@ -120,147 +95,85 @@ def _event(record: CommandRecord, event_type: str, data: dict[str, Any]) -> NewE
     )
 
 
-async def retry(
-    conn: Conn, domain: str, command_id: UUID | str, *, operator: str | None = None
-) -> int:
-    """Re-queue a TSQ command with fresh attempts; returns its new message id."""
-    domain, command_id = _target(domain, command_id)
-    operator = opt_text_arg(operator, "operator", empty=True)
-    async with atomic(conn):
-        record = await _in_tsq(conn, domain, command_id, "retry")
-        sent = await _sent_event(conn, domain, command_id)
-        message = {k: v for k, v in sent.items() if k not in _EVENT_ONLY_KEYS}
-        cur = await conn.execute(
-            with_queue(queue_sql.SEND_MESSAGE, domain),
-            {"message": dumps(message), "headers": "{}"},
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        msg_id = int(row[0])
-        await _record(
-            conn,
-            Transition(
-                domain=domain,
-                command_id=command_id,
-                expected_version=record.version,
-                events=[
-                    _event(
-                        record,
-                        ev.COMMAND_RETRIED_BY_OPERATOR,
-                        {"msg_id": msg_id, "previous_msg_id": record.msg_id, "operator": operator},
-                    )
-                ],
-            ),
-            "retry",
-        )
-        return msg_id
-
-
-async def _finish(
-    conn: Conn,
-    domain: str,
-    command_id: UUID,
-    *,
-    action: str,
-    event_type: str,
-    data: dict[str, Any],
-    outcome: str,
-    result: Any = None,
-) -> None:
-    """Record an operator's final word on a TSQ command, with its reply if any."""
-    async with atomic(conn):
-        record = await _in_tsq(conn, domain, command_id, action)
-        sent = await _sent_event(conn, domain, command_id)
-        await _record(
-            conn,
-            Transition(
-                domain=domain,
-                command_id=command_id,
-                expected_version=record.version,
-                events=[_event(record, event_type, data)],
-                reply=reply_for(_command_of(record, sent), outcome, result=result),
-            ),
-            action,
-        )
-
-
-async def cancel(
-    conn: Conn,
-    domain: str,
-    command_id: UUID | str,
-    *,
-    reason: str | None = None,
-    operator: str | None = None,
-) -> None:
-    """Cancel a TSQ command for good (its reply, if any, says CANCELLED)."""
-    domain, cid = _target(domain, command_id)
-    reason = opt_text_arg(reason, "reason", empty=True)
-    operator = opt_text_arg(operator, "operator", empty=True)
-    await _finish(
-        conn,
-        domain,
-        cid,
-        action="cancel",
-        event_type=ev.COMMAND_CANCELLED_BY_OPERATOR,
-        data={"reason": reason, "operator": operator},
-        outcome="CANCELLED",
-    )
-
-
-async def complete(
-    conn: Conn,
-    domain: str,
-    command_id: UUID | str,
-    *,
-    result: Any = None,
-    operator: str | None = None,
-) -> None:
-    """Mark a TSQ command completed by hand with ``result`` (its reply says SUCCESS)."""
-    domain, cid = _target(domain, command_id)
-    operator = opt_text_arg(operator, "operator", empty=True)
-    dumps(result, what="result")
-    await _finish(
-        conn,
-        domain,
-        cid,
-        action="complete",
-        event_type=ev.COMMAND_COMPLETED_BY_OPERATOR,
-        data={"result": result, "operator": operator},
-        outcome="SUCCESS",
-        result=result,
-    )
-
-
 class TroubleshootingQueue:
-    """The TSQ operations bound to a connection pool (``bus.troubleshooting``)."""
+    """The troubleshooting queue (``bus.troubleshooting``): list, retry, cancel, complete.
+
+    Every method takes an optional ``conn=``: on the caller's connection an action
+    joins the caller's transaction (explicit or implicit) and is committed or
+    rolled back by the caller; on an idle autocommit connection, or without one, it
+    is atomic on its own. A refused action (:class:`InvalidStateError`,
+    :class:`CommandNotFoundError`) undoes only its own work.
+    """
 
     def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
         self._pool = pool
+        self._events = EventStore(pool)
 
     async def list(
         self,
+        where: CommandFilter | None = None,
         *,
-        domain: str | None = None,
-        command_type: str | None = None,
-        error_contains: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        conn: Conn | None = None,
     ) -> Page:
-        async with borrow(self._pool, None) as conn:
-            return await list_tsq(
-                conn,
-                domain=domain,
-                command_type=command_type,
-                error_contains=error_contains,
-                limit=limit,
-                cursor=cursor,
+        """Commands waiting in the troubleshooting queue matching ``where``, oldest first.
+
+        ``where.status`` may be left out (or be ``IN_TROUBLESHOOTING_QUEUE``).
+        """
+        criteria = filter_arg(where)
+        if criteria.status not in (None, _IN_TSQ):
+            raise ValidationError(
+                f"where.status must be None or {_IN_TSQ.value} for the troubleshooting "
+                f"queue, got {criteria.status.value}"
             )
+        limit, cursor = page_args(limit, cursor)
+        async with borrow(self._pool, conn) as c:
+            return await fetch_page(c, attrs.evolve(criteria, status=_IN_TSQ), limit, cursor)
 
     async def retry(
-        self, domain: str, command_id: UUID | str, *, operator: str | None = None
+        self,
+        domain: str,
+        command_id: UUID | str,
+        *,
+        operator: str | None = None,
+        conn: Conn | None = None,
     ) -> int:
-        async with borrow(self._pool, None) as conn:
-            return await retry(conn, domain, command_id, operator=operator)
+        """Re-queue a TSQ command with fresh attempts; returns its new message id."""
+        domain, cid = _target(domain, command_id)
+        operator = opt_text_arg(operator, "operator", empty=True)
+        async with borrow(self._pool, conn) as c, atomic(c):
+            record = await _in_tsq(c, domain, cid, "retry")
+            sent = await self._sent_event(c, domain, cid)
+            message = {k: v for k, v in sent.items() if k not in _EVENT_ONLY_KEYS}
+            cur = await c.execute(
+                with_queue(queue_sql.SEND_MESSAGE, domain),
+                {"message": dumps(message), "headers": "{}"},
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            msg_id = int(row[0])
+            await _record(
+                c,
+                Transition(
+                    domain=domain,
+                    command_id=cid,
+                    expected_version=record.version,
+                    events=[
+                        _event(
+                            record,
+                            ev.COMMAND_RETRIED_BY_OPERATOR,
+                            {
+                                "msg_id": msg_id,
+                                "previous_msg_id": record.msg_id,
+                                "operator": operator,
+                            },
+                        )
+                    ],
+                ),
+                "retry",
+            )
+            return msg_id
 
     async def cancel(
         self,
@@ -269,9 +182,21 @@ class TroubleshootingQueue:
         *,
         reason: str | None = None,
         operator: str | None = None,
+        conn: Conn | None = None,
     ) -> None:
-        async with borrow(self._pool, None) as conn:
-            await cancel(conn, domain, command_id, reason=reason, operator=operator)
+        """Cancel a TSQ command for good (its reply, if any, says CANCELLED)."""
+        domain, cid = _target(domain, command_id)
+        reason = opt_text_arg(reason, "reason", empty=True)
+        operator = opt_text_arg(operator, "operator", empty=True)
+        await self._finish(
+            conn,
+            domain,
+            cid,
+            action="cancel",
+            event_type=ev.COMMAND_CANCELLED_BY_OPERATOR,
+            data={"reason": reason, "operator": operator},
+            outcome="CANCELLED",
+        )
 
     async def complete(
         self,
@@ -280,6 +205,54 @@ class TroubleshootingQueue:
         *,
         result: Any = None,
         operator: str | None = None,
+        conn: Conn | None = None,
     ) -> None:
-        async with borrow(self._pool, None) as conn:
-            await complete(conn, domain, command_id, result=result, operator=operator)
+        """Mark a TSQ command completed by hand with ``result`` (its reply says SUCCESS)."""
+        domain, cid = _target(domain, command_id)
+        operator = opt_text_arg(operator, "operator", empty=True)
+        dumps(result, what="result")
+        await self._finish(
+            conn,
+            domain,
+            cid,
+            action="complete",
+            event_type=ev.COMMAND_COMPLETED_BY_OPERATOR,
+            data={"result": result, "operator": operator},
+            outcome="SUCCESS",
+            result=result,
+        )
+
+    async def _finish(
+        self,
+        conn: Conn | None,
+        domain: str,
+        command_id: UUID,
+        *,
+        action: str,
+        event_type: str,
+        data: dict[str, Any],
+        outcome: str,
+        result: Any = None,
+    ) -> None:
+        """Record an operator's final word on a TSQ command, with its reply if any."""
+        async with borrow(self._pool, conn) as c, atomic(c):
+            record = await _in_tsq(c, domain, command_id, action)
+            sent = await self._sent_event(c, domain, command_id)
+            await _record(
+                c,
+                Transition(
+                    domain=domain,
+                    command_id=command_id,
+                    expected_version=record.version,
+                    events=[_event(record, event_type, data)],
+                    reply=reply_for(_command_of(record, sent), outcome, result=result),
+                ),
+                action,
+            )
+
+    async def _sent_event(self, conn: Conn, domain: str, command_id: UUID) -> dict[str, Any]:
+        events = await self._events.read_stream(command_stream_id(domain, command_id), conn=conn)
+        for e in events:
+            if e.event_type == ev.COMMAND_SENT:
+                return e.data
+        raise CommandNotFoundError(f"command {command_id} has no {ev.COMMAND_SENT} event")

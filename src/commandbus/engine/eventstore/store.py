@@ -76,13 +76,6 @@ def stored_event(row: dict[str, Any]) -> StoredEvent:
     return structure(row, StoredEvent)
 
 
-async def read_stream(conn: Conn, stream_id: str, *, after_version: int = 0) -> list[StoredEvent]:
-    """All events of one stream in version order."""
-    cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(es_sql.READ_STREAM, {"stream_id": stream_id, "after_version": after_version})
-    return [stored_event(r) for r in await cur.fetchall()]
-
-
 def _sequence(value: object, name: str) -> list[Any]:
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
         raise ValidationError(f"{name} must be a sequence, got {type(value).__name__}")
@@ -149,7 +142,13 @@ async def append(conn: Conn, appends: Sequence[StreamAppend]) -> int:
 
 
 class EventStore:
-    """Appends to and reads from ``commandbus.event``."""
+    """Appends to and reads from ``commandbus.event`` (``bus.events``).
+
+    Every method takes an optional ``conn=``: on the caller's connection it joins
+    the caller's transaction and never commits behind it; without one a pooled
+    connection is borrowed. (The library writes its own streams with the
+    module's :func:`append`, which this class's ``append`` refuses them to.)
+    """
 
     def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
         self._pool = pool
@@ -183,7 +182,11 @@ class EventStore:
         stream_id = text_arg(stream_id, "stream_id")
         after_version = int_arg(after_version, "after_version", low=0, high=MAX_BIGINT)
         async with borrow(self._pool, conn) as c:
-            return await read_stream(c, stream_id, after_version=after_version)
+            cur = c.cursor(row_factory=dict_row)
+            await cur.execute(
+                es_sql.READ_STREAM, {"stream_id": stream_id, "after_version": after_version}
+            )
+            return [stored_event(r) for r in await cur.fetchall()]
 
     async def read_all(
         self, *, after: int = 0, limit: int = 1000, conn: Conn | None = None

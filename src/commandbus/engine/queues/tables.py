@@ -43,8 +43,12 @@ class QueueRegistry:
     def is_known(self, queue: str) -> bool:
         return queue in self._known
 
-    async def ensure(self, conn: Conn, queue: str) -> None:
-        """Create ``queue`` (PGMQ tables, wake-up trigger) unless it exists."""
+    async def ensure(self, conn: Conn, queue: str, *, remember: bool = True) -> None:
+        """Create ``queue`` (PGMQ tables, wake-up trigger) unless it exists.
+
+        ``remember=False`` when ``conn`` is in a transaction that may yet roll back:
+        the queue is then not taken as existing by later calls.
+        """
         validate_queue_name(queue)
         if queue in self._known:
             return
@@ -59,7 +63,8 @@ class QueueRegistry:
                         _INSTALL_WAKEUP, {"queue": queue, "throttle_ms": self._throttle_ms}
                     )
                     await conn.execute(_REGISTER_QUEUE, {"queue": queue})
-        self._known.add(queue)
+        if remember:
+            self._known.add(queue)
 
 
 # The wake-up (a deferred trigger deciding at commit, see migration 0004), then the
