@@ -556,3 +556,55 @@ async def test_extend_visibility_refuses_bad_durations_and_the_handler_is_not_ru
     async with make_worker(dsn, reg):
         await until_status(bus, sent.command_id, CommandStatus.COMPLETED)
     assert len(runs) == 1
+
+
+@pytest.mark.slow
+async def test_a_poison_command_that_kills_the_worker_takes_no_other_command_s_attempts(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    """Each crash counts a delivery of everything the worker held; suspects run alone."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from commandbus import CommandRequest
+
+    await conn.execute("CREATE TABLE public.effects (command_id uuid, attempt int)")
+    requests = [CommandRequest(domain="jobs", command_type="Crash", data={}, max_attempts=3)]
+    requests += [
+        CommandRequest(domain="jobs", command_type="Work", data={"i": i}, max_attempts=3)
+        for i in range(12)
+    ]
+    (await bus.send_batch(requests)).unwrap()
+    env = dict(os.environ, DATABASE_URL=dsn, TEST_HANDLER_SLEEP="0.01")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+
+    async def statuses() -> dict[str, str]:
+        rows = await fetch(
+            conn, "SELECT command_type, status FROM commandbus.command WHERE domain = 'jobs'"
+        )
+        return {f"{t}:{i}": s for i, (t, s) in enumerate(rows)}
+
+    crashes = 0
+    for _ in range(12):  # bounded: each round is a worker that may crash
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "commandbus.cli", "worker", "--app", "worker_apps:registry"),
+            *("--domain", "jobs", "--vt", "1", "--concurrency", "4"),
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            code = await asyncio.wait_for(proc.wait(), 4)
+            crashes += code == 3
+        except TimeoutError:  # alive and idle: everything is done
+            proc.terminate()
+            await proc.wait()
+            break
+    final = await statuses()
+    crash_status = [s for k, s in final.items() if k.startswith("Crash")]
+    work = [s for k, s in final.items() if k.startswith("Work")]
+    assert crash_status == ["IN_TROUBLESHOOTING_QUEUE"]
+    assert work == ["COMPLETED"] * 12, final
+    assert crashes <= 3  # the poison ran at most max_attempts times

@@ -24,3 +24,9 @@ async def work(cmd: Command, ctx: HandlerContext) -> dict[str, int]:
 
 
 not_a_registry = object()
+
+
+@registry.handler("jobs", "Crash")
+async def crash(cmd: Command, ctx: HandlerContext) -> None:
+    """A poison command: its handler takes the whole process down."""
+    os._exit(3)

@@ -48,6 +48,10 @@ T = TypeVar("T")
 DEFAULT_GRACE = 30.0
 #: seconds a stop may take past its grace to record what finished and hand back the rest
 FINAL_SECONDS = 1.0
+#: Suspects (messages an earlier delivery of which ended without an outcome, e.g.
+#: because their handler crashed the process) run one at a time; the others read
+#: meanwhile are handed back, unread, for this long.
+POSTPONE_SECONDS = 0.25
 #: seconds a cancelled task gets before the connections it may be stuck on are closed
 STUCK_SECONDS = 0.25
 #: Senders notify at most once per queue per throttle interval (2 ms unless set
@@ -88,6 +92,12 @@ class ConsumerApp(Protocol[M, O]):
 
     async def release(self, conn: Conn, started: list[int], unstarted: list[int]) -> None:
         """Make held messages visible now (``unstarted`` ones give back their read)."""
+
+    def suspect(self, msg: M) -> bool:
+        """Whether an earlier delivery of ``msg`` ended without an outcome (a crash?)."""
+
+    async def postpone(self, conn: Conn, msg_ids: list[int], seconds: float) -> None:
+        """Hand messages back unread, visible again in ``seconds``."""
 
 
 def seconds(value: timedelta | float, name: str) -> float:
@@ -183,6 +193,7 @@ class QueueConsumer(Generic[M, O]):
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_tasks: list[asyncio.Task[None]] = []
         self._listen_conn: Conn | None = None
+        self._suspect: int | None = None  # the one suspect in flight
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -436,10 +447,22 @@ class QueueConsumer(Generic[M, O]):
                 for m in msgs:
                     self._flights[m.msg_id] = _Flight(msg=m)
                 return
+            back: list[int] = []
             for m in msgs:
+                if app.suspect(m):
+                    # one suspect at a time, so that a poison message that kills
+                    # the process takes no other message's attempt with it
+                    if self._suspect is not None:
+                        back.append(m.msg_id)
+                        continue
+                    self._suspect = m.msg_id
                 flight = _Flight(msg=m)
                 self._flights[m.msg_id] = flight
                 self._backlog.append(flight)
+            if back:
+                await self._reader.run(
+                    functools.partial(app.postpone, msg_ids=back, seconds=POSTPONE_SECONDS)
+                )
             self._start_runners()
             if len(msgs) == qty:
                 await asyncio.sleep(0)
@@ -528,6 +551,8 @@ class QueueConsumer(Generic[M, O]):
 
     def _forget(self, flight: _Flight[M]) -> None:
         self._flights.pop(flight.msg.msg_id, None)
+        if flight.msg.msg_id == self._suspect:
+            self._suspect = None
         if not self._flights or self._capacity - len(self._flights) >= self._read_threshold:
             self._room.set()
 

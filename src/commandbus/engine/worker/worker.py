@@ -30,8 +30,9 @@ from commandbus.engine.db.connect import Conn, ResilientConnection
 from commandbus.engine.eventstore import store as event_store
 from commandbus.engine.eventstore.store import StreamAppend
 from commandbus.engine.observability.logging import command_id_var, correlation_id_var
+from commandbus.engine.queues import sql as queue_sql
 from commandbus.engine.queues.consumer import DEFAULT_GRACE, FINAL_SECONDS, QueueConsumer
-from commandbus.engine.queues.tables import QueueRegistry, wakeup_channel
+from commandbus.engine.queues.tables import QueueRegistry, wakeup_channel, with_queue
 from commandbus.engine.worker.context import HandlerContext
 from commandbus.engine.worker.outcomes import Decision, Outcome, OutcomeBuilder
 from commandbus.engine.worker.recorder import Recorder
@@ -241,6 +242,15 @@ class Worker:
 
     async def release(self, conn: Conn, started: list[int], unstarted: list[int]) -> None:
         await command_store.release(conn, self.domain, started, unstarted)
+
+    def suspect(self, msg: ReadMessage) -> bool:
+        """An earlier delivery ended with no outcome recorded (a crash, a vt overrun)."""
+        return msg.version is not None and msg.read_ct > int(msg.attempts or 0) + 1
+
+    async def postpone(self, conn: Conn, msg_ids: list[int], seconds: float) -> None:
+        await conn.execute(
+            with_queue(queue_sql.POSTPONE, self.domain), {"msg_ids": msg_ids, "delay": seconds}
+        )
 
     async def record(
         self, flusher: ResilientConnection, group: list[tuple[Decision, ReadMessage]]
