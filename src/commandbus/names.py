@@ -44,12 +44,17 @@ def validate_command_type(name: object) -> str:
 
 def command_stream_id(domain: str, command_id: object) -> str:
     """The event stream of one command."""
-    return f"command:{domain}:{command_id}"
+    return f"{ev.COMMAND_STREAM}:{domain}:{command_id}"
 
 
 def batch_stream_id(batch_id: object) -> str:
     """The event stream of one batch."""
-    return f"batch:{batch_id}"
+    return f"{ev.BATCH_STREAM}:{batch_id}"
+
+
+def quarantine_stream_id(queue: str, msg_id: int) -> str:
+    """The event stream of one quarantined queue message."""
+    return f"{ev.QUARANTINE_STREAM}:{queue}:{msg_id}"
 
 
 #: Stream types the library writes; their streams are named ``<type>:...``.

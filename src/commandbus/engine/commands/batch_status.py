@@ -15,9 +15,12 @@ table to keep every writer of both out (see ``LOCK_LIVE``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final, LiteralString
 
 from psycopg import sql
+
+from commandbus import event_types as ev
 
 BATCH_COLUMNS: Final[LiteralString] = "batch_id, name, total, correlation_id, created_at"
 """The columns :data:`ROW_FROM_CREATED` fills, in order (``version`` follows them)."""
@@ -29,15 +32,23 @@ ROW_FROM_CREATED: Final[LiteralString] = """
 """The batch row of a ``BatchCreated`` event ``e`` (without ``version``)."""
 
 # Every batch, replayed: the row of each batch stream's last BatchCreated, at the
-# version of the stream's last event. {row} is ROW_FROM_CREATED.
+# version of the stream's last event. {row} is ROW_FROM_CREATED; the parameters
+# are REPLAY_PARAMS.
 _REPLAY_BATCHES: Final[LiteralString] = """
 SELECT DISTINCT ON (e.stream_id) {row},
        (SELECT max(x.stream_version) FROM commandbus.event x
          WHERE x.stream_id = e.stream_id) AS version
   FROM commandbus.event e
- WHERE e.event_type = 'BatchCreated' AND left(e.stream_id, 6) = 'batch:'
+ WHERE e.event_type = %(batch_created)s AND e.stream_id LIKE %(batch_streams)s
  ORDER BY e.stream_id, e.stream_version DESC
 """
+
+
+#: The parameters of :func:`replay_statement`.
+REPLAY_PARAMS: Final[Mapping[str, str]] = {
+    "batch_created": ev.BATCH_CREATED,
+    "batch_streams": ev.BATCH_STREAM + ":%",
+}
 
 
 def columns() -> sql.SQL:
@@ -51,5 +62,8 @@ def row_from_created() -> sql.SQL:
 
 
 def replay_statement() -> sql.Composed:
-    """A query of every batch row replayed from the events (columns, then version)."""
+    """A query of every batch row replayed from the events (columns, then version).
+
+    Run it with :data:`REPLAY_PARAMS`.
+    """
     return sql.SQL(_REPLAY_BATCHES).format(row=row_from_created())

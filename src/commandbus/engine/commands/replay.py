@@ -92,7 +92,7 @@ async def replay(conn: Conn) -> dict[Key, dict[str, Any]]:
     current_stream = None
     cur = conn.cursor(row_factory=dict_row, name="commandbus_replay")
     async with cur:
-        await cur.execute(q.COMMAND_EVENTS)
+        await cur.execute(q.COMMAND_EVENTS, {"command_streams": ev.COMMAND_STREAM + ":%"})
         async for e in cur:
             if e["stream_id"] != current_stream:
                 current_stream, current = e["stream_id"], None
@@ -189,7 +189,8 @@ async def rebuild(
                 table=batches,
                 columns=batch_projection.columns(),
                 replay=batch_projection.replay_statement(),
-            )
+            ),
+            batch_projection.REPLAY_PARAMS,
         )
     return len(rows)
 
@@ -276,7 +277,7 @@ async def verify(conn: Conn) -> VerifyReport:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(q.ALL_COMMANDS)
         live = {(r["domain"], r["command_id"]): r for r in await cur.fetchall()}
-        await cur.execute(batch_projection.replay_statement())
+        await cur.execute(batch_projection.replay_statement(), batch_projection.REPLAY_PARAMS)
         replayed_batches = {r["batch_id"]: r for r in await cur.fetchall()}
         await cur.execute(q.ALL_BATCHES)
         live_batches = {r["batch_id"]: r for r in await cur.fetchall()}

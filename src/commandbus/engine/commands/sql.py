@@ -2,7 +2,9 @@
 
 Values always travel as parameters. Queue tables are named only through
 ``psycopg.sql.Identifier`` (``{queue}``, ``{archive}``) after the queue name was
-validated by :mod:`commandbus.names`.
+validated by :mod:`commandbus.names`. Event and stream type names are parameters
+named after their constants in :mod:`commandbus.event_types` (``%(command_sent)s``
+is ``COMMAND_SENT``), never literals here.
 
 The statements are written for the hot path: each does its whole job in ONE
 round trip with data-modifying CTEs over ``unnest`` arrays, so sending a batch,
@@ -14,15 +16,8 @@ from __future__ import annotations
 
 from typing import Final, LiteralString
 
-# -- streams and events ---------------------------------------------------------------------
+from commandbus.engine.eventstore.sql import append_with_expected_version
 
-# Check-and-bump stream versions, then insert the events only if every stream
-# passed: a conflicting append inserts no event and draws no position at all (the
-# caller rolls back the version bumps). Returns one row per input stream:
-# (stream_id, appended, last position).
-# -- queues --------------------------------------------------------------------------------
-
-# {queue} is the pgmq table pgmq.q_<name>; the trigger wakes idle workers.
 # -- sending -------------------------------------------------------------------------------
 
 # One command: stream, queue message, CommandSent event and projection row in one
@@ -31,7 +26,7 @@ from typing import Final, LiteralString
 SEND_ONE: Final[LiteralString] = """
 WITH created AS (
     INSERT INTO commandbus.stream (stream_id, stream_type, version)
-    VALUES (%(stream_id)s, 'command', 1)
+    VALUES (%(stream_id)s, %(command_stream)s, 1)
     ON CONFLICT (stream_id) DO NOTHING
     RETURNING stream_id
 ), msg AS (
@@ -43,7 +38,7 @@ WITH created AS (
 ), evt AS (
     INSERT INTO commandbus.event
            (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
-    SELECT %(stream_id)s, 1, 'CommandSent',
+    SELECT %(stream_id)s, 1, %(command_sent)s,
            %(message)s::jsonb || jsonb_build_object('domain', %(domain)s::text,
                'delay_seconds', %(delay)s::float8, 'msg_id', msg.msg_id),
            %(correlation_id)s, %(causation_id)s, %(metadata)s::jsonb
@@ -74,9 +69,9 @@ WITH input AS (
                 correlation_id, causation_id, max_attempts, reply_to, saga_id, delay)
 ), created AS (
     INSERT INTO commandbus.stream (stream_id, stream_type, version)
-    SELECT stream_id, 'command', 1 FROM input
+    SELECT stream_id, %(command_stream)s::text, 1 FROM input
     UNION ALL
-    SELECT %(batch_stream)s, 'batch', 1
+    SELECT %(batch_stream_id)s, %(batch_stream)s::text, 1
     ON CONFLICT (stream_id) DO NOTHING
     RETURNING stream_id
 ), go AS (
@@ -100,18 +95,18 @@ SEND_BATCH_TAIL: Final[LiteralString] = """, msgs AS (
 ), evt AS (
     INSERT INTO commandbus.event
            (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
-    SELECT stream_id, 1, 'CommandSent',
+    SELECT stream_id, 1, %(command_sent)s::text,
            message || jsonb_build_object('domain', domain, 'delay_seconds', delay,
                                          'msg_id', msg_id),
            correlation_id, causation_id, %(metadata)s::jsonb
       FROM sent
     UNION ALL
-    SELECT %(batch_stream)s, 1, 'BatchCreated', %(batch_data)s::jsonb, %(batch_corr)s, NULL,
+    SELECT %(batch_stream_id)s, 1, %(batch_created)s, %(batch_data)s::jsonb, %(batch_corr)s, NULL,
            jsonb_build_object()
      WHERE EXISTS (SELECT 1 FROM go)
     -- the batch row is built from its event (the commands' payloads stay here)
     RETURNING stream_version, event_type,
-              CASE WHEN event_type = 'BatchCreated' THEN data END AS data,
+              CASE WHEN event_type = %(batch_created)s THEN data END AS data,
               correlation_id, recorded_at
 ), batch AS (
     -- the row is the one definition of a batch row (projections/batch_projection.py),
@@ -119,7 +114,7 @@ SEND_BATCH_TAIL: Final[LiteralString] = """, msgs AS (
     INSERT INTO commandbus.batch ({batch_columns}, version)
     SELECT {batch_row}, e.stream_version
       FROM evt e
-     WHERE e.event_type = 'BatchCreated'
+     WHERE e.event_type = %(batch_created)s
 ), proj AS (
     INSERT INTO commandbus.command
            (domain, command_id, command_type, status, attempts, max_attempts, msg_id,
@@ -141,8 +136,10 @@ SELECT input.domain, input.command_id, sent.msg_id,
 # instead of rescanning them. The state comes from the status row; if that row is
 # missing (dropped by hand, say), from the command's own stream: its version, and
 # the status and attempts of its last event that set them ({status_of_event} and
-# {attempts_of_event}, generated from the one projection definition). Only a
-# message with no command stream at all reads as foreign (NULL version).
+# {attempts_of_event}, generated from the one projection definition); its id is
+# %(stream_prefix)s (the domain's command stream ids up to the command id) followed
+# by the command id. Only a message with no command stream at all reads as foreign
+# (NULL version).
 READ_BATCH: Final[LiteralString] = """
 WITH picked AS (
     SELECT msg_id FROM pgmq.{queue}
@@ -185,22 +182,21 @@ SELECT t.msg_id, t.read_ct, t.message, nullif(t.headers, '{{}}'::jsonb),
                  ORDER BY e.stream_version DESC LIMIT 1) AS status
           FROM commandbus.stream s
          WHERE c.version IS NULL
-           AND s.stream_id = 'command:' || %(domain)s::text || ':' || t.command_id::text
+           AND s.stream_id = %(stream_prefix)s::text || t.command_id::text
          LIMIT 1  -- not flattened: the IS NULL test gates the whole lookup
        ) f ON true
  ORDER BY t.msg_id
 """
 
-# When the queue is empty: when does the next delayed message become visible?
-# Record a group of command transitions in one statement: bump stream versions,
-# append events, update the projection, act on the queue messages (delete, archive,
-# make visible again later) and send replies, all only for the streams whose
-# expected version held. The transitions arrive as ONE jsonb array (one C-speed
-# json.dumps on the client instead of a score of parameter arrays). Returns the
-# stream ids that were recorded.
-TRANSITION_HEAD: Final[LiteralString] = """
+# Record a group of command transitions in one statement: append each one's events
+# with its expected version (THE append fragment, each stream on its own), update
+# the projection, act on the queue messages (delete, archive, make visible again
+# later) and send replies, all only for the streams whose expected version held.
+# The transitions arrive as ONE jsonb array (one C-speed json.dumps on the client
+# instead of a score of parameter arrays). Returns the stream ids that were recorded.
+_TRANSITION_INPUT: Final[LiteralString] = """
 WITH st AS (
-    SELECT *
+    SELECT s.*, %(command_stream)s::text AS stream_type
       FROM ROWS FROM (jsonb_to_recordset(%(transitions)s::jsonb)
                AS (stream_id text, expected bigint, new_version bigint, msg_id bigint,
                    queue_op text, delay float8, domain text, command_id uuid, status text,
@@ -209,33 +205,24 @@ WITH st AS (
            AS s(stream_id, expected, new_version, msg_id, queue_op, delay, domain,
                 command_id, status, attempts, last_error, result, new_msg_id, events,
                 reply_queue, reply, ord)
-), bumped AS (
-    -- "= ANY (ARRAY(...))" keeps these to primary-key probes whatever the table
-    -- statistics say (a hash join would scan the whole table on every group)
-    UPDATE commandbus.stream s
-       SET version = st.new_version, updated_at = now()
-      FROM st
-     WHERE s.stream_id = ANY (ARRAY(SELECT stream_id FROM st))
-       AND s.stream_id = st.stream_id AND s.version = st.expected
-    RETURNING s.stream_id
-), ok AS (
-    SELECT st.* FROM st JOIN bumped USING (stream_id)
-), ins AS (
-    INSERT INTO commandbus.event
-           (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
-    SELECT ok.stream_id, ok.expected + e.ord, e.type,
+), new_events AS (
+    SELECT st.stream_id, st.expected + e.ord AS stream_version, e.type AS event_type,
            -- a scheduled retry records when it will run, on the server's clock
-           CASE WHEN e.type = 'CommandRetryScheduled'
+           CASE WHEN e.type = %(command_retry_scheduled)s::text
                 THEN e.data || jsonb_build_object(
-                         'retry_at', now() + ok.delay * interval '1 second')
+                         'retry_at', now() + st.delay * interval '1 second')
                 ELSE e.data
-           END,
-           e.corr, e.caus, coalesce(e.meta, jsonb_build_object())
-      FROM ok,
-           ROWS FROM (jsonb_to_recordset(ok.events)
+           END AS data,
+           e.corr AS correlation_id, e.caus AS causation_id,
+           coalesce(e.meta, jsonb_build_object()) AS metadata, st.ord
+      FROM st,
+           ROWS FROM (jsonb_to_recordset(st.events)
                AS (type text, data jsonb, corr uuid, caus uuid, meta jsonb)) WITH ORDINALITY
            AS e(type, data, corr, caus, meta, ord)
-     ORDER BY ok.ord, e.ord
+),"""
+
+_TRANSITION_PROJECTION: Final[LiteralString] = """, ok AS (
+    SELECT st.* FROM st JOIN passed USING (stream_id)
 ), proj AS (
     UPDATE commandbus.command c
        SET status = coalesce(ok.status, c.status),
@@ -250,22 +237,25 @@ WITH st AS (
        AND c.version < ok.new_version
 )"""
 
-# Queue actions of one domain queue, for the recorded transitions only.
+TRANSITION_HEAD: Final[LiteralString] = (
+    _TRANSITION_INPUT + append_with_expected_version(all_or_nothing=False) + _TRANSITION_PROJECTION
+)
+
+# Queue actions of one domain queue, for the recorded transitions only. {archive}
+# is the queues' ARCHIVE_MOVE over TRANSITION_ARCHIVED.
 TRANSITION_QUEUE: Final[LiteralString] = """, {deleted} AS (
     DELETE FROM pgmq.{queue} m USING ok
      WHERE m.msg_id = ok.msg_id AND ok.queue_op = 'delete' AND ok.domain = {domain}
-), {moved} AS (
-    DELETE FROM pgmq.{queue} m USING ok
-     WHERE m.msg_id = ok.msg_id AND ok.queue_op = 'archive' AND ok.domain = {domain}
-    RETURNING m.msg_id, m.vt, m.read_ct, m.enqueued_at, m.last_read_at, m.message, m.headers
-), {archived} AS (
-    INSERT INTO pgmq.{archive} (msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers)
-    SELECT msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers FROM {moved}
-), {delayed} AS (
+), {archive}, {delayed} AS (
     UPDATE pgmq.{queue} m SET vt = now() + ok.delay * interval '1 second'
       FROM ok
      WHERE m.msg_id = ok.msg_id AND ok.queue_op = 'retry' AND ok.domain = {domain}
 )"""
+
+# The messages of one domain queue that the recorded transitions archive.
+TRANSITION_ARCHIVED: Final[LiteralString] = (
+    "ARRAY(SELECT ok.msg_id FROM ok WHERE ok.queue_op = 'archive' AND ok.domain = {domain})"
+)
 
 # Replies into one reply queue.
 TRANSITION_REPLY: Final[LiteralString] = """, {cte} AS (
@@ -278,13 +268,6 @@ TRANSITION_REPLY: Final[LiteralString] = """, {cte} AS (
 TRANSITION_TAIL: Final[LiteralString] = """
 SELECT stream_id FROM ok
 """
-
-# Make unfinished messages visible again at once (graceful shutdown). Messages
-# whose handler never started give back the read that took them, so the next
-# delivery does not count an attempt that never ran.
-# Set messages aside in the queue's archive table.
-# Push the visibility timeout of one in-flight message forward.
-# Re-send a command's message (operator retry); returns the new message id.
 
 
 # -- the status projection: reads, rebuild and verify ------------------------------------
@@ -332,10 +315,11 @@ SELECT b.batch_id, b.name, b.total, b.correlation_id, b.created_at,
 """
 
 # Every event of every command stream, stream by stream, in version order.
+# %(command_streams)s: the LIKE pattern of command stream ids.
 COMMAND_EVENTS: Final[LiteralString] = """
 SELECT stream_id, stream_version, event_type, data, correlation_id, recorded_at
   FROM commandbus.event
- WHERE stream_id LIKE 'command:%%'
+ WHERE stream_id LIKE %(command_streams)s
  ORDER BY stream_id, stream_version
 """
 

@@ -15,6 +15,7 @@ from uuid import UUID
 import attrs
 from psycopg import sql
 
+from commandbus import event_types as ev
 from commandbus.codec import dumps
 from commandbus.engine.commands import batch_status as batch_projection
 from commandbus.engine.commands import sql as queries
@@ -117,6 +118,8 @@ async def send_one(conn: Conn, cmd: OutgoingCommand) -> int | None:
             "max_attempts": cmd.max_attempts,
             "reply_to": cmd.reply_to,
             "saga_id": cmd.saga_id,
+            "command_stream": ev.COMMAND_STREAM,
+            "command_sent": ev.COMMAND_SENT,
         },
     )
     row = await cur.fetchone()
@@ -124,7 +127,8 @@ async def send_one(conn: Conn, cmd: OutgoingCommand) -> int | None:
 
 
 @lru_cache(maxsize=256)
-def _send_batch_statement(domains: tuple[str, ...]) -> sql.Composed:
+def send_batch_statement(domains: tuple[str, ...]) -> sql.Composed:
+    """The statement of :func:`send_many` for commands of these (sorted) domains."""
     parts: list[sql.Composable] = [sql.SQL(queries.SEND_BATCH_HEAD)]
     union: list[sql.Composable] = []
     for i, domain in enumerate(domains):
@@ -175,22 +179,32 @@ async def send_many(
         "reply_to": [c.reply_to for c in cmds],
         "saga_ids": [c.saga_id for c in cmds],
         "delays": [c.delay_seconds for c in cmds],
-        "batch_stream": batch_stream,
+        "batch_stream_id": batch_stream,
         "expected_streams": len(cmds) + 1,
         "batch_id": batch_id,
         "batch_name": batch_name,
         "batch_data": batch_data,
         "batch_corr": batch_correlation_id,
         "metadata": metadata,
+        "command_stream": ev.COMMAND_STREAM,
+        "batch_stream": ev.BATCH_STREAM,
+        "command_sent": ev.COMMAND_SENT,
+        "batch_created": ev.BATCH_CREATED,
     }
-    cur = await conn.execute(_send_batch_statement(domains), params)
+    cur = await conn.execute(send_batch_statement(domains), params)
     return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
 
 
 async def read_batch(conn: Conn, domain: str, *, qty: int, vt_seconds: float) -> list[ReadMessage]:
     """Take up to ``qty`` visible messages of a domain queue for ``vt_seconds``."""
     cur = await conn.execute(
-        _read_statement(domain), {"qty": qty, "vt": vt_seconds, "domain": domain}
+        _read_statement(domain),
+        {
+            "qty": qty,
+            "vt": vt_seconds,
+            "domain": domain,
+            "stream_prefix": command_stream_id(domain, ""),
+        },
     )
     return [
         ReadMessage(
@@ -233,9 +247,26 @@ async def release(
         )
 
 
+def _archive_move(domain: str, msg_ids: sql.Composable, suffix: str = "") -> sql.Composed:
+    """The queues' ARCHIVE_MOVE: CTEs ``moved<suffix>`` and ``archived<suffix>``."""
+    return sql.SQL(queue_sql.ARCHIVE_MOVE).format(
+        moved=sql.Identifier(f"moved{suffix}"),
+        archived=sql.Identifier(f"archived{suffix}"),
+        queue=queue_table(domain),
+        archive=archive_table(domain),
+        msg_ids=msg_ids,
+    )
+
+
+@lru_cache(maxsize=256)
+def _archive_statement(domain: str) -> sql.Composed:
+    ids = sql.SQL("{}::bigint[]").format(sql.Placeholder("msg_ids"))
+    return sql.SQL(queue_sql.ARCHIVE).format(move=_archive_move(domain, ids))
+
+
 async def archive(conn: Conn, domain: str, msg_ids: Sequence[int]) -> None:
     """Move messages from the queue to its archive table."""
-    await conn.execute(with_queue(queue_sql.ARCHIVE, domain), {"msg_ids": list(msg_ids)})
+    await conn.execute(_archive_statement(domain), {"msg_ids": list(msg_ids)})
 
 
 async def extend_visibility(
@@ -252,17 +283,19 @@ _NO_PATCH = Patch()
 
 
 @lru_cache(maxsize=512)
-def _transition_statement(domains: tuple[str, ...], replies: tuple[str, ...]) -> sql.Composed:
+def transition_statement(domains: tuple[str, ...], replies: tuple[str, ...]) -> sql.Composed:
+    """The statement of :func:`record_transitions`: queue actions on ``domains``, replies
+    into ``replies`` (both sorted)."""
     parts: list[sql.Composable] = [sql.SQL(queries.TRANSITION_HEAD)]
     for i, domain in enumerate(domains):
+        literal = sql.Literal(domain)
+        archived = sql.SQL(queries.TRANSITION_ARCHIVED).format(domain=literal)
         parts.append(
             sql.SQL(queries.TRANSITION_QUEUE).format(
                 queue=queue_table(domain),
-                archive=archive_table(domain),
-                domain=sql.Literal(domain),
+                domain=literal,
                 deleted=sql.Identifier(f"deleted_{i}"),
-                moved=sql.Identifier(f"moved_{i}"),
-                archived=sql.Identifier(f"archived_{i}"),
+                archive=_archive_move(domain, archived, f"_{i}"),
                 delayed=sql.Identifier(f"delayed_{i}"),
             )
         )
@@ -334,6 +367,13 @@ async def record_transitions(conn: Conn, transitions: Sequence[Transition]) -> s
             row["reply_queue"] = t.reply.queue
             row["reply"] = {"message": t.reply.message, "headers": t.reply.headers}
         rows.append(row)
-    stmt = _transition_statement(tuple(sorted(op_domains)), tuple(sorted(reply_queues)))
-    cur = await conn.execute(stmt, {"transitions": dumps(rows, what="command transition")})
+    stmt = transition_statement(tuple(sorted(op_domains)), tuple(sorted(reply_queues)))
+    cur = await conn.execute(
+        stmt,
+        {
+            "transitions": dumps(rows, what="command transition"),
+            "command_stream": ev.COMMAND_STREAM,
+            "command_retry_scheduled": ev.COMMAND_RETRY_SCHEDULED,
+        },
+    )
     return {r[0] for r in await cur.fetchall()}

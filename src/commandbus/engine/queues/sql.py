@@ -27,13 +27,24 @@ UPDATE pgmq.{queue}
  WHERE msg_id = ANY(%(started)s::bigint[]) OR msg_id = ANY(%(unstarted)s::bigint[])
 """
 
+# Move messages from a queue to its archive table: THE definition (PGMQ's archive
+# row), composed into every statement that archives. Two CTEs, named by the
+# identifiers {moved} (its rows: the messages moved) and {archived}; {msg_ids} is a
+# bigint[] expression of the messages to move ("= ANY": primary-key probes).
+ARCHIVE_MOVE: Final[LiteralString] = """{moved} AS (
+    DELETE FROM pgmq.{queue} m
+     WHERE m.msg_id = ANY ({msg_ids})
+    RETURNING m.msg_id, m.vt, m.read_ct, m.enqueued_at, m.last_read_at, m.message, m.headers
+), {archived} AS (
+    INSERT INTO pgmq.{archive} (msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers)
+    SELECT msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers FROM {moved}
+)"""
+
+# Set messages aside in the queue's archive table: {move} is ARCHIVE_MOVE over
+# %(msg_ids)s, with CTEs "moved" and "archived". Returns how many were moved.
 ARCHIVE: Final[LiteralString] = """
-WITH moved AS (
-    DELETE FROM pgmq.{queue} WHERE msg_id = ANY(%(msg_ids)s::bigint[])
-    RETURNING msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers
-)
-INSERT INTO pgmq.{archive} (msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers)
-SELECT msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers FROM moved
+WITH {move}
+SELECT count(*) FROM moved
 """
 
 EXTEND_VT: Final[LiteralString] = """
@@ -46,13 +57,4 @@ SEND_MESSAGE: Final[LiteralString] = """
 INSERT INTO pgmq.{queue} (vt, message, headers)
 VALUES (clock_timestamp(), %(message)s::jsonb, %(headers)s::jsonb)
 RETURNING msg_id
-"""
-
-# Hand messages back unread for a moment: visible again after %(delay)s seconds,
-# their read given back (a delivery that never started does not count).
-POSTPONE: Final[LiteralString] = """
-UPDATE pgmq.{queue}
-   SET vt = clock_timestamp() + make_interval(secs => %(delay)s::float8),
-       read_ct = greatest(read_ct - 1, 0)
- WHERE msg_id = ANY(%(msg_ids)s::bigint[])
 """
