@@ -58,3 +58,12 @@ INSERT INTO pgmq.{queue} (vt, message, headers)
 VALUES (clock_timestamp(), %(message)s::jsonb, %(headers)s::jsonb)
 RETURNING msg_id
 """
+
+# Hand messages back unread for a moment: visible again after %(delay)s seconds,
+# their read given back (a delivery that never started does not count).
+POSTPONE: Final[LiteralString] = """
+UPDATE pgmq.{queue}
+   SET vt = clock_timestamp() + make_interval(secs => %(delay)s::float8),
+       read_ct = greatest(read_ct - 1, 0)
+ WHERE msg_id = ANY(%(msg_ids)s::bigint[])
+"""
