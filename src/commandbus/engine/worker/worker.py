@@ -48,6 +48,7 @@ from commandbus.errors import (
     ValidationError,
 )
 from commandbus.models import Command, NewEvent
+from commandbus.names import quarantine_stream_id
 
 log = logging.getLogger("commandbus.worker")
 
@@ -404,7 +405,7 @@ class Worker:
                     conn,
                     [
                         StreamAppend(
-                            stream_id=f"quarantine:{self.domain}:{msg.msg_id}",
+                            stream_id=quarantine_stream_id(self.domain, msg.msg_id),
                             stream_type=ev.QUARANTINE_STREAM,
                             expected_version=0,
                             events=[
