@@ -18,6 +18,7 @@ from uuid import UUID, uuid4
 
 import click
 
+from commandbus import event_types as ev
 from commandbus.config import Config
 from commandbus.engine.commands.bus import CommandBus
 from commandbus.engine.commands.read import CommandFilter
@@ -146,7 +147,7 @@ async def _demo(url: str) -> int:
 
 
 def _detail(event_type: str, data: dict[str, Any]) -> str:
-    if event_type == "CommandSent":
+    if event_type == ev.COMMAND_SENT:
         return f" data={data.get('data')}"
     if "error" in data:
         err = data["error"]
@@ -154,7 +155,7 @@ def _detail(event_type: str, data: dict[str, Any]) -> str:
         return f" attempt {data.get('attempt')}: {err['code']} {err['message']}{extra}"
     if "result" in data:
         return f" attempt {data.get('attempt', '-')}: result={data['result']}"
-    if event_type == "CommandRetriedByOperator":
+    if event_type == ev.COMMAND_RETRIED_BY_OPERATOR:
         return f" by {data.get('operator')}"
     return ""
 
