@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from commandbus.engine.db.embedded import describe_url
+from commandbus.engine.db.connect import describe_url
 from commandbus.migrations import migrate
 
 DOMAIN = "bench"

@@ -11,16 +11,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from commandbus import CommandBus, SchemaNotReadyError, migrate
 from commandbus.config import Config
 from commandbus.engine.db import embedded as database
+from commandbus.engine.db.connect import check_connection, connect, describe_url
 from commandbus.engine.db.embedded import (
     EmbeddedServer,
-    check_connection,
-    connect,
-    describe_url,
     embedded_status,
     open_database,
-    resolve_database_url,
     start_embedded,
     stop_embedded,
 )
@@ -35,7 +33,7 @@ UNREACHABLE = "postgresql://carol:s3cret-pw@127.0.0.1:1/ledger"
 
 def test_an_explicit_url_wins_and_starts_nothing(tmp_path: Path) -> None:
     config = Config(database_url="postgresql://u@db.example/x", data_dir=tmp_path / "pgdata")
-    assert resolve_database_url(config) == "postgresql://u@db.example/x"
+    assert CommandBus(config=config).url == "postgresql://u@db.example/x"
     with open_database(config) as url:
         assert url == "postgresql://u@db.example/x"
     assert not (tmp_path / "pgdata").exists()
@@ -97,7 +95,7 @@ def test_data_dir_under_a_file(tmp_path: Path) -> None:
     (tmp_path / "blocker").write_text("")
     target = tmp_path / "blocker" / "sub" / "pgdata"
     with pytest.raises(EmbeddedDatabaseError, match="cannot be created") as info:
-        resolve_database_url(Config(data_dir=target))
+        EmbeddedServer(target).start()
     _assert_one_line_naming(info.value, target)
 
 
@@ -189,11 +187,25 @@ def test_db_start_keeps_the_server_for_everyone(embedded_dir: Path) -> None:
     assert stop_embedded(embedded_dir) is False
 
 
-def test_resolve_database_url_reuses_one_server_per_process(embedded_dir: Path) -> None:
+async def test_the_bus_resolves_the_embedded_server_at_open_never_on_reading_url(
+    embedded_dir: Path,
+) -> None:
     config = Config(data_dir=embedded_dir)
-    url = resolve_database_url(config)
-    assert resolve_database_url(config) == url
-    assert embedded_status(embedded_dir).running  # until exit (embedded_dir stops it)
+    bus = CommandBus(config=config)
+    with pytest.raises(RuntimeError, match="open"):
+        _ = bus.url
+    assert not embedded_status(embedded_dir).initialized  # reading url started nothing
+    with pytest.raises(SchemaNotReadyError):
+        await bus.open()  # started it, found it unmigrated, and left it again
+    assert not embedded_status(embedded_dir).running
+    with open_database(config) as url:
+        await migrate(url)
+    async with bus:
+        assert bus.url == embedded_status(embedded_dir).url
+        assert (await bus.send("payments", "Charge", {})).ok
+    assert not embedded_status(embedded_dir).running  # the bus was its last user
+    with pytest.raises(RuntimeError, match="open"):
+        _ = bus.url
 
 
 def _blocked_on_lock(lock_path: Path, pids: set[int]) -> set[int]:

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from pgmq.install import get_embedded_sql_version
 
-from commandbus.engine.db.embedded import connect
+from commandbus.engine.db.connect import connect
 from commandbus.errors import (
     DatabaseUnavailableError,
     IncompatiblePGMQError,

@@ -9,11 +9,10 @@ import sys
 from datetime import timedelta
 
 import click
-import psycopg
 
 from commandbus.cli._common import CLIError, Number, database_url, load_config
 from commandbus.config import MAX_VISIBILITY_TIMEOUT
-from commandbus.engine.db.embedded import connect, first_line
+from commandbus.engine.db.connect import connect, translated
 from commandbus.engine.observability.logging import configure_logging
 from commandbus.engine.worker.registry import HandlerRegistry
 from commandbus.engine.worker.stats import WorkerStats
@@ -149,15 +148,11 @@ async def check_schema(url: str) -> None:
     """
     try:
         conn = await connect(url)
+        async with conn:
+            with translated(
+                f"could not check the commandbus schema in database {conn.info.dbname!r}",
+                other=DatabaseError,
+            ):
+                await ensure_schema_current(conn)
     except DatabaseUnavailableError:
-        return
-    async with conn:
-        try:
-            await ensure_schema_current(conn)
-        except psycopg.OperationalError:
-            return  # lost it again: the worker's reconnects take over
-        except psycopg.Error as exc:
-            raise DatabaseError(
-                f"could not check the commandbus schema in database {conn.info.dbname!r}: "
-                f"{first_line(exc)}"
-            ) from exc
+        return  # the worker's reconnects take over

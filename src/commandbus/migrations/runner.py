@@ -23,9 +23,8 @@ import attrs
 import psycopg
 from pgmq.install import get_embedded_install_sql, get_embedded_sql_version
 
-from commandbus.engine.db.embedded import connect, first_line
+from commandbus.engine.db.connect import Conn, connect, database_error
 from commandbus.errors import (
-    DatabaseUnavailableError,
     IncompatiblePGMQError,
     MigrationError,
     SchemaNotReadyError,
@@ -42,8 +41,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("commandbus.migrations")
-
-Conn = psycopg.AsyncConnection[Any]
 
 #: Key of the advisory lock a migration run holds ("cmdbus-m" as a bigint).
 MIGRATION_LOCK_KEY: Final = int.from_bytes(b"cmdbus-m", "big")
@@ -121,7 +118,7 @@ async def migrate(url: str, *, migrations: Sequence[Migration] | None = None) ->
             applied_now.append(migration.name)
         await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
     except psycopg.Error as exc:
-        raise _failure(conn, exc, "migrating") from exc
+        raise _failure(exc, "migrating") from exc
     finally:
         await conn.close()  # also releases the advisory lock if still held
     return applied_now
@@ -169,7 +166,7 @@ async def _apply(conn: Conn, migration: Migration) -> None:
                 (migration.version, migration.name),
             )
     except psycopg.Error as exc:
-        raise _failure(conn, exc, f"migration {migration.name} (rolled back)") from exc
+        raise _failure(exc, f"migration {migration.name} (rolled back)") from exc
 
 
 async def _ensure_pgmq(conn: Conn) -> tuple[str, str]:
@@ -187,7 +184,7 @@ async def _ensure_pgmq(conn: Conn) -> tuple[str, str]:
                     await conn.execute(sql)
         except psycopg.Error as exc:
             how = "CREATE EXTENSION pgmq" if available is not None else "the bundled PGMQ SQL"
-            raise _failure(conn, exc, f"installing PGMQ with {how}") from exc
+            raise _failure(exc, f"installing PGMQ with {how}") from exc
         installed_here = True
     else:
         installed_here = False
@@ -275,10 +272,6 @@ async def _scalar(conn: Conn, query: LiteralString, params: tuple[Any, ...] = ()
     return None if row is None else row[0]
 
 
-def _failure(conn: Conn, exc: psycopg.Error, what: str) -> Exception:
-    """Translate a driver error raised while doing ``what``."""
-    if conn.broken:
-        return DatabaseUnavailableError(
-            f"lost the connection to database {conn.info.dbname!r} while {what}: {first_line(exc)}"
-        )
-    return MigrationError(f"{what} failed: {first_line(exc)} (SQLSTATE {exc.sqlstate})")
+def _failure(exc: psycopg.Error, what: str) -> Exception:
+    """A driver error raised while doing ``what``: a lost connection, or a MigrationError."""
+    return database_error(exc, f"{what} failed", other=MigrationError)

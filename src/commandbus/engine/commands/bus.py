@@ -28,7 +28,8 @@ from commandbus.engine.commands import store as command_store
 from commandbus.engine.commands.read import CommandReads
 from commandbus.engine.commands.store import OutgoingCommand
 from commandbus.engine.commands.troubleshooting import TroubleshootingQueue
-from commandbus.engine.db.connect import Conn, atomic, borrow
+from commandbus.engine.db.connect import Conn, atomic, borrow, translated
+from commandbus.engine.db.embedded import Database
 from commandbus.engine.eventstore.store import EventStore
 from commandbus.engine.observability.tracing import current_trace_headers
 from commandbus.engine.queues.tables import QueueRegistry
@@ -58,11 +59,13 @@ class CommandBus(CommandReads):
 
     Use it as ``async with CommandBus(url) as bus:`` or call :meth:`open` and
     :meth:`close`. ``url=None`` resolves the database like the CLI does
-    (``DATABASE_URL``, else the embedded server). Every method takes an optional
-    ``conn=`` (the caller's connection and transaction). The queries
-    (``get_command``, ``list_commands``, ``command_history``, ``get_batch``) come
-    from :class:`~commandbus.engine.commands.read.CommandReads`; ``bus.events`` is
-    the event store and ``bus.troubleshooting`` the troubleshooting queue.
+    (``DATABASE_URL``, else the embedded server), at :meth:`open` and nowhere
+    else; an embedded server this bus started is left at :meth:`close`. Every
+    method takes an optional ``conn=`` (the caller's connection and transaction).
+    The queries (``get_command``, ``list_commands``, ``command_history``,
+    ``get_batch``) come from :class:`~commandbus.engine.commands.read.CommandReads`;
+    ``bus.events`` is the event store and ``bus.troubleshooting`` the
+    troubleshooting queue.
     """
 
     def __init__(
@@ -75,10 +78,9 @@ class CommandBus(CommandReads):
         max_connections: int = 10,
     ) -> None:
         self.config = config or Config.from_env()
-        self._url = url
-        self._own_pool = pool is None
-        self._pool: AsyncConnectionPool[Conn] | None = pool
-        self._pool_sizes = (min_connections, max_connections)
+        self._db = Database(
+            url, self.config, pool=pool, min_size=min_connections, max_size=max_connections
+        )
         self.queues = QueueRegistry()
         self._events: EventStore | None = None
         self._troubleshooting: TroubleshootingQueue | None = None
@@ -88,17 +90,16 @@ class CommandBus(CommandReads):
 
     @property
     def url(self) -> str:
-        if self._url is None:
-            from commandbus.engine.db.embedded import resolve_database_url
+        """The URL given (or ``DATABASE_URL``), else the embedded server's once open.
 
-            self._url = resolve_database_url(self.config)
-        return self._url
+        Reading it never starts anything (``RuntimeError`` before :meth:`open`
+        when there is no URL to read).
+        """
+        return self._db.url
 
     @property
     def pool(self) -> AsyncConnectionPool[Conn]:
-        if self._pool is None:
-            raise RuntimeError("CommandBus is not open: use 'async with' or await open()")
-        return self._pool
+        return self._db.pool
 
     @property
     def events(self) -> EventStore:
@@ -115,37 +116,27 @@ class CommandBus(CommandReads):
         return self._troubleshooting
 
     async def open(self) -> None:
-        """Check the database (reachable, migrated), then open the connection pool.
+        """Resolve the database, check it (reachable, migrated), open the connection pool.
 
-        Raises :class:`~commandbus.errors.DatabaseUnavailableError` when the server
-        cannot be reached and :class:`~commandbus.errors.SchemaNotReadyError` when
+        Without a URL (and ``DATABASE_URL``) the embedded server is started or
+        joined here (and left by :meth:`close`). Raises
+        :class:`~commandbus.errors.DatabaseUnavailableError` when the server cannot
+        be reached and :class:`~commandbus.errors.SchemaNotReadyError` when
         migrations are pending; migrations never run as a side effect.
         """
-        from commandbus.engine.db.embedded import connect
         from commandbus.migrations import ensure_schema_current
 
-        probe = await connect(self.url)
-        try:
-            await ensure_schema_current(probe)
-        finally:
-            await probe.close()
-        if self._pool is None:
-            self._pool = AsyncConnectionPool(
-                self.url,
-                min_size=self._pool_sizes[0],
-                max_size=self._pool_sizes[1],
-                kwargs={"autocommit": True},
-                open=False,
-            )
-        if self._own_pool:
-            await self._pool.open(wait=True, timeout=30)
+        async def check(conn: Conn) -> None:
+            with translated("checking the commandbus schema"):
+                await ensure_schema_current(conn)
+
+        await self._db.open(check)
 
     async def close(self) -> None:
-        if self._pool is not None and self._own_pool:
-            await self._pool.close()
-            self._pool = None
-            self._events = None
-            self._troubleshooting = None
+        """Close the pool this bus opened and leave an embedded server it started."""
+        await self._db.close()
+        self._events = None
+        self._troubleshooting = None
 
     async def __aenter__(self) -> Self:
         await self.open()

@@ -1,45 +1,196 @@
-"""Connections: use the caller's or borrow one, make a block atomic, come back when lost.
+"""Connections: open one, use the caller's or borrow one, make a block atomic, reconnect.
 
-The stores take a caller's connection or borrow one from a pool
-(:func:`borrow`), and make multi-statement work one unit without ever
-committing behind the caller (:func:`atomic`). The worker's and consumer's
-dedicated connections reconnect with tenacity backoff when the server restarts
-or a backend is terminated (:class:`ResilientConnection`, :func:`retrying`),
-for up to ``retry_for`` seconds, or until a stop gives up on them.
+:func:`connect` is the one way a connection is opened (workers, the bus's schema
+check, migrations, the command line). :func:`database_error` is the one
+translation of a psycopg error into a :class:`~commandbus.errors.DatabaseError`,
+keyed on the exception's SQLSTATE (its class when it has none), never on its
+text; :func:`translated` applies it to a block. The stores take a caller's
+connection or borrow one from a pool (:func:`borrow`), and make multi-statement
+work one unit without ever committing behind the caller (:func:`atomic`). The
+worker's and consumer's dedicated connections reconnect with tenacity backoff
+when the server restarts or a backend is terminated (:class:`ResilientConnection`,
+:func:`retrying`), for up to ``retry_for`` seconds, or until a stop gives up on
+them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
-from typing import Any, LiteralString, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
+from typing import Any, Final, LiteralString, TypeVar
 
 import psycopg
 import tenacity
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus.arguments import conn_arg
-from commandbus.errors import DatabaseUnavailableError
+from commandbus.errors import ConfigError, DatabaseError, DatabaseUnavailableError
 
 Conn = AsyncConnection[Any]
+
+#: Seconds to wait for a server to accept a connection before giving up.
+CONNECT_TIMEOUT_SECONDS = 10
+
+# -- the one translation --------------------------------------------------------------------
+
+# SQLSTATEs (a two-character entry is a whole class) saying the server cannot be
+# used right now: connection exceptions, the server shutting down or not accepting
+# connections yet, a terminated backend, too many connections. A driver error with
+# no SQLSTATE that psycopg raises as OperationalError (refused, unknown host, lost
+# in the middle of a statement, closed) means the same.
+_UNAVAILABLE: Final = ("08", "57P01", "57P02", "57P03", "57P04", "57P05", "53300")
+# Worth running again (on the same or a fresh connection): the above, and
+# serialization failures and deadlocks, lock and statement timeouts, a server short
+# of resources, system errors.
+_TRANSIENT: Final = (*_UNAVAILABLE, "40", "53", "55P03", "57014", "58")
+
+
+def _matches(exc: BaseException, states: tuple[str, ...]) -> bool:
+    if isinstance(exc, DatabaseUnavailableError):
+        return True
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is None:
+        return isinstance(exc, psycopg.OperationalError)
+    return any(state.startswith(s) if len(s) == 2 else state == s for s in states)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The server cannot be reached or the connection is gone (by SQLSTATE or class)."""
+    return _matches(exc, _UNAVAILABLE)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Running the same work again may succeed (lost connections included)."""
+    return _matches(exc, _TRANSIENT)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (driver errors span several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def database_error(
+    exc: psycopg.Error,
+    doing: str,
+    *,
+    other: type[DatabaseError] = DatabaseError,
+    hint: str = "",
+) -> DatabaseError:
+    """THE translation of a psycopg error met while ``doing`` something.
+
+    A lost connection or an unreachable server (see :func:`is_unavailable`) is a
+    :class:`DatabaseUnavailableError` (retryable); anything else is ``other``. The
+    message is one line, ``<doing>: <the driver's first line> (SQLSTATE ...)``,
+    and ``details`` carry the SQLSTATE. Raise it ``from exc``.
+    """
+    cls: type[DatabaseError] = DatabaseUnavailableError if is_unavailable(exc) else other
+    state = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
+    return cls(
+        f"{doing}: {first_line(exc)}{state}{f' ({hint})' if hint else ''}",
+        details={"sqlstate": exc.sqlstate},
+    )
+
+
+@contextmanager
+def translated(
+    doing: str, *, other: type[DatabaseError] | None = None, hint: str = ""
+) -> Iterator[None]:
+    """Raise a psycopg error of the block as :func:`database_error` says.
+
+    Without ``other`` only a lost connection is translated: any other error (say,
+    raised by a trigger on the caller's own tables) comes through as the psycopg
+    error it is. Works around awaits too (``with translated(...):`` in a coroutine).
+    """
+    try:
+        yield
+    except psycopg.Error as exc:
+        if other is None and not is_unavailable(exc):
+            raise
+        raise database_error(exc, doing, other=other or DatabaseError, hint=hint) from exc
+
+
+# -- connecting -----------------------------------------------------------------------------
+
+
+def describe_url(url: str) -> str:
+    """``user@host:port/dbname`` for messages: never the password."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "<invalid connection string>"
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    port = params.get("port") or "5432"
+    user = params.get("user")
+    dbname = params.get("dbname") or user or "(default database)"
+    return f"{f'{user}@' if user else ''}{host}:{port}/{dbname}"
+
+
+async def connect(url: str, *, autocommit: bool = True, prepare_threshold: int | None = 5) -> Conn:
+    """Open a connection (autocommit unless told otherwise): the one way commandbus does.
+
+    A malformed ``url`` is a :class:`ConfigError`; a server that cannot be reached
+    is a :class:`DatabaseUnavailableError` naming it without its password.
+    ``prepare_threshold=0`` prepares statements on first use. Without a
+    ``connect_timeout`` in ``url``, giving up takes
+    :data:`CONNECT_TIMEOUT_SECONDS`.
+    """
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(
+            f"DATABASE_URL is not a valid PostgreSQL connection string: {first_line(exc)}"
+        ) from None
+    kwargs: dict[str, Any] = {}
+    if "connect_timeout" not in params:
+        kwargs["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+    with translated(
+        f"cannot connect to PostgreSQL at {describe_url(url)}",
+        other=DatabaseUnavailableError,
+        hint="check DATABASE_URL and that the server is running",
+    ):
+        return await psycopg.AsyncConnection.connect(
+            url, autocommit=autocommit, prepare_threshold=prepare_threshold, **kwargs
+        )
+
+
+async def check_connection(url: str) -> None:
+    """Connect and run ``SELECT 1``; raise :class:`DatabaseUnavailableError` if that fails."""
+    conn = await connect(url)
+    try:
+        with translated(
+            f"PostgreSQL at {describe_url(url)} failed a test query", other=DatabaseUnavailableError
+        ):
+            await conn.execute("SELECT 1")
+    finally:
+        await conn.close()
+
+
+# -- the caller's connection, or a pooled one -------------------------------------------------
 
 
 @asynccontextmanager
 async def borrow(pool: AsyncConnectionPool[Conn], conn: Conn | None) -> AsyncIterator[Conn]:
-    """Yield ``conn`` if given (the caller's transaction), else a pooled connection."""
+    """Yield ``conn`` if given (the caller's transaction), else a pooled connection.
+
+    A connection lost in the block is a :class:`DatabaseUnavailableError`; other
+    driver errors come through as they are (see :func:`translated`).
+    """
     if conn is not None:
         conn_arg(conn)
-        yield conn
-        return
-    try:
+    with translated("database unavailable"):
+        if conn is not None:
+            yield conn
+            return
         async with pool.connection() as c:
             yield c
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailableError(f"database unavailable: {exc}") from exc
 
 
 @asynccontextmanager
@@ -78,8 +229,11 @@ async def retrying(
     what: str,
     give_up: asyncio.Event | None = None,
 ) -> T:
-    """``await fn()``, retried on lost connections with exponential backoff.
+    """``await fn()``, retried with exponential backoff while its errors are transient.
 
+    Lost connections, deadlocks and the like (:func:`is_transient`) are retried;
+    a lost connection still failing after ``retry_for`` is a
+    :class:`DatabaseUnavailableError`; any other error comes through at once.
     Setting ``give_up`` (a worker's stop request) ends the waiting at once: the
     next failure is final instead of being retried for up to ``retry_for``.
     """
@@ -95,7 +249,7 @@ async def retrying(
 
     try:
         async for attempt in tenacity.AsyncRetrying(
-            retry=tenacity.retry_if_exception_type(psycopg.OperationalError),
+            retry=tenacity.retry_if_exception(is_transient),
             wait=tenacity.wait_exponential(multiplier=0.1, max=5),
             stop=stop,
             sleep=sleep,
@@ -103,16 +257,11 @@ async def retrying(
         ):
             with attempt:
                 return await fn()
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailableError(f"{what}: database lost: {exc}") from exc
+    except psycopg.Error as exc:
+        if not is_unavailable(exc):
+            raise
+        raise database_error(exc, f"{what}: database lost") from exc
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def connect(url: str, *, prepare_threshold: int | None = 5) -> Conn:
-    """An autocommit connection (``prepare_threshold=0``: prepare on first use)."""
-    return await psycopg.AsyncConnection.connect(
-        url, autocommit=True, prepare_threshold=prepare_threshold
-    )
 
 
 class ResilientConnection:

