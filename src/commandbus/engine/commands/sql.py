@@ -253,9 +253,8 @@ TRANSITION_QUEUE: Final[LiteralString] = """, {deleted} AS (
 )"""
 
 # The messages of one domain queue that the recorded transitions archive.
-TRANSITION_ARCHIVED: Final[LiteralString] = (
-    "ARRAY(SELECT ok.msg_id FROM ok WHERE ok.queue_op = 'archive' AND ok.domain = {domain})"
-)
+TRANSITION_ARCHIVED: Final[LiteralString] = """ARRAY(
+        SELECT ok.msg_id FROM ok WHERE ok.queue_op = 'archive' AND ok.domain = {domain})"""
 
 # Replies into one reply queue.
 TRANSITION_REPLY: Final[LiteralString] = """, {cte} AS (

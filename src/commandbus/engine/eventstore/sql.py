@@ -25,8 +25,7 @@ from typing import Final, LiteralString
 # at all unless every stream passed, and the caller rolls back the version bumps of
 # the others (its savepoint). "= ANY (ARRAY(...))" keeps the bump to primary-key
 # probes whatever the table statistics say (a hash join would scan the stream table).
-_APPEND_STREAMS: Final[LiteralString] = """
-created AS (
+_APPEND_STREAMS: Final[LiteralString] = """ created AS (
     INSERT INTO commandbus.stream (stream_id, stream_type, version)
     SELECT stream_id, stream_type, new_version FROM st WHERE expected = 0
     ON CONFLICT (stream_id) DO NOTHING
