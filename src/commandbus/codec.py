@@ -16,7 +16,6 @@ from uuid import UUID
 import cattrs
 
 from commandbus.errors import PayloadError, PayloadTooLargeError
-from commandbus.models import Command
 
 T = TypeVar("T")
 
@@ -27,41 +26,6 @@ converter.register_unstructure_hook(datetime, lambda d: d.isoformat())
 converter.register_structure_hook(
     datetime, lambda v, _t: v if isinstance(v, datetime) else datetime.fromisoformat(v)
 )
-
-
-def _opt_uuid(value: Any) -> UUID | None:
-    return None if value is None else UUID(value)
-
-
-def _structure_command(value: Any, _cls: Any) -> Command:
-    """``(domain, queue message)`` as a Command. The worker's hot path, so written
-    out by hand rather than generated, and given the message as it came."""
-    domain, message = value
-    if not isinstance(message, dict):
-        raise TypeError(f"message is a {type(message).__name__}, not an object")
-    data = message.get("data")
-    if not isinstance(data, dict):
-        raise TypeError("message has no 'data' object")
-    return Command(
-        domain=domain,
-        command_id=UUID(message["command_id"]),
-        command_type=str(message["command_type"]),
-        data=data,
-        correlation_id=UUID(message["correlation_id"]),
-        causation_id=_opt_uuid(message.get("causation_id")),
-        reply_to=message.get("reply_to"),
-        saga_id=_opt_uuid(message.get("saga_id")),
-        batch_id=_opt_uuid(message.get("batch_id")),
-        max_attempts=int(message.get("max_attempts") or 1),
-    )
-
-
-converter.register_structure_hook(Command, _structure_command)
-
-
-def command_from_message(domain: str, message: Any) -> Command:
-    """The command a queue message carries; raises KeyError/TypeError/ValueError if bad."""
-    return converter.structure((domain, message), Command)
 
 
 # an escaped NUL (\u0000) that is not itself an escaped backslash followed by "u0000"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -51,6 +52,8 @@ class Command:
     saga_id: UUID | None = None
     batch_id: UUID | None = None
     max_attempts: int = 3
+    #: the sender's W3C trace context (``traceparent``...), from the message headers
+    trace_context: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen(kw_only=True)

@@ -7,7 +7,8 @@ from uuid import uuid4
 import pytest
 
 from commandbus import CommandStatus, InvalidNameError, PayloadError, PayloadTooLargeError
-from commandbus.codec import command_from_message, dumps, dumps_limited
+from commandbus.codec import dumps, dumps_limited
+from commandbus.engine.commands.envelope import decode_command
 from commandbus.engine.commands.status import apply, patch_for, row_from_sent
 from commandbus.names import validate_command_type, validate_domain
 
@@ -31,7 +32,7 @@ def test_bad_command_types_are_refused(name: object) -> None:
 
 def test_a_message_decodes_into_a_command() -> None:
     cid, corr = uuid4(), uuid4()
-    cmd = command_from_message(
+    cmd = decode_command(
         "payments",
         {
             "command_id": str(cid),
@@ -52,7 +53,7 @@ def test_a_message_decodes_into_a_command() -> None:
 )
 def test_a_foreign_message_does_not_decode(message: object) -> None:
     with pytest.raises((KeyError, TypeError, ValueError)):
-        command_from_message("payments", message)
+        decode_command("payments", message)
 
 
 def test_dumps_refuses_what_jsonb_cannot_store() -> None:

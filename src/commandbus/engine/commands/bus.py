@@ -25,6 +25,7 @@ from commandbus.codec import dumps, dumps_limited
 from commandbus.config import Config
 from commandbus.engine.commands import replay
 from commandbus.engine.commands import store as command_store
+from commandbus.engine.commands.envelope import encode_command, encode_headers
 from commandbus.engine.commands.read import CommandReads
 from commandbus.engine.commands.store import OutgoingCommand
 from commandbus.engine.commands.troubleshooting import TroubleshootingQueue
@@ -46,12 +47,6 @@ from commandbus.results import Failure, Result, Success
 
 class _Rollback(Exception):
     """Raised inside a transaction block to undo it."""
-
-
-def _embed(envelope: dict[str, Any], data_json: str) -> str:
-    """``envelope`` as JSON with ``"data": <data_json>`` added (data serialised once)."""
-    head = dumps(envelope)
-    return head[:-1] + ',"data":' + data_json + "}"
 
 
 class CommandBus(CommandReads):
@@ -221,18 +216,16 @@ class CommandBus(CommandReads):
         caus = opt_uuid_arg(causation_id, "causation_id")
         saga = opt_uuid_arg(saga_id, "saga_id")
         data_json = dumps_limited(dict(payload), self.config.max_payload_bytes, what="command data")
-        message = _embed(
-            {
-                "command_id": str(cid),
-                "command_type": ctype,
-                "correlation_id": str(corr),
-                "causation_id": None if caus is None else str(caus),
-                "reply_to": reply,
-                "saga_id": None if saga is None else str(saga),
-                "batch_id": None if batch_id is None else str(batch_id),
-                "max_attempts": attempts,
-            },
-            data_json,
+        message = encode_command(
+            command_id=cid,
+            command_type=ctype,
+            correlation_id=corr,
+            causation_id=caus,
+            reply_to=reply,
+            saga_id=saga,
+            batch_id=batch_id,
+            max_attempts=attempts,
+            data_json=data_json,
         )
         return OutgoingCommand(
             domain=dom,
@@ -245,7 +238,7 @@ class CommandBus(CommandReads):
             max_attempts=attempts,
             delay_seconds=delay_s,
             message=message,
-            headers=dumps(trace) if trace else "{}",
+            headers=encode_headers(trace),
             metadata=dumps({"trace": trace}) if trace else "{}",
         )
 

@@ -1,16 +1,115 @@
-"""What a worker sends back: the reply a command's ``reply_to`` queue receives.
+"""The wire format: what a command's queue message and a reply look like.
 
-The reply is the contract between workers and whoever waits on a command (a
-saga coordinator): command id, domain, type, correlation, saga and batch ids,
-``outcome`` (``SUCCESS``, ``FAILED`` or ``CANCELLED``), the result and the error.
+This module is the ONE definition of both. A command's message is a JSON object
+with the keys of :data:`COMMAND_KEYS` plus ``data`` (its payload, serialised once);
+its PGMQ headers carry the sender's W3C trace context. ``CommandSent`` records
+the same keys (plus ``domain``, ``delay_seconds`` and ``msg_id``), so an operator
+retry rebuilds the message from the event. A reply is the object
+:func:`reply_for` builds, sent to the command's ``reply_to`` queue with the
+command's trace context as headers. ``tests/golden/`` pins both formats.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
+from uuid import UUID
 
+from commandbus.codec import dumps
 from commandbus.engine.commands.store import Reply
 from commandbus.models import Command, ErrorInfo
+
+#: The keys of a command's queue message besides ``data``, in order.
+COMMAND_KEYS: Final = (
+    "command_id",
+    "command_type",
+    "correlation_id",
+    "causation_id",
+    "reply_to",
+    "saga_id",
+    "batch_id",
+    "max_attempts",
+)
+#: The trace-context headers a message carries (W3C Trace Context and Baggage).
+TRACE_KEYS: Final = ("traceparent", "tracestate", "baggage")
+
+
+def _text(u: UUID | None) -> str | None:
+    return None if u is None else str(u)
+
+
+def encode_command(
+    *,
+    command_id: UUID,
+    command_type: str,
+    correlation_id: UUID,
+    causation_id: UUID | None,
+    reply_to: str | None,
+    saga_id: UUID | None,
+    batch_id: UUID | None,
+    max_attempts: int,
+    data_json: str,
+) -> str:
+    """A command's queue message, with ``data_json`` (already serialised) as its data."""
+    head = dumps(
+        {
+            "command_id": str(command_id),
+            "command_type": command_type,
+            "correlation_id": str(correlation_id),
+            "causation_id": _text(causation_id),
+            "reply_to": reply_to,
+            "saga_id": _text(saga_id),
+            "batch_id": _text(batch_id),
+            "max_attempts": max_attempts,
+        }
+    )
+    return head[:-1] + ',"data":' + data_json + "}"
+
+
+def message_from_sent(sent: Mapping[str, Any]) -> str:
+    """A command's queue message rebuilt from its ``CommandSent`` event's data."""
+    return dumps({**{k: sent.get(k) for k in COMMAND_KEYS}, "data": sent["data"]})
+
+
+def encode_headers(trace: Mapping[str, str]) -> str:
+    """The PGMQ headers of a message: the trace context (``{}`` when not traced)."""
+    return dumps(dict(trace)) if trace else "{}"
+
+
+def trace_context(headers: Any) -> dict[str, str]:
+    """The trace context in a message's headers (anything else is ignored)."""
+    if not isinstance(headers, Mapping):
+        return {}
+    return {k: v for k in TRACE_KEYS if isinstance(v := headers.get(k), str)}
+
+
+def _opt_uuid(value: Any) -> UUID | None:
+    return None if value is None else UUID(value)
+
+
+def decode_command(domain: str, message: Any, headers: Any = None) -> Command:
+    """The command a queue message carries; raises KeyError/TypeError/ValueError if bad.
+
+    The worker's hot path, so written out by hand and given the message as read.
+    """
+    if not isinstance(message, dict):
+        raise TypeError(f"message is a {type(message).__name__}, not an object")
+    data = message.get("data")
+    if not isinstance(data, dict):
+        raise TypeError("message has no 'data' object")
+    return Command(
+        domain=domain,
+        command_id=UUID(message["command_id"]),
+        command_type=str(message["command_type"]),
+        data=data,
+        correlation_id=UUID(message["correlation_id"]),
+        causation_id=_opt_uuid(message.get("causation_id")),
+        reply_to=message.get("reply_to"),
+        saga_id=_opt_uuid(message.get("saga_id")),
+        batch_id=_opt_uuid(message.get("batch_id")),
+        max_attempts=int(message.get("max_attempts") or 1),
+        trace_context=trace_context(headers) if headers else {},
+    )
 
 
 def reply_for(
@@ -29,4 +128,4 @@ def reply_for(
         "result": result,
         "error": None if error is None else error.as_dict(),
     }
-    return Reply(queue=command.reply_to, message=body, headers={})
+    return Reply(queue=command.reply_to, message=body, headers=dict(command.trace_context))

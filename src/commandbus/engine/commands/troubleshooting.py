@@ -24,7 +24,12 @@ from commandbus import event_types as ev
 from commandbus.arguments import opt_text_arg, uuid_arg
 from commandbus.codec import dumps
 from commandbus.engine.commands import store as command_store
-from commandbus.engine.commands.envelope import reply_for
+from commandbus.engine.commands.envelope import (
+    encode_headers,
+    message_from_sent,
+    reply_for,
+    trace_context,
+)
 from commandbus.engine.commands.read import (
     CommandFilter,
     fetch_command,
@@ -40,9 +45,6 @@ from commandbus.engine.queues.tables import with_queue
 from commandbus.errors import CommandNotFoundError, InvalidStateError, ValidationError
 from commandbus.models import Command, CommandRecord, CommandStatus, NewEvent, Page
 from commandbus.names import command_stream_id, validate_domain
-
-# Keys CommandSent adds to the queue message it was sent with.
-_EVENT_ONLY_KEYS = ("domain", "delay_seconds", "msg_id")
 
 _IN_TSQ = CommandStatus.IN_TROUBLESHOOTING_QUEUE
 
@@ -64,7 +66,7 @@ async def _in_tsq(conn: Conn, domain: str, command_id: UUID, action: str) -> Com
     return record
 
 
-def _command_of(record: CommandRecord, sent: dict[str, Any]) -> Command:
+def _command_of(record: CommandRecord, sent: dict[str, Any], trace: dict[str, str]) -> Command:
     return Command(
         domain=record.domain,
         command_id=record.command_id,
@@ -75,6 +77,7 @@ def _command_of(record: CommandRecord, sent: dict[str, Any]) -> Command:
         saga_id=record.saga_id,
         batch_id=record.batch_id,
         max_attempts=record.max_attempts,
+        trace_context=trace,
     )
 
 
@@ -144,11 +147,10 @@ class TroubleshootingQueue:
         operator = opt_text_arg(operator, "operator", empty=True)
         async with borrow(self._pool, conn) as c, atomic(c):
             record = await _in_tsq(c, domain, cid, "retry")
-            sent = await self._sent_event(c, domain, cid)
-            message = {k: v for k, v in sent.items() if k not in _EVENT_ONLY_KEYS}
+            sent, trace = await self._sent_event(c, domain, cid)
             cur = await c.execute(
                 with_queue(queue_sql.SEND_MESSAGE, domain),
-                {"message": dumps(message), "headers": "{}"},
+                {"message": message_from_sent(sent), "headers": encode_headers(trace)},
             )
             row = await cur.fetchone()
             assert row is not None
@@ -237,7 +239,7 @@ class TroubleshootingQueue:
         """Record an operator's final word on a TSQ command, with its reply if any."""
         async with borrow(self._pool, conn) as c, atomic(c):
             record = await _in_tsq(c, domain, command_id, action)
-            sent = await self._sent_event(c, domain, command_id)
+            sent, trace = await self._sent_event(c, domain, command_id)
             await _record(
                 c,
                 Transition(
@@ -245,14 +247,17 @@ class TroubleshootingQueue:
                     command_id=command_id,
                     expected_version=record.version,
                     events=[_event(record, event_type, data)],
-                    reply=reply_for(_command_of(record, sent), outcome, result=result),
+                    reply=reply_for(_command_of(record, sent, trace), outcome, result=result),
                 ),
                 action,
             )
 
-    async def _sent_event(self, conn: Conn, domain: str, command_id: UUID) -> dict[str, Any]:
+    async def _sent_event(
+        self, conn: Conn, domain: str, command_id: UUID
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """A command's ``CommandSent`` data and the trace context it was sent with."""
         events = await self._events.read_stream(command_stream_id(domain, command_id), conn=conn)
         for e in events:
             if e.event_type == ev.COMMAND_SENT:
-                return e.data
+                return e.data, trace_context(e.metadata.get("trace"))
         raise CommandNotFoundError(f"command {command_id} has no {ev.COMMAND_SENT} event")

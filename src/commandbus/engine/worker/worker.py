@@ -22,9 +22,10 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus import event_types as ev
-from commandbus.codec import command_from_message, dumps
+from commandbus.codec import dumps
 from commandbus.config import Config
 from commandbus.engine.commands import store as command_store
+from commandbus.engine.commands.envelope import decode_command
 from commandbus.engine.commands.store import ReadMessage
 from commandbus.engine.db.connect import Conn, ResilientConnection
 from commandbus.engine.eventstore import store as event_store
@@ -261,7 +262,7 @@ class Worker:
     async def handle(self, msg: ReadMessage) -> Decision | None:
         """Run one delivery; its decision to record in a group, or ``None`` if done."""
         try:
-            command = command_from_message(self.domain, msg.message)
+            command = decode_command(self.domain, msg.message, msg.headers)
         except (KeyError, TypeError, ValueError) as exc:
             await self._quarantine(msg, f"undecodable message: {exc!r}")
             return None
