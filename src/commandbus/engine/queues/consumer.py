@@ -31,7 +31,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Generic, Protocol, TypeVar
 
@@ -39,21 +39,21 @@ import attrs
 import psycopg
 
 from commandbus.engine.db.connect import Conn, ResilientConnection, connect, retrying
-from commandbus.errors import CommandBusError, DatabaseUnavailableError, ValidationError
+from commandbus.engine.queues.stopping import (
+    DEFAULT_GRACE,
+    FINAL_SECONDS,
+    end_tasks,
+    seconds,
+)
+from commandbus.errors import CommandBusError, DatabaseUnavailableError
 
 log = logging.getLogger("commandbus.consumer")
 T = TypeVar("T")
 
-#: seconds running handlers get when a stop names no timeout
-DEFAULT_GRACE = 30.0
-#: seconds a stop may take past its grace to record what finished and hand back the rest
-FINAL_SECONDS = 1.0
 #: Suspects (messages an earlier delivery of which ended without an outcome, e.g.
 #: because their handler crashed the process) run one at a time; the others read
 #: meanwhile are handed back, unread, for this long.
 POSTPONE_SECONDS = 0.25
-#: seconds a cancelled task gets before the connections it may be stuck on are closed
-STUCK_SECONDS = 0.25
 #: Senders notify at most once per queue per throttle interval (2 ms unless set
 #: otherwise; decided at their commit), so a message committed just after
 #: another's NOTIFY may have none of its own: a read that a NOTIFY woke is
@@ -98,22 +98,6 @@ class ConsumerApp(Protocol[M, O]):
 
     async def postpone(self, conn: Conn, msg_ids: list[int], seconds: float) -> None:
         """Hand messages back unread, visible again in ``seconds``."""
-
-
-def seconds(value: timedelta | float, name: str) -> float:
-    """A non-negative, finite duration in seconds from a timedelta or a number."""
-    if isinstance(value, timedelta):
-        result = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            result = float(value)
-        except OverflowError:
-            raise ValidationError(f"{name} is too large, got {value!r:.40}") from None
-    else:
-        raise ValidationError(f"{name} must be a timedelta or a number of seconds, got {value!r}")
-    if not result >= 0 or result == float("inf"):
-        raise ValidationError(f"{name} must be a finite duration >= 0, got {value!r}")
-    return result
 
 
 @attrs.define
@@ -296,10 +280,10 @@ class QueueConsumer(Generic[M, O]):
             try:
                 # 1. nothing new is read; reconnect attempts have given up (a
                 #    statement hung on a silent server is cut off with its connection)
-                await self._end(self._tasks, "reader", self._reader_connections())
+                await end_tasks(self._tasks, f"{self.name} reader", self._reader_connections())
                 # 2. running handlers get until the deadline
                 await self._until_deadline(lambda: [t for t in self._runners if not t.done()])
-                await self._end(self._runners, "handler", ())
+                await end_tasks(self._runners, f"{self.name} handler", ())
                 # 3. flushers record what finished, then end on their sentinel
                 for _ in self._flush_tasks:
                     self._outcomes.put_nowait(None)
@@ -312,7 +296,7 @@ class QueueConsumer(Generic[M, O]):
                             self.name,
                             self._outcomes.qsize(),
                         )
-                    await self._end(late, "flusher", self._flushers)
+                    await end_tasks(late, f"{self.name} flusher", self._flushers)
                 for task in self._flush_tasks:
                     if task.done() and not task.cancelled() and task.exception() is not None:
                         log.error("%s: flusher failed: %r", self.name, task.exception())
@@ -326,56 +310,6 @@ class QueueConsumer(Generic[M, O]):
         if self._listen_conn is not None:
             held.append(self._listen_conn)
         return held
-
-    async def _end(
-        self,
-        tasks: Iterable[asyncio.Task[None]],
-        what: str,
-        connections: Iterable[ResilientConnection | Conn],
-    ) -> None:
-        """Cancel ``tasks`` and wait for them, at most about two seconds.
-
-        A task stuck in a statement on a server that stopped answering (psycopg
-        waits for its cancel request to time out) is cancelled once more, then
-        freed by closing the connections it may be using; one that still does not
-        end is abandoned.
-        """
-        tasks = list(tasks)
-        try:
-            await self._end_tasks(tasks, what, connections)
-        finally:
-            for task in tasks:  # what they died of was logged, or is a stop's doing
-                if task.done() and not task.cancelled():
-                    task.exception()
-
-    async def _end_tasks(
-        self,
-        tasks: list[asyncio.Task[None]],
-        what: str,
-        connections: Iterable[ResilientConnection | Conn],
-    ) -> None:
-        late = [t for t in tasks if not t.done()]
-        for task in late:
-            task.cancel()
-        if not late:
-            return
-        _, stuck = await asyncio.wait(late, timeout=STUCK_SECONDS)
-        if stuck:
-            # psycopg answers a cancelled statement by asking the server to cancel
-            # it and waiting (5 s each); a second cancellation makes it give up
-            # and close the connection
-            for task in stuck:
-                task.cancel()
-            _, stuck = await asyncio.wait(stuck, timeout=STUCK_SECONDS)
-        if stuck:
-            for held in connections:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(FINAL_SECONDS):
-                        await held.close()
-            _, stuck = await asyncio.wait(stuck, timeout=FINAL_SECONDS)
-        for task in stuck:
-            name = task.get_name()
-            log.error("%s: %s task %s does not end; abandoning it", self.name, what, name)
 
     async def _until_deadline(self, pending: Callable[[], list[asyncio.Task[None]]]) -> None:
         """Wait for ``pending()`` tasks to end, until the (shrinkable) stop deadline."""

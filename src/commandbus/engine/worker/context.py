@@ -9,7 +9,7 @@ from uuid import UUID
 from commandbus.config import MAX_VISIBILITY_TIMEOUT
 from commandbus.engine.commands import store as command_store
 from commandbus.engine.db.connect import Conn
-from commandbus.engine.queues.consumer import seconds as _seconds
+from commandbus.engine.queues.stopping import seconds as _seconds
 from commandbus.errors import ValidationError
 from commandbus.models import Command
 

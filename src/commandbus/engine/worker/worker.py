@@ -32,7 +32,8 @@ from commandbus.engine.eventstore import store as event_store
 from commandbus.engine.eventstore.store import StreamAppend
 from commandbus.engine.observability.logging import command_id_var, correlation_id_var
 from commandbus.engine.queues import sql as queue_sql
-from commandbus.engine.queues.consumer import DEFAULT_GRACE, FINAL_SECONDS, QueueConsumer
+from commandbus.engine.queues.consumer import QueueConsumer
+from commandbus.engine.queues.stopping import DEFAULT_GRACE, FINAL_SECONDS
 from commandbus.engine.queues.tables import QueueRegistry, wakeup_channel, with_queue
 from commandbus.engine.worker.context import HandlerContext
 from commandbus.engine.worker.outcomes import Decision, Outcome, OutcomeBuilder
