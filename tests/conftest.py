@@ -25,7 +25,7 @@ from psycopg.conninfo import conninfo_to_dict
 from commandbus import CommandBus
 from commandbus.engine.db.embedded import EmbeddedServer, stop_embedded
 from commandbus.migrations import migrate
-from helpers import with_dbname
+from support import with_dbname
 
 _RUN_ID = f"cbtest_{os.getpid()}_{secrets.token_hex(3)}"
 _counter = itertools.count(1)
@@ -125,7 +125,7 @@ def embedded_dir() -> Iterator[Path]:
 @pytest.fixture
 async def bus(dsn: str) -> AsyncIterator[CommandBus]:
     """An open CommandBus on ``dsn`` with short backoff and poll settings."""
-    from engine_fixtures import FAST
+    from support import FAST
 
     async with CommandBus(dsn, config=FAST) as b:
         yield b

@@ -30,7 +30,7 @@ from commandbus import (
     ValidationError,
     Worker,
 )
-from engine_fixtures import FAST, RunningWorker, counts, fetch, scalar, wait_for
+from support import FAST, counts, fetch, scalar, wait_for
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -122,7 +122,7 @@ async def test_troubleshooting_actions_take_text_ids(dsn: str, bus: CommandBus) 
     async def charge(cmd: Command, ctx: HandlerContext) -> None:
         raise PermanentCommandError("no")
 
-    async with RunningWorker(Worker(dsn, reg, domain="payments", config=FAST)):
+    async with Worker(dsn, reg, domain="payments", config=FAST):
 
         async def in_tsq() -> bool:
             r = await bus.get_command("payments", u)
@@ -222,7 +222,7 @@ async def test_library_streams_cannot_be_appended_to_publicly(
     async def charge(cmd: Command, ctx: HandlerContext) -> str:
         return "ok"
 
-    async with RunningWorker(Worker(dsn, reg, domain="payments", config=FAST)):
+    async with Worker(dsn, reg, domain="payments", config=FAST):
 
         async def done() -> bool:
             r = await bus.get_command("payments", sent.command_id)

@@ -27,8 +27,7 @@ from commandbus import (
     ValidationError,
 )
 from conftest import create_database, drop_database
-from engine_fixtures import FAST, scalar
-from helpers import with_dbname
+from support import FAST, scalar, with_dbname
 
 Conn = psycopg.AsyncConnection[Any]
 Call = Callable[[CommandBus], Awaitable[Any]]

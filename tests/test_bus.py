@@ -25,7 +25,7 @@ from commandbus import (
     Success,
     ValidationError,
 )
-from engine_fixtures import assert_streams_contiguous, counts, fetch, scalar
+from support import assert_streams_contiguous, counts, fetch, scalar
 
 Conn = psycopg.AsyncConnection[Any]
 

@@ -28,7 +28,7 @@ from commandbus import (
     StreamAppend,
     Success,
 )
-from engine_fixtures import scalar
+from support import scalar
 
 Conn = psycopg.AsyncConnection[Any]
 Op = Callable[[CommandBus, Conn], Awaitable[None]]

@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 from commandbus.cli.main import cli
 from commandbus.engine.db.embedded import embedded_status
 from commandbus.migrations import available_migrations
-from helpers import run_cli
+from support import run_cli
 
 NAMES = [m.name for m in available_migrations()]
 

@@ -25,7 +25,7 @@ from commandbus.config import (
     Config,
 )
 from commandbus.errors import ConfigError
-from engine_fixtures import RunningWorker, wait_for
+from support import wait_for
 
 
 def test_defaults_from_an_empty_environment() -> None:
@@ -218,7 +218,7 @@ async def test_the_largest_accepted_values_work_against_postgresql(dsn: str) -> 
             found = await bus.get_command("bounds", sent.command_id)
             return found is not None and found.status is CommandStatus.RETRY_SCHEDULED
 
-        async with RunningWorker(Worker(dsn, registry, domain="bounds", config=config)):
+        async with Worker(dsn, registry, domain="bounds", config=config):
             await wait_for(rescheduled, timeout=30)
         history = await bus.command_history("bounds", sent.command_id)
         retry = history[-1]

@@ -23,7 +23,7 @@ from commandbus.engine.db.embedded import (
     stop_embedded,
 )
 from commandbus.errors import ConfigError, DatabaseUnavailableError, EmbeddedDatabaseError
-from helpers import run_cli, with_dbname
+from support import run_cli, with_dbname
 
 UNREACHABLE = "postgresql://carol:s3cret-pw@127.0.0.1:1/ledger"
 

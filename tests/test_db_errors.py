@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from commandbus import CommandBus, DatabaseUnavailableError, MigrationError
 from commandbus.migrations import Migration, migrate
-from engine_fixtures import FAST
+from support import FAST
 
 Conn = psycopg.AsyncConnection[Any]
 

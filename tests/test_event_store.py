@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from commandbus import CommandBus, ConcurrencyError, NewEvent, StreamAppend
-from engine_fixtures import assert_streams_contiguous, scalar
+from support import assert_streams_contiguous, scalar
 
 Conn = psycopg.AsyncConnection[Any]
 

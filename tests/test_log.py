@@ -20,7 +20,7 @@ from commandbus import (
     Worker,
 )
 from commandbus.engine.observability.logging import CorrelationFilter
-from engine_fixtures import FAST, RunningWorker, wait_for
+from support import FAST, wait_for
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ async def _run_one_logging_handler(dsn: str, bus: CommandBus, logger_name: str) 
         app_log.warning("charging %s", cmd.data["n"])
 
     sent = (await bus.send("payments", "Charge", {"n": 7})).unwrap()
-    async with RunningWorker(Worker(dsn, reg, domain="payments", config=FAST)):
+    async with Worker(dsn, reg, domain="payments", config=FAST):
         await wait_for(lambda: _completed(bus, sent.command_id), timeout=30)
     return sent
 

@@ -18,7 +18,7 @@ from commandbus import (
     PermanentCommandError,
     Worker,
 )
-from engine_fixtures import FAST, RunningWorker, wait_for
+from support import FAST, wait_for
 
 
 def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -47,7 +47,7 @@ async def test_list_retry_cancel_complete_from_the_shell(dsn: str, bus: CommandB
         raise PermanentCommandError("card declined", code="DECLINED")
 
     ids = [(await bus.send("payments", "Charge", {"n": i})).unwrap().command_id for i in range(3)]
-    async with RunningWorker(Worker(dsn, reg, domain="payments", config=FAST)):
+    async with Worker(dsn, reg, domain="payments", config=FAST):
 
         async def all_in_tsq() -> bool:
             return len((await bus.troubleshooting.list()).items) == 3

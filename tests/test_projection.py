@@ -20,7 +20,7 @@ from commandbus import (
     TransientCommandError,
     Worker,
 )
-from engine_fixtures import FAST, RunningWorker, assert_streams_contiguous, fetch, scalar, wait_for
+from support import FAST, assert_streams_contiguous, fetch, scalar, wait_for
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -51,7 +51,7 @@ async def mixed_workload(dsn: str, bus: CommandBus) -> None:
         ]
     )
     assert batch.ok
-    async with RunningWorker(Worker(dsn, reg, domain="payments", config=FAST, concurrency=4)):
+    async with Worker(dsn, reg, domain="payments", config=FAST, concurrency=4):
 
         async def settled() -> bool:
             open_ = await bus.list_commands(CommandFilter(domain="payments", status="PENDING"))
@@ -241,7 +241,7 @@ async def test_replace_live_rebuilds_under_concurrent_senders_lose_nothing(
         return None
 
     worker = Worker(dsn, reg, domain="payments", config=FAST, concurrency=8)
-    async with RunningWorker(worker):
+    async with worker:
 
         async def all_completed() -> bool:
             done = await bus.list_commands(
@@ -338,7 +338,7 @@ async def test_a_worker_runs_commands_whose_status_rows_are_missing(
     ids = [(await bus.send("payments", "Charge", {"n": n})).unwrap().command_id for n in range(4)]
     await conn.execute("DELETE FROM commandbus.command WHERE command_id = ANY(%s)", (ids[:3],))
     worker = Worker(dsn, reg, domain="payments", config=FAST)
-    async with RunningWorker(worker):
+    async with worker:
 
         async def all_completed() -> bool:
             n = await scalar(

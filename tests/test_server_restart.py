@@ -9,7 +9,7 @@ import pytest
 
 from commandbus import CommandBus, CommandRequest, CommandStatus, HandlerRegistry, Worker, migrate
 from commandbus.engine.db.embedded import start_embedded, stop_embedded
-from engine_fixtures import FAST, wait_for
+from support import FAST, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import psycopg
 from opentelemetry.sdk.trace import TracerProvider
 
 from commandbus import CommandBus, CommandRequest
-from engine_fixtures import fetch
+from support import fetch
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -45,7 +45,7 @@ async def test_the_trace_context_travels_to_the_handler_the_reply_and_an_operato
         PermanentCommandError,
         Worker,
     )
-    from engine_fixtures import FAST, wait_for
+    from support import FAST, wait_for
 
     reg = HandlerRegistry()
     seen: list[dict[str, str]] = []

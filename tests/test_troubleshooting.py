@@ -20,7 +20,7 @@ from commandbus import (
     PermanentCommandError,
     Worker,
 )
-from engine_fixtures import FAST, RunningWorker, fetch, wait_for
+from support import FAST, fetch, wait_for
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -44,7 +44,7 @@ def registry(outcomes: dict[str, Any]) -> HandlerRegistry:
 async def _to_tsq(dsn: str, bus: CommandBus, n: int, **send: Any) -> list[Any]:
     sent = [(await bus.send("payments", "Charge", {"n": i}, **send)).value for i in range(n)]
     sent.append((await bus.send("payments", "Refund", {"n": -1}, **send)).value)
-    async with RunningWorker(Worker(dsn, registry({}), domain="payments", config=FAST)):
+    async with Worker(dsn, registry({}), domain="payments", config=FAST):
 
         async def all_in_tsq() -> bool:
             return len((await bus.troubleshooting.list()).items) == n + 1
@@ -87,9 +87,7 @@ async def test_retry_requeues_with_fresh_attempts(dsn: str, bus: CommandBus, con
     assert msg["command_id"] == str(target.command_id) and msg["data"] == {"n": 0}
     assert msg["max_attempts"] == 2
 
-    async with RunningWorker(
-        Worker(dsn, registry({"fail": False}), domain="payments", config=FAST)
-    ):
+    async with Worker(dsn, registry({"fail": False}), domain="payments", config=FAST):
 
         async def done() -> bool:
             r = await bus.get_command("payments", target.command_id)

@@ -15,7 +15,7 @@ from commandbus import (
     PermanentCommandError,
     Worker,
 )
-from engine_fixtures import FAST, RunningWorker, wait_for
+from support import FAST, wait_for
 
 MESSAGES = [
     "a_c failed",
@@ -37,7 +37,7 @@ async def test_error_contains_is_literal_over_the_message(dsn: str, bus: Command
 
     for message in MESSAGES:
         assert (await bus.send("payments", "Charge", {"message": message})).ok
-    async with RunningWorker(Worker(dsn, reg, domain="payments", config=FAST)):
+    async with Worker(dsn, reg, domain="payments", config=FAST):
 
         async def all_in_tsq() -> bool:
             return len((await bus.troubleshooting.list()).items) == len(MESSAGES)

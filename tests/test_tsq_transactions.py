@@ -31,7 +31,7 @@ from commandbus import (
     ValidationError,
     Worker,
 )
-from engine_fixtures import FAST, scalar, wait_for
+from support import FAST, scalar, wait_for
 
 Conn = psycopg.AsyncConnection[Any]
 Action = Callable[[CommandBus, UUID, Conn], Awaitable[Any]]

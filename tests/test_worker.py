@@ -25,7 +25,7 @@ from commandbus import (
 )
 from commandbus.engine.commands import store as command_store
 from commandbus.errors import HandlerRegistrationError
-from engine_fixtures import FAST, RunningWorker, fetch, scalar, wait_for
+from support import FAST, fetch, scalar, wait_for
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -61,7 +61,7 @@ async def test_success_records_result_deletes_message_and_replies(
         return {"charged": cmd.data["amount"]}
 
     sent = (await bus.send("payments", "Charge", {"amount": 5}, reply_to="replies")).value
-    async with RunningWorker(make_worker(dsn, reg)):
+    async with make_worker(dsn, reg):
         await until_status(bus, sent.command_id, CommandStatus.COMPLETED)
     record = await bus.get_command("payments", sent.command_id)
     assert record is not None
@@ -86,7 +86,7 @@ async def test_archive_completed_keeps_the_message(dsn: str, bus: CommandBus, co
         return None
 
     sent = (await bus.send("payments", "Charge", {})).value
-    async with RunningWorker(make_worker(dsn, reg, archive_completed=True)):
+    async with make_worker(dsn, reg, archive_completed=True):
         await until_status(bus, sent.command_id, CommandStatus.COMPLETED)
     assert await scalar(conn, "SELECT count(*) FROM pgmq.q_payments") == 0
     assert await scalar(conn, "SELECT msg_id FROM pgmq.a_payments") == sent.msg_id
@@ -106,7 +106,7 @@ async def test_transient_failures_retry_with_the_configured_backoff(
         return "ok"
 
     sent = (await bus.send("payments", "Charge", {}, max_attempts=3)).value
-    async with RunningWorker(make_worker(dsn, reg)):
+    async with make_worker(dsn, reg):
         await until_status(bus, sent.command_id, CommandStatus.COMPLETED)
     assert calls == [1, 2, 3]
     history = await bus.command_history("payments", sent.command_id)
@@ -137,7 +137,7 @@ async def test_exhausted_attempts_land_in_the_tsq(dsn: str, bus: CommandBus, con
         raise ConnectionError("bank unreachable")
 
     sent = (await bus.send("payments", "Charge", {}, max_attempts=2)).value
-    async with RunningWorker(make_worker(dsn, reg)):
+    async with make_worker(dsn, reg):
         await until_status(bus, sent.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
     history = await bus.command_history("payments", sent.command_id)
     assert [e.event_type for e in history] == [
@@ -163,7 +163,7 @@ async def test_permanent_failure_goes_straight_to_the_tsq(dsn: str, bus: Command
         raise PermanentCommandError("card number invalid", code="BAD_CARD")
 
     sent = (await bus.send("payments", "Charge", {}, max_attempts=5)).value
-    async with RunningWorker(make_worker(dsn, reg)):
+    async with make_worker(dsn, reg):
         await until_status(bus, sent.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
     history = await bus.command_history("payments", sent.command_id)
     assert [e.event_type for e in history] == ["CommandSent", "CommandMovedToTroubleshootingQueue"]
@@ -181,7 +181,7 @@ async def test_business_rule_failure_is_final_without_tsq(
         raise BusinessRuleError("insufficient funds", code="NO_FUNDS")
 
     sent = (await bus.send("payments", "Charge", {}, reply_to="replies")).value
-    async with RunningWorker(make_worker(dsn, reg)):
+    async with make_worker(dsn, reg):
         await until_status(bus, sent.command_id, CommandStatus.FAILED)
     assert await event_types(bus, sent.command_id) == ["CommandSent", "CommandFailed"]
     assert (await bus.troubleshooting.list()).items == ()
@@ -197,7 +197,7 @@ async def test_unknown_command_type_goes_to_the_tsq(dsn: str, bus: CommandBus) -
         return None
 
     sent = (await bus.send("payments", "Refund", {})).value
-    async with RunningWorker(make_worker(dsn, reg)):
+    async with make_worker(dsn, reg):
         await until_status(bus, sent.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
     history = await bus.command_history("payments", sent.command_id)
     assert history[-1].data["reason"] == "unknown_command_type"
@@ -226,7 +226,7 @@ async def test_poison_messages_are_quarantined_and_the_worker_goes_on(
         )
     good = (await bus.send("payments", "Charge", {})).value
     worker = make_worker(dsn, reg)
-    async with RunningWorker(worker):
+    async with worker:
         await until_status(bus, good.command_id, CommandStatus.COMPLETED)
         await wait_for(lambda: _true_when(worker.stats.quarantined == 3))
     assert await scalar(conn, "SELECT count(*) FROM pgmq.a_payments") == 3
@@ -263,7 +263,7 @@ async def test_handler_transaction_commits_with_the_completion(
 
     ok = (await bus.send("payments", "Charge", {"amount": 7})).value
     bad = (await bus.send("payments", "Charge", {"amount": -1})).value
-    async with RunningWorker(make_worker(dsn, reg)):
+    async with make_worker(dsn, reg):
         await until_status(bus, ok.command_id, CommandStatus.COMPLETED)
         await until_status(bus, bad.command_id, CommandStatus.FAILED)
     rows = await fetch(conn, "SELECT command_id, amount FROM public.ledger")
@@ -308,7 +308,7 @@ async def test_a_losing_duplicate_delivery_rolls_back_its_handler_writes(
 
     sent = (await bus.send("payments", "Charge", {})).value
     worker = make_worker(dsn, reg)
-    async with RunningWorker(worker):
+    async with worker:
         await wait_for(lambda: _true_when(worker.stats.conflicts == 1))
     record = await bus.get_command("payments", sent.command_id)
     assert record is not None and record.result == "twin"
@@ -329,7 +329,7 @@ async def test_an_attempt_lost_to_a_crash_is_recorded(
     # a "worker" takes the message for one second and dies without an outcome
     taken = await command_store.read_batch(conn, "payments", qty=10, vt_seconds=1)
     assert [m.msg_id for m in taken] == [sent.msg_id]
-    async with RunningWorker(make_worker(dsn, reg)):
+    async with make_worker(dsn, reg):
         await until_status(bus, sent.command_id, CommandStatus.COMPLETED)
     history = await bus.command_history("payments", sent.command_id)
     assert [e.event_type for e in history] == [
@@ -353,7 +353,7 @@ async def test_extend_visibility(dsn: str, bus: CommandBus, conn: Conn) -> None:
         )
 
     sent = (await bus.send("payments", "Charge", {})).value
-    async with RunningWorker(make_worker(dsn, reg)):
+    async with make_worker(dsn, reg):
         await until_status(bus, sent.command_id, CommandStatus.COMPLETED)
     assert seen[0] == seen[1]
     assert (seen[0] - datetime.now(seen[0].tzinfo)) > timedelta(seconds=100)
@@ -454,7 +454,7 @@ async def test_log_lines_carry_the_correlation_id(
     caplog.handler.addFilter(CorrelationFilter())
     caplog.set_level(logging.INFO, logger="commandbus")
     sent = (await bus.send("payments", "Charge", {})).value
-    async with RunningWorker(make_worker(dsn, reg)):
+    async with make_worker(dsn, reg):
         await until_status(bus, sent.command_id, CommandStatus.COMPLETED)
     lines = [r for r in caplog.records if r.getMessage() == "charging"]
     assert len(lines) == 1
@@ -476,7 +476,7 @@ async def test_an_outcome_the_database_refuses_goes_to_the_tsq_alone(
     fine = [(await bus.send("payments", "Charge", {})).unwrap() for _ in range(5)]
     await conn.execute("SELECT pgmq.drop_queue('gone')")
     worker = make_worker(dsn, reg)
-    async with RunningWorker(worker):
+    async with worker:
         await until_status(bus, doomed.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
         for s in fine:
             await until_status(bus, s.command_id, CommandStatus.COMPLETED)
@@ -495,7 +495,7 @@ async def test_results_postgres_cannot_store_are_refused_cleanly(dsn: str, bus: 
 
     a = (await bus.send("payments", "Charge", {"n": 0})).unwrap()
     b = (await bus.send("payments", "Charge", {"n": 1})).unwrap()
-    async with RunningWorker(make_worker(dsn, reg)):
+    async with make_worker(dsn, reg):
         await until_status(bus, a.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
         await until_status(bus, b.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
     ra = await bus.get_command("payments", a.command_id)
@@ -523,7 +523,7 @@ async def test_completions_are_grouped_into_few_transactions(
         [CommandRequest(domain="payments", command_type="Charge") for _ in range(n)]
     )
     batch_id = sent.unwrap().batch_id
-    async with RunningWorker(make_worker(dsn, reg, concurrency=16)):
+    async with make_worker(dsn, reg, concurrency=16):
 
         async def all_done() -> bool:
             b = await bus.get_batch(batch_id)

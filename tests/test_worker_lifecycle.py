@@ -19,8 +19,8 @@ from commandbus import (
     HandlerRegistry,
     Worker,
 )
-from engine_fixtures import FAST, RunningWorker, fetch, scalar, wait_for
 from proxy import Proxy
+from support import FAST, fetch, scalar, wait_for
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -69,7 +69,7 @@ async def test_a_handler_that_swallows_a_failed_statement_is_retried_then_tsqd(
         return "done"
 
     sent = (await bus.send("payments", "Charge", {}, max_attempts=2)).unwrap()
-    async with RunningWorker(make_worker(dsn, reg, visibility_timeout=timedelta(seconds=1))):
+    async with make_worker(dsn, reg, visibility_timeout=timedelta(seconds=1)):
         await until_status(bus, sent.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
     assert calls == [1, 2]
     events = await history(bus, sent.command_id)
@@ -99,7 +99,7 @@ async def test_a_handler_transaction_whose_reply_queue_is_gone_lands_in_the_tsq(
 
     sent = (await bus.send("payments", "Charge", {}, reply_to="gone", max_attempts=3)).unwrap()
     await conn.execute("SELECT pgmq.drop_queue('gone')")
-    async with RunningWorker(make_worker(dsn, reg, visibility_timeout=timedelta(seconds=1))):
+    async with make_worker(dsn, reg, visibility_timeout=timedelta(seconds=1)):
         await until_status(bus, sent.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
     assert calls == [1]
     events = await history(bus, sent.command_id)
@@ -123,7 +123,7 @@ async def test_a_cancelled_inner_task_is_a_failed_attempt_not_a_lost_one(
         return "unreachable"
 
     sent = (await bus.send("payments", "Charge", {}, max_attempts=2)).unwrap()
-    async with RunningWorker(make_worker(dsn, reg, visibility_timeout=timedelta(seconds=1))):
+    async with make_worker(dsn, reg, visibility_timeout=timedelta(seconds=1)):
         await until_status(bus, sent.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
     assert calls == [1, 2]
     events = await history(bus, sent.command_id)
@@ -149,7 +149,7 @@ async def test_deliveries_past_max_attempts_go_to_the_tsq_without_running_the_ha
     sent = (await bus.send("payments", "Charge", {}, max_attempts=2)).unwrap()
     for _ in range(2):  # read and lost, as by a worker killed mid-handler
         await conn.execute("SELECT * FROM pgmq.read('payments', 0, 1)")
-    async with RunningWorker(make_worker(dsn, reg)):
+    async with make_worker(dsn, reg):
         await until_status(bus, sent.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
     assert calls == []
     events = await history(bus, sent.command_id)
@@ -187,7 +187,7 @@ async def test_handler_transactions_and_extend_visibility_never_starve_the_pool(
 
     sent = [(await bus.send("payments", "Charge", {})).unwrap() for _ in range(2)]
     started = time.monotonic()
-    async with RunningWorker(make_worker(dsn, reg, concurrency=2)):
+    async with make_worker(dsn, reg, concurrency=2):
         for s in sent:
             await until_status(bus, s.command_id, CommandStatus.COMPLETED)
     assert time.monotonic() - started < 5
@@ -323,7 +323,7 @@ async def test_a_worker_rides_out_a_short_outage_behind_the_proxy(
 
     proxy = await Proxy(dsn).start()
     try:
-        async with RunningWorker(make_worker(proxy.url, reg)) as worker:
+        async with make_worker(proxy.url, reg) as worker:
             await asyncio.wait_for(worker.ready.wait(), 10)
             await proxy.cut()
             sent = (await bus.send("payments", "Charge", {})).unwrap()

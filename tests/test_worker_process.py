@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from commandbus import CommandBus, CommandRequest
-from engine_fixtures import fetch, scalar, wait_for
+from support import fetch, scalar, wait_for
 
 Conn = psycopg.AsyncConnection[Any]
 TESTS = Path(__file__).parent

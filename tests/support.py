@@ -1,13 +1,47 @@
-"""Fixtures and helpers for the engine tests (imported by their modules)."""
+"""What the tests share besides fixtures (those are in conftest.py): settings,
+queries, polling, database URLs and the CLI in a subprocess."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from commandbus import Config
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    """``url`` pointing at database ``dbname`` (URL or key=value, TCP or unix socket)."""
+    params = conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return make_conninfo("", **params)
+
+
+def run_cli(*args: str, env: dict[str, str | None] | None = None) -> subprocess.Popen[str]:
+    """Start ``commandbus ARGS`` in a subprocess (``None`` in ``env`` unsets a variable)."""
+    environ = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            environ.pop(key, None)
+        else:
+            environ[key] = value
+    return subprocess.Popen(
+        [sys.executable, "-m", "commandbus.cli", *args],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
 
 FAST = Config(
     backoff_base=timedelta(milliseconds=200),
@@ -45,36 +79,23 @@ async def counts(conn: psycopg.AsyncConnection[Any], domain: str = "payments") -
     }
 
 
-async def wait_for(predicate: Any, *, timeout: float = 15.0, interval: float = 0.02) -> None:  # noqa: ASYNC109
-    """Poll an async predicate until it is true; fail the test after ``timeout``."""
-    import asyncio
-    import time
-
+async def wait_for(
+    predicate: Callable[[], bool | Awaitable[bool]],
+    *,
+    timeout: float = 15.0,  # noqa: ASYNC109
+    interval: float = 0.02,
+) -> None:
+    """Poll a predicate (plain or async) until it is true; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
-        if await predicate():
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
-
-
-class RunningWorker:
-    """``async with RunningWorker(worker):`` runs it in a task and stops it after."""
-
-    def __init__(self, worker: Any) -> None:
-        self.worker = worker
-        self.task: Any = None
-
-    async def __aenter__(self) -> Any:
-        import asyncio
-
-        self.task = asyncio.create_task(self.worker.run(), name="test-worker")
-        return self.worker
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.worker.stop(timeout=5)
-        await self.task
 
 
 STREAM_GAPS = """
