@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core import SCENARIOS, Context, Databases, Row, environment
+from benchmarks.table import RESULTS
 
 COLUMNS = ("scenario", "case", "library", "raw PGMQ", "ratio", "target", "met?")
 
@@ -140,8 +141,10 @@ async def run(server_url: str, names: list[str], args: argparse.Namespace, embed
         print("\nErrors: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
     missed = [f"{r.scenario}/{r.case}" for r in rows if r.met is False]
     print(f"\nTargets missed: {len(missed)}" + (f" ({', '.join(missed)})" if missed else ""))
-    if args.json:
-        path = Path(args.json)
+    if args.json or not args.smoke:
+        # a full run is kept in benchmarks/results/ (the README's table is one)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
+        path = Path(args.json) if args.json else RESULTS / f"{stamp}.json"
         text = (
             json.dumps(
                 {
@@ -183,7 +186,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help=f"all, or some of: {', '.join(SCENARIOS)}",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny N, for CI (< 60 s in all)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="write the results as JSON here (a full run is kept in benchmarks/results/ otherwise)",
+    )
     parser.add_argument(
         "-n",
         type=int,
