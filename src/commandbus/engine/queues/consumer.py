@@ -264,7 +264,9 @@ class QueueConsumer(Generic[M, O]):
             if exc is not None and not self._stop_event.is_set():
                 log.error("%s: task %s died; stopping", n, task.get_name())
                 self.request_stop(0)
-                raise exc
+                if isinstance(exc, CommandBusError):
+                    raise exc
+                raise CommandBusError(f"{n}: task {task.get_name()} died: {exc!r}") from exc
 
     async def _stop_everything(self) -> bool:
         """Staged stop: reading ends, handlers finish (or are cancelled), outcomes are recorded.
@@ -475,11 +477,11 @@ class QueueConsumer(Generic[M, O]):
                     last = True
                     break
                 group.append(more)
-            try:
-                await self._app.record(flusher, [(o, f.msg) for o, f in group])
-            finally:
-                for _o, flight in group:
-                    self._forget(flight)
+            # if recording fails, the group's messages stay held: the stop that
+            # follows hands them back at once
+            await self._app.record(flusher, [(o, f.msg) for o, f in group])
+            for _o, flight in group:
+                self._forget(flight)
             if last:
                 return
 
