@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core import SCENARIOS, Context, Databases, Row, environment
-from benchmarks.table import RESULTS
+from benchmarks.table import RESULTS, format_value
 
 COLUMNS = ("scenario", "case", "library", "raw PGMQ", "ratio", "target", "met?")
 
@@ -31,20 +31,6 @@ def _log(message: str) -> None:
 
 
 # -- formatting ---------------------------------------------------------------------------
-
-
-def _value(value: float | None, unit: str) -> str:
-    if value is None:
-        return "-"
-    if unit == "cmd/s":
-        return f"{value:,.0f}/s"
-    if unit == "ms":
-        return f"{value:.2f} ms"
-    if unit == "MiB":
-        return f"{value:.1f} MiB"
-    if unit == "%":
-        return f"{value:+.1f}%"
-    return f"{value:g} {unit}"
 
 
 def _ratio(row: Row) -> str:
@@ -62,8 +48,8 @@ def table(rows: list[Row]) -> str:
         (
             r.scenario,
             r.case,
-            _value(r.library, r.unit),
-            _value(r.raw, r.unit),
+            format_value(r.library, r.unit) or "-",
+            format_value(r.raw, r.unit) or "-",
             _ratio(r),
             r.target,
             _met(r),

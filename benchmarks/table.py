@@ -23,7 +23,8 @@ def latest() -> Path:
     return runs[-1]
 
 
-def _value(value: float | None, unit: str) -> str:
+def format_value(value: float | None, unit: str) -> str:
+    """A figure as the tables show it (empty when there is none)."""
     if value is None:
         return ""
     if unit == "cmd/s":
@@ -53,8 +54,8 @@ def render(run: dict[str, Any]) -> str:
         target = "" if row["target"] == "(info)" else row["target"]
         met = "" if row["met"] is None else ("yes" if row["met"] else "**no**")
         lines.append(
-            f"| {row['scenario']}: {row['case']} | {_value(row['library'], row['unit'])} "
-            f"| {_value(row['raw'], row['unit'])} | {_ratio(row)} | {target} | {met} |"
+            f"| {row['scenario']}: {row['case']} | {format_value(row['library'], row['unit'])} "
+            f"| {format_value(row['raw'], row['unit'])} | {_ratio(row)} | {target} | {met} |"
         )
     return "\n".join(lines)
 
