@@ -559,8 +559,19 @@ async def test_extend_visibility_refuses_bad_durations_and_the_handler_is_not_ru
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("poisons", "max_attempts", "batch_size", "concurrency", "before"),
+    [(1, 3, 100, 4, 5), (2, 2, 1, 1, 0), (2, 2, 1, 1, 5), (2, 2, 100, 8, 5)],
+)
 async def test_a_poison_command_that_kills_the_worker_takes_no_other_command_s_attempts(
-    dsn: str, bus: CommandBus, conn: Conn
+    dsn: str,
+    bus: CommandBus,
+    conn: Conn,
+    poisons: int,
+    max_attempts: int,
+    batch_size: int,
+    concurrency: int,
+    before: int,
 ) -> None:
     """Each crash counts a delivery of everything the worker held; suspects run alone."""
     import os
@@ -570,11 +581,15 @@ async def test_a_poison_command_that_kills_the_worker_takes_no_other_command_s_a
     from commandbus import CommandRequest
 
     await conn.execute("CREATE TABLE public.effects (command_id uuid, attempt int)")
-    requests = [CommandRequest(domain="jobs", command_type="Crash", data={}, max_attempts=3)]
-    requests += [
-        CommandRequest(domain="jobs", command_type="Work", data={"i": i}, max_attempts=3)
+    work = [
+        CommandRequest(domain="jobs", command_type="Work", data={"i": i}, max_attempts=max_attempts)
         for i in range(12)
     ]
+    crash = [
+        CommandRequest(domain="jobs", command_type="Crash", data={}, max_attempts=max_attempts)
+        for _ in range(poisons)
+    ]
+    requests = work[:before] + crash + work[before:]  # the poisons next to each other
     (await bus.send_batch(requests)).unwrap()
     env = dict(os.environ, DATABASE_URL=dsn, TEST_HANDLER_SLEEP="0.01")
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
@@ -586,11 +601,12 @@ async def test_a_poison_command_that_kills_the_worker_takes_no_other_command_s_a
         return {f"{t}:{i}": s for i, (t, s) in enumerate(rows)}
 
     crashes = 0
-    for _ in range(12):  # bounded: each round is a worker that may crash
+    for _ in range(4 + poisons * max_attempts):  # bounded: each round may crash
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             *("-m", "commandbus.cli", "worker", "--app", "worker_apps:registry"),
-            *("--domain", "jobs", "--vt", "1", "--concurrency", "4"),
+            *("--domain", "jobs", "--vt", "1", "--concurrency", str(concurrency)),
+            *("--batch-size", str(batch_size)),
             env=env,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
@@ -604,7 +620,7 @@ async def test_a_poison_command_that_kills_the_worker_takes_no_other_command_s_a
             break
     final = await statuses()
     crash_status = [s for k, s in final.items() if k.startswith("Crash")]
-    work = [s for k, s in final.items() if k.startswith("Work")]
-    assert crash_status == ["IN_TROUBLESHOOTING_QUEUE"]
-    assert work == ["COMPLETED"] * 12, final
-    assert crashes <= 3  # the poison ran at most max_attempts times
+    work_status = [s for k, s in final.items() if k.startswith("Work")]
+    assert crash_status == ["IN_TROUBLESHOOTING_QUEUE"] * poisons
+    assert work_status == ["COMPLETED"] * 12, final
+    assert crashes <= poisons * max_attempts  # each poison ran at most max_attempts times

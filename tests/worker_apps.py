@@ -28,5 +28,6 @@ not_a_registry = object()
 
 @registry.handler("jobs", "Crash")
 async def crash(cmd: Command, ctx: HandlerContext) -> None:
-    """A poison command: its handler takes the whole process down."""
+    """A poison command: its handler works a little, then takes the whole process down."""
+    await asyncio.sleep(0.2)  # meanwhile the worker reads ahead
     os._exit(3)

@@ -33,12 +33,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 import attrs
 import psycopg
 
 from commandbus.engine.db.connect import Conn, ResilientConnection, connect, retrying
+from commandbus.engine.queues.app import ConsumerApp, M, O
 from commandbus.engine.queues.stopping import (
     DEFAULT_GRACE,
     FINAL_SECONDS,
@@ -51,53 +52,14 @@ log = logging.getLogger("commandbus.consumer")
 T = TypeVar("T")
 
 #: Suspects (messages an earlier delivery of which ended without an outcome, e.g.
-#: because their handler crashed the process) run one at a time; the others read
-#: meanwhile are handed back, unread, for this long.
+#: because their handler crashed the process) run alone; the others read with one
+#: are handed back, unread, for this long.
 POSTPONE_SECONDS = 0.25
 #: Senders notify at most once per queue per throttle interval (2 ms unless set
 #: otherwise; decided at their commit), so a message committed just after
 #: another's NOTIFY may have none of its own: a read that a NOTIFY woke is
 #: followed by one more, an interval (plus a millisecond) later.
 SETTLE_SECONDS = 0.003
-
-
-class Message(Protocol):
-    """What a consumer reads: anything with the PGMQ message id."""
-
-    @property
-    def msg_id(self) -> int: ...
-
-
-M = TypeVar("M", bound=Message)
-O = TypeVar("O")  # noqa: E741 - an outcome
-
-
-class ConsumerApp(Protocol[M, O]):
-    """What a consumer needs from the component it serves."""
-
-    async def prepare(self, conn: Conn) -> None:
-        """Check and create what reading needs (on the reader's connection)."""
-
-    async def read(self, conn: Conn, qty: int) -> Sequence[M]:
-        """Take up to ``qty`` visible messages (they become invisible)."""
-
-    async def next_visible(self, conn: Conn) -> float | None:
-        """Seconds until the next delayed message becomes visible, if any."""
-
-    async def handle(self, msg: M) -> O | None:
-        """Process one message; an outcome to record, or ``None`` when it is done."""
-
-    async def record(self, flusher: ResilientConnection, group: list[tuple[O, M]]) -> None:
-        """Record a group of outcomes on a flusher's (reconnecting) connection."""
-
-    async def release(self, conn: Conn, started: list[int], unstarted: list[int]) -> None:
-        """Make held messages visible now (``unstarted`` ones give back their read)."""
-
-    def suspect(self, msg: M) -> bool:
-        """Whether an earlier delivery of ``msg`` ended without an outcome (a crash?)."""
-
-    async def postpone(self, conn: Conn, msg_ids: list[int], seconds: float) -> None:
-        """Hand messages back unread, visible again in ``seconds``."""
 
 
 @attrs.define
@@ -177,7 +139,7 @@ class QueueConsumer(Generic[M, O]):
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_tasks: list[asyncio.Task[None]] = []
         self._listen_conn: Conn | None = None
-        self._suspect: int | None = None  # the one suspect in flight
+        self._idle = asyncio.Event()  # set whenever nothing is in flight
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -199,6 +161,7 @@ class QueueConsumer(Generic[M, O]):
         self._stop_event.set()
         self._wake.set()
         self._room.set()
+        self._idle.set()
 
     async def stop(self, timeout: timedelta | float = DEFAULT_GRACE) -> None:  # noqa: ASYNC109
         """Stop and wait: running handlers get ``timeout``, the rest about a second."""
@@ -383,22 +346,12 @@ class QueueConsumer(Generic[M, O]):
                 for m in msgs:
                     self._flights[m.msg_id] = _Flight(msg=m)
                 return
-            back: list[int] = []
+            suspect = next((m for m in msgs if app.suspect(m)), None)
+            if suspect is not None:
+                await self._isolate(suspect, msgs)
+                continue
             for m in msgs:
-                if app.suspect(m):
-                    # one suspect at a time, so that a poison message that kills
-                    # the process takes no other message's attempt with it
-                    if self._suspect is not None:
-                        back.append(m.msg_id)
-                        continue
-                    self._suspect = m.msg_id
-                flight = _Flight(msg=m)
-                self._flights[m.msg_id] = flight
-                self._backlog.append(flight)
-            if back:
-                await self._reader.run(
-                    functools.partial(app.postpone, msg_ids=back, seconds=POSTPONE_SECONDS)
-                )
+                self._dispatch(m)
             self._start_runners()
             if len(msgs) == qty:
                 await asyncio.sleep(0)
@@ -430,6 +383,37 @@ class QueueConsumer(Generic[M, O]):
                     return
                 log.warning("%s: listener lost its connection (%s); reconnecting", self.name, exc)
                 await asyncio.sleep(0.5)
+
+    def _dispatch(self, msg: M) -> None:
+        flight = _Flight(msg=msg)
+        self._flights[msg.msg_id] = flight
+        self._backlog.append(flight)
+
+    async def _isolate(self, suspect: M, msgs: Sequence[M]) -> None:
+        """Run a suspect alone: a poison message that kills the process then takes
+        no other message's attempt with it.
+
+        Everything else read with it is handed back unread (its read given back);
+        if other messages are still in flight, the suspect goes back too (visible
+        at once) and reading waits until they are done. While the suspect runs,
+        nothing else is read.
+        """
+        alone = not self._flights
+        others = [m.msg_id for m in msgs if m is not suspect]
+        if others:
+            await self._reader.run(
+                functools.partial(self._app.postpone, msg_ids=others, seconds=POSTPONE_SECONDS)
+            )
+        if alone:
+            self._dispatch(suspect)
+            self._start_runners()
+        else:
+            await self._reader.run(
+                functools.partial(self._app.postpone, msg_ids=[suspect.msg_id], seconds=0)
+            )
+        while self._flights and not self._stop_event.is_set():
+            self._idle.clear()
+            await self._idle.wait()
 
     def _start_runners(self) -> None:
         """Start runners, at most ``concurrency``, for what the backlog holds."""
@@ -487,8 +471,8 @@ class QueueConsumer(Generic[M, O]):
 
     def _forget(self, flight: _Flight[M]) -> None:
         self._flights.pop(flight.msg.msg_id, None)
-        if flight.msg.msg_id == self._suspect:
-            self._suspect = None
+        if not self._flights:
+            self._idle.set()
         if not self._flights or self._capacity - len(self._flights) >= self._read_threshold:
             self._room.set()
 
