@@ -256,3 +256,25 @@ async def test_a_refused_operation_undoes_only_its_own_work(
         await run_in_caller(c, refused, bus, in_tx=in_tx, commit=True)
     after = await written(observer)
     assert after == {**before, "orders": 2 if in_tx else 1}
+
+
+async def test_a_caller_connection_with_dict_rows_works_and_keeps_its_row_factory(
+    dsn: str, bus: CommandBus
+) -> None:
+    """The library reads its own rows as tuples; the caller's rows stay dicts."""
+    from psycopg.rows import dict_row
+
+    from commandbus import CommandRequest
+
+    async with await psycopg.AsyncConnection.connect(dsn, row_factory=dict_row) as caller:
+        sent = (await bus.send("payments", "Charge", {}, conn=caller)).unwrap()
+        batch = (
+            await bus.send_batch(
+                [CommandRequest(domain="payments", command_type="Charge")], conn=caller
+            )
+        ).unwrap()
+        await caller.commit()
+        cur = await caller.execute("SELECT 1 AS one")
+        assert await cur.fetchone() == {"one": 1}
+    record = await bus.get_command("payments", sent.command_id)
+    assert record is not None and len(batch.command_ids) == 1

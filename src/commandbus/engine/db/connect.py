@@ -26,6 +26,7 @@ import tenacity
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
+from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus.arguments import conn_arg
@@ -187,7 +188,13 @@ async def borrow(pool: AsyncConnectionPool[Conn], conn: Conn | None) -> AsyncIte
         conn_arg(conn)
     with translated("database unavailable"):
         if conn is not None:
-            yield conn
+            # the library reads its rows as tuples, whatever the caller's rows are
+            factory = conn.row_factory
+            conn.row_factory = tuple_row
+            try:
+                yield conn
+            finally:
+                conn.row_factory = factory
             return
         async with pool.connection() as c:
             yield c
