@@ -624,3 +624,42 @@ async def test_a_poison_command_that_kills_the_worker_takes_no_other_command_s_a
     assert crash_status == ["IN_TROUBLESHOOTING_QUEUE"] * poisons
     assert work_status == ["COMPLETED"] * 12, final
     assert crashes <= poisons * max_attempts  # each poison ran at most max_attempts times
+
+
+async def test_async_with_raises_a_start_up_failure_at_once(empty_dsn: str) -> None:
+    from commandbus import SchemaNotReadyError
+
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        return None
+
+    t0 = time.monotonic()
+    with pytest.raises(SchemaNotReadyError):
+        async with make_worker(empty_dsn, reg):
+            raise AssertionError("the block must not run")
+    assert time.monotonic() - t0 < 5
+    assert live_worker_tasks() == []
+
+
+async def test_a_stop_is_not_held_by_a_first_connection_that_hangs(dsn: str) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        return None
+
+    proxy = await Proxy(dsn).start()
+    try:
+        await proxy.freeze()  # connections are accepted and never answered
+        worker = make_worker(proxy.url, reg)
+        task = asyncio.create_task(worker.run())
+        await asyncio.sleep(0.5)  # connecting
+        t0 = time.monotonic()
+        await worker.stop(timedelta(seconds=1))
+        await asyncio.wait_for(task, 10)
+        assert time.monotonic() - t0 < 2.5
+        assert live_worker_tasks() == []
+    finally:
+        await proxy.close()

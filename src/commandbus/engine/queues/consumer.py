@@ -179,14 +179,8 @@ class QueueConsumer(Generic[M, O]):
         cancelled = False
         try:
             try:
-                try:
-                    await self._reader.run(self._app.prepare)
-                    for flusher in self._flushers:
-                        await flusher.open()
-                except DatabaseUnavailableError:
-                    if self._stop_event.is_set():
-                        return  # stopped while waiting for the database: nothing was read
-                    raise
+                if not await self._start():
+                    return  # stopped while connecting: nothing was read
                 if opened is not None:
                     await opened()
                 await self._supervise()
@@ -201,6 +195,29 @@ class QueueConsumer(Generic[M, O]):
             self._finished.set()
         if cancelled:
             raise asyncio.CancelledError()
+
+    async def _start(self) -> bool:
+        """Connect and prepare; False if a stop came first (a hung connect included)."""
+
+        async def connect_all() -> None:
+            await self._reader.run(self._app.prepare)
+            for flusher in self._flushers:
+                await flusher.open()
+
+        start = asyncio.create_task(connect_all(), name=f"commandbus-start-{self.name}")
+        stopper = asyncio.create_task(self._stop_event.wait(), name=f"commandbus-stop-{self.name}")
+        try:
+            await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not start.done():
+                await end_tasks([start], f"{self.name} start", [self._reader, *self._flushers])
+        if start.cancelled() or (self._stop_event.is_set() and start.exception() is not None):
+            if not start.cancelled():
+                start.exception()  # retrieved: a stop's doing
+            return False
+        start.result()  # a start-up error (say SchemaNotReadyError) is raised here
+        return True
 
     async def _supervise(self) -> None:
         """Run the side tasks until a stop is requested or one of them fails."""

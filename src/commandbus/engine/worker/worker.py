@@ -165,8 +165,26 @@ class Worker:
         await self._consumer.stop(timeout)
 
     async def __aenter__(self) -> Worker:
-        """``async with Worker(...) as w:`` runs the worker in a task until the block ends."""
-        self._task = asyncio.create_task(self.run(), name=f"commandbus-worker-{self.domain}")
+        """``async with Worker(...) as w:`` runs the worker in a task until the block ends.
+
+        The block starts once the worker is connected and listening; a start-up
+        failure (say :class:`~commandbus.errors.SchemaNotReadyError`) is raised here.
+        """
+        task = asyncio.create_task(self.run(), name=f"commandbus-worker-{self.domain}")
+        self._task = task
+        ready = asyncio.create_task(self.ready.wait(), name=f"commandbus-ready-{self.domain}")
+        try:
+            await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            self.request_stop(0)
+            await asyncio.gather(task, return_exceptions=True)
+            raise
+        finally:
+            ready.cancel()
+            await asyncio.gather(ready, return_exceptions=True)
+        if task.done():
+            self._task = None
+            task.result()  # raises what stopped it
         return self
 
     async def __aexit__(self, *exc: object) -> None:
