@@ -12,13 +12,10 @@ import click
 
 from commandbus.cli._common import CLIError, Number, database_url, load_config
 from commandbus.config import MAX_VISIBILITY_TIMEOUT
-from commandbus.engine.db.connect import connect, translated
 from commandbus.engine.observability.logging import configure_logging
 from commandbus.engine.worker.registry import HandlerRegistry
 from commandbus.engine.worker.stats import WorkerStats
 from commandbus.engine.worker.worker import Worker
-from commandbus.errors import DatabaseError, DatabaseUnavailableError
-from commandbus.migrations import ensure_schema_current
 
 #: The most handlers (--concurrency) and messages per read (--batch-size) a worker takes.
 MAX_COUNT = 10_000
@@ -40,8 +37,12 @@ def load_registry(spec: str) -> HandlerRegistry:
     return registry
 
 
-async def serve(worker: Worker, *, grace: float) -> WorkerStats:
-    """Run ``worker`` until SIGINT or SIGTERM, then stop it gracefully."""
+async def serve(worker: Worker, *, grace: float, banner: str | None = None) -> WorkerStats:
+    """Run ``worker`` until SIGINT or SIGTERM, then stop it gracefully.
+
+    ``banner`` is printed once the worker is connected and listening. The worker
+    checks the schema first (an unmigrated database is a one-line error).
+    """
     loop = asyncio.get_running_loop()
     signals = 0
 
@@ -55,11 +56,19 @@ async def serve(worker: Worker, *, grace: float) -> WorkerStats:
             click.echo("forcing: cancelling in-flight handlers", err=True)
             worker.request_stop(0)
 
+    async def announce() -> None:
+        await worker.ready.wait()
+        if banner:
+            click.echo(banner, err=True)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    announcing = asyncio.create_task(announce(), name="commandbus-cli-banner")
     try:
         return await worker.run()
     finally:
+        announcing.cancel()
+        await asyncio.gather(announcing, return_exceptions=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
@@ -130,29 +139,5 @@ def worker(
             f"serving domain {domain!r}: {', '.join(registry.command_types(domain))} "
             f"(concurrency {concurrency})"
         )
-        stats = asyncio.run(_checked_serve(w, url, banner=banner, grace=grace))
+        stats = asyncio.run(serve(w, grace=grace, banner=banner))
     click.echo(stats.summary(), err=True)
-
-
-async def _checked_serve(w: Worker, url: str, *, banner: str, grace: float) -> WorkerStats:
-    await check_schema(url)
-    click.echo(banner, err=True)
-    return await serve(w, grace=grace)
-
-
-async def check_schema(url: str) -> None:
-    """Refuse (:class:`SchemaNotReadyError`) a database without the current schema.
-
-    A server that cannot be reached yet is left to the worker, which keeps trying
-    to connect (up to its ``reconnect_timeout``).
-    """
-    try:
-        conn = await connect(url)
-        async with conn:
-            with translated(
-                f"could not check the commandbus schema in database {conn.info.dbname!r}",
-                other=DatabaseError,
-            ):
-                await ensure_schema_current(conn)
-    except DatabaseUnavailableError:
-        return  # the worker's reconnects take over

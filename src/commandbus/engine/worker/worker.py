@@ -226,7 +226,7 @@ class Worker:
             await self._pool.close(timeout=FINAL_SECONDS)
             self.stats.released = self._consumer.released
             self.stats.stopped_at = time.monotonic()
-            log.info("%s", self.stats.summary())
+        log.info("%s", self.stats.summary())  # a failed start says why instead
         return self.stats
 
     async def _opened(self) -> None:
