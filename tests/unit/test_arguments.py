@@ -29,3 +29,23 @@ def test_every_text_form_of_an_id_is_the_same_uuid() -> None:
 def test_anything_else_is_a_validation_error_naming_the_argument(bad: object) -> None:
     with pytest.raises(ValidationError, match="command_id"):
         uuid_arg(bad, "command_id")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"url": 5}, "url"),
+        ({"url": "  "}, "url"),
+        ({"config": "x"}, "config"),
+        ({"pool": "x"}, "pool"),
+        ({"max_connections": 0}, "max_connections"),
+        ({"min_connections": "1"}, "min_connections"),
+        ({"min_connections": 5, "max_connections": 2}, "min_connections"),
+        ({"max_connections": True}, "max_connections"),
+    ],
+)
+def test_a_bus_refuses_bad_constructor_arguments(kwargs: dict[str, object], name: str) -> None:
+    from commandbus import CommandBus
+
+    with pytest.raises(ValidationError, match=name):
+        CommandBus(**kwargs)  # type: ignore[arg-type]

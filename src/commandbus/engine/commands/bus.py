@@ -72,6 +72,19 @@ class CommandBus(CommandReads):
         min_connections: int = 1,
         max_connections: int = 10,
     ) -> None:
+        if url is not None and (not isinstance(url, str) or not url.strip()):
+            raise ValidationError(f"url must be a connection string or None, got {url!r:.60}")
+        if config is not None and not isinstance(config, Config):
+            raise ValidationError(f"config must be a Config, got {config!r:.60}")
+        if pool is not None and not isinstance(pool, AsyncConnectionPool):
+            raise ValidationError(f"pool must be an AsyncConnectionPool, got {pool!r:.60}")
+        min_connections = int_arg(min_connections, "min_connections", low=0, high=10_000)
+        max_connections = int_arg(max_connections, "max_connections", low=1, high=10_000)
+        if min_connections > max_connections:
+            raise ValidationError(
+                f"min_connections ({min_connections}) must not exceed "
+                f"max_connections ({max_connections})"
+            )
         self.config = config or Config.from_env()
         self._db = Database(
             url, self.config, pool=pool, min_size=min_connections, max_size=max_connections
