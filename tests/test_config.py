@@ -252,3 +252,17 @@ def test_wrong_types_for_the_database_settings(kwargs: dict[str, object], var: s
 
 def test_a_data_dir_given_as_text_becomes_a_path() -> None:
     assert Config(data_dir="x/y").data_dir == Path("x/y")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("raw", ["abc", "0", "2147483648"])
+def test_a_bad_max_retries_is_named_as_the_user_set_it(raw: str) -> None:
+    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="MAX_RETRIES"):
+        Config.from_env({"MAX_RETRIES": raw})
+
+
+def test_max_retries_beside_max_attempts_is_ignored_with_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="commandbus.config"):
+        assert Config.from_env({"MAX_RETRIES": "abc", "MAX_ATTEMPTS": "4"}).max_attempts == 4
+    assert "MAX_RETRIES is ignored" in caplog.text

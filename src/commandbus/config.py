@@ -6,6 +6,7 @@ the value that was refused.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -18,6 +19,8 @@ from typing import Any, Final, Self
 import attrs
 
 from commandbus.errors import ConfigError
+
+_log = logging.getLogger("commandbus.config")
 
 DEFAULT_DATA_DIR = Path(".commandbus") / "pgdata"
 
@@ -110,12 +113,15 @@ class Config:
         """
         env = os.environ if environ is None else environ
         old = env.get("MAX_RETRIES", "").strip()
-        if old and not env.get("MAX_ATTEMPTS", "").strip():
-            warnings.warn(
-                "MAX_RETRIES is deprecated: set MAX_ATTEMPTS", DeprecationWarning, stacklevel=2
-            )
-            env = {**env, "MAX_ATTEMPTS": old}
         kwargs: dict[str, Any] = {}
+        if old:
+            if env.get("MAX_ATTEMPTS", "").strip():
+                _log.warning("MAX_RETRIES is ignored: MAX_ATTEMPTS is set (and replaces it)")
+            else:
+                message = "MAX_RETRIES is deprecated: set MAX_ATTEMPTS (it counts attempts)"
+                _log.warning("%s", message)
+                warnings.warn(message, DeprecationWarning, stacklevel=2)
+                kwargs["max_attempts"] = _int("MAX_RETRIES", old)
         url = env.get("DATABASE_URL", "").strip()
         if url:
             kwargs["database_url"] = url
@@ -133,6 +139,7 @@ class Config:
 #: Each integer variable's range and what its top is.
 _INT_BOUNDS: Final[dict[str, tuple[int, int, str]]] = {
     "MAX_ATTEMPTS": (1, MAX_INT4, "attempts are an int4 column"),
+    "MAX_RETRIES": (1, MAX_INT4, "the old name of MAX_ATTEMPTS"),
     "MAX_PAYLOAD_BYTES": (1, MAX_JSONB_BYTES, "the most a jsonb value holds"),
 }
 
