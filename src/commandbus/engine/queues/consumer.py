@@ -326,7 +326,7 @@ class QueueConsumer(Generic[M, O]):
                 self.released += len(left)
             except (TimeoutError, psycopg.Error, DatabaseUnavailableError) as exc:
                 log.warning(
-                    "%s: could not release %d messages (%s); they reappear after their vt",
+                    "%s: could not release %d messages (%r); they reappear after their vt",
                     self.name,
                     len(left),
                     exc,
