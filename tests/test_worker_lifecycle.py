@@ -560,8 +560,14 @@ async def test_extend_visibility_refuses_bad_durations_and_the_handler_is_not_ru
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("poisons", "max_attempts", "batch_size", "concurrency", "before"),
-    [(1, 3, 100, 4, 5), (2, 2, 1, 1, 0), (2, 2, 1, 1, 5), (2, 2, 100, 8, 5)],
+    ("poisons", "max_attempts", "batch_size", "concurrency", "before", "crash_after"),
+    [
+        (1, 3, 100, 4, 5, 0.2),
+        (2, 2, 1, 1, 0, 0.2),
+        (2, 2, 1, 1, 5, 0.2),
+        (2, 2, 100, 8, 5, 0.2),
+        (2, 2, 1, 1, 10, 0.0),  # at once: the crash races the read-ahead
+    ],
 )
 async def test_a_poison_command_that_kills_the_worker_takes_no_other_command_s_attempts(
     dsn: str,
@@ -572,6 +578,7 @@ async def test_a_poison_command_that_kills_the_worker_takes_no_other_command_s_a
     batch_size: int,
     concurrency: int,
     before: int,
+    crash_after: float,
 ) -> None:
     """Each crash counts a delivery of everything the worker held; suspects run alone."""
     import os
@@ -583,7 +590,7 @@ async def test_a_poison_command_that_kills_the_worker_takes_no_other_command_s_a
     await conn.execute("CREATE TABLE public.effects (command_id uuid, attempt int)")
     work = [
         CommandRequest(domain="jobs", command_type="Work", data={"i": i}, max_attempts=max_attempts)
-        for i in range(12)
+        for i in range(20)
     ]
     crash = [
         CommandRequest(domain="jobs", command_type="Crash", data={}, max_attempts=max_attempts)
@@ -591,7 +598,8 @@ async def test_a_poison_command_that_kills_the_worker_takes_no_other_command_s_a
     ]
     requests = work[:before] + crash + work[before:]  # the poisons next to each other
     (await bus.send_batch(requests)).unwrap()
-    env = dict(os.environ, DATABASE_URL=dsn, TEST_HANDLER_SLEEP="0.01")
+    env = dict(os.environ, DATABASE_URL=dsn, TEST_HANDLER_SLEEP="0.02")
+    env["TEST_CRASH_AFTER"] = str(crash_after)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
 
     async def statuses() -> dict[str, str]:
@@ -622,7 +630,7 @@ async def test_a_poison_command_that_kills_the_worker_takes_no_other_command_s_a
     crash_status = [s for k, s in final.items() if k.startswith("Crash")]
     work_status = [s for k, s in final.items() if k.startswith("Work")]
     assert crash_status == ["IN_TROUBLESHOOTING_QUEUE"] * poisons
-    assert work_status == ["COMPLETED"] * 12, final
+    assert work_status == ["COMPLETED"] * 20, final
     assert crashes <= poisons * max_attempts  # each poison ran at most max_attempts times
 
 

@@ -29,5 +29,5 @@ not_a_registry = object()
 @registry.handler("jobs", "Crash")
 async def crash(cmd: Command, ctx: HandlerContext) -> None:
     """A poison command: its handler works a little, then takes the whole process down."""
-    await asyncio.sleep(0.2)  # meanwhile the worker reads ahead
+    await asyncio.sleep(float(os.environ.get("TEST_CRASH_AFTER", "0.2")))  # it may read ahead
     os._exit(3)
