@@ -38,14 +38,10 @@ from typing import Generic, TypeVar
 import attrs
 import psycopg
 
+from commandbus.arguments import delay_arg
 from commandbus.engine.db.connect import Conn, ResilientConnection, connect, retrying
 from commandbus.engine.queues.app import ConsumerApp, M, O
-from commandbus.engine.queues.stopping import (
-    DEFAULT_GRACE,
-    FINAL_SECONDS,
-    end_tasks,
-    seconds,
-)
+from commandbus.engine.queues.stopping import DEFAULT_GRACE, FINAL_SECONDS, end_tasks
 from commandbus.errors import CommandBusError, DatabaseUnavailableError
 
 log = logging.getLogger("commandbus.consumer")
@@ -153,7 +149,7 @@ class QueueConsumer(Generic[M, O]):
 
     def request_stop(self, timeout: timedelta | float | None = None) -> None:
         """Ask for a stop (safe from signal handlers, idempotent); see :meth:`stop`."""
-        grace = DEFAULT_GRACE if timeout is None else seconds(timeout, "timeout")
+        grace = DEFAULT_GRACE if timeout is None else delay_arg(timeout, "timeout")
         deadline = time.monotonic() + grace
         if self._deadline is None or deadline < self._deadline:
             self._deadline = deadline

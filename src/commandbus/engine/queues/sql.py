@@ -67,3 +67,8 @@ UPDATE pgmq.{queue}
        read_ct = greatest(read_ct - 1, 0)
  WHERE msg_id = ANY(%(msg_ids)s::bigint[])
 """
+
+# A queue's wake-up throttle interval (see migration 0004).
+WAKEUP_THROTTLE: Final[LiteralString] = (
+    "SELECT throttle_ms FROM commandbus.queue_wakeup WHERE queue_name = %(queue)s"
+)

@@ -11,10 +11,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
-from datetime import timedelta
 
 from commandbus.engine.db.connect import Conn, ResilientConnection
-from commandbus.errors import ValidationError
 
 log = logging.getLogger("commandbus.consumer")
 
@@ -24,22 +22,6 @@ DEFAULT_GRACE = 30.0
 FINAL_SECONDS = 1.0
 #: seconds a cancelled task gets before the connections it may be stuck on are closed
 STUCK_SECONDS = 0.25
-
-
-def seconds(value: timedelta | float, name: str) -> float:
-    """A non-negative, finite duration in seconds from a timedelta or a number."""
-    if isinstance(value, timedelta):
-        result = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            result = float(value)
-        except OverflowError:
-            raise ValidationError(f"{name} is too large, got {value!r:.40}") from None
-    else:
-        raise ValidationError(f"{name} must be a timedelta or a number of seconds, got {value!r}")
-    if not result >= 0 or result == float("inf"):
-        raise ValidationError(f"{name} must be a finite duration >= 0, got {value!r}")
-    return result
 
 
 async def end_tasks(

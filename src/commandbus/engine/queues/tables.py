@@ -28,6 +28,13 @@ def with_queue(template: str, queue: str) -> sql.Composed:
     return sql.SQL(template).format(queue=queue_table(queue), archive=archive_table(queue))
 
 
+async def wakeup_throttle_ms(conn: Conn, queue: str) -> int | None:
+    """How often, at most, senders wake a queue's readers (None: no wake-up installed)."""
+    cur = await conn.execute(queue_sql.WAKEUP_THROTTLE, {"queue": validate_queue_name(queue)})
+    row = await cur.fetchone()
+    return None if row is None else int(row[0])
+
+
 def wakeup_channel(queue: str) -> str:
     """The LISTEN channel on which a queue's readers are woken."""
     return "commandbus_" + validate_queue_name(queue)

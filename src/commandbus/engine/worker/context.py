@@ -6,10 +6,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+from commandbus.arguments import delay_arg
 from commandbus.config import MAX_VISIBILITY_TIMEOUT
 from commandbus.engine.commands import store as command_store
 from commandbus.engine.db.connect import Conn
-from commandbus.engine.queues.stopping import seconds as _seconds
 from commandbus.errors import ValidationError
 from commandbus.models import Command
 
@@ -66,7 +66,7 @@ class HandlerContext:
         A ``timedelta`` or a number of seconds, from 1 s to 7 days; returns the
         new visibility time (``None`` if the message is no longer in the queue).
         """
-        value = _seconds(seconds, "seconds")
+        value = delay_arg(seconds, "seconds")
         if not 1 <= value <= MAX_VISIBILITY_TIMEOUT.total_seconds():
             raise ValidationError(f"seconds must be from 1 s to 7 days, got {seconds!r}")
         async with self._pool.connection() as conn:

@@ -22,6 +22,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus import event_types as ev
+from commandbus.arguments import bool_arg, int_arg
 from commandbus.codec import dumps
 from commandbus.config import Config
 from commandbus.engine.commands import store as command_store
@@ -34,7 +35,12 @@ from commandbus.engine.observability.logging import command_id_var, correlation_
 from commandbus.engine.queues import sql as queue_sql
 from commandbus.engine.queues.consumer import QueueConsumer
 from commandbus.engine.queues.stopping import DEFAULT_GRACE, FINAL_SECONDS
-from commandbus.engine.queues.tables import QueueRegistry, wakeup_channel, with_queue
+from commandbus.engine.queues.tables import (
+    QueueRegistry,
+    wakeup_channel,
+    wakeup_throttle_ms,
+    with_queue,
+)
 from commandbus.engine.worker.context import HandlerContext
 from commandbus.engine.worker.outcomes import Decision, Outcome, OutcomeBuilder
 from commandbus.engine.worker.recorder import Recorder
@@ -84,13 +90,10 @@ class Worker:
         reconnect_timeout: timedelta = timedelta(minutes=5),
         flushers: int = 2,
     ) -> None:
-        for name, value, top in (
-            ("concurrency", concurrency, 10_000),
-            ("flushers", flushers, 16),
-            ("batch_size", batch_size, 10_000),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-                raise ValidationError(f"{name} must be an integer from 1 to {top}, got {value!r}")
+        concurrency = int_arg(concurrency, "concurrency", low=1, high=10_000)
+        flushers = int_arg(flushers, "flushers", low=1, high=16)
+        batch_size = int_arg(batch_size, "batch_size", low=1, high=10_000)
+        archive_completed = bool_arg(archive_completed, "archive_completed")
         if not isinstance(reconnect_timeout, timedelta) or reconnect_timeout < timedelta(0):
             raise ValidationError(
                 f"reconnect_timeout must be a timedelta >= 0, got {reconnect_timeout!r}"
@@ -101,10 +104,6 @@ class Worker:
             raise ValidationError(f"registry must be a HandlerRegistry, got {registry!r:.60}")
         if config is not None and not isinstance(config, Config):
             raise ValidationError(f"config must be a Config, got {config!r:.60}")
-        if not isinstance(archive_completed, bool):
-            raise ValidationError(
-                f"archive_completed must be a bool, got {archive_completed!r:.60}"
-            )
         registry.validate_for(domain)
         self.config = config or Config.from_env()
         self.domain = domain
@@ -247,13 +246,9 @@ class Worker:
         await ensure_schema_current(conn)
         # a worker may start before anything was sent to its domain
         await QueueRegistry().ensure(conn, self.domain)
-        cur = await conn.execute(
-            "SELECT throttle_ms FROM commandbus.queue_wakeup WHERE queue_name = %s",
-            (self.domain,),
-        )
-        row = await cur.fetchone()
-        if row is not None:
-            self._consumer.settle_seconds = (row[0] + 1) / 1000
+        throttle_ms = await wakeup_throttle_ms(conn, self.domain)
+        if throttle_ms is not None:
+            self._consumer.settle_seconds = (throttle_ms + 1) / 1000
 
     async def read(self, conn: Conn, qty: int) -> Sequence[ReadMessage]:
         return await command_store.read_batch(conn, self.domain, qty=qty, vt_seconds=self._vt)
