@@ -671,3 +671,34 @@ async def test_a_stop_is_not_held_by_a_first_connection_that_hangs(dsn: str) -> 
         assert live_worker_tasks() == []
     finally:
         await proxy.close()
+
+
+async def test_a_lock_timeout_recording_in_the_handler_transaction_is_a_retried_attempt(
+    dsn: str, bus: CommandBus, conn: Conn
+) -> None:
+    """Transient, not a lost connection: retried with backoff, not left to the vt."""
+    reg = HandlerRegistry()
+    ran = asyncio.Event()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        db = await ctx.connection()
+        if ctx.attempt == 1:
+            await db.execute("SET LOCAL lock_timeout = '100ms'")
+            ran.set()
+        return "ok"
+
+    sent = (await bus.send("payments", "Charge", {}, max_attempts=3)).unwrap()
+    async with await psycopg.AsyncConnection.connect(dsn) as locker:
+        await locker.execute(
+            "SELECT 1 FROM commandbus.stream WHERE stream_id = %s FOR UPDATE",
+            (f"command:payments:{sent.command_id}",),
+        )
+        async with make_worker(dsn, reg, visibility_timeout=timedelta(seconds=60)):
+            await asyncio.wait_for(ran.wait(), 10)
+            await asyncio.sleep(0.5)  # the recording timed out waiting for the lock
+            await locker.rollback()
+            await until_status(bus, sent.command_id, CommandStatus.COMPLETED)
+    events = await history(bus, sent.command_id)
+    assert [t for t, _ in events] == ["CommandSent", "CommandRetryScheduled", "CommandCompleted"]
+    assert events[1][1]["error"]["type"] == "LockNotAvailable"

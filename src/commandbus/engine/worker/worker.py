@@ -28,7 +28,7 @@ from commandbus.config import Config
 from commandbus.engine.commands import store as command_store
 from commandbus.engine.commands.envelope import decode_command
 from commandbus.engine.commands.store import ReadMessage
-from commandbus.engine.db.connect import Conn, ResilientConnection
+from commandbus.engine.db.connect import Conn, ResilientConnection, is_transient, is_unavailable
 from commandbus.engine.eventstore import store as event_store
 from commandbus.engine.eventstore.store import StreamAppend
 from commandbus.engine.observability.logging import command_id_var, correlation_id_var
@@ -48,7 +48,6 @@ from commandbus.engine.worker.registry import HandlerRegistry
 from commandbus.engine.worker.retry_policy import ErrorKind, RetryPolicy
 from commandbus.engine.worker.stats import WorkerStats
 from commandbus.errors import (
-    DatabaseUnavailableError,
     PayloadError,
     PermanentCommandError,
     TransientCommandError,
@@ -386,26 +385,28 @@ class Worker:
                 "(the handler caught the error); its writes were rolled back"
             )
             return self._failure(a, exc)
-        lost = (psycopg.OperationalError, DatabaseUnavailableError, asyncio.CancelledError)
         try:
             ok = await command_store.record_transitions(conn, [decision.transition])
-        except lost:
+        except BaseException as exc:
             with contextlib.suppress(psycopg.Error):
                 await ctx.finish(commit=False)
-            raise  # the message comes back after the vt, as a counted delivery
-        except (psycopg.Error, PayloadError) as exc:
+            if isinstance(exc, asyncio.CancelledError) or is_unavailable(exc):
+                raise  # the message comes back after the vt, as a counted delivery
+            if is_transient(exc):
+                # a serialization failure, a deadlock, a lock timeout: try again
+                return self._failure(a, exc)
+            if not isinstance(exc, psycopg.Error | PayloadError):
+                raise
             # the outcome itself cannot be stored (say its reply queue is gone)
-            with contextlib.suppress(psycopg.Error):
-                await ctx.finish(commit=False)
             log.error("outcome of command %s could not be recorded: %s", a.command.command_id, exc)
             return self._outcomes.unrecordable(decision.transition, exc)
         try:
             await ctx.finish(commit=bool(ok))
-        except lost:
-            raise
         except psycopg.Error as exc:
-            # the handler's own writes failed at COMMIT (a deferred constraint,
-            # say), so the outcome was not recorded either: a failed attempt
+            if is_unavailable(exc):
+                raise  # whether it committed is unknown: the version check decides
+            # the handler's own writes failed at COMMIT (a deferred constraint, a
+            # serialization failure), so the outcome was not recorded: a failed attempt
             return self._failure(a, exc)
         self._recorder.count(decision, recorded=bool(ok))
         return None
