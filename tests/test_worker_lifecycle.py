@@ -608,6 +608,14 @@ async def test_a_poison_command_that_kills_the_worker_takes_no_other_command_s_a
         )
         return {f"{t}:{i}": s for i, (t, s) in enumerate(rows)}
 
+    async def settled() -> bool:
+        rows = await fetch(
+            conn,
+            "SELECT count(*) FROM commandbus.command WHERE domain = 'jobs'"
+            " AND status NOT IN ('COMPLETED', 'IN_TROUBLESHOOTING_QUEUE')",
+        )
+        return rows == [(0,)]
+
     crashes = 0
     for _ in range(4 + poisons * max_attempts):  # bounded: each round may crash
         proc = await asyncio.create_subprocess_exec(
@@ -619,13 +627,15 @@ async def test_a_poison_command_that_kills_the_worker_takes_no_other_command_s_a
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
-        try:
-            code = await asyncio.wait_for(proc.wait(), 4)
-            crashes += code == 3
-        except TimeoutError:  # alive and idle: everything is done
+        round_ends = time.monotonic() + 20  # bounded: a round never waits longer
+        while proc.returncode is None and not await settled() and time.monotonic() < round_ends:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 0.1)
+        if proc.returncode is None:  # alive, and every command is final
             proc.terminate()
             await proc.wait()
             break
+        crashes += proc.returncode == 3
     final = await statuses()
     crash_status = [s for k, s in final.items() if k.startswith("Crash")]
     work_status = [s for k, s in final.items() if k.startswith("Work")]
