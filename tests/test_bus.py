@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
@@ -25,6 +25,7 @@ from commandbus import (
     Success,
     ValidationError,
 )
+from commandbus.engine.commands import store as command_store
 from support import assert_streams_contiguous, counts, fetch, scalar
 
 Conn = psycopg.AsyncConnection[Any]
@@ -261,6 +262,97 @@ async def test_send_batch_rolls_back_with_the_callers_transaction(
             assert r.ok
             raise RuntimeError
     assert (await counts(conn))["events"] == 0
+
+
+def _outgoing(bus: CommandBus, domain: str, command_id: UUID | None = None, **kw: Any) -> Any:
+    """A command rendered as the bus renders it, for the store functions."""
+    return bus._outgoing(
+        domain,
+        "Charge",
+        kw.pop("data", {}),
+        command_id=command_id,
+        correlation_id=None,
+        causation_id=None,
+        reply_to=None,
+        saga_id=kw.pop("saga_id", None),
+        batch_id=None,
+        max_attempts=None,
+        delay=None,
+        trace=kw.pop("trace", {}),
+    )
+
+
+async def test_send_commands_without_a_batch_is_one_statement_in_input_order(
+    bus: CommandBus, conn: Conn
+) -> None:
+    shared = uuid4()  # the same id in two domains is two commands
+    saga = uuid4()
+    cmds = [
+        _outgoing(bus, "shipping", data={"i": 0}),
+        _outgoing(bus, "payments", shared, data={"i": 1}, saga_id=saga),
+        _outgoing(
+            bus,
+            "payments",
+            data={"i": 2},
+            trace={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"},
+        ),
+        _outgoing(bus, "shipping", shared, data={"i": 3}),
+        _outgoing(bus, "payments", data={"i": 4}),
+    ]
+    for domain in ("payments", "shipping"):
+        await bus.create_domain(domain)
+    async with conn.transaction():
+        rows = await command_store.send_commands(conn, cmds)
+    assert [(d, cid) for d, cid, _m in rows] == [(c.domain, c.command_id) for c in cmds]
+    assert all(m is not None for _d, _c, m in rows)
+    for domain, cid, msg_id in rows:
+        message = await fetch(
+            conn,
+            f"SELECT message->>'command_id', message->'data' FROM pgmq.q_{domain}"  # noqa: S608
+            " WHERE msg_id = %s",
+            msg_id,
+        )
+        assert message[0][0] == str(cid)
+        record = await bus.get_command(domain, cid)
+        assert record is not None
+        assert record.status is CommandStatus.PENDING and record.version == 1
+        assert record.msg_id == msg_id and record.batch_id is None
+        history = await bus.command_history(domain, cid)
+        assert [(e.event_type, e.stream_version) for e in history] == [("CommandSent", 1)]
+        assert history[0].data["msg_id"] == msg_id
+    assert (await bus.get_command("payments", shared)).saga_id == saga  # type: ignore[union-attr]
+    # each command's event carries its own metadata (trace context)
+    traced = await bus.command_history("payments", cmds[2].command_id)
+    assert traced[0].metadata == {
+        "trace": {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
+    }
+    assert (await bus.command_history("payments", cmds[4].command_id))[0].metadata == {}
+    assert await scalar(conn, "SELECT count(*) FROM commandbus.batch") == 0
+    assert await scalar(conn, "SELECT count(*) FROM commandbus.stream") == 5
+    assert await command_store.send_commands(conn, []) == []
+    await assert_streams_contiguous(conn)
+
+
+async def test_send_commands_with_an_existing_or_repeated_id_writes_nothing(
+    bus: CommandBus, conn: Conn
+) -> None:
+    existing = await bus.send("payments", "Charge", {})
+    assert existing.ok
+    await bus.create_domain("shipping")
+    before = await counts(conn), await counts(conn, "shipping")
+    fresh = [_outgoing(bus, "shipping"), _outgoing(bus, "payments")]
+    duplicate = _outgoing(bus, "payments", existing.value.command_id)
+    for cmds in ([*fresh, duplicate], [*fresh, fresh[1]]):
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                rows = await command_store.send_commands(conn, cmds)
+                assert rows == [(c.domain, c.command_id, None) for c in cmds]
+                raise RuntimeError  # the caller rolls back the streams created
+        assert (await counts(conn), await counts(conn, "shipping")) == before
+    # nothing of the refused sends is left behind: the same commands go through now
+    async with conn.transaction():
+        rows = await command_store.send_commands(conn, fresh)
+    assert all(m is not None for _d, _c, m in rows)
 
 
 async def test_list_commands_pages_by_keyset(bus: CommandBus) -> None:

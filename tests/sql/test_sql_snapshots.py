@@ -39,6 +39,10 @@ CASES: dict[str, Callable[[], sql.Composed]] = {
     # send_batch (send_many)
     "send_batch_1_domain": lambda: command_store.send_batch_statement(("payments",)),
     "send_batch_2_domains": lambda: command_store.send_batch_statement(("payments", "shipments")),
+    # send_commands (commands of several domains, no batch)
+    "send_commands_2_domains": lambda: command_store.send_commands_statement(
+        ("payments", "shipments")
+    ),
 }
 
 

@@ -4,9 +4,10 @@ WITH input AS (
                   %(types)b::text[], %(messages)b::jsonb[],
                   %(headers)b::jsonb[], %(corr)b::uuid[], %(caus)b::uuid[],
                   %(max_attempts)b::int[], %(reply_to)b::text[], %(saga_ids)b::uuid[],
-                  %(delays)b::float8[])
+                  %(delays)b::float8[], %(metadata)b::jsonb[])
            AS i(stream_id, domain, command_id, command_type, message, headers,
-                correlation_id, causation_id, max_attempts, reply_to, saga_id, delay)
+                correlation_id, causation_id, max_attempts, reply_to, saga_id, delay,
+                metadata)
 ), created AS (
     INSERT INTO commandbus.stream (stream_id, stream_type, version)
     SELECT stream_id, %(command_stream)s::text, 1 FROM input
@@ -38,7 +39,7 @@ WITH input AS (
     SELECT stream_id, 1, %(command_sent)s::text,
            message || jsonb_build_object('domain', domain, 'delay_seconds', delay,
                                          'msg_id', msg_id),
-           correlation_id, causation_id, %(metadata)s::jsonb
+           correlation_id, causation_id, metadata
       FROM sent
     UNION ALL
     SELECT %(batch_stream_id)s, 1, %(batch_created)s, %(batch_data)s::jsonb, %(batch_corr)s, NULL,

@@ -407,7 +407,6 @@ class CommandBus(CommandReads):
                         batch_name=name,
                         batch_data=batch_data,
                         batch_correlation_id=corr,
-                        metadata=dumps({"trace": trace}) if trace else "{}",
                     )
                     duplicates = [(d, cid) for d, cid, _m, is_new in rows if not is_new]
                     if duplicates or any(m is None for _d, _c, m, _n in rows):

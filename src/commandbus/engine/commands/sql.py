@@ -54,9 +54,12 @@ WITH created AS (
 SELECT msg_id FROM msg
 """
 
-# Many commands (one or more domains) and their batch in one statement. Nothing is
-# inserted unless every stream was new; the caller rolls back the created streams
-# and reports the duplicates that come back.
+# Many commands (one or more domains), with or without their batch, in one
+# statement: SEND_BATCH_HEAD, one SEND_BATCH_QUEUE per domain, SEND_BATCH_TAIL.
+# With a batch, {batch_stream} is SEND_BATCH_STREAM, {batch_event} SEND_BATCH_EVENT,
+# {batch} SEND_BATCH_ROW and {batch_id} %(batch_id)s; without one, they are empty
+# and NULL. Nothing is inserted unless every stream was new; the caller rolls back
+# the created streams and reports the duplicates that come back.
 SEND_BATCH_HEAD: Final[LiteralString] = """
 WITH input AS (
     SELECT *
@@ -64,20 +67,24 @@ WITH input AS (
                   %(types)b::text[], %(messages)b::jsonb[],
                   %(headers)b::jsonb[], %(corr)b::uuid[], %(caus)b::uuid[],
                   %(max_attempts)b::int[], %(reply_to)b::text[], %(saga_ids)b::uuid[],
-                  %(delays)b::float8[])
+                  %(delays)b::float8[], %(metadata)b::jsonb[])
            AS i(stream_id, domain, command_id, command_type, message, headers,
-                correlation_id, causation_id, max_attempts, reply_to, saga_id, delay)
+                correlation_id, causation_id, max_attempts, reply_to, saga_id, delay,
+                metadata)
 ), created AS (
     INSERT INTO commandbus.stream (stream_id, stream_type, version)
-    SELECT stream_id, %(command_stream)s::text, 1 FROM input
-    UNION ALL
-    SELECT %(batch_stream_id)s, %(batch_stream)s::text, 1
+    SELECT stream_id, %(command_stream)s::text, 1 FROM input{batch_stream}
     ON CONFLICT (stream_id) DO NOTHING
     RETURNING stream_id
 ), go AS (
     SELECT input.* FROM input
      WHERE (SELECT count(*) FROM created) = %(expected_streams)s
 )"""
+
+# The batch's stream, among the streams created.
+SEND_BATCH_STREAM: Final[LiteralString] = """
+    UNION ALL
+    SELECT %(batch_stream_id)s, %(batch_stream)s::text, 1"""
 
 # One per domain in the batch: {queue} and {cte} are identifiers.
 SEND_BATCH_QUEUE: Final[LiteralString] = """, {cte} AS (
@@ -98,8 +105,23 @@ SEND_BATCH_TAIL: Final[LiteralString] = """, msgs AS (
     SELECT stream_id, 1, %(command_sent)s::text,
            message || jsonb_build_object('domain', domain, 'delay_seconds', delay,
                                          'msg_id', msg_id),
-           correlation_id, causation_id, %(metadata)s::jsonb
+           correlation_id, causation_id, metadata
+      FROM sent{batch_event}
+){batch}, proj AS (
+    INSERT INTO commandbus.command
+           (domain, command_id, command_type, status, attempts, max_attempts, msg_id,
+            correlation_id, reply_to, saga_id, batch_id, created_at, updated_at, version)
+    SELECT domain, command_id, command_type, 'PENDING', 0, max_attempts, msg_id,
+           correlation_id, reply_to, saga_id, {batch_id}, now(), now(), 1
       FROM sent
+)
+SELECT input.domain, input.command_id, sent.msg_id,
+       input.stream_id IN (SELECT stream_id FROM created) AS is_new
+  FROM input LEFT JOIN sent USING (stream_id)
+"""
+
+# The batch's BatchCreated event, among the events inserted.
+SEND_BATCH_EVENT: Final[LiteralString] = """
     UNION ALL
     SELECT %(batch_stream_id)s, 1, %(batch_created)s, %(batch_data)s::jsonb, %(batch_corr)s, NULL,
            jsonb_build_object()
@@ -107,26 +129,17 @@ SEND_BATCH_TAIL: Final[LiteralString] = """, msgs AS (
     -- the batch row is built from its event (the commands' payloads stay here)
     RETURNING stream_version, event_type,
               CASE WHEN event_type = %(batch_created)s THEN data END AS data,
-              correlation_id, recorded_at
-), batch AS (
+              correlation_id, recorded_at"""
+
+# The batch's row. {batch_columns} and {batch_row} are the one definition of a batch row.
+SEND_BATCH_ROW: Final[LiteralString] = """, batch AS (
     -- the row is the one definition of a batch row (projections/batch_projection.py),
     -- which the replay uses too
     INSERT INTO commandbus.batch ({batch_columns}, version)
     SELECT {batch_row}, e.stream_version
       FROM evt e
      WHERE e.event_type = %(batch_created)s
-), proj AS (
-    INSERT INTO commandbus.command
-           (domain, command_id, command_type, status, attempts, max_attempts, msg_id,
-            correlation_id, reply_to, saga_id, batch_id, created_at, updated_at, version)
-    SELECT domain, command_id, command_type, 'PENDING', 0, max_attempts, msg_id,
-           correlation_id, reply_to, saga_id, %(batch_id)s, now(), now(), 1
-      FROM sent
-)
-SELECT input.domain, input.command_id, sent.msg_id,
-       input.stream_id IN (SELECT stream_id FROM created) AS is_new
-  FROM input LEFT JOIN sent USING (stream_id)
-"""
+)"""
 
 # -- worker: read and record outcomes -------------------------------------------------------
 

@@ -126,10 +126,15 @@ async def send_one(conn: Conn, cmd: OutgoingCommand) -> int | None:
     return None if row is None else int(row[0])
 
 
-@lru_cache(maxsize=256)
-def send_batch_statement(domains: tuple[str, ...]) -> sql.Composed:
-    """The statement of :func:`send_many` for commands of these (sorted) domains."""
-    parts: list[sql.Composable] = [sql.SQL(queries.SEND_BATCH_HEAD)]
+@lru_cache(maxsize=512)
+def _send_statement(domains: tuple[str, ...], *, with_batch: bool) -> sql.Composed:
+    """SEND_BATCH for commands of these (sorted) domains, with or without a batch."""
+    empty = sql.SQL("")
+    parts: list[sql.Composable] = [
+        sql.SQL(queries.SEND_BATCH_HEAD).format(
+            batch_stream=sql.SQL(queries.SEND_BATCH_STREAM) if with_batch else empty
+        )
+    ]
     union: list[sql.Composable] = []
     for i, domain in enumerate(domains):
         cte = sql.Identifier(f"msg_{i}")
@@ -139,34 +144,34 @@ def send_batch_statement(domains: tuple[str, ...]) -> sql.Composed:
             )
         )
         union.append(sql.SQL("SELECT msg_id, domain, command_id FROM {}").format(cte))
+    batch_row = sql.SQL(queries.SEND_BATCH_ROW).format(
+        batch_columns=batch_projection.columns(),
+        batch_row=batch_projection.row_from_created(),
+    )
     parts.append(
         sql.SQL(queries.SEND_BATCH_TAIL).format(
             union=sql.SQL(" UNION ALL ").join(union),
-            batch_columns=batch_projection.columns(),
-            batch_row=batch_projection.row_from_created(),
+            batch_event=sql.SQL(queries.SEND_BATCH_EVENT) if with_batch else empty,
+            batch=batch_row if with_batch else empty,
+            batch_id=sql.Placeholder("batch_id") if with_batch else sql.SQL("NULL::uuid"),
         )
     )
     return sql.Composed(parts)
 
 
-async def send_many(
-    conn: Conn,
-    cmds: Sequence[OutgoingCommand],
-    *,
-    batch_id: UUID,
-    batch_stream: str,
-    batch_name: str | None,
-    batch_data: str,
-    batch_correlation_id: UUID,
-    metadata: str,
-) -> list[tuple[str, UUID, int | None, bool]]:
-    """Insert many commands and their batch; returns (domain, command id, msg id, was new).
+def send_batch_statement(domains: tuple[str, ...]) -> sql.Composed:
+    """The statement of :func:`send_many` for commands of these (sorted) domains."""
+    return _send_statement(domains, with_batch=True)
 
-    Nothing but streams is written when any command id already exists: the caller
-    must then roll back.
-    """
-    domains = tuple(sorted({c.domain for c in cmds}))
-    params: dict[str, Any] = {
+
+def send_commands_statement(domains: tuple[str, ...]) -> sql.Composed:
+    """The statement of :func:`send_commands` for commands of these (sorted) domains."""
+    return _send_statement(domains, with_batch=False)
+
+
+def _send_params(cmds: Sequence[OutgoingCommand]) -> dict[str, Any]:
+    """The commands' parameters of SEND_BATCH (a batch's own are added to them)."""
+    return {
         "stream_ids": [command_stream_id(c.domain, c.command_id) for c in cmds],
         "domains": [c.domain for c in cmds],
         "command_ids": [c.command_id for c in cmds],
@@ -179,20 +184,65 @@ async def send_many(
         "reply_to": [c.reply_to for c in cmds],
         "saga_ids": [c.saga_id for c in cmds],
         "delays": [c.delay_seconds for c in cmds],
-        "batch_stream_id": batch_stream,
-        "expected_streams": len(cmds) + 1,
-        "batch_id": batch_id,
-        "batch_name": batch_name,
-        "batch_data": batch_data,
-        "batch_corr": batch_correlation_id,
-        "metadata": metadata,
+        "metadata": [c.metadata for c in cmds],
         "command_stream": ev.COMMAND_STREAM,
-        "batch_stream": ev.BATCH_STREAM,
         "command_sent": ev.COMMAND_SENT,
-        "batch_created": ev.BATCH_CREATED,
     }
+
+
+async def send_many(
+    conn: Conn,
+    cmds: Sequence[OutgoingCommand],
+    *,
+    batch_id: UUID,
+    batch_stream: str,
+    batch_name: str | None,
+    batch_data: str,
+    batch_correlation_id: UUID,
+) -> list[tuple[str, UUID, int | None, bool]]:
+    """Insert many commands and their batch; returns (domain, command id, msg id, was new).
+
+    Nothing but streams is written when any command id already exists: the caller
+    must then roll back.
+    """
+    domains = tuple(sorted({c.domain for c in cmds}))
+    params = _send_params(cmds)
+    params.update(
+        {
+            "batch_stream_id": batch_stream,
+            "expected_streams": len(cmds) + 1,
+            "batch_id": batch_id,
+            "batch_name": batch_name,
+            "batch_data": batch_data,
+            "batch_corr": batch_correlation_id,
+            "batch_stream": ev.BATCH_STREAM,
+            "batch_created": ev.BATCH_CREATED,
+        }
+    )
     cur = await conn.execute(send_batch_statement(domains), params)
     return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
+
+
+async def send_commands(
+    conn: Conn, cmds: Sequence[OutgoingCommand]
+) -> list[tuple[str, UUID, int | None]]:
+    """Insert many commands (one or more domains, no batch) in ONE statement.
+
+    Returns (domain, command id, msg id) in the order of ``cmds``. All or nothing:
+    when any command id already exists in its domain (or one is repeated in
+    ``cmds``), nothing but streams is written and every msg id is None; the caller
+    must then roll back.
+    """
+    if not cmds:
+        return []
+    domains = tuple(sorted({c.domain for c in cmds}))
+    params = _send_params(cmds)
+    params["expected_streams"] = len(cmds)
+    cur = await conn.execute(send_commands_statement(domains), params)
+    sent = {(r[0], r[1]): r[2] for r in await cur.fetchall() if r[2] is not None}
+    if len(sent) != len(cmds):
+        return [(c.domain, c.command_id, None) for c in cmds]
+    return [(c.domain, c.command_id, sent[c.domain, c.command_id]) for c in cmds]
 
 
 async def read_batch(conn: Conn, domain: str, *, qty: int, vt_seconds: float) -> list[ReadMessage]:
