@@ -30,6 +30,15 @@ COMMAND_KEYS: Final = (
     "batch_id",
     "max_attempts",
 )
+#: A reply's ``outcome``: the command completed (``result`` holds what it returned).
+REPLY_SUCCESS: Final = "SUCCESS"
+#: The command failed for good (a business rule; ``error`` says why).
+REPLY_FAILED: Final = "FAILED"
+#: An operator cancelled the command.
+REPLY_CANCELLED: Final = "CANCELLED"
+#: The command went to the troubleshooting queue: not final, an operator decides
+#: (a later reply follows if they retry, complete or cancel it).
+REPLY_TROUBLESHOOTING: Final = "TROUBLESHOOTING"
 #: The trace-context headers a message carries (W3C Trace Context and Baggage).
 TRACE_KEYS: Final = ("traceparent", "tracestate", "baggage")
 

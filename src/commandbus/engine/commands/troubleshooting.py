@@ -25,6 +25,8 @@ from commandbus.arguments import opt_text_arg, uuid_arg
 from commandbus.codec import dumps
 from commandbus.engine.commands import store as command_store
 from commandbus.engine.commands.envelope import (
+    REPLY_CANCELLED,
+    REPLY_SUCCESS,
     encode_headers,
     message_from_sent,
     reply_for,
@@ -197,7 +199,7 @@ class TroubleshootingQueue:
             action="cancel",
             event_type=ev.COMMAND_CANCELLED_BY_OPERATOR,
             data={"reason": reason, "operator": operator},
-            outcome="CANCELLED",
+            outcome=REPLY_CANCELLED,
         )
 
     async def complete(
@@ -220,7 +222,7 @@ class TroubleshootingQueue:
             action="complete",
             event_type=ev.COMMAND_COMPLETED_BY_OPERATOR,
             data={"result": result, "operator": operator},
-            outcome="SUCCESS",
+            outcome=REPLY_SUCCESS,
             result=result,
         )
 

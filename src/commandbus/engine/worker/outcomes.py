@@ -8,7 +8,12 @@ from typing import Any
 import attrs
 
 from commandbus import event_types as ev
-from commandbus.engine.commands.envelope import reply_for
+from commandbus.engine.commands.envelope import (
+    REPLY_FAILED,
+    REPLY_SUCCESS,
+    REPLY_TROUBLESHOOTING,
+    reply_for,
+)
 from commandbus.engine.commands.store import Reply, Transition
 from commandbus.engine.worker.retry_policy import ErrorKind, RetryPolicy, classify
 from commandbus.errors import CommandFailure
@@ -128,7 +133,7 @@ class OutcomeBuilder:
             event_type=ev.COMMAND_COMPLETED,
             data={"attempt": attempt, "result": result},
             queue_op=self._done_op,
-            reply=reply_for(command, "SUCCESS", result=result),
+            reply=reply_for(command, REPLY_SUCCESS, result=result),
         )
 
     def failure(
@@ -158,7 +163,7 @@ class OutcomeBuilder:
                 event_type=ev.COMMAND_FAILED,
                 data={"attempt": attempt, "error": err.as_dict()},
                 queue_op=self._done_op,
-                reply=reply_for(command, "FAILED", error=err),
+                reply=reply_for(command, REPLY_FAILED, error=err),
             )
         if kind is ErrorKind.TRANSIENT and attempt < command.max_attempts:
             delay = self._policy.delay(attempt).total_seconds()
@@ -183,6 +188,7 @@ class OutcomeBuilder:
             event_type=ev.COMMAND_MOVED_TO_TSQ,
             data={"attempt": attempt, "error": err.as_dict(), "reason": str(reason)},
             queue_op="archive",
+            reply=reply_for(command, REPLY_TROUBLESHOOTING, error=err),
         )
 
     def deliveries_exhausted(
@@ -215,6 +221,15 @@ class OutcomeBuilder:
                 "reason": str(TsqReason.ATTEMPTS_EXHAUSTED),
             },
             queue_op="archive",
+            reply=reply_for(
+                command,
+                REPLY_TROUBLESHOOTING,
+                error=ErrorInfo(
+                    type="AttemptsExhausted",
+                    code="ATTEMPTS_EXHAUSTED",
+                    message=f"delivered {deliveries - 1} times without a recorded outcome",
+                ),
+            ),
         )
 
     def unrecordable(self, t: Transition, exc: BaseException) -> Decision:
