@@ -124,6 +124,18 @@ class InvalidStateError(CommandBusError):
     code = "INVALID_STATE"
 
 
+class SagaDefinitionError(CommandBusError, ValueError):
+    """A saga definition is not valid (names, steps, compensations, builders)."""
+
+    code = "SAGA_DEFINITION"
+
+
+class SagaNotFoundError(CommandBusError):
+    """No saga has this id."""
+
+    code = "SAGA_NOT_FOUND"
+
+
 class HandlerRegistrationError(CommandBusError, ValueError):
     """A handler registration is invalid or duplicated."""
 

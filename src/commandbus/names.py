@@ -57,8 +57,15 @@ def quarantine_stream_id(queue: str, msg_id: int) -> str:
     return f"{ev.QUARANTINE_STREAM}:{queue}:{msg_id}"
 
 
+def saga_stream_id(saga_id: object) -> str:
+    """The event stream of one saga."""
+    return f"{ev.SAGA_STREAM}:{saga_id}"
+
+
 #: Stream types the library writes; their streams are named ``<type>:...``.
-LIBRARY_STREAM_TYPES = frozenset({ev.COMMAND_STREAM, ev.BATCH_STREAM, ev.QUARANTINE_STREAM})
+LIBRARY_STREAM_TYPES = frozenset(
+    {ev.COMMAND_STREAM, ev.BATCH_STREAM, ev.QUARANTINE_STREAM, ev.SAGA_STREAM}
+)
 
 
 def is_library_stream(stream_id: str, stream_type: str) -> bool:

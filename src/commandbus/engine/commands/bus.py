@@ -173,6 +173,10 @@ class CommandBus(CommandReads):
         async with borrow(self.pool, conn) as c, atomic(c):
             await self.queues.ensure(c, domain, remember=False)
 
+    async def create_queues(self, queues: Sequence[str]) -> None:
+        """Create these queues now unless they exist (each in its own transaction)."""
+        await self._ensure_queues([validate_queue_name(q) for q in queues])
+
     async def _ensure_queues(self, queues: Sequence[str]) -> None:
         # Queues are created in their own committed transaction, never in a caller's
         # transaction: a rollback there must not undo a queue this process remembers.

@@ -1,0 +1,309 @@
+"""Starting sagas and asking about them: ``SagaClient(bus)``.
+
+Starting a saga appends ``SagaStarted``, writes its status row and sends its first
+command(s) in one transaction (the caller's with ``conn=``). Operators' requests
+(cancel, pause, resume) are checked against the saga's state and queued for the
+coordinator, which carries each out as a transition like any other (audited, and
+serialized with the saga's replies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+from uuid import UUID, uuid4
+
+import attrs
+from psycopg import sql
+
+from commandbus.arguments import (
+    bool_arg,
+    conn_arg,
+    mapping_arg,
+    opt_text_arg,
+    opt_uuid_arg,
+    show,
+    uuid_arg,
+)
+from commandbus.codec import dumps, dumps_limited
+from commandbus.engine.commands.bus import CommandBus
+from commandbus.engine.db.connect import Conn, atomic, borrow
+from commandbus.engine.queues.tables import queue_table
+from commandbus.errors import InvalidStateError, SagaNotFoundError, ValidationError
+from commandbus.models import StoredEvent
+from commandbus.names import saga_stream_id
+from commandbus.sagas import replay
+from commandbus.sagas import sql as q
+from commandbus.sagas.decide import SAGA_QUEUE, Decider, saga_id_for_key
+from commandbus.sagas.definition import Saga
+from commandbus.sagas.read import (
+    SagaFilter,
+    SagaPage,
+    SagaRecord,
+    fetch_counts,
+    fetch_page,
+    fetch_saga,
+)
+from commandbus.sagas.state import SagaStatus, StepStatus
+from commandbus.sagas.store import Pending, commit
+
+
+@attrs.frozen(kw_only=True)
+class SagaStart:
+    """One saga to start with :meth:`SagaClient.start_sagas`."""
+
+    input: Mapping[str, Any]
+    saga_id: UUID | str | None = None
+    idempotency_key: str | None = None
+    correlation_id: UUID | str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class StartedSaga:
+    """A started saga; ``created`` is False when it existed already (same id or key)."""
+
+    saga_id: UUID
+    created: bool
+
+
+class SagaClient:
+    """Start sagas, read them, and ask the coordinator to cancel, pause or resume one.
+
+    Built on an open :class:`~commandbus.CommandBus` (its pool and settings):
+    ``sagas = SagaClient(bus)``. Every method takes an optional ``conn=``.
+    """
+
+    def __init__(self, bus: CommandBus) -> None:
+        if not isinstance(bus, CommandBus):
+            raise ValidationError(f"bus must be a CommandBus, got {show(bus)}")
+        self._bus = bus
+
+    # -- starting -----------------------------------------------------------------------
+
+    async def start_saga(
+        self,
+        definition: Saga,
+        input: Mapping[str, Any] | None = None,
+        *,
+        saga_id: UUID | str | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: UUID | str | None = None,
+        conn: Conn | None = None,
+    ) -> StartedSaga:
+        """Start one saga: its first event, status row and first command(s), atomically.
+
+        ``idempotency_key``: starting again with the same key (and definition name)
+        returns the existing saga (``created=False``) and writes nothing; so does
+        an existing ``saga_id``. With ``conn=`` it joins the caller's transaction and
+        commits or rolls back with it.
+        """
+        started = await self.start_sagas(
+            definition,
+            [
+                SagaStart(
+                    input={} if input is None else input,
+                    saga_id=saga_id,
+                    idempotency_key=idempotency_key,
+                    correlation_id=correlation_id,
+                )
+            ],
+            conn=conn,
+        )
+        return started[0]
+
+    async def start_sagas(
+        self,
+        definition: Saga,
+        starts: Iterable[SagaStart | Mapping[str, Any]],
+        *,
+        conn: Conn | None = None,
+    ) -> list[StartedSaga]:
+        """Start many sagas of one definition in a constant number of statements.
+
+        Each item is a :class:`SagaStart` or just the input mapping. Returns one
+        :class:`StartedSaga` per item, in order.
+        """
+        if not isinstance(definition, Saga):
+            raise ValidationError(f"definition must be a Saga, got {show(definition)}")
+        if isinstance(starts, str | bytes | Mapping) or not isinstance(starts, Iterable):
+            raise ValidationError(f"starts must be a list of SagaStart, got {show(starts)}")
+        config = self._bus.config
+        pending: list[Pending] = []
+        seen: set[UUID] = set()
+        ids: list[UUID] = []
+        for i, item in enumerate(starts):
+            start = item if isinstance(item, SagaStart) else SagaStart(input=item)
+            if not isinstance(start, SagaStart):
+                raise ValidationError(f"starts[{i}] must be a SagaStart or a mapping")
+            data = dict(mapping_arg(start.input, "input"))
+            dumps_limited(data, config.max_payload_bytes, what="saga input")
+            key = opt_text_arg(start.idempotency_key, "idempotency_key")
+            sid = opt_uuid_arg(start.saga_id, "saga_id")
+            if sid is None:
+                sid = uuid4() if key is None else saga_id_for_key(definition.name, key)
+            corr = opt_uuid_arg(start.correlation_id, "correlation_id") or sid
+            ids.append(sid)
+            if sid in seen:
+                continue  # the same saga twice in one call: started once
+            seen.add(sid)
+            decider = Decider(
+                definition,
+                None,
+                max_payload_bytes=config.max_payload_bytes,
+                default_max_attempts=config.max_attempts,
+            )
+            decider.start(saga_id=sid, input=data, correlation_id=corr, idempotency_key=key)
+            pending.append(Pending(sid, 0, decider))
+        if not ids:
+            return []
+        if conn is not None:
+            conn_arg(conn)
+        await self._bus.create_queues(sorted({SAGA_QUEUE, *definition.domains}))
+        async with borrow(self._bus.pool, conn) as c, atomic(c):
+            created = await commit(c, pending)
+        first: set[UUID] = set()
+        out = []
+        for sid in ids:
+            out.append(StartedSaga(saga_id=sid, created=sid in created and sid not in first))
+            first.add(sid)
+        return out
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def get_saga(self, saga_id: UUID | str, *, conn: Conn | None = None) -> SagaRecord | None:
+        """Where is saga X: its status row (None if unknown)."""
+        sid = uuid_arg(saga_id, "saga_id")
+        async with borrow(self._bus.pool, conn) as c:
+            return await fetch_saga(c, sid)
+
+    async def list_sagas(
+        self,
+        where: SagaFilter | None = None,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+        conn: Conn | None = None,
+    ) -> SagaPage:
+        """Sagas matching ``where``, oldest first, keyset-paged (``cursor=page.next_cursor``)."""
+        if where is None:
+            where = SagaFilter()
+        elif not isinstance(where, SagaFilter):
+            raise ValidationError(f"where must be a SagaFilter, got {show(where)}")
+        async with borrow(self._bus.pool, conn) as c:
+            return await fetch_page(c, where, limit, cursor)
+
+    async def saga_history(
+        self, saga_id: UUID | str, *, conn: Conn | None = None
+    ) -> list[StoredEvent]:
+        """Every event of one saga, in order."""
+        sid = uuid_arg(saga_id, "saga_id")
+        return await self._bus.events.read_stream(saga_stream_id(sid), conn=conn)
+
+    async def status_counts(self, *, conn: Conn | None = None) -> dict[str, int]:
+        """How many sagas are in each status."""
+        async with borrow(self._bus.pool, conn) as c:
+            return await fetch_counts(c)
+
+    # -- operators ----------------------------------------------------------------------
+
+    async def cancel_saga(
+        self,
+        saga_id: UUID | str,
+        *,
+        reason: str | None = None,
+        operator: str | None = None,
+        conn: Conn | None = None,
+    ) -> None:
+        """Compensate a running saga: the coordinator waits for the steps out, then
+        compensates the completed ones in reverse. A step waiting on an operator has
+        its troubleshooting-queue command cancelled now (in the same transaction).
+        Refused (:class:`InvalidStateError`) once the saga ended or passed its pivot."""
+        await self._request(saga_id, "cancel", reason, operator, conn)
+
+    async def pause_saga(
+        self,
+        saga_id: UUID | str,
+        *,
+        reason: str | None = None,
+        operator: str | None = None,
+        conn: Conn | None = None,
+    ) -> None:
+        """Hold a saga: outcomes are still recorded, nothing new is sent until resumed."""
+        await self._request(saga_id, "pause", reason, operator, conn)
+
+    async def resume_saga(
+        self,
+        saga_id: UUID | str,
+        *,
+        operator: str | None = None,
+        conn: Conn | None = None,
+    ) -> None:
+        """Let a paused saga go on (what it waited for is sent now)."""
+        await self._request(saga_id, "resume", None, operator, conn)
+
+    async def _request(
+        self,
+        saga_id: object,
+        action: str,
+        reason: object,
+        operator: object,
+        conn: Conn | None,
+    ) -> None:
+        sid = uuid_arg(saga_id, "saga_id")
+        why = opt_text_arg(reason, "reason", empty=True)
+        who = opt_text_arg(operator, "operator", empty=True)
+        if conn is not None:
+            conn_arg(conn)
+        await self._bus.create_queues([SAGA_QUEUE])
+        async with borrow(self._bus.pool, conn) as c, atomic(c):
+            record = await fetch_saga(c, sid)
+            if record is None:
+                raise SagaNotFoundError(f"no saga {sid}")
+            state = record.state
+            if state.status.is_final:
+                raise InvalidStateError(f"saga {sid} is {state.status.value}: it has ended")
+            if action == "cancel" and state.pivoted:
+                raise InvalidStateError(
+                    f"saga {sid} is past its pivot: it only goes forward and cannot be compensated"
+                )
+            if action == "resume" and state.status is not SagaStatus.PAUSED and not state.paused:
+                raise InvalidStateError(f"saga {sid} is {state.status.value}, not paused")
+            if action == "cancel":
+                for step in state.steps.values():
+                    if step.status is StepStatus.WAITING_ON_OPERATOR:
+                        await self._bus.troubleshooting.cancel(
+                            step.domain,
+                            step.command_id,
+                            reason=why or f"saga {sid} cancelled",
+                            operator=who,
+                            conn=c,
+                        )
+            await c.execute(
+                sql.SQL(q.SEND_CONTROL).format(queue=queue_table(SAGA_QUEUE)),
+                {
+                    "message": dumps(
+                        {
+                            "kind": "control",
+                            "saga_id": str(sid),
+                            "action": action,
+                            "reason": why,
+                            "operator": who,
+                        }
+                    )
+                },
+            )
+
+    # -- the projection -----------------------------------------------------------------
+
+    async def verify_projection(self, *, conn: Conn | None = None) -> replay.SagaVerifyReport:
+        """Compare every saga's status row with a replay of its events."""
+        async with borrow(self._bus.pool, conn) as c:
+            return await replay.verify(c)
+
+    async def rebuild_projection(
+        self, *, table: str = "saga_rebuild", replace_live: bool = False, conn: Conn | None = None
+    ) -> int:
+        """Recompute the saga rows from the events (see :func:`replay.rebuild`)."""
+        replace_live = bool_arg(replace_live, "replace_live")
+        async with borrow(self._bus.pool, conn) as c:
+            return await replay.rebuild(c, table=table, replace_live=replace_live)

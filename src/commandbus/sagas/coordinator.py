@@ -1,0 +1,369 @@
+"""The saga coordinator: consumes the saga queue and moves sagas, exactly once.
+
+Every command a saga sends replies to the saga queue; step timers and operators'
+requests wait there too. The coordinator is a
+:class:`~commandbus.engine.queues.consumer.QueueConsumer` over that queue (the
+same reader, wake-ups, grouped recording and staged stop as a worker): a group of
+messages is decided saga by saga (:class:`~commandbus.sagas.decide.Decider`) and
+committed in ONE transaction of a constant number of statements
+(:func:`~commandbus.sagas.store.commit`). Several coordinators may run at once: a
+saga another one moved meanwhile is reloaded and decided again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+from uuid import UUID
+
+import attrs
+from psycopg import sql
+
+from commandbus.arguments import int_arg
+from commandbus.config import Config
+from commandbus.engine.commands.envelope import trace_context
+from commandbus.engine.db.connect import Conn, ResilientConnection
+from commandbus.engine.queues import sql as queue_sql
+from commandbus.engine.queues.consumer import QueueConsumer
+from commandbus.engine.queues.stopping import DEFAULT_GRACE
+from commandbus.engine.queues.tables import (
+    QueueRegistry,
+    wakeup_channel,
+    wakeup_throttle_ms,
+    with_queue,
+)
+from commandbus.errors import ValidationError
+from commandbus.sagas import sql as queries
+from commandbus.sagas.decide import SAGA_QUEUE, Decider
+from commandbus.sagas.definition import SagaRegistry
+from commandbus.sagas.state import SagaStatus
+from commandbus.sagas.store import Pending, commit, delete_messages, load
+
+log = logging.getLogger("commandbus.coordinator")
+
+#: A message for a saga whose definition version is not registered here waits this long.
+BLOCKED_RETRY_SECONDS = 30.0
+#: Rounds of deciding again the sagas another writer moved meanwhile, per group.
+CONFLICT_ROUNDS = 8
+
+
+@attrs.frozen
+class SagaMessage:
+    """A message of the saga queue: a reply, a timer, or an operator's request."""
+
+    msg_id: int
+    read_ct: int
+    message: Any
+    headers: Any
+
+
+@attrs.define
+class CoordinatorStats:
+    """What a coordinator did (counted when its transitions commit)."""
+
+    messages: int = 0
+    transitions: int = 0
+    completed: int = 0
+    compensated: int = 0
+    failed: int = 0
+    conflicts: int = 0
+    blocked: int = 0
+    ignored: int = 0
+    started_at: float | None = None
+    stopped_at: float | None = None
+
+    def summary(self) -> str:
+        return (
+            f"coordinator: {self.messages} messages, {self.transitions} transitions, "
+            f"{self.completed} sagas completed, {self.compensated} compensated, "
+            f"{self.failed} failed, {self.conflicts} conflicts retried, "
+            f"{self.ignored} bad messages, {self.blocked} waiting for a definition"
+        )
+
+
+@lru_cache(maxsize=1)
+def _read_statement() -> sql.Composed:
+    return with_queue(queries.READ, SAGA_QUEUE)
+
+
+class Coordinator:
+    """Runs the sagas of a registry: ``async with Coordinator(url, registry):``."""
+
+    def __init__(
+        self,
+        url: str,
+        registry: SagaRegistry,
+        *,
+        batch_size: int = 100,
+        visibility_timeout: timedelta = timedelta(seconds=30),
+        config: Config | None = None,
+        reconnect_timeout: timedelta = timedelta(minutes=5),
+        flushers: int = 2,
+    ) -> None:
+        if not isinstance(url, str) or not url.strip():
+            raise ValidationError(f"url must be a connection string, got {url!r:.60}")
+        if not isinstance(registry, SagaRegistry):
+            raise ValidationError(f"registry must be a SagaRegistry, got {registry!r:.60}")
+        if config is not None and not isinstance(config, Config):
+            raise ValidationError(f"config must be a Config, got {config!r:.60}")
+        batch_size = int_arg(batch_size, "batch_size", low=1, high=10_000)
+        flushers = int_arg(flushers, "flushers", low=1, high=16)
+        if not isinstance(visibility_timeout, timedelta) or not (
+            timedelta(seconds=1) <= visibility_timeout <= timedelta(days=1)
+        ):
+            raise ValidationError(
+                f"visibility_timeout must be a timedelta from 1 s to 1 day, "
+                f"got {visibility_timeout!r}"
+            )
+        if not isinstance(reconnect_timeout, timedelta) or reconnect_timeout < timedelta(0):
+            raise ValidationError(
+                f"reconnect_timeout must be a timedelta >= 0, got {reconnect_timeout!r}"
+            )
+        self.config = config or Config.from_env()
+        self.registry = registry
+        self.stats = CoordinatorStats()
+        self._vt = visibility_timeout.total_seconds()
+        self._consumer: QueueConsumer[SagaMessage, SagaMessage] = QueueConsumer(
+            url,
+            self,
+            name="coordinator",
+            wakeup_channel=wakeup_channel(SAGA_QUEUE),
+            concurrency=batch_size,
+            batch_size=batch_size,
+            flushers=flushers,
+            poll_interval=self.config.poll_interval.total_seconds(),
+            reconnect_timeout=reconnect_timeout.total_seconds(),
+        )
+        self._task: asyncio.Task[CoordinatorStats] | None = None
+        self._warned: set[tuple[str, int]] = set()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def ready(self) -> asyncio.Event:
+        """Set once the coordinator is connected and listening."""
+        return self._consumer.ready
+
+    def request_stop(self, timeout: timedelta | float | None = None) -> None:
+        """Ask the coordinator to stop (safe from signal handlers, idempotent)."""
+        self._consumer.request_stop(timeout)
+
+    async def stop(self, timeout: timedelta | float = DEFAULT_GRACE) -> None:  # noqa: ASYNC109
+        """Stop and wait: what was decided is recorded, the rest handed back."""
+        await self._consumer.stop(timeout)
+
+    async def run(self) -> CoordinatorStats:
+        """Run until :meth:`stop`; cancelling it stops at once, then re-raises."""
+        self.stats.started_at = time.monotonic()
+        try:
+            await self._consumer.run(opened=self._opened)
+        finally:
+            self.stats.stopped_at = time.monotonic()
+        log.info("%s", self.stats.summary())
+        return self.stats
+
+    async def __aenter__(self) -> Coordinator:
+        task = asyncio.create_task(self.run(), name="commandbus-coordinator")
+        self._task = task
+        ready = asyncio.create_task(self.ready.wait(), name="commandbus-coordinator-ready")
+        try:
+            await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            self.request_stop(0)
+            await asyncio.gather(task, return_exceptions=True)
+            raise
+        finally:
+            ready.cancel()
+            await asyncio.gather(ready, return_exceptions=True)
+        if task.done():
+            self._task = None
+            task.result()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self.request_stop()
+        await task
+
+    async def _opened(self) -> None:
+        log.info(
+            "coordinator running %s",
+            ", ".join(f"{s.name} v{s.version}" for s in self.registry) or "no sagas",
+        )
+
+    # -- consumer hooks -----------------------------------------------------------------
+
+    async def prepare(self, conn: Conn) -> None:
+        from commandbus.migrations import ensure_schema_current
+
+        await ensure_schema_current(conn)
+        queues = QueueRegistry()
+        await queues.ensure(conn, SAGA_QUEUE)
+        for domain in sorted(self.registry.domains):
+            await queues.ensure(conn, domain)
+        throttle_ms = await wakeup_throttle_ms(conn, SAGA_QUEUE)
+        if throttle_ms is not None:
+            self._consumer.settle_seconds = (throttle_ms + 1) / 1000
+
+    async def read(self, conn: Conn, qty: int) -> Sequence[SagaMessage]:
+        cur = await conn.execute(_read_statement(), {"qty": qty, "vt": self._vt})
+        rows = await cur.fetchall()
+        return [SagaMessage(r[0], r[1], r[2], r[3]) for r in sorted(rows, key=lambda r: r[0])]
+
+    async def next_visible(self, conn: Conn) -> float | None:
+        cur = await conn.execute(with_queue(queue_sql.NEXT_VISIBLE, SAGA_QUEUE))
+        row = await cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def handle(self, msg: SagaMessage) -> SagaMessage | None:
+        return msg  # all the work is in record: a group is decided and committed at once
+
+    async def release(self, conn: Conn, started: list[int], unstarted: list[int]) -> None:
+        if started or unstarted:
+            await conn.execute(
+                with_queue(queue_sql.RELEASE, SAGA_QUEUE),
+                {"started": list(started), "unstarted": list(unstarted)},
+            )
+
+    def suspect(self, msg: SagaMessage) -> bool:
+        return False  # no user code runs per message; a crash takes nothing else down
+
+    async def postpone(self, conn: Conn, msg_ids: list[int], seconds: float) -> None:
+        await conn.execute(
+            with_queue(queue_sql.POSTPONE, SAGA_QUEUE), {"msg_ids": msg_ids, "delay": seconds}
+        )
+
+    async def record(
+        self, flusher: ResilientConnection, group: list[tuple[SagaMessage, SagaMessage]]
+    ) -> None:
+        msgs = sorted((m for m, _ in group), key=lambda m: m.msg_id)
+        for _ in range(CONFLICT_ROUNDS):
+            msgs = await flusher.run(functools.partial(self._record, msgs=msgs))
+            if not msgs:
+                return
+            self.stats.conflicts += len({_saga_of(m) for m in msgs})
+        # still contended: hand them back at once, to be decided again
+        await flusher.run(lambda c: self.release(c, [m.msg_id for m in msgs], []))
+
+    # -- deciding -----------------------------------------------------------------------
+
+    async def _record(self, conn: Conn, msgs: Sequence[SagaMessage]) -> list[SagaMessage]:
+        """Decide and commit a group in one transaction; returns the messages to retry."""
+        by_saga: dict[UUID, list[SagaMessage]] = defaultdict(list)
+        bad: list[int] = []
+        for m in msgs:
+            saga_id = _saga_of(m)
+            if saga_id is None:
+                log.error("saga queue message %s is not for a saga: %.200r", m.msg_id, m.message)
+                bad.append(m.msg_id)
+            else:
+                by_saga[saga_id].append(m)
+        async with conn.transaction():
+            loaded = await load(conn, list(by_saga))
+            pending: list[Pending] = []
+            postponed: list[int] = []
+            for saga_id, items in by_saga.items():
+                found = loaded.get(saga_id)
+                if found is None:
+                    log.error("no saga %s: dropping %d messages for it", saga_id, len(items))
+                    bad.extend(m.msg_id for m in items)
+                    continue
+                saga = self.registry.get(found.state.name, found.state.version)
+                decider = Decider(
+                    saga,
+                    found.state,
+                    max_payload_bytes=self.config.max_payload_bytes,
+                    default_max_attempts=self.config.max_attempts,
+                    headers=_trace(items[-1].headers),
+                )
+                if saga is None:
+                    self._missing(found.state.name, found.state.version)
+                    decider.blocked(
+                        items[0].msg_id,
+                        f"saga {found.state.name!r} version {found.state.version} is not "
+                        "registered with the coordinator",
+                    )
+                    postponed.extend(m.msg_id for m in items)
+                else:
+                    try:
+                        for m in items:
+                            _feed(decider, m)
+                    except Exception:
+                        log.exception("saga %s: deciding failed; its messages wait", saga_id)
+                        postponed.extend(m.msg_id for m in items)
+                        continue
+                pending.append(Pending(saga_id, found.version, decider, found.created_at))
+            passed = await commit(conn, pending)
+            if bad:
+                await delete_messages(conn, bad)
+            if postponed:
+                await self.postpone(conn, postponed, BLOCKED_RETRY_SECONDS)
+        self.stats.ignored += len(bad)
+        self.stats.blocked += len(postponed)
+        retry: list[SagaMessage] = []
+        for p in pending:
+            if p.saga_id in passed or not p.decider.events:
+                if p.decider.events:
+                    self._count(p)
+                self.stats.messages += len(by_saga[p.saga_id])
+            elif not set(m.msg_id for m in by_saga[p.saga_id]) <= set(postponed):
+                retry.extend(by_saga[p.saga_id])
+        return sorted(retry, key=lambda m: m.msg_id)
+
+    def _count(self, p: Pending) -> None:
+        self.stats.transitions += 1
+        state = p.decider.state
+        if state is None:
+            return
+        status = state.status
+        if status is SagaStatus.COMPLETED:
+            self.stats.completed += 1
+        elif status is SagaStatus.COMPENSATED:
+            self.stats.compensated += 1
+        elif status is SagaStatus.FAILED:
+            self.stats.failed += 1
+
+    def _missing(self, name: str, version: int) -> None:
+        if (name, version) not in self._warned:
+            self._warned.add((name, version))
+            log.error(
+                "saga %r version %d is not registered with this coordinator: its sagas "
+                "wait (registered: %s)",
+                name,
+                version,
+                ", ".join(f"{s.name} v{s.version}" for s in self.registry) or "none",
+            )
+
+
+def _saga_of(m: SagaMessage) -> UUID | None:
+    body = m.message
+    if not isinstance(body, dict):
+        return None
+    try:
+        return UUID(str(body["saga_id"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def _trace(headers: Any) -> dict[str, str]:
+    return trace_context(headers) if headers else {}
+
+
+def _feed(decider: Decider, m: SagaMessage) -> None:
+    body = m.message
+    kind = body.get("kind")
+    if kind == "timer":
+        decider.timer(m.msg_id, body)
+    elif kind == "control":
+        decider.control(m.msg_id, body)
+    else:
+        decider.reply(m.msg_id, body)

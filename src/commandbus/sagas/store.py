@@ -1,0 +1,179 @@
+"""Writing saga transitions: each decided transition commits with everything it causes.
+
+:func:`commit` is the one way a saga moves: in the caller's transaction it appends
+each saga's events with its expected version, writes its status row, deletes the
+queue messages it consumed, sets its timers and sends its commands (the next
+steps or compensations). A saga whose stream moved on meanwhile (another
+coordinator, an operator) writes nothing at all; it is decided again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+from uuid import UUID
+
+import attrs
+from psycopg import sql
+
+from commandbus import event_types as ev
+from commandbus.codec import dumps
+from commandbus.engine.commands import store as command_store
+from commandbus.engine.db.connect import Conn
+from commandbus.engine.queues.tables import queue_table
+from commandbus.errors import ConcurrencyError
+from commandbus.names import saga_stream_id
+from commandbus.sagas import sql as queries
+from commandbus.sagas.decide import SAGA_QUEUE, Decider
+from commandbus.sagas.state import SagaState, apply, columns, from_json
+
+
+@attrs.frozen
+class Loaded:
+    """A saga's state as stored, and the stream version it reflects."""
+
+    state: SagaState
+    version: int
+    #: set only when the status row was missing and the state was replayed
+    created_at: datetime | None = None
+
+
+@attrs.define
+class Pending:
+    """A decided transition waiting to commit."""
+
+    saga_id: UUID
+    expected_version: int
+    decider: Decider
+    created_at: datetime | None = None
+
+
+async def load(conn: Conn, saga_ids: Sequence[UUID]) -> dict[UUID, Loaded]:
+    """The stored state of these sagas (replayed from events where the row is missing)."""
+    if not saga_ids:
+        return {}
+    cur = await conn.execute(queries.LOAD_STATES, {"ids": list(saga_ids)})
+    found = {r[0]: Loaded(from_json(r[2]), int(r[1])) for r in await cur.fetchall()}
+    missing = [s for s in saga_ids if s not in found]
+    if missing:
+        cur = await conn.execute(
+            queries.SAGA_EVENTS, {"stream_ids": [saga_stream_id(s) for s in missing]}
+        )
+        states: dict[str, tuple[SagaState | None, int, datetime | None]] = {}
+        for stream_id, version, event_type, data, recorded_at in await cur.fetchall():
+            state, _v, created = states.get(stream_id, (None, 0, None))
+            states[stream_id] = (
+                apply(state, event_type, data),
+                int(version),
+                created or recorded_at,
+            )
+        for state, version, created in states.values():
+            if state is not None:
+                found[state.saga_id] = Loaded(state, version, created)
+    return found
+
+
+@lru_cache(maxsize=1)
+def _transition_statement() -> sql.Composed:
+    return sql.SQL(queries.TRANSITION).format(queue=queue_table(SAGA_QUEUE))
+
+
+def _event_json(e: Any) -> dict[str, Any]:
+    return {
+        "type": e.event_type,
+        "data": e.data,
+        "corr": None if e.correlation_id is None else str(e.correlation_id),
+        "caus": None if e.causation_id is None else str(e.causation_id),
+        "meta": e.metadata or None,
+    }
+
+
+async def _allocate_timers(conn: Conn, pending: Sequence[Pending]) -> None:
+    timers = [(p, t) for p in pending for t in p.decider.timers]
+    if not timers:
+        return
+    cur = await conn.execute(
+        queries.ALLOCATE_MSG_IDS, {"table": f"pgmq.q_{SAGA_QUEUE}", "n": len(timers)}
+    )
+    ids = [int(r[0]) for r in await cur.fetchall()]
+    for (p, t), msg_id in zip(timers, ids, strict=True):
+        t.event_data["timer_msg_id"] = msg_id
+        state = p.decider.state
+        assert state is not None
+        step = state.steps.get(t.step)
+        if step is not None and step.command_id == t.command_id:
+            step.timer_msg_id = msg_id
+
+
+def _row(p: Pending) -> dict[str, Any]:
+    d = p.decider
+    state = d.state
+    assert state is not None
+    return {
+        **columns(state),
+        "saga_id": str(p.saga_id),
+        "correlation_id": str(state.correlation_id),
+        "stream_id": saga_stream_id(p.saga_id),
+        "expected": p.expected_version,
+        "new_version": p.expected_version + len(d.events),
+        "events": [_event_json(e) for e in d.events],
+        "ended": state.status.is_final,
+        "created_at": None if p.created_at is None else p.created_at.isoformat(),
+        "delete_ids": sorted(set(d.delete)),
+        "timers": [
+            {
+                "msg_id": t.event_data["timer_msg_id"],
+                "seconds": t.seconds,
+                "message": {
+                    "kind": "timer",
+                    "saga_id": str(p.saga_id),
+                    "step": t.step,
+                    "command_id": str(t.command_id),
+                    "seconds": t.seconds,
+                },
+            }
+            for t in d.timers
+        ],
+    }
+
+
+async def commit(conn: Conn, pending: Sequence[Pending]) -> set[UUID]:
+    """Record decided transitions in the caller's transaction; returns the sagas recorded.
+
+    Two statements whatever the number of sagas (three with timers): the saga
+    writes, then the commands of the sagas recorded. A saga is recorded only if
+    its stream is still at the expected version; ``pending`` holds each saga once.
+    """
+    pending = [p for p in pending if p.decider.events or p.decider.delete]
+    if not pending:
+        return set()
+    await _allocate_timers(conn, pending)
+    rows = [_row(p) for p in pending if p.decider.events]
+    passed: set[UUID] = set()
+    if rows:
+        cur = await conn.execute(
+            _transition_statement(),
+            {"transitions": dumps(rows, what="saga transition"), "saga_stream": ev.SAGA_STREAM},
+        )
+        passed = {r[0] for r in await cur.fetchall()}
+    # a transition with no event (a stale timer) only deletes its message
+    quiet = [m for p in pending if not p.decider.events for m in p.decider.delete]
+    if quiet:
+        await delete_messages(conn, quiet)
+    commands = [c for p in pending if p.saga_id in passed for c in p.decider.commands]
+    if commands:
+        sent = await command_store.send_commands(conn, commands)
+        if any(msg_id is None for _d, _c, msg_id in sent):
+            # the ids are derived from the saga's stream: only a second recording of
+            # the same transition could repeat one, and the version check forbids it
+            raise ConcurrencyError("a saga command was already sent; the transition is undone")
+    return passed
+
+
+async def delete_messages(conn: Conn, msg_ids: Sequence[int]) -> None:
+    await conn.execute(
+        sql.SQL(queries.DELETE_MESSAGES).format(queue=queue_table(SAGA_QUEUE)),
+        {"ids": list(msg_ids)},
+    )
