@@ -97,6 +97,8 @@ class SagaFilter:
 
 @attrs.frozen(kw_only=True)
 class SagaPage:
+    """A page of :meth:`SagaClient.list_sagas`; pass ``next_cursor`` to get the next one."""
+
     items: tuple[SagaRecord, ...]
     next_cursor: str | None
 

@@ -86,6 +86,8 @@ class SagaDifference:
 
 @attrs.frozen(kw_only=True)
 class SagaVerifyReport:
+    """What :func:`verify` found: how many sagas were compared, and every difference."""
+
     checked: int
     differences: tuple[SagaDifference, ...]
 

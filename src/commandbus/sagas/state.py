@@ -40,6 +40,8 @@ class SagaStatus(enum.StrEnum):
 
 
 class StepStatus(enum.StrEnum):
+    """Where one step of a saga stands (its command, then its compensation)."""
+
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
@@ -56,6 +58,8 @@ IN_FLIGHT = frozenset({StepStatus.RUNNING, StepStatus.WAITING_ON_OPERATOR})
 
 @attrs.define(kw_only=True)
 class StepState:
+    """One started step: its command, status, result or error, timer and compensation."""
+
     name: str
     stage: int
     status: StepStatus
@@ -71,6 +75,8 @@ class StepState:
 
 @attrs.define(kw_only=True)
 class SagaState:
+    """A saga as the fold of its events (:func:`apply`); its status is derived."""
+
     saga_id: UUID
     name: str
     version: int
