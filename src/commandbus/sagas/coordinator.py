@@ -24,6 +24,7 @@ from typing import Any
 from uuid import UUID
 
 import attrs
+import psycopg
 from psycopg import sql
 
 from commandbus.arguments import int_arg
@@ -39,7 +40,7 @@ from commandbus.engine.queues.tables import (
     wakeup_throttle_ms,
     with_queue,
 )
-from commandbus.errors import ValidationError
+from commandbus.errors import CommandBusError, DatabaseUnavailableError, ValidationError
 from commandbus.sagas import sql as queries
 from commandbus.sagas.decide import SAGA_QUEUE, Decider
 from commandbus.sagas.definition import SagaRegistry
@@ -246,11 +247,31 @@ class Coordinator:
         self, flusher: ResilientConnection, group: list[tuple[SagaMessage, SagaMessage]]
     ) -> None:
         msgs = sorted((m for m, _ in group), key=lambda m: m.msg_id)
-        for _ in range(CONFLICT_ROUNDS):
-            msgs = await flusher.run(functools.partial(self._record, msgs=msgs))
-            if not msgs:
+        await self._record_group(flusher, msgs)
+
+    async def _record_group(self, flusher: ResilientConnection, msgs: list[SagaMessage]) -> None:
+        try:
+            for _ in range(CONFLICT_ROUNDS):
+                msgs = await flusher.run(functools.partial(self._record, msgs=msgs))
+                if not msgs:
+                    return
+                self.stats.conflicts += len({_saga_of(m) for m in msgs})
+        except (psycopg.Error, CommandBusError) as exc:
+            if isinstance(exc, DatabaseUnavailableError):
+                raise  # the connection is gone for good: the consumer stops
+            # Not a lost connection (those are retried): one saga the database
+            # refuses must not take its group, or the coordinator, down with it.
+            sagas: dict[UUID | None, list[SagaMessage]] = defaultdict(list)
+            for m in msgs:
+                sagas[_saga_of(m)].append(m)
+            if len(sagas) > 1:
+                for items in sagas.values():
+                    await self._record_group(flusher, items)
                 return
-            self.stats.conflicts += len({_saga_of(m) for m in msgs})
+            log.exception("saga %s: its transition failed; its messages wait", next(iter(sagas)))
+            ids = [m.msg_id for m in msgs]
+            await flusher.run(lambda c: self.postpone(c, ids, BLOCKED_RETRY_SECONDS))
+            return
         # still contended: hand them back at once, to be decided again
         await flusher.run(lambda c: self.release(c, [m.msg_id for m in msgs], []))
 
