@@ -23,23 +23,35 @@ from commandbus import (
     PermanentCommandError,
     Saga,
     SagaClient,
+    SagaRecord,
     SagaRegistry,
+    SagaStatus,
     Step,
     Worker,
 )
-from support import FAST
+from support import FAST, assert_streams_contiguous, wait_for
 
 DOMAINS = ("inventory", "payments", "shipping", "notify")
 
 
 @attrs.define
 class Journal:
-    """What the handlers did, in order: (domain, command type, order id)."""
+    """What the handlers did, in order: (domain, command type, order id).
+
+    ``gate(order)``: an event a handler steered with ``"gate"`` waits for, so a test
+    holds a step in flight exactly as long as it wants.
+    """
 
     calls: list[tuple[str, str, str]] = attrs.field(factory=list)
+    gates: dict[str, asyncio.Event] = attrs.field(factory=dict)
+    #: command ids that already failed once ("tsq_once")
+    failed_once: set[str] = attrs.field(factory=set)
 
     def of(self, order: str) -> list[str]:
         return [t for _d, t, o in self.calls if o == order]
+
+    def gate(self, order: str) -> asyncio.Event:
+        return self.gates.setdefault(order, asyncio.Event())
 
 
 def build_handlers(journal: Journal) -> HandlerRegistry:
@@ -54,10 +66,18 @@ def build_handlers(journal: Journal) -> HandlerRegistry:
 
     def handler(domain: str, ctype: str, result: Any = None) -> None:
         async def run(cmd: Command, ctx: HandlerContext) -> Any:
-            journal.calls.append((domain, ctype, str(cmd.data.get("order_id"))))
+            order = str(cmd.data.get("order_id"))
+            journal.calls.append((domain, ctype, order))
             behaviour = cmd.data.get("behaviour", {}).get(ctype)
             if behaviour == "hang":
                 await asyncio.sleep(3600)
+            if behaviour == "gate":
+                await journal.gate(order).wait()
+            if behaviour == "tsq_once" and str(cmd.command_id) not in journal.failed_once:
+                journal.failed_once.add(str(cmd.command_id))
+                raise PermanentCommandError(f"{ctype} broken this once")
+            if behaviour == "sleep":
+                await asyncio.sleep(float(cmd.data.get("sleep", 0.01)))
             steer(cmd, ctype)
             return result(cmd) if callable(result) else result
 
@@ -110,14 +130,25 @@ class Harness:
     sagas: SagaClient
     coordinator: Coordinator
     journal: Journal
+    coordinators: list[Coordinator] = attrs.field(factory=list)
+    workers: list[Worker] = attrs.field(factory=list)
 
 
 @asynccontextmanager
 async def running(
-    dsn: str, *definitions: Saga, coordinators: int = 1, config: Any = FAST
+    dsn: str,
+    *definitions: Saga,
+    coordinators: int = 1,
+    config: Any = FAST,
+    journal: Journal | None = None,
+    batch_size: int = 100,
 ) -> AsyncIterator[Harness]:
-    """Workers for every domain and ``coordinators`` coordinators, in this process."""
-    journal = Journal()
+    """Workers for every domain and ``coordinators`` coordinators, in this process.
+
+    ``coordinators=0``: workers only (replies wait in the saga queue); ``journal``:
+    one shared with an earlier harness.
+    """
+    journal = Journal() if journal is None else journal
     reg = build_handlers(journal)
     registry = SagaRegistry(definitions or (ORDER,))
     async with AsyncExitStack() as stack:
@@ -129,12 +160,109 @@ async def running(
             for domain in DOMAINS
         ]
         coords = [
-            await stack.enter_async_context(Coordinator(dsn, registry, config=config))
+            await stack.enter_async_context(
+                Coordinator(dsn, registry, config=config, batch_size=batch_size)
+            )
             for _ in range(coordinators)
         ]
-        yield Harness(bus=bus, sagas=SagaClient(bus), coordinator=coords[0], journal=journal)
+        yield Harness(
+            bus=bus,
+            sagas=SagaClient(bus),
+            coordinator=coords[0] if coords else None,  # type: ignore[arg-type]
+            journal=journal,
+            coordinators=coords,
+            workers=workers,
+        )
         for w in workers:
             w.request_stop(0.2)  # a hung handler is cut short
+
+
+@asynccontextmanager
+async def coordinating(dsn: str, *definitions: Saga, config: Any = FAST) -> AsyncIterator[Any]:
+    """A coordinator alone (beside a harness run with ``coordinators=0``)."""
+    async with Coordinator(dsn, SagaRegistry(definitions), config=config) as c:
+        yield c
+
+
+# -- what the saga tests ask of the database ------------------------------------------------
+
+
+async def final(h: Harness, saga_id: Any, timeout: float = 20.0) -> SagaRecord:  # noqa: ASYNC109
+    """The saga's record once it has ended (the test fails after ``timeout``)."""
+    return await status_is(h, saga_id, None, timeout=timeout)
+
+
+async def status_is(
+    h: Harness,
+    saga_id: Any,
+    status: SagaStatus | None,
+    *,
+    timeout: float = 20.0,  # noqa: ASYNC109
+    idle: bool = False,
+) -> SagaRecord:
+    """The saga's record once its status is ``status`` (None: any final status).
+
+    ``idle``: also wait until no message for it waits in the saga queue (its
+    replies and requests were all decided).
+    """
+    found: list[SagaRecord] = []
+
+    async def reached() -> bool:
+        rec = await h.sagas.get_saga(saga_id)
+        if rec is None:
+            return False
+        if not (rec.status.is_final if status is None else rec.status is status):
+            return False
+        if idle and await pending_messages(h, saga_id):
+            return False
+        found[:] = [rec]
+        return True
+
+    await wait_for(reached, timeout=timeout)
+    return found[0]
+
+
+async def pending_messages(h: Harness, saga_id: Any) -> int:
+    """Messages for this saga in the saga queue (replies, requests; not timers)."""
+    async with h.bus.pool.connection() as c:
+        cur = await c.execute(
+            "SELECT count(*) FROM pgmq.q_commandbus_sagas"
+            " WHERE message->>'saga_id' = %s AND message->>'kind' IS DISTINCT FROM 'timer'",
+            (str(saga_id),),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def history(h: Harness, saga_id: Any) -> list[tuple[str, str | None]]:
+    """The saga's events as (event type, step)."""
+    return [(e.event_type, e.data.get("step")) for e in await h.sagas.saga_history(saga_id)]
+
+
+async def commands_of(h: Harness, saga_id: Any) -> list[tuple[str, str, str]]:
+    """The commands the saga sent, in order: (domain, command type, status)."""
+    async with h.bus.pool.connection() as c:
+        cur = await c.execute(
+            "SELECT domain, command_type, status FROM commandbus.command"
+            " WHERE saga_id = %s ORDER BY created_at, command_id",
+            (saga_id,),
+        )
+        return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
+
+
+async def assert_consistent(h: Harness) -> None:
+    """Streams contiguous; every command sent once; the saga rows equal their replay."""
+    async with h.bus.pool.connection() as c:
+        await assert_streams_contiguous(c)
+        cur = await c.execute(
+            "SELECT stream_id, count(*) FROM commandbus.event"
+            " WHERE event_type = 'CommandSent' GROUP BY stream_id HAVING count(*) <> 1"
+        )
+        assert await cur.fetchall() == []
+    report = await h.sagas.verify_projection()
+    assert report.ok, [str(d) for d in report.differences]
+    assert (await h.bus.verify_projection()).ok
 
 
 PARALLEL = Saga(

@@ -132,9 +132,14 @@ class SagaClient:
         seen: set[UUID] = set()
         ids: list[UUID] = []
         for i, item in enumerate(starts):
-            start = item if isinstance(item, SagaStart) else SagaStart(input=item)
-            if not isinstance(start, SagaStart):
-                raise ValidationError(f"starts[{i}] must be a SagaStart or a mapping")
+            if isinstance(item, SagaStart):
+                start = item
+            elif isinstance(item, Mapping):
+                start = SagaStart(input=item)
+            else:
+                raise ValidationError(
+                    f"starts[{i}] must be a SagaStart or the input mapping, got {show(item)}"
+                )
             data = dict(mapping_arg(start.input, "input"))
             dumps_limited(data, config.max_payload_bytes, what="saga input")
             key = opt_text_arg(start.idempotency_key, "idempotency_key")

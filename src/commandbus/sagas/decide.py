@@ -30,11 +30,10 @@ from commandbus.engine.commands.envelope import (
 from commandbus.engine.commands.store import OutgoingCommand
 from commandbus.errors import InvalidStateError
 from commandbus.models import NewEvent
+from commandbus.sagas.definition import SAGA_QUEUE as SAGA_QUEUE  # re-exported here
 from commandbus.sagas.definition import DataBuilder, Saga, SagaContext
 from commandbus.sagas.state import IN_FLIGHT, SagaState, StepStatus, apply
 
-#: The queue every saga command replies to, and where saga timers wait.
-SAGA_QUEUE = "commandbus_sagas"
 #: Namespace of the ids derived for saga commands and idempotent starts.
 SAGA_NAMESPACE = UUID("6f1c1d2e-6a53-4c55-9a43-2f8c9d7b1e01")
 

@@ -20,10 +20,14 @@ from uuid import UUID
 import attrs
 
 from commandbus.arguments import MAX_INT
-from commandbus.errors import InvalidNameError, SagaDefinitionError
+from commandbus.codec import dumps
+from commandbus.errors import InvalidNameError, PayloadError, SagaDefinitionError
 from commandbus.names import validate_command_type, validate_domain
 
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,127}")
+
+#: The queue every saga command replies to, and where saga timers wait (no domain).
+SAGA_QUEUE = "commandbus_sagas"
 
 
 @attrs.frozen(kw_only=True)
@@ -57,6 +61,11 @@ def _check_data(value: object, what: str) -> None:
             f"{what} must be a mapping, a function of the SagaContext, or None; "
             f"got {type(value).__name__}"
         )
+    if isinstance(value, Mapping):
+        try:
+            dumps(dict(value), what=what)
+        except PayloadError as exc:
+            raise SagaDefinitionError(exc.message) from None
 
 
 def _check_attempts(value: object, what: str) -> None:
@@ -71,6 +80,15 @@ def _named(fn: Callable[[], str], what: str) -> str:
         return fn()
     except InvalidNameError as exc:
         raise SagaDefinitionError(f"{what}: {exc.message}") from None
+
+
+def _domain(value: object, what: str) -> str:
+    domain = _named(lambda: validate_domain(value), what)
+    if domain == SAGA_QUEUE:
+        raise SagaDefinitionError(
+            f"{what}: {SAGA_QUEUE!r} is the saga queue (replies and timers), not a domain"
+        )
+    return domain
 
 
 @attrs.frozen
@@ -184,7 +202,7 @@ class Saga:
         if step.name in seen:
             raise SagaDefinitionError(f"saga {self.name!r}: name {step.name!r} is used twice")
         seen.add(step.name)
-        _named(lambda: validate_domain(step.domain), where)
+        _domain(step.domain, where)
         _named(lambda: validate_command_type(step.command), where)
         _check_data(step.data, f"{where}: data")
         _check_attempts(step.max_attempts, f"{where}: max_attempts")
@@ -208,7 +226,7 @@ class Saga:
                 )
             _named(lambda: validate_command_type(comp.command), f"{where} compensation")
             if comp.domain is not None:
-                _named(lambda: validate_domain(comp.domain), f"{where} compensation")
+                _domain(comp.domain, f"{where} compensation")
             _check_data(comp.data, f"{where}: compensation data")
             _check_attempts(comp.max_attempts, f"{where}: compensation max_attempts")
 
