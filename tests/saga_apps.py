@@ -165,16 +165,20 @@ async def running(
             )
             for _ in range(coordinators)
         ]
-        yield Harness(
-            bus=bus,
-            sagas=SagaClient(bus),
-            coordinator=coords[0] if coords else None,  # type: ignore[arg-type]
-            journal=journal,
-            coordinators=coords,
-            workers=workers,
-        )
-        for w in workers:
-            w.request_stop(0.2)  # a hung handler is cut short
+        try:
+            yield Harness(
+                bus=bus,
+                sagas=SagaClient(bus),
+                coordinator=coords[0] if coords else None,  # type: ignore[arg-type]
+                journal=journal,
+                coordinators=coords,
+                workers=workers,
+            )
+        finally:
+            for w in workers:
+                w.request_stop(0.2)  # a hung handler is cut short
+            for c in coords:
+                c.request_stop(0.2)
 
 
 @asynccontextmanager
