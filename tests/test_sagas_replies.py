@@ -274,7 +274,7 @@ async def test_a_failure_after_the_pivot_fails_the_saga_and_compensates_nothing(
         events = await history(h, started.saga_id)
         await assert_consistent(h)
     assert rec.status is SagaStatus.FAILED
-    assert rec.last_error is not None and rec.last_error["code"] == "REFUSED"
+    assert rec.last_error is not None and error(rec)["code"] == "REFUSED"
     assert h.journal.of("v1") == ["Reserve", "Charge", "Ship"]
     types = [t for t, _s in events]
     assert "SagaCompensationStarted" not in types and "SagaStepCompensating" not in types
@@ -361,6 +361,11 @@ async def test_a_reply_cancels_its_timer_in_the_same_transaction(dsn: str) -> No
     assert "SagaStepTimedOut" not in [e.event_type for e in events]
 
 
+def error(rec: Any) -> dict[str, Any]:
+    assert rec.last_error is not None
+    return dict(rec.last_error)
+
+
 # -- data builders -----------------------------------------------------------------------------
 
 
@@ -373,9 +378,9 @@ async def test_a_data_builder_that_raises_fails_its_step_and_compensates(dsn: st
     assert rec.status is SagaStatus.COMPENSATED
     assert h.journal.of("b1") == ["Reserve", "Release"]
     assert rec.last_error is not None
-    assert rec.last_error["code"] == "DATA_BUILDER_FAILED"
-    assert "'charge'" in rec.last_error["message"]
-    assert "no such step" in rec.last_error["message"]
+    assert error(rec)["code"] == "DATA_BUILDER_FAILED"
+    assert "'charge'" in error(rec)["message"]
+    assert "no such step" in error(rec)["message"]
     assert ("SagaStepStarted", "charge") not in events
 
 
@@ -386,22 +391,22 @@ async def test_data_that_is_not_json_fails_the_step(dsn: str) -> None:
         await assert_consistent(h)
     assert rec.status is SagaStatus.COMPENSATED
     assert h.journal.of("b2") == ["Reserve", "Charge", "Refund", "Release"]
-    assert rec.last_error["code"] == "DATA_BUILDER_FAILED"
-    assert "JSON" in rec.last_error["message"]
+    assert error(rec)["code"] == "DATA_BUILDER_FAILED"
+    assert "JSON" in error(rec)["message"]
 
 
 async def test_a_first_step_that_cannot_be_built_ends_the_saga_at_once(dsn: str) -> None:
-    saga = Saga(
-        "first",
-        steps=[Step("a", domain="inventory", command="Reserve", data=lambda ctx: [1])],
-    )
+    def a_list(ctx: Any) -> Any:
+        return [1]
+
+    saga = Saga("first", steps=[Step("a", domain="inventory", command="Reserve", data=a_list)])
     async with running(dsn, *ALL, saga) as h:
         started = await h.sagas.start_saga(saga, {"order_id": "b3"})
         rec = await h.sagas.get_saga(started.saga_id)
         assert await commands_of(h, started.saga_id) == []
         await assert_consistent(h)
     assert rec is not None and rec.status is SagaStatus.COMPENSATED
-    assert "not a mapping" in rec.last_error["message"]
+    assert "not a mapping" in error(rec)["message"]
 
 
 async def test_a_compensation_that_cannot_be_built_is_compensation_failed(dsn: str) -> None:
@@ -411,5 +416,5 @@ async def test_a_compensation_that_cannot_be_built_is_compensation_failed(dsn: s
         )
         rec = await status_is(h, started.saga_id, SagaStatus.COMPENSATION_FAILED, idle=True)
         await assert_consistent(h)
-    assert rec.last_error["code"] == "DATA_BUILDER_FAILED"
+    assert error(rec)["code"] == "DATA_BUILDER_FAILED"
     assert h.journal.of("b4") == ["Reserve", "Charge", "Ship"]
