@@ -71,8 +71,10 @@ def build_handlers(journal: Journal) -> HandlerRegistry:
             behaviour = cmd.data.get("behaviour", {}).get(ctype)
             if behaviour == "hang":
                 await asyncio.sleep(3600)
-            if behaviour == "gate":
+            if behaviour in ("gate", "gate_tsq"):
                 await journal.gate(order).wait()
+            if behaviour == "gate_tsq":
+                raise PermanentCommandError(f"{ctype} broken after the gate")
             if behaviour == "tsq_once" and str(cmd.command_id) not in journal.failed_once:
                 journal.failed_once.add(str(cmd.command_id))
                 raise PermanentCommandError(f"{ctype} broken this once")

@@ -231,6 +231,10 @@ class Decider:
                 data: dict[str, Any] = {**base, "result": body.get("result")}
                 if pivot:
                     data["pivot"] = True
+                    if st.cancelled:
+                        # nothing is undone while a step is out: past the pivot the
+                        # saga can only go forward, so the cancel came too late
+                        data["cancel_overtaken"] = True
                 self.emit(ev.SAGA_STEP_COMPLETED, data)
             elif outcome in (REPLY_FAILED, REPLY_CANCELLED):
                 self.emit(ev.SAGA_STEP_FAILED, {**base, "outcome": outcome, "error": error})
@@ -240,6 +244,9 @@ class Decider:
                     self._ignore(body, "the step already waits on an operator")
                 else:
                     self.emit(ev.SAGA_STEP_WAITING_ON_OPERATOR, {**base, "error": error})
+                    if st.cancelled:
+                        # the saga is being cancelled: its command is withdrawn too
+                        self.withdraw.append((step.domain, step.command_id))
             else:
                 self._ignore(body, f"unknown outcome {outcome!r}")
         elif step.status is StepStatus.TIMED_OUT and outcome == REPLY_SUCCESS:
@@ -276,7 +283,14 @@ class Decider:
             self._failed(error, "step_timed_out")
         self.advance()
 
-    def cancel(self, reason: str | None) -> None:
+    def cancel(self, reason: str | None, operator: str | None = None) -> None:
+        """Compensate: steps still out are waited for, then undone in reverse.
+
+        A step waiting on an operator has its troubleshooting-queue command
+        withdrawn (cancelled with the transition), and so has one that lands there
+        later; if the pivot step succeeds meanwhile the cancel is overtaken and the
+        saga goes forward.
+        """
         st = self._state
         if st.ended is not None:
             raise InvalidStateError(f"saga {st.saga_id} is {st.ended}: nothing to cancel")
@@ -285,9 +299,12 @@ class Decider:
                 f"saga {st.saga_id} is past its pivot: it only goes forward and cannot be "
                 "compensated"
             )
-        if st.compensating:
+        if st.cancelled:
             return
-        self.emit(ev.SAGA_CANCEL_REQUESTED, {"reason": reason or "cancelled by an operator"})
+        self.emit(
+            ev.SAGA_CANCEL_REQUESTED,
+            {"reason": reason or "cancelled by an operator", "operator": operator},
+        )
         self.withdraw.extend(
             (s.domain, s.command_id)
             for s in st.steps.values()
@@ -295,17 +312,17 @@ class Decider:
         )
         self.advance()
 
-    def pause(self, reason: str | None) -> None:
+    def pause(self, reason: str | None, operator: str | None = None) -> None:
         st = self._state
         if st.ended is not None:
             raise InvalidStateError(f"saga {st.saga_id} is {st.ended}: it cannot be paused")
         if not st.paused:
-            self.emit(ev.SAGA_PAUSED, {"reason": reason})
+            self.emit(ev.SAGA_PAUSED, {"reason": reason, "operator": operator})
 
-    def resume(self) -> None:
+    def resume(self, operator: str | None = None) -> None:
         st = self._state
         if st.paused:
-            self.emit(ev.SAGA_RESUMED, {})
+            self.emit(ev.SAGA_RESUMED, {"operator": operator})
         self.advance()
 
     def control(self, msg_id: int, body: Mapping[str, Any]) -> None:
@@ -313,13 +330,14 @@ class Decider:
         self.delete.append(msg_id)
         action = body.get("action")
         reason = body.get("reason")
+        operator = body.get("operator")
         try:
             if action == "cancel":
-                self.cancel(reason)
+                self.cancel(reason, operator)
             elif action == "pause":
-                self.pause(reason)
+                self.pause(reason, operator)
             elif action == "resume":
-                self.resume()
+                self.resume(operator)
             else:
                 raise InvalidStateError(f"unknown operator action {action!r}")
         except InvalidStateError as exc:

@@ -87,6 +87,8 @@ class SagaState:
     stage: int = -1
     steps: dict[str, StepState] = attrs.field(factory=dict)
     compensating: bool = False
+    #: an operator asked to cancel it (and the pivot did not overtake the request)
+    cancelled: bool = False
     reason: str | None = None
     paused: bool = False
     pivoted: bool = False
@@ -191,6 +193,8 @@ def apply(state: SagaState | None, event_type: str, data: Mapping[str, Any]) -> 
         return state
     if event_type in (ev.SAGA_COMPENSATION_STARTED, ev.SAGA_CANCEL_REQUESTED):
         state.compensating = True
+        if event_type == ev.SAGA_CANCEL_REQUESTED:
+            state.cancelled = True
         state.reason = data.get("reason")
         if data.get("error") is not None:
             state.last_error = data["error"]
@@ -214,6 +218,9 @@ def apply(state: SagaState | None, event_type: str, data: Mapping[str, Any]) -> 
         step.timer_msg_id = None
         if data.get("pivot"):
             state.pivoted = True
+        if data.get("cancel_overtaken"):
+            state.compensating = state.cancelled = False
+            state.reason = None
         if state.ended is SagaStatus.COMPENSATED:
             state.ended = None  # a late success: its compensation runs too
     elif event_type == ev.SAGA_STEP_FAILED:
@@ -286,6 +293,7 @@ def to_json(state: SagaState) -> dict[str, Any]:
             for s in state.steps.values()
         ],
         "compensating": state.compensating,
+        "cancelled": state.cancelled,
         "reason": state.reason,
         "paused": state.paused,
         "pivoted": state.pivoted,
@@ -327,6 +335,7 @@ def from_json(doc: Mapping[str, Any]) -> SagaState:
         stage=int(doc["stage"]),
         steps=steps,
         compensating=bool(doc["compensating"]),
+        cancelled=bool(doc.get("cancelled")),
         reason=doc.get("reason"),
         paused=bool(doc["paused"]),
         pivoted=bool(doc["pivoted"]),

@@ -9,25 +9,30 @@ coordinator, an operator) writes nothing at all; it is decided again.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import attrs
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 
 from commandbus import event_types as ev
 from commandbus.codec import dumps
 from commandbus.engine.commands import store as command_store
+from commandbus.engine.commands.troubleshooting import TroubleshootingQueue
 from commandbus.engine.db.connect import Conn
 from commandbus.engine.queues.tables import queue_table
-from commandbus.errors import ConcurrencyError
+from commandbus.errors import CommandNotFoundError, ConcurrencyError, InvalidStateError
 from commandbus.names import saga_stream_id
 from commandbus.sagas import sql as queries
 from commandbus.sagas.decide import SAGA_QUEUE, Decider
 from commandbus.sagas.state import SagaState, apply, columns, from_json
+
+log = logging.getLogger("commandbus.coordinator")
 
 
 @attrs.frozen
@@ -169,7 +174,24 @@ async def commit(conn: Conn, pending: Sequence[Pending]) -> set[UUID]:
             # the ids are derived from the saga's stream: only a second recording of
             # the same transition could repeat one, and the version check forbids it
             raise ConcurrencyError("a saga command was already sent; the transition is undone")
+    for p in pending:
+        if p.saga_id in passed:
+            for domain, command_id in p.decider.withdraw:
+                await _withdraw(conn, p.saga_id, domain, command_id)
     return passed
+
+
+async def _withdraw(conn: Conn, saga_id: UUID, domain: str, command_id: UUID) -> None:
+    """Cancel a cancelled saga's command in the troubleshooting queue (its reply, a
+    CANCELLED outcome, comes back to the saga like any other)."""
+    # every call of the TSQ below runs on ``conn``: it never borrows from a pool
+    tsq = TroubleshootingQueue(cast("AsyncConnectionPool[Conn]", None))
+    try:
+        await tsq.cancel(domain, command_id, reason=f"saga {saga_id} cancelled", conn=conn)
+    except (InvalidStateError, CommandNotFoundError) as exc:
+        # an operator acted on it meanwhile (its own save point is undone): the
+        # command's reply decides the step
+        log.info("saga %s: command %s not withdrawn: %s", saga_id, command_id, exc)
 
 
 async def delete_messages(conn: Conn, msg_ids: Sequence[int]) -> None:
