@@ -86,6 +86,7 @@ async def test_the_trace_context_travels_to_the_handler_the_reply_and_an_operato
         await wait_for(retried)
     assert len(seen) == 3
     assert all(s["traceparent"].split("-")[1] == trace_id for s in seen), seen
-    replies = await fetch(conn, "SELECT headers FROM pgmq.q_replies")
-    assert len(replies) == 2
-    assert all(h["traceparent"].split("-")[1] == trace_id for (h,) in replies)
+    replies = await fetch(conn, "SELECT headers, message->>'outcome' FROM pgmq.q_replies")
+    # the success, the move to the troubleshooting queue, the retried success
+    assert sorted(o for _h, o in replies) == ["SUCCESS", "SUCCESS", "TROUBLESHOOTING"]
+    assert all(h["traceparent"].split("-")[1] == trace_id for h, _o in replies)
