@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from commandbus.cli._common import CLIError, Overrides
+from commandbus.cli.coordinator import coordinator
 from commandbus.cli.db import db
 from commandbus.cli.demo import demo
 from commandbus.cli.migrate import migrate
@@ -67,7 +68,16 @@ def version() -> None:
     click.echo(f"commandbus {package_version('commandbus')}")
 
 
-_COMMANDS: tuple[click.Command, ...] = (db, migrate, demo, worker, tsq, show, projection)
+_COMMANDS: tuple[click.Command, ...] = (
+    db,
+    migrate,
+    demo,
+    worker,
+    coordinator,
+    tsq,
+    show,
+    projection,
+)
 for _command in _COMMANDS:
     cli.add_command(_command)
 

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
-import signal
-import sys
 from datetime import timedelta
 
 import click
 
 from commandbus.cli._common import CLIError, Number, database_url, load_config
+from commandbus.cli.serving import import_app, serve
 from commandbus.config import MAX_VISIBILITY_TIMEOUT
 from commandbus.engine.observability.logging import configure_logging
 from commandbus.engine.worker.registry import HandlerRegistry
-from commandbus.engine.worker.stats import WorkerStats
 from commandbus.engine.worker.worker import Worker
 
 #: The most handlers (--concurrency) and messages per read (--batch-size) a worker takes.
@@ -24,53 +21,10 @@ MAX_GRACE_SECONDS = 7 * 24 * 3600
 
 def load_registry(spec: str) -> HandlerRegistry:
     """Import ``module:attribute`` and return the HandlerRegistry it names."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise CLIError(f"--app must look like 'package.module:registry', got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CLIError(f"cannot import {module_name!r} for --app: {exc}") from exc
-    registry = getattr(module, attr, None)
+    registry = import_app(spec, "registry")
     if not isinstance(registry, HandlerRegistry):
         raise CLIError(f"{spec!r} is not a HandlerRegistry (got {type(registry).__name__})")
     return registry
-
-
-async def serve(worker: Worker, *, grace: float, banner: str | None = None) -> WorkerStats:
-    """Run ``worker`` until SIGINT or SIGTERM, then stop it gracefully.
-
-    ``banner`` is printed once the worker is connected and listening. The worker
-    checks the schema first (an unmigrated database is a one-line error).
-    """
-    loop = asyncio.get_running_loop()
-    signals = 0
-
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            click.echo(f"stopping: in-flight handlers get {grace:g}s (again to force)", err=True)
-            worker.request_stop(grace)
-        else:
-            click.echo("forcing: cancelling in-flight handlers", err=True)
-            worker.request_stop(0)
-
-    async def announce() -> None:
-        await worker.ready.wait()
-        if banner:
-            click.echo(banner, err=True)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    announcing = asyncio.create_task(announce(), name="commandbus-cli-banner")
-    try:
-        return await worker.run()
-    finally:
-        announcing.cancel()
-        await asyncio.gather(announcing, return_exceptions=True)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 @click.command()
@@ -121,7 +75,6 @@ def worker(
     grace: float,
 ) -> None:
     """Process DOMAIN's commands until SIGINT/SIGTERM, then stop gracefully."""
-    sys.path.insert(0, ".")
     registry = load_registry(app)
     config = load_config(ctx)
     configure_logging()
@@ -139,5 +92,6 @@ def worker(
             f"serving domain {domain!r}: {', '.join(registry.command_types(domain))} "
             f"(concurrency {concurrency})"
         )
-        stats = asyncio.run(serve(w, grace=grace, banner=banner))
+        stopping = f"stopping: in-flight handlers get {grace:g}s (again to force)"
+        stats = asyncio.run(serve(w, grace=grace, banner=banner, stopping=stopping))
     click.echo(stats.summary(), err=True)
