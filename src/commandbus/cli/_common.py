@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
@@ -75,6 +77,51 @@ class Number(_ParamType):
         return number
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)?")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+#: The longest duration the command line takes (100 years, as the library's own bound).
+MAX_DURATION = timedelta(days=36525)
+
+
+if TYPE_CHECKING:
+    _DurationType = click.ParamType[timedelta, Any]
+else:
+    _DurationType = click.ParamType
+
+
+class Duration(_DurationType):
+    """A duration such as ``90``, ``45s``, ``5m``, ``1h30m``, ``2d`` or ``250ms``.
+
+    A plain number is seconds. Refused values are one line like other errors.
+    """
+
+    name = "duration"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, timedelta):
+            return value
+        option = param.opts[0] if param is not None and param.opts else "value"
+        text = str(value).strip().lower().replace(" ", "")
+        total = 0.0
+        pos = 0
+        while text and pos < len(text):
+            match = _DURATION_PART.match(text, pos)
+            if match is None or (match.group(2) is None and (pos or match.end() != len(text))):
+                break
+            total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            pos = match.end()
+        else:
+            if text and math.isfinite(total) and total <= MAX_DURATION.total_seconds():
+                return timedelta(seconds=total)
+        raise CLIError(
+            f"{option} must be a duration such as 90s, 5m, 1h30m or 2d (up to 100 years), "
+            f"got {value!r}"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class Overrides:
     """Options given to ``commandbus`` itself; they win over the environment."""
@@ -99,7 +146,7 @@ def database_url(ctx: click.Context) -> Iterator[str]:
 
 
 def parse_uuid(value: str, what: str) -> UUID:
-    """A command or batch id given on the command line."""
+    """A command, batch or saga id given on the command line."""
     try:
         return UUID(value)
     except ValueError:

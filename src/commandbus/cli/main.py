@@ -20,6 +20,7 @@ from commandbus.cli.db import db
 from commandbus.cli.demo import demo
 from commandbus.cli.migrate import migrate
 from commandbus.cli.projection import projection
+from commandbus.cli.saga import saga
 from commandbus.cli.show import show
 from commandbus.cli.tsq import tsq
 from commandbus.cli.worker import worker
@@ -74,6 +75,7 @@ _COMMANDS: tuple[click.Command, ...] = (
     demo,
     worker,
     coordinator,
+    saga,
     tsq,
     show,
     projection,

@@ -5,11 +5,15 @@ from __future__ import annotations
 import click
 
 from commandbus.cli._common import CLIError, run_with_bus
+from commandbus.engine.commands.bus import CommandBus
+from commandbus.engine.commands.replay import VerifyReport
+from commandbus.sagas.client import SagaClient
+from commandbus.sagas.replay import SagaVerifyReport
 
 
 @click.group()
 def projection() -> None:
-    """Check or rebuild the status tables (commands, batches) from the event stream."""
+    """Check or rebuild the status tables (commands, batches, sagas) from the event stream."""
 
 
 @projection.command()
@@ -23,16 +27,25 @@ def projection() -> None:
 @click.pass_context
 def verify(ctx: click.Context, limit: int) -> None:
     """Replay every event and compare with the live tables; exit 1 on any difference."""
-    report = run_with_bus(ctx, lambda bus: bus.verify_projection())
-    for diff in report.differences[:limit]:
+
+    async def check(bus: CommandBus) -> tuple[VerifyReport, SagaVerifyReport]:
+        return await bus.verify_projection(), await SagaClient(bus).verify_projection()
+
+    report, sagas = run_with_bus(ctx, check)
+    differences = [*report.differences, *sagas.differences]
+    for diff in differences[:limit]:
         click.echo(str(diff))
-    batches = f" and {report.checked_batches} batches" if report.checked_batches else ""
-    if not report.ok:
-        raise CLIError(
-            f"{len(report.differences)} difference(s) in {report.checked} commands{batches}"
+    if differences:
+        checked = [f"{report.checked} commands"]
+        checked += [f"{report.checked_batches} batches"] if report.checked_batches else []
+        checked += [f"{sagas.checked} sagas"] if sagas.checked else []
+        where = " and ".join(
+            [", ".join(checked[:-1]), checked[-1]] if len(checked) > 1 else checked
         )
+        raise CLIError(f"{len(differences)} difference(s) in {where}")
     click.echo(f"{report.checked} commands: the projection equals a replay of the events")
     click.echo(f"{report.checked_batches} batches: the projection equals a replay of the events")
+    click.echo(f"{sagas.checked} sagas: the projection equals a replay of the events")
 
 
 @projection.command()
@@ -51,15 +64,23 @@ def verify(ctx: click.Context, limit: int) -> None:
 def rebuild(ctx: click.Context, replace: bool, table: str) -> None:
     """Recompute the status tables from the events alone.
 
-    Batches go to commandbus.batch_rebuild (with --replace: commandbus.batch).
+    Batches go to commandbus.batch_rebuild and sagas to commandbus.saga_rebuild
+    (with --replace: commandbus.batch and commandbus.saga).
     """
     from commandbus.engine.commands.replay import rebuild_target
 
     rebuild_target(table)  # refused before connecting
-    n = run_with_bus(ctx, lambda bus: bus.rebuild_projection(table=table, replace_live=replace))
-    where, batches = (
-        ("commandbus.command", "commandbus.batch")
+
+    async def go(bus: CommandBus) -> tuple[int, int]:
+        commands = await bus.rebuild_projection(table=table, replace_live=replace)
+        sagas = await SagaClient(bus).rebuild_projection(replace_live=replace)
+        return commands, sagas
+
+    n, n_sagas = run_with_bus(ctx, go)
+    where, batches, sagas = (
+        ("commandbus.command", "commandbus.batch", "commandbus.saga")
         if replace
-        else (f"commandbus.{table}", "commandbus.batch_rebuild")
+        else (f"commandbus.{table}", "commandbus.batch_rebuild", "commandbus.saga_rebuild")
     )
     click.echo(f"rebuilt {n} commands into {where} and the batches into {batches}")
+    click.echo(f"rebuilt {n_sagas} sagas into {sagas}")
