@@ -79,7 +79,7 @@ def build_handlers(journal: Journal) -> HandlerRegistry:
                 journal.failed_once.add(str(cmd.command_id))
                 raise PermanentCommandError(f"{ctype} broken this once")
             if behaviour == "sleep":
-                await asyncio.sleep(float(cmd.data.get("sleep", 0.01)))
+                await asyncio.sleep(0.05)
             steer(cmd, ctype)
             return result(cmd) if callable(result) else result
 
@@ -297,6 +297,29 @@ PARALLEL = Saga(
                 data=_order,
                 compensation=Compensation("Refund", data=_order),
             ),
+        ),
+        Step("ship", domain="shipping", command="Ship", data=_order),
+    ],
+)
+
+#: The order saga without a timer: its outcome depends on the handlers alone, however
+#: slow a loaded machine runs (for the races and the crash).
+LINE = Saga(
+    "line",
+    steps=[
+        Step(
+            "reserve",
+            domain="inventory",
+            command="Reserve",
+            data=_order,
+            compensation=Compensation("Release", data=_order),
+        ),
+        Step(
+            "charge",
+            domain="payments",
+            command="Charge",
+            data=_order,
+            compensation=Compensation("Refund", data=_order),
         ),
         Step("ship", domain="shipping", command="Ship", data=_order),
     ],
