@@ -68,7 +68,7 @@ def coordinator(ctx: click.Context, app: str, batch_size: int, grace: float) -> 
     The coordinator reads the replies of saga commands, step timers and
     operators' requests from the saga queue and moves each saga on. Several
     coordinators may run at once. Workers for the sagas' domains run apart
-    (``commandbus worker``).
+    ('commandbus worker').
     """
     registry = load_sagas(app)
     config = load_config(ctx)

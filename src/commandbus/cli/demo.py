@@ -1,10 +1,19 @@
-"""``commandbus demo``: a tour of the library against a real database, in seconds.
+"""``commandbus demo``: an order saga across three domains, against a real database.
 
-It sends a mix of commands to two domains, processes them with in-process
-workers (successes, a transient failure that succeeds on retry, a permanent
-failure that lands in the troubleshooting queue, a business-rule failure), has
-an operator retry the troubleshooting-queue command after "fixing" its cause,
-then prints every command's event history and the status counts.
+Four orders run through the saga of :mod:`commandbus.cli.demo_app`, with workers
+for inventory, payments and shipping and a saga coordinator in this process:
+
+* A-1001 completes; the warehouse is busy at first and its reservation is retried.
+* A-1002's card is declined: the saga compensates in reverse (the delivery slot
+  is cancelled, then the stock released).
+* A-1003's card network never answers: the charge step times out and the saga
+  compensates the same way (the network's late refusal is ignored).
+* A-1004's postcode has no courier: the shipment goes to the troubleshooting
+  queue and the saga waits on an operator, who adds a courier and retries the
+  command; the order completes.
+
+Then it prints each saga's timeline (as ``commandbus saga show`` does), the
+sagas and commands by status, the stock, and the projection check.
 """
 
 from __future__ import annotations
@@ -12,22 +21,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from datetime import timedelta
-from typing import Any
 from uuid import UUID, uuid4
 
 import click
 
-from commandbus import event_types as ev
+from commandbus.cli._common import CLIError, database_url
+from commandbus.cli.demo_app import (
+    CHARGE_TIMEOUT,
+    DECLINED_CARD,
+    ORDER,
+    SILENT_CARD,
+    Shop,
+    build_handlers,
+)
+from commandbus.cli.timeline import duration, error_text, load_view, render, status_text
 from commandbus.config import Config
 from commandbus.engine.commands.bus import CommandBus
 from commandbus.engine.commands.read import CommandFilter
-from commandbus.engine.worker.context import HandlerContext
-from commandbus.engine.worker.registry import HandlerRegistry
 from commandbus.engine.worker.worker import Worker
-from commandbus.errors import BusinessRuleError, PermanentCommandError, TransientCommandError
 from commandbus.migrations import migrate
-from commandbus.models import Command, CommandRequest, CommandStatus
+from commandbus.models import CommandRecord, CommandStatus
+from commandbus.sagas.client import SagaClient, SagaStart
+from commandbus.sagas.coordinator import Coordinator
+from commandbus.sagas.definition import SagaRegistry
+from commandbus.sagas.read import SagaFilter, SagaRecord
+from commandbus.sagas.state import SagaStatus, StepStatus
 
 DEMO_CONFIG = Config(
     backoff_base=timedelta(milliseconds=300),
@@ -35,38 +57,113 @@ DEMO_CONFIG = Config(
     backoff_max=timedelta(seconds=2),
     poll_interval=timedelta(milliseconds=200),
 )
+DOMAINS = ("inventory", "payments", "shipping")
 OPEN = (CommandStatus.PENDING, CommandStatus.RETRY_SCHEDULED)
+#: How long the demo waits for its orders before it gives up.
+DEADLINE_SECONDS = 60.0
+
+#: (order id, item, card, postcode, what happens)
+ORDERS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("A-1001", "desk", "4242", "10115", "the warehouse is busy at first: a retry, then done"),
+    ("A-1002", "lamp", DECLINED_CARD, "10115", "the card is declined: compensated"),
+    ("A-1003", "lamp", SILENT_CARD, "75001", "the card network never answers: timed out"),
+    ("A-1004", "lamp", "4242", "99999", "no courier for the postcode: an operator steps in"),
+)
+#: The order whose charge hangs; it starts once the others are past their charge,
+#: so that no other charge waits behind it in the payments worker.
+SILENT_ORDER = "A-1003"
 
 
-def build_registry(cards_on_file: set[str]) -> HandlerRegistry:
-    registry = HandlerRegistry()
-
-    @registry.handler("payments", "ChargeCard")
-    async def charge(cmd: Command, ctx: HandlerContext) -> dict[str, Any]:
-        card = cmd.data["card"]
-        if cmd.data.get("flaky") and ctx.attempt == 1:
-            raise TransientCommandError("payment gateway timed out")
-        if cmd.data["amount"] > 1000:
-            raise BusinessRuleError("amount over the customer's limit", code="OVER_LIMIT")
-        if card not in cards_on_file:
-            raise PermanentCommandError(f"card {card} is expired", code="CARD_EXPIRED")
-        return {"charged": cmd.data["amount"], "attempt": ctx.attempt}
-
-    @registry.handler("shipping", "ShipOrder")
-    async def ship(cmd: Command, ctx: HandlerContext) -> dict[str, Any]:
-        return {"tracking": f"TRK-{str(cmd.command_id)[:8].upper()}"}
-
-    return registry
+def _start(order: tuple[str, str, str, str, str], run: UUID) -> SagaStart:
+    order_id, sku, card, postcode, _story = order
+    data = {
+        "order_id": order_id,
+        "sku": sku,
+        "qty": 1,
+        "card": card,
+        "amount": 40,
+        "postcode": postcode,
+    }
+    return SagaStart(input=data, correlation_id=run)
 
 
-async def _settled(bus: CommandBus, run: UUID, timeout: float = 20.0) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
+async def _orders(sagas: SagaClient, run: UUID) -> dict[str, SagaRecord]:
+    page = await sagas.list_sagas(SagaFilter(correlation_id=run), limit=100)
+    return {str(r.state.input["order_id"]): r for r in page.items}
+
+
+async def _commands(bus: CommandBus, run: UUID) -> list[CommandRecord]:
+    page = await bus.list_commands(CommandFilter(correlation_id=run), limit=1000)
+    return list(page.items)
+
+
+def _paid(record: SagaRecord) -> bool:
+    """The order's charge has an outcome (or will never be sent)."""
+    charge = record.state.steps.get("charge")
+    return record.status.is_final or (
+        charge is not None and charge.status is not StepStatus.RUNNING
+    )
+
+
+async def _play(bus: CommandBus, sagas: SagaClient, shop: Shop, run: UUID) -> dict[str, UUID]:
+    """Start the orders and see them through, stepping in as the operator and as
+    the card network; returns the saga id of each order."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    first = [o for o in ORDERS if o[0] != SILENT_ORDER]
+    started = await sagas.start_sagas(ORDER, [_start(o, run) for o in first])
+    ids = {o[0]: s.saga_id for o, s in zip(first, started, strict=True)}
+    click.echo(f"started {', '.join(ids)} in one transaction (correlation {run})")
+    operator_done = network_done = False
     while time.monotonic() < deadline:
-        page = await bus.list_commands(CommandFilter(correlation_id=run), limit=1000)
-        if not any(c.status in OPEN for c in page.items):
-            return
+        orders = await _orders(sagas, run)
+        if SILENT_ORDER not in ids and all(_paid(orders[o]) for o in ids):
+            silent = _start(next(o for o in ORDERS if o[0] == SILENT_ORDER), run)
+            again = await sagas.start_saga(ORDER, silent.input, correlation_id=run)
+            ids[SILENT_ORDER] = again.saga_id
+            click.echo(f"started {SILENT_ORDER}")
+        late = orders.get(SILENT_ORDER)
+        if not network_done and late is not None and late.status.is_final:
+            # the order is compensated; the card network finally answers (a refusal)
+            shop.network_answers.set()
+            network_done = True
+        stuck = orders.get("A-1004")
+        if (
+            not operator_done
+            and stuck is not None
+            and stuck.status is SagaStatus.WAITING_ON_OPERATOR
+        ):
+            await _operator(bus, stuck, shop)
+            operator_done = True
+        commands = await _commands(bus, run)
+        if (
+            len(orders) == len(ORDERS)
+            and all(r.status.is_final for r in orders.values())
+            and not any(c.status in OPEN for c in commands)
+        ):
+            return ids
         await asyncio.sleep(0.05)
-    raise click.ClickException("the demo's commands did not settle in time")
+    raise CLIError(f"the demo's orders did not finish within {DEADLINE_SECONDS:g}s")
+
+
+async def _operator(bus: CommandBus, stuck: SagaRecord, shop: Shop) -> None:
+    tsq = await bus.troubleshooting.list(CommandFilter(correlation_id=stuck.correlation_id))
+    for c in tsq.items:
+        click.echo(
+            f"troubleshooting queue: {c.domain}/{c.command_type} {c.command_id} -> "
+            f"{error_text(c.last_error)}"
+        )
+        click.echo(
+            f"  saga {stuck.saga_id} ({stuck.state.input['order_id']}) is "
+            f"{status_text(stuck.status.value)}"
+        )
+        postcode = str(stuck.state.input["postcode"])
+        shop.postcodes.add(postcode)  # the operator fixes the cause ...
+        await bus.troubleshooting.retry(c.domain, c.command_id, operator="demo")
+        click.echo(f"operator: a courier now serves {postcode}; command re-queued")
+
+
+def _counts(statuses: Sequence[str]) -> str:
+    return ", ".join(f"{status_text(k)} {v}" for k, v in sorted(Counter(statuses).items()))
 
 
 async def _demo(url: str) -> int:
@@ -75,89 +172,65 @@ async def _demo(url: str) -> int:
     logging.getLogger("commandbus.worker").setLevel(logging.ERROR)
     applied = await migrate(url)
     click.echo(f"schema: {'applied ' + ', '.join(applied) if applied else 'up to date'}")
-    cards_on_file = {"4242", "5555"}
-    registry = build_registry(cards_on_file)
-    run = uuid4()  # this run's correlation id
-    async with CommandBus(url, config=DEMO_CONFIG) as bus:
-        sends = [
-            ("payments", "ChargeCard", {"card": "4242", "amount": 40}),
-            ("payments", "ChargeCard", {"card": "5555", "amount": 75, "flaky": True}),
-            ("payments", "ChargeCard", {"card": "0000", "amount": 20}),
-            ("payments", "ChargeCard", {"card": "4242", "amount": 5000}),
-        ]
-        for domain, ctype, data in sends:
-            result = await bus.send(domain, ctype, data, correlation_id=run)
-            result.unwrap()
-        batch = await bus.send_batch(
-            [
-                CommandRequest(domain="shipping", command_type="ShipOrder", data={"order": n})
-                for n in (1, 2)
-            ],
-            name="demo shipments",
-            correlation_id=run,
-        )
-        batch_id = batch.unwrap().batch_id
-        click.echo(f"sent {len(sends)} payments and a batch of 2 shipments (correlation {run})")
-
+    shop = Shop()
+    stock_before = dict(shop.stock)
+    handlers = build_handlers(shop)
+    run = uuid4()  # this run's correlation id: every saga and command of it carries it
+    async with AsyncExitStack() as stack:
+        bus = await stack.enter_async_context(CommandBus(url, config=DEMO_CONFIG))
+        sagas = SagaClient(bus)
         workers = [
-            Worker(url, registry, domain=d, concurrency=4, config=DEMO_CONFIG)
-            for d in ("payments", "shipping")
+            await stack.enter_async_context(
+                Worker(url, handlers, domain=d, concurrency=4, config=DEMO_CONFIG)
+            )
+            for d in DOMAINS
         ]
-        tasks = [asyncio.create_task(w.run(), name=f"demo-{w.domain}") for w in workers]
-        try:
-            await _settled(bus, run)
-            tsq = await bus.troubleshooting.list(CommandFilter(correlation_id=run))
-            for c in tsq.items:
-                err = c.last_error or {}
-                click.echo(
-                    f"troubleshooting queue: {c.command_type} {c.command_id} -> "
-                    f"{err.get('code')}: {err.get('message')}"
-                )
-                cards_on_file.add("0000")  # the operator fixes the card on file ...
-                await bus.troubleshooting.retry(c.domain, c.command_id, operator="demo")
-                click.echo("operator: card updated, command re-queued")
-            await _settled(bus, run)
-        finally:
-            for w in workers:
-                await w.stop(timeout=5)
-            await asyncio.gather(*tasks)
-
-        click.echo("")
-        page = await bus.list_commands(CommandFilter(correlation_id=run), limit=1000)
-        for c in page.items:
-            click.echo(f"{c.domain}/{c.command_type} {c.command_id}: {c.status.value}")
-            for e in await bus.command_history(c.domain, c.command_id):
-                detail = _detail(e.event_type, e.data)
-                click.echo(f"  v{e.stream_version} {e.event_type}{detail}")
-        counts: dict[str, int] = {}
-        for c in page.items:
-            counts[c.status.value] = counts.get(c.status.value, 0) + 1
-        click.echo("")
-        click.echo("status counts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-        progress = await bus.get_batch(batch_id)
-        if progress is not None:
-            click.echo(f"batch '{progress.name}': {progress.finished}/{progress.total} finished")
-        report = await bus.verify_projection()
+        await stack.enter_async_context(Coordinator(url, SagaRegistry([ORDER]), config=DEMO_CONFIG))
         click.echo(
-            f"projection check: {report.checked} commands, "
-            f"{'equal to a replay of the events' if report.ok else 'DIFFERENCES FOUND'}"
+            f"workers for {', '.join(DOMAINS)} and a saga coordinator are running in this process"
+        )
+        click.echo(
+            f"saga {ORDER.name!r}: reserve stock -> schedule delivery -> charge card "
+            f"(timeout {duration(CHARGE_TIMEOUT.total_seconds())}) -> ship; "
+            "a failure undoes the completed steps in reverse"
+        )
+        click.echo("orders:")
+        for order, sku, card, postcode, story in ORDERS:
+            click.echo(f"  {order} a {sku}, card {card}, postcode {postcode}: {story}")
+        try:
+            ids = await _play(bus, sagas, shop, run)
+        finally:
+            shop.network_answers.set()  # nothing waits on the card network past the end
+            for w in workers:
+                w.request_stop(2)
+
+        for order, *_data, story in ORDERS:
+            view = await load_view(bus, ids[order])
+            if view is None:  # pragma: no cover - started above
+                continue
+            click.echo("")
+            click.echo(click.style(f"order {order}: {story}", bold=True))
+            for line in render(view):
+                click.echo(line)
+
+        orders = await _orders(sagas, run)
+        commands = await _commands(bus, run)
+        click.echo("")
+        click.echo(f"sagas by status:    {_counts([r.status.value for r in orders.values()])}")
+        click.echo(f"commands by status: {_counts([c.status.value for c in commands])}")
+        shipped = sum(1 for r in orders.values() if r.status is SagaStatus.COMPLETED)
+        released = sum(1 for c in commands if c.command_type == "ReleaseStock")
+        stock = ", ".join(f"{k} {stock_before[k]} -> {v}" for k, v in sorted(shop.stock.items()))
+        click.echo(f"stock: {stock} ({shipped} orders shipped, {released} reservations released)")
+        report = await bus.verify_projection()
+        saga_report = await sagas.verify_projection()
+        ok = report.ok and saga_report.ok
+        click.echo(
+            f"projection check: {report.checked} commands and {saga_report.checked} sagas, "
+            f"{'equal to a replay of the events' if ok else 'DIFFERENCES FOUND'}"
         )
     click.echo(f"done in {time.monotonic() - started:.1f}s")
-    return 0 if report.ok else 1
-
-
-def _detail(event_type: str, data: dict[str, Any]) -> str:
-    if event_type == ev.COMMAND_SENT:
-        return f" data={data.get('data')}"
-    if "error" in data:
-        err = data["error"]
-        extra = f", retry in {data['delay_seconds']:.1f}s" if "delay_seconds" in data else ""
-        return f" attempt {data.get('attempt')}: {err['code']} {err['message']}{extra}"
-    if "result" in data:
-        return f" attempt {data.get('attempt', '-')}: result={data['result']}"
-    if event_type == ev.COMMAND_RETRIED_BY_OPERATOR:
-        return f" by {data.get('operator')}"
-    return ""
+    return 0 if ok else 1
 
 
 def run_demo(url: str) -> int:
@@ -168,9 +241,13 @@ def run_demo(url: str) -> int:
 @click.command()
 @click.pass_context
 def demo(ctx: click.Context) -> None:
-    """Send, process, retry and troubleshoot a few commands, and show their events."""
-    from commandbus.cli._common import database_url
+    """Run an order saga across inventory, payments and shipping, and show what happened.
 
+    One order completes (after a retried reservation), one is declined and
+    compensated, one times out and is compensated, and one waits on an operator
+    who fixes it. Prints each saga's timeline and the status counts. With no
+    DATABASE_URL it uses the embedded PostgreSQL.
+    """
     with database_url(ctx) as url:
         code = run_demo(url)
     ctx.exit(code)

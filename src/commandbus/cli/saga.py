@@ -35,8 +35,8 @@ def saga() -> None:
 @saga.command("list")
 @click.option(
     "--status",
-    type=click.Choice([s.value for s in SagaStatus], case_sensitive=False),
-    help="Only sagas in this status.",
+    metavar="STATUS",
+    help=f"Only sagas in this status: {', '.join(s.value for s in SagaStatus)}.",
 )
 @click.option("--name", help="Only sagas of this definition.")
 @click.option(
