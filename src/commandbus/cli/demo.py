@@ -22,9 +22,10 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 from uuid import UUID, uuid4
 
 import click
@@ -38,6 +39,7 @@ from commandbus.cli.demo_app import (
     Shop,
     build_handlers,
 )
+from commandbus.cli.serving import Servable
 from commandbus.cli.timeline import duration, error_text, load_view, render, status_text
 from commandbus.config import Config
 from commandbus.engine.commands.bus import CommandBus
@@ -105,7 +107,9 @@ def _paid(record: SagaRecord) -> bool:
     )
 
 
-async def _play(bus: CommandBus, sagas: SagaClient, shop: Shop, run: UUID) -> dict[str, UUID]:
+async def _play(
+    bus: CommandBus, sagas: SagaClient, shop: Shop, run: UUID, check: Callable[[], None]
+) -> dict[str, UUID]:
     """Start the orders and see them through, stepping in as the operator and as
     the card network; returns the saga id of each order."""
     deadline = time.monotonic() + DEADLINE_SECONDS
@@ -115,6 +119,7 @@ async def _play(bus: CommandBus, sagas: SagaClient, shop: Shop, run: UUID) -> di
     click.echo(f"started {', '.join(ids)} in one transaction (correlation {run})")
     operator_done = network_done = False
     while time.monotonic() < deadline:
+        check()
         orders = await _orders(sagas, run)
         if SILENT_ORDER not in ids and all(_paid(orders[o]) for o in ids):
             silent = _start(next(o for o in ORDERS if o[0] == SILENT_ORDER), run)
@@ -166,6 +171,35 @@ def _counts(statuses: Sequence[str]) -> str:
     return ", ".join(f"{status_text(k)} {v}" for k, v in sorted(Counter(statuses).items()))
 
 
+@asynccontextmanager
+async def _running(runners: Sequence[Servable[Any]]) -> AsyncIterator[Callable[[], None]]:
+    """Run workers and a coordinator in this process until the block ends.
+
+    Yields a check that raises what stopped one of them early (the tour would
+    otherwise wait for orders that never move).
+    """
+    tasks = [asyncio.create_task(r.run(), name=f"demo-{i}") for i, r in enumerate(runners)]
+
+    def check() -> None:
+        for t in tasks:
+            if t.done():
+                t.result()  # raises why it stopped
+                raise CLIError("a worker or the coordinator of the demo stopped early")
+
+    try:
+        while not all(r.ready.is_set() for r in runners):
+            check()
+            await asyncio.sleep(0.01)
+        yield check
+    finally:
+        for r in runners:
+            r.request_stop(2)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
 async def _demo(url: str) -> int:
     started = time.monotonic()
     # the failures below are on purpose: keep the worker's warnings out of the tour
@@ -176,33 +210,29 @@ async def _demo(url: str) -> int:
     stock_before = dict(shop.stock)
     handlers = build_handlers(shop)
     run = uuid4()  # this run's correlation id: every saga and command of it carries it
-    async with AsyncExitStack() as stack:
-        bus = await stack.enter_async_context(CommandBus(url, config=DEMO_CONFIG))
+    runners: list[Servable[Any]] = [
+        *(Worker(url, handlers, domain=d, concurrency=4, config=DEMO_CONFIG) for d in DOMAINS),
+        Coordinator(url, SagaRegistry([ORDER]), config=DEMO_CONFIG),
+    ]
+    async with CommandBus(url, config=DEMO_CONFIG) as bus:
         sagas = SagaClient(bus)
-        workers = [
-            await stack.enter_async_context(
-                Worker(url, handlers, domain=d, concurrency=4, config=DEMO_CONFIG)
+        async with _running(runners) as check:
+            click.echo(
+                f"workers for {', '.join(DOMAINS)} and a saga coordinator are running "
+                "in this process"
             )
-            for d in DOMAINS
-        ]
-        await stack.enter_async_context(Coordinator(url, SagaRegistry([ORDER]), config=DEMO_CONFIG))
-        click.echo(
-            f"workers for {', '.join(DOMAINS)} and a saga coordinator are running in this process"
-        )
-        click.echo(
-            f"saga {ORDER.name!r}: reserve stock -> schedule delivery -> charge card "
-            f"(timeout {duration(CHARGE_TIMEOUT.total_seconds())}) -> ship; "
-            "a failure undoes the completed steps in reverse"
-        )
-        click.echo("orders:")
-        for order, sku, card, postcode, story in ORDERS:
-            click.echo(f"  {order} a {sku}, card {card}, postcode {postcode}: {story}")
-        try:
-            ids = await _play(bus, sagas, shop, run)
-        finally:
-            shop.network_answers.set()  # nothing waits on the card network past the end
-            for w in workers:
-                w.request_stop(2)
+            click.echo(
+                f"saga {ORDER.name!r}: reserve stock -> schedule delivery -> charge card "
+                f"(timeout {duration(CHARGE_TIMEOUT.total_seconds())}) -> ship; "
+                "a failure undoes the completed steps in reverse"
+            )
+            click.echo("orders:")
+            for order, sku, card, postcode, story in ORDERS:
+                click.echo(f"  {order} a {sku}, card {card}, postcode {postcode}: {story}")
+            try:
+                ids = await _play(bus, sagas, shop, run, check)
+            finally:
+                shop.network_answers.set()  # nothing waits on the card network past the end
 
         for order, *_data, story in ORDERS:
             view = await load_view(bus, ids[order])

@@ -6,9 +6,9 @@ import click
 
 from commandbus.cli._common import CLIError, run_with_bus
 from commandbus.engine.commands.bus import CommandBus
-from commandbus.engine.commands.replay import VerifyReport
+from commandbus.engine.commands.replay import Difference, VerifyReport
 from commandbus.sagas.client import SagaClient
-from commandbus.sagas.replay import SagaVerifyReport
+from commandbus.sagas.replay import SagaDifference, SagaVerifyReport
 
 
 @click.group()
@@ -32,9 +32,9 @@ def verify(ctx: click.Context, limit: int) -> None:
         return await bus.verify_projection(), await SagaClient(bus).verify_projection()
 
     report, sagas = run_with_bus(ctx, check)
-    differences = [*report.differences, *sagas.differences]
+    differences: list[Difference | SagaDifference] = [*report.differences, *sagas.differences]
     for diff in differences[:limit]:
-        click.echo(str(diff))
+        click.echo(_describe(diff))
     if differences:
         checked = [f"{report.checked} commands"]
         checked += [f"{report.checked_batches} batches"] if report.checked_batches else []
@@ -46,6 +46,28 @@ def verify(ctx: click.Context, limit: int) -> None:
     click.echo(f"{report.checked} commands: the projection equals a replay of the events")
     click.echo(f"{report.checked_batches} batches: the projection equals a replay of the events")
     click.echo(f"{sagas.checked} sagas: the projection equals a replay of the events")
+
+
+_MISSING = object()
+
+
+def _describe(diff: Difference | SagaDifference) -> str:
+    """A difference on one line; of two JSON documents, only the keys that differ."""
+    live, replayed = diff.live, diff.replayed
+    if not isinstance(live, dict) or not isinstance(replayed, dict):
+        return str(diff)
+    where = str(diff).split(f" {diff.field}: ", 1)[0]
+    keys = sorted(
+        k
+        for k in live.keys() | replayed.keys()
+        if live.get(k, _MISSING) != replayed.get(k, _MISSING)
+    )
+
+    def shown(doc: dict[str, object], key: str) -> str:
+        return repr(doc[key]) if key in doc else "<missing>"
+
+    parts = [f"{k}: live={shown(live, k)} replayed={shown(replayed, k)}" for k in keys]
+    return f"{where} {diff.field}: " + "; ".join(parts)
 
 
 @projection.command()
