@@ -216,6 +216,7 @@ def test_coordinator_app_may_be_a_registry_a_saga_or_a_list(
         "empty = []\n"
         "mixed = [one, 'not a saga']\n"
     )
+    (tmp_path / "cli_saga_broken.py").write_text("raise ValueError('no database here')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert [s.version for s in load_sagas("cli_saga_defs:one")] == [1]
     assert sorted(s.version for s in load_sagas("cli_saga_defs:both")) == [1, 2]
@@ -228,6 +229,8 @@ def test_coordinator_app_may_be_a_registry_a_saga_or_a_list(
             load_sagas(f"cli_saga_defs:{attr}")
     with pytest.raises(Exception, match="already registered"):
         load_sagas("cli_saga_defs:twice")
+    with pytest.raises(CLIError, match="importing 'cli_saga_broken' for --app failed: ValueError"):
+        load_sagas("cli_saga_broken:sagas")
 
 
 # -- commandbus saga list / show ----------------------------------------------------------
