@@ -10,7 +10,8 @@ Talks to its parent over stdin/stdout, one line each way:
 ``--mode library`` runs a commandbus :class:`~commandbus.engine.worker.worker.Worker`
 with a no-op handler; ``--mode raw`` runs a plain PGMQ consumer: ``pgmq.read``
 (polling every ``--poll-ms`` when the queue is empty) then ``pgmq.archive`` (or
-``pgmq.delete`` with ``--delete``) of the batch.
+``pgmq.delete`` with ``--delete``) of the batch. ``--timeline PATH`` stamps each
+message's steps (:mod:`benchmarks.timeline`) and writes them to PATH at the end.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import psycopg
 
 from benchmarks.core import COMMAND_TYPE, DOMAIN, RAW_QUEUE
+from benchmarks.timeline import Timeline, probe_library, timed
 
 
 def _say(line: str) -> None:
@@ -49,9 +51,12 @@ async def run_library(args: argparse.Namespace) -> int:
     from commandbus.engine.worker.worker import Worker
 
     registry = HandlerRegistry()
+    timeline = Timeline() if args.timeline else None
 
     @registry.handler(args.domain, COMMAND_TYPE)
     async def noop(cmd: Any, ctx: Any) -> None:
+        if timeline is not None:
+            timeline.stamp(cmd.command_id, "handler")
         return None
 
     worker = Worker(
@@ -62,6 +67,8 @@ async def run_library(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         config=Config(),
     )
+    if timeline is not None:
+        probe_library(timeline, worker)
     _on_signals(worker.request_stop)
     _say("READY")
     if not await _wait_for_go():
@@ -69,6 +76,8 @@ async def run_library(args: argparse.Namespace) -> int:
     task = asyncio.create_task(worker.run(), name="bench-worker")
     _say("STARTED")
     stats = await task
+    if timeline is not None:
+        timeline.dump(args.timeline)
     return stats.completed
 
 
@@ -81,6 +90,22 @@ async def run_raw(args: argparse.Namespace) -> int:
         if args.delete
         else "SELECT pgmq.archive(queue_name => %s::text, msg_ids => %b::bigint[])"
     )
+    timeline = Timeline() if args.timeline else None
+
+    async def read() -> list[Any]:
+        cur = await conn.execute(
+            "SELECT msg_id, message FROM pgmq.read("
+            "queue_name => %s::text, vt => %s::integer, qty => %s::integer)",
+            (args.queue, 30, args.batch_size),
+        )
+        return await cur.fetchall()
+
+    async def archive(ids: list[int]) -> None:
+        await conn.execute(finish, (args.queue, ids))
+
+    if timeline is not None:
+        read = timed(timeline, "read", read, lambda _args, rows: [r[0] for r in rows])
+        archive = timed(timeline, "archive", archive, lambda args, _result: args[0])
     processed = 0
     async with conn:
         _say("READY")
@@ -88,17 +113,14 @@ async def run_raw(args: argparse.Namespace) -> int:
             return 0
         _say("STARTED")
         while not stopping.is_set():
-            cur = await conn.execute(
-                "SELECT msg_id, message FROM pgmq.read("
-                "queue_name => %s::text, vt => %s::integer, qty => %s::integer)",
-                (args.queue, 30, args.batch_size),
-            )
-            rows = await cur.fetchall()
+            rows = await read()
             if not rows:
                 await asyncio.sleep(args.poll_ms / 1000)
                 continue
-            await conn.execute(finish, (args.queue, [r[0] for r in rows]))
+            await archive([r[0] for r in rows])
             processed += len(rows)
+    if timeline is not None:
+        timeline.dump(args.timeline)
     return processed
 
 
@@ -112,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--poll-ms", type=float, default=1.0)
     parser.add_argument("--delete", action="store_true")
+    parser.add_argument("--timeline", metavar="PATH", help="stamp each message's steps here")
     args = parser.parse_args(argv)
     runner = run_library if args.mode == "library" else run_raw
     processed = asyncio.run(runner(args))

@@ -32,8 +32,8 @@ from benchmarks.procs import WorkerProcess
 #: (processes, concurrency per process)
 CASES = ((1, 4), (1, 16), (1, 64), (2, 16))
 BATCH_SIZE = 100
-TARGET_RATE = 15_000
-TARGET_SHARE = 0.25
+#: of raw PGMQ's read+delete drain in the same run
+TARGET_SHARE = 0.35
 #: Seconds between the parent's COMPLETED counts (each costs ~3 ms of server time
 #: at 20,000 rows); the figure comes from the server clock, not from this.
 POLL = 0.2
@@ -133,8 +133,8 @@ async def drain(ctx: Context) -> list[Row]:
                 library=lib,
                 raw=raw,
                 ratio=share,
-                target=f">= {TARGET_RATE:,}/s and >= {TARGET_SHARE:.0%} of raw",
-                met=lib >= TARGET_RATE and share is not None and share >= TARGET_SHARE,
+                target=f">= {TARGET_SHARE:.0%} of raw",
+                met=share is not None and share >= TARGET_SHARE,
                 details={
                     "n": ctx.n,
                     "processes": processes,
