@@ -394,7 +394,7 @@ async def test_pause_resume_and_cancel_from_the_shell(dsn: str) -> None:
         assert out == f"pause of saga {sid} requested (a running coordinator carries it out)\n"
         await wait_status(sagas, started.saga_id, SagaStatus.PAUSED)
 
-        code, _out, err = run(dsn, "saga", "resume", sid)
+        code, _out, err = run(dsn, "saga", "resume", sid, "--operator", "ana")
         assert code == 0, err
         await wait_status(sagas, started.saga_id, SagaStatus.RUNNING)
         refused = await invoke_async(dsn, "saga", "resume", sid)
@@ -423,6 +423,7 @@ async def test_pause_resume_and_cancel_from_the_shell(dsn: str) -> None:
     ):
         assert expected in whats, (expected, out)
     assert "checking the address" in out and "the customer cancelled" in out
+    assert any(" resumed " in x and x.endswith(" (by ana)") for x in out.splitlines())
     assert "schedule" not in whats  # cancelled before its second step
 
 

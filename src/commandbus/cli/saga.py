@@ -158,7 +158,7 @@ _CARRIED_OUT = "(a running coordinator carries it out)"
 @saga.command()
 @click.argument("saga_id")
 @click.option("--reason", help="Why (recorded in the saga's events).")
-@click.option("--operator", help="Who asks.")
+@click.option("--operator", help="Who asks (recorded in the saga's events).")
 @click.pass_context
 def cancel(ctx: click.Context, saga_id: str, reason: str | None, operator: str | None) -> None:
     """Compensate a running saga: its completed steps are undone in reverse.
@@ -173,7 +173,7 @@ def cancel(ctx: click.Context, saga_id: str, reason: str | None, operator: str |
 @saga.command()
 @click.argument("saga_id")
 @click.option("--reason", help="Why (recorded in the saga's events).")
-@click.option("--operator", help="Who asks.")
+@click.option("--operator", help="Who asks (recorded in the saga's events).")
 @click.pass_context
 def pause(ctx: click.Context, saga_id: str, reason: str | None, operator: str | None) -> None:
     """Hold a saga: outcomes are still recorded, nothing new is sent until resumed."""
@@ -183,7 +183,7 @@ def pause(ctx: click.Context, saga_id: str, reason: str | None, operator: str | 
 
 @saga.command()
 @click.argument("saga_id")
-@click.option("--operator", help="Who asks.")
+@click.option("--operator", help="Who asks (recorded in the saga's events).")
 @click.pass_context
 def resume(ctx: click.Context, saga_id: str, operator: str | None) -> None:
     """Let a paused saga go on (what it held back is sent)."""

@@ -159,6 +159,11 @@ def error_text(error: Any) -> str:
     return _text(message or code or dict(error))
 
 
+def _by(data: Mapping[str, Any]) -> str:
+    """`` (by NAME)`` when the event names the operator who asked for it."""
+    return f" (by {_text(data['operator'], 40)})" if data.get("operator") else ""
+
+
 def _when(at: datetime) -> str:
     return at.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + at.astimezone().strftime(" %Z")
 
@@ -258,15 +263,15 @@ class _Timeline:
             reason = str(d.get("reason") or "").replace("_", " ")
             self.add(at, "saga", "compensating", "warn", f"{reason}: undoing completed steps")
         elif t == ev.SAGA_CANCEL_REQUESTED:
-            self.add(at, "saga", "cancel requested", "warn", _text(d.get("reason") or ""))
+            detail = _text(d.get("reason") or "") + _by(d)
+            self.add(at, "saga", "cancel requested", "warn", detail)
         elif t == ev.SAGA_PAUSED:
             self.paused_at = at
-            self.add(at, "saga", "paused", "warn", _text(d.get("reason") or ""))
+            self.add(at, "saga", "paused", "warn", _text(d.get("reason") or "") + _by(d))
         elif t == ev.SAGA_RESUMED:
             held = _since(at, self.paused_at) if self.paused_at else None
-            self.add(
-                at, "saga", "resumed", "sent", "" if held is None else f"after {duration(held)}"
-            )
+            detail = ("" if held is None else f"after {duration(held)}") + _by(d)
+            self.add(at, "saga", "resumed", "sent", detail)
             self.paused_at = None
         elif t == ev.SAGA_COMPLETED:
             self.add(at, "saga", "COMPLETED", "ok", f"in {duration(_since(at, self.started_at))}")
