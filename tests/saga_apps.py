@@ -27,6 +27,7 @@ from commandbus import (
     SagaRegistry,
     SagaStatus,
     Step,
+    TransientCommandError,
     Worker,
 )
 from support import FAST, assert_streams_contiguous, wait_for
@@ -78,6 +79,8 @@ def build_handlers(journal: Journal) -> HandlerRegistry:
             if behaviour == "tsq_once" and str(cmd.command_id) not in journal.failed_once:
                 journal.failed_once.add(str(cmd.command_id))
                 raise PermanentCommandError(f"{ctype} broken this once")
+            if behaviour == "transient":
+                raise TransientCommandError(f"{ctype} busy")
             if behaviour == "sleep":
                 await asyncio.sleep(0.05)
             steer(cmd, ctype)

@@ -427,3 +427,60 @@ async def test_a_paused_saga_that_is_cancelled_compensates_once_resumed(dsn: str
 async def _step_is(h: Harness, saga_id: UUID, step: str, status: str) -> bool:
     rec = await h.sagas.get_saga(saga_id)
     return rec is not None and step in rec.state.steps and rec.state.steps[step].status == status
+
+
+# -- parallel groups and retry overrides -------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["complete", "cancel"])
+async def test_a_group_member_in_the_tsq_holds_the_compensation_of_its_group(
+    dsn: str, action: str
+) -> None:
+    from saga_apps import PARALLEL
+
+    async with running(dsn, PARALLEL) as h:
+        started = await h.sagas.start_saga(
+            PARALLEL,
+            {"order_id": "g1", "behaviour": {"Charge": "business", "Email": "permanent"}},
+        )
+        sid = started.saga_id
+        domain, cid = await in_tsq(h, sid, "Email")
+        rec = await status_is(h, sid, SagaStatus.WAITING_ON_OPERATOR, idle=True)
+        assert rec.state.compensating  # the charge failed; the email's outcome is awaited
+        assert "Release" not in h.journal.of("g1")
+        if action == "complete":
+            await h.bus.troubleshooting.complete(domain, cid)
+        else:
+            await h.bus.troubleshooting.cancel(domain, cid)
+        rec = await final(h, sid)
+        await assert_consistent(h)
+    assert rec.status is SagaStatus.COMPENSATED
+    undo = h.journal.of("g1")[3:]
+    # a completed email is undone (an sms) before the reservation; a cancelled one is not
+    assert undo == (["Sms", "Release"] if action == "complete" else ["Release"])
+
+
+async def test_a_step_s_max_attempts_overrides_the_default(dsn: str) -> None:
+    saga = Saga(
+        "tries",
+        steps=[
+            Step("charge", domain="payments", command="Charge", data=_order, max_attempts=2),
+        ],
+    )
+    async with running(dsn, saga) as h:
+        started = await h.sagas.start_saga(
+            saga, {"order_id": "r1", "behaviour": {"Charge": "transient"}}
+        )
+        domain, cid = await waiting_on_operator_after(h, started.saga_id, "Charge")
+        record = await h.bus.get_command(domain, cid)
+        await assert_consistent(h)
+    assert record is not None and record.max_attempts == 2 and record.attempts == 2
+    assert h.journal.of("r1") == ["Charge", "Charge"]
+
+
+async def waiting_on_operator_after(
+    h: Harness, saga_id: UUID, command_type: str
+) -> tuple[str, UUID]:
+    target = await in_tsq(h, saga_id, command_type)
+    await status_is(h, saga_id, SagaStatus.WAITING_ON_OPERATOR, idle=True)
+    return target

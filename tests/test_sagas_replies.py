@@ -418,3 +418,29 @@ async def test_a_compensation_that_cannot_be_built_is_compensation_failed(dsn: s
         await assert_consistent(h)
     assert error(rec)["code"] == "DATA_BUILDER_FAILED"
     assert h.journal.of("b4") == ["Reserve", "Charge", "Ship"]
+
+
+# -- a missing status row ----------------------------------------------------------------------
+
+
+async def test_a_saga_whose_status_row_is_gone_is_replayed_from_its_events(dsn: str) -> None:
+    async with running(dsn, *ALL) as h:
+        ended = await h.sagas.start_saga(PLAIN, {"order_id": "g2"})
+        await final(h, ended.saga_id)
+        running_one = await h.sagas.start_saga(
+            PLAIN, {"order_id": "g1", "behaviour": {"Charge": "gate"}}
+        )
+        await wait_for(lambda: "Charge" in h.journal.of("g1"))
+        await status_is(h, running_one.saga_id, SagaStatus.RUNNING, idle=True)
+        cmds = await command_ids(h, ended.saga_id)
+        async with h.bus.pool.connection() as c:
+            await c.execute("DELETE FROM commandbus.saga")
+        # a reply for each: the coordinator rebuilds the state from the events
+        await inject(h, reply_to(ended.saga_id, cmds, "Ship", "SUCCESS"))
+        h.journal.gate("g1").set()
+        rec = await final(h, running_one.saga_id)
+        await wait_for(lambda: queue_empty(h), timeout=10)
+        again = await h.sagas.get_saga(ended.saga_id)
+        await assert_consistent(h)
+    assert rec.status is SagaStatus.COMPLETED
+    assert again is not None and again.status is SagaStatus.COMPLETED

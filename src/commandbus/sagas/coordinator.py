@@ -322,7 +322,9 @@ class Coordinator:
                         log.exception("saga %s: deciding failed; its messages wait", saga_id)
                         postponed.extend(m.msg_id for m in items)
                         continue
-                pending.append(Pending(saga_id, found.version, decider, found.created_at))
+                pending.append(
+                    Pending(saga_id, found.version, decider, found.created_at, found.ended_at)
+                )
             passed = await commit(conn, pending)
             if bad:
                 await delete_messages(conn, bad)

@@ -9,18 +9,20 @@ transaction, as the commands' rebuild and verify do.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import attrs
-from psycopg import sql
+from psycopg import AsyncCursor, sql
 from psycopg.types.json import Jsonb
 
 from commandbus import event_types as ev
 from commandbus.engine.commands.replay import _create_target, _own_transaction, rebuild_target
 from commandbus.engine.db.connect import Conn
 from commandbus.errors import ValidationError
+from commandbus.names import saga_stream_id
 from commandbus.sagas import sql as q
 from commandbus.sagas.state import SagaState, apply, columns
 
@@ -30,6 +32,19 @@ COLUMNS = tuple(c.strip() for c in q.SAGA_COLUMNS.split(","))
 async def replay(conn: Conn) -> dict[UUID, dict[str, Any]]:
     """Every saga's status row, computed from its events alone."""
     cur = await conn.execute(q.ALL_SAGA_EVENTS, {"saga_streams": ev.SAGA_STREAM + ":%"})
+    return await _fold_rows(cur)
+
+
+async def replay_sagas(conn: Conn, saga_ids: Sequence[UUID]) -> dict[UUID, dict[str, Any]]:
+    """These sagas' status rows, computed from their events alone (for a saga whose
+    row is missing: the coordinator decides from it, and writes the row back)."""
+    cur = await conn.execute(q.SAGA_EVENTS, {"stream_ids": [saga_stream_id(s) for s in saga_ids]})
+    return await _fold_rows(cur)
+
+
+async def _fold_rows(cur: AsyncCursor[Any]) -> dict[UUID, dict[str, Any]]:
+    """Fold ``(stream_id, stream_version, event_type, data, recorded_at, txid)`` rows,
+    stream by stream in version order, into status rows."""
     rows: dict[UUID, dict[str, Any]] = {}
     stream: str | None = None
     state: SagaState | None = None

@@ -25,10 +25,10 @@ WITH st AS (
                    events jsonb, name text, definition_version int, status text,
                    current_steps text[], correlation_id uuid, idempotency_key text,
                    last_error jsonb, state jsonb, ended boolean, created_at timestamptz,
-                   delete_ids bigint[], timers jsonb)) WITH ORDINALITY
+                   ended_at timestamptz, delete_ids bigint[], timers jsonb)) WITH ORDINALITY
            AS s(stream_id, expected, new_version, saga_id, events, name, definition_version,
                 status, current_steps, correlation_id, idempotency_key, last_error, state,
-                ended, created_at, delete_ids, timers, ord)
+                ended, created_at, ended_at, delete_ids, timers, ord)
 ), new_events AS (
     SELECT st.stream_id, st.expected + e.ord AS stream_version, e.type AS event_type, e.data,
            e.corr AS correlation_id, e.caus AS causation_id,
@@ -47,7 +47,7 @@ _TRANSITION_TAIL: Final[LiteralString] = """, ok AS (
             idempotency_key, last_error, state, created_at, updated_at, ended_at, version)
     SELECT saga_id, name, definition_version, status, current_steps, correlation_id,
            idempotency_key, last_error, state, coalesce(created_at, now()), now(),
-           CASE WHEN ended THEN now() END, new_version
+           CASE WHEN ended THEN coalesce(ended_at, now()) END, new_version
       FROM ok
     ON CONFLICT (saga_id) DO UPDATE
        SET status = excluded.status,
@@ -87,9 +87,10 @@ LOAD_STATES: Final[LiteralString] = """
 SELECT saga_id, version, state FROM commandbus.saga WHERE saga_id = ANY (%(ids)s::uuid[])
 """
 
-# The events of saga streams (for a saga whose status row is missing, and replays).
+# The events of some saga streams (for a saga whose status row is missing), stream
+# by stream, with their transaction.
 SAGA_EVENTS: Final[LiteralString] = """
-SELECT stream_id, stream_version, event_type, data, recorded_at
+SELECT stream_id, stream_version, event_type, data, recorded_at, transaction_id::text
   FROM commandbus.event
  WHERE stream_id = ANY (%(stream_ids)s::text[])
  ORDER BY stream_id, stream_version

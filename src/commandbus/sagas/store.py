@@ -30,7 +30,8 @@ from commandbus.errors import CommandNotFoundError, ConcurrencyError, InvalidSta
 from commandbus.names import saga_stream_id
 from commandbus.sagas import sql as queries
 from commandbus.sagas.decide import SAGA_QUEUE, Decider
-from commandbus.sagas.state import SagaState, apply, columns, from_json
+from commandbus.sagas.replay import replay_sagas
+from commandbus.sagas.state import SagaState, columns, from_json
 
 log = logging.getLogger("commandbus.coordinator")
 
@@ -43,6 +44,7 @@ class Loaded:
     version: int
     #: set only when the status row was missing and the state was replayed
     created_at: datetime | None = None
+    ended_at: datetime | None = None
 
 
 @attrs.define
@@ -52,7 +54,9 @@ class Pending:
     saga_id: UUID
     expected_version: int
     decider: Decider
+    #: a row written afresh keeps the saga's first times (see :class:`Loaded`)
     created_at: datetime | None = None
+    ended_at: datetime | None = None
 
 
 async def load(conn: Conn, saga_ids: Sequence[UUID]) -> dict[UUID, Loaded]:
@@ -63,20 +67,13 @@ async def load(conn: Conn, saga_ids: Sequence[UUID]) -> dict[UUID, Loaded]:
     found = {r[0]: Loaded(from_json(r[2]), int(r[1])) for r in await cur.fetchall()}
     missing = [s for s in saga_ids if s not in found]
     if missing:
-        cur = await conn.execute(
-            queries.SAGA_EVENTS, {"stream_ids": [saga_stream_id(s) for s in missing]}
-        )
-        states: dict[str, tuple[SagaState | None, int, datetime | None]] = {}
-        for stream_id, version, event_type, data, recorded_at in await cur.fetchall():
-            state, _v, created = states.get(stream_id, (None, 0, None))
-            states[stream_id] = (
-                apply(state, event_type, data),
-                int(version),
-                created or recorded_at,
+        for saga_id, row in (await replay_sagas(conn, missing)).items():
+            found[saga_id] = Loaded(
+                from_json(row["state"]),
+                int(row["version"]),
+                created_at=row["created_at"],
+                ended_at=row["ended_at"],
             )
-        for state, version, created in states.values():
-            if state is not None:
-                found[state.saga_id] = Loaded(state, version, created)
     return found
 
 
@@ -126,6 +123,7 @@ def _row(p: Pending) -> dict[str, Any]:
         "events": [_event_json(e) for e in d.events],
         "ended": state.status.is_final,
         "created_at": None if p.created_at is None else p.created_at.isoformat(),
+        "ended_at": None if p.ended_at is None else p.ended_at.isoformat(),
         "delete_ids": sorted(set(d.delete)),
         "timers": [
             {
