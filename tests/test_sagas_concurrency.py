@@ -210,3 +210,29 @@ async def test_a_coordinator_killed_mid_run_and_restarted_loses_nothing(dsn: str
 
 async def _at_least(h: Any, n: int) -> bool:
     return await finished(h) >= n
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open, in the shared consumer (engine/queues/consumer.py _start_runners): a "
+    "message read while a runner is busy with a slow handler waits for that handler "
+    "(runners are started for the backlog's size minus ALL runners, busy ones included), "
+    "though the worker's concurrency allows more",
+)
+async def test_a_slow_step_does_not_hold_another_saga_s_step_in_the_same_domain(
+    dsn: str,
+) -> None:
+    async with running(dsn, LINE) as h:
+        slow = await h.sagas.start_saga(LINE, {"order_id": "s1", "behaviour": {"Charge": "gate"}})
+        await wait_for(lambda: "Charge" in h.journal.of("s1"))
+        quick = await h.sagas.start_saga(LINE, {"order_id": "s2"})
+        try:
+            await wait_for(lambda: _is_final(h, quick.saga_id), timeout=5)
+        finally:
+            h.journal.gate("s1").set()
+        assert slow.created
+
+
+async def _is_final(h: Any, saga_id: UUID) -> bool:
+    rec = await h.sagas.get_saga(saga_id)
+    return rec is not None and rec.status.is_final
