@@ -60,9 +60,7 @@ SETTLE_SECONDS = 0.003
 
 @attrs.define
 class _Flight(Generic[M]):
-    """A message between read and done."""
-
-    msg: M
+    msg: M  # a message between read and done
     started: bool = False
 
 
@@ -99,6 +97,7 @@ class QueueConsumer(Generic[M, O]):
 
         self._backlog: collections.deque[_Flight[M]] = collections.deque()
         self._runners: set[asyncio.Task[None]] = set()
+        self._busy = 0  # runners inside a handler right now
         self._flights: dict[int, _Flight[M]] = {}
         # outcomes waiting to be recorded; ``None`` is a flusher's stop sentinel
         self._outcomes: asyncio.Queue[tuple[O, _Flight[M]] | None] = asyncio.Queue()
@@ -429,8 +428,11 @@ class QueueConsumer(Generic[M, O]):
             await self._idle.wait()
 
     def _start_runners(self) -> None:
-        """Start runners, at most ``concurrency``, for what the backlog holds."""
-        while len(self._runners) < min(self.concurrency, len(self._backlog)):
+        """Start runners, at most ``concurrency``, for what the backlog holds; a runner
+        busy in a slow handler is not free, so it never holds up the messages after it."""
+        while len(self._runners) < self.concurrency and (
+            len(self._runners) - self._busy < len(self._backlog)
+        ):
             task = asyncio.create_task(self._run_backlog(), name=f"commandbus-{self.name}-runner")
             self._runners.add(task)
             task.add_done_callback(self._runners.discard)
@@ -441,6 +443,7 @@ class QueueConsumer(Generic[M, O]):
         while self._backlog and not self._stopping:
             flight = self._backlog.popleft()
             flight.started = True
+            self._busy += 1
             try:
                 outcome = await self._app.handle(flight.msg)
             except Exception:
@@ -448,6 +451,8 @@ class QueueConsumer(Generic[M, O]):
                 # back after its visibility timeout (and counts as a delivery)
                 log.exception("%s: handling message %s failed", self.name, flight.msg.msg_id)
                 outcome = None
+            finally:
+                self._busy -= 1
             if outcome is None:
                 self._forget(flight)
             else:
