@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import attrs
+from psycopg.conninfo import make_conninfo
 
 from commandbus import (
     BusinessRuleError,
@@ -33,6 +34,8 @@ from commandbus import (
 from support import FAST, assert_streams_contiguous, wait_for
 
 DOMAINS = ("inventory", "payments", "shipping", "notify")
+#: The application_name of the harness's coordinator sessions.
+COORDINATOR_APP = "test-saga-coordinator"
 
 
 @attrs.define
@@ -164,9 +167,11 @@ async def running(
             )
             for domain in DOMAINS
         ]
+        # the coordinators' sessions are named, for a test to find (and end) them
+        named = make_conninfo(dsn, application_name=COORDINATOR_APP)
         coords = [
             await stack.enter_async_context(
-                Coordinator(dsn, registry, config=config, batch_size=batch_size)
+                Coordinator(named, registry, config=config, batch_size=batch_size)
             )
             for _ in range(coordinators)
         ]

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from commandbus import SagaStatus
-from saga_apps import ORDER, PARALLEL, running
+from saga_apps import ORDER, PARALLEL, assert_consistent, running
 from support import wait_for
 
 
@@ -49,6 +49,7 @@ async def test_failure_compensates_completed_steps_in_reverse(dsn: str) -> None:
         )
         rec = await _final(h, started.saga_id)
         events = await _events(h, started.saga_id)
+        await assert_consistent(h)
     assert rec.status is SagaStatus.COMPENSATED
     assert h.journal.of("o2") == ["Reserve", "Charge", "Ship", "Refund", "Release"]
     compensations = [s for t, s in events if t == "SagaStepCompensating"]
@@ -71,6 +72,7 @@ async def test_parallel_group_joins_and_compensates_its_completed_members(dsn: s
         )
         rec_ok = await _final(h, ok.saga_id)
         rec_bad = await _final(h, bad.saga_id)
+        await assert_consistent(h)
     assert rec_ok.status is SagaStatus.COMPLETED
     assert h.journal.of("p1")[0] == "Reserve" and h.journal.of("p1")[-1] == "Ship"
     assert sorted(h.journal.of("p1")[1:3]) == ["Charge", "Email"]
@@ -88,6 +90,7 @@ async def test_timeout_compensates_and_a_late_timer_never_fires(dsn: str) -> Non
         )
         rec = await _final(h, started.saga_id)
         events = await _events(h, started.saga_id)
+        await assert_consistent(h)
     assert rec.status is SagaStatus.COMPENSATED
     assert ("SagaStepTimedOut", "charge") in events
     assert h.journal.of("o3") == ["Reserve", "Charge", "Release"]
@@ -100,4 +103,5 @@ async def test_idempotent_start_returns_the_existing_saga(dsn: str, key: str) ->
         b = await h.sagas.start_saga(ORDER, {"order_id": "o4"}, idempotency_key=key)
         assert a.saga_id == b.saga_id and a.created and not b.created
         await _final(h, a.saga_id)
+        await assert_consistent(h)
     assert h.journal.of("o4") == ["Reserve", "Charge", "Ship"]
