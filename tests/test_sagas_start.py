@@ -262,3 +262,41 @@ async def test_many_sagas_start_in_one_call_and_run(dsn: str) -> None:
         counts = await h.sagas.status_counts()
         await assert_consistent(h)
     assert counts == {"COMPLETED": 150}
+
+
+async def test_every_step_sees_the_input_as_stored(dsn: str) -> None:
+    """The first step is built when the saga starts, the others by the coordinator
+    from the stored input: all of them see the same (JSON) input."""
+
+    def shape(ctx: Any) -> dict[str, Any]:
+        return {
+            "order_id": "shape",
+            "keys": sorted(type(k).__name__ for k in ctx.input),
+            "items": type(ctx.input["items"]).__name__,
+        }
+
+    saga = Saga(
+        "shape",
+        steps=[
+            Step("a", domain="inventory", command="Reserve", data=shape),
+            Step("b", domain="payments", command="Charge", data=shape),
+        ],
+    )
+    async with running(dsn, saga) as h:
+        started = await h.sagas.start_saga(saga, {"items": (1, 2), 7: "seven"})
+        await final(h, started.saga_id)
+        async with h.bus.pool.connection() as c:
+            cur = await c.execute(
+                "SELECT e.data->'data' FROM commandbus.event e"
+                "  JOIN commandbus.command c ON e.stream_id ="
+                "       'command:' || c.domain || ':' || c.command_id"
+                " WHERE c.saga_id = %s AND e.event_type = 'CommandSent'"
+                " ORDER BY c.created_at",
+                (started.saga_id,),
+            )
+            sent = [r[0] for r in await cur.fetchall()]
+        rec = await h.sagas.get_saga(started.saga_id)
+        await assert_consistent(h)
+    assert rec is not None and rec.state.input == {"items": [1, 2], "7": "seven"}
+    assert len(sent) == 2 and sent[0] == sent[1], sent
+    assert sent[0]["keys"] == ["str", "str"] and sent[0]["items"] == "list"

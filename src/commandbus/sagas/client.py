@@ -9,6 +9,7 @@ serialized with the saga's replies).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 from uuid import UUID, uuid4
@@ -140,8 +141,14 @@ class SagaClient:
                 raise ValidationError(
                     f"starts[{i}] must be a SagaStart or the input mapping, got {show(item)}"
                 )
-            data = dict(mapping_arg(start.input, "input"))
-            dumps_limited(data, config.max_payload_bytes, what="saga input")
+            # as stored: the first step is built from the same input as the later ones
+            data = json.loads(
+                dumps_limited(
+                    dict(mapping_arg(start.input, "input")),
+                    config.max_payload_bytes,
+                    what="saga input",
+                )
+            )
             key = opt_text_arg(start.idempotency_key, "idempotency_key")
             sid = opt_uuid_arg(start.saga_id, "saga_id")
             if sid is None:
