@@ -283,7 +283,8 @@ async def test_every_step_sees_the_input_as_stored(dsn: str) -> None:
         ],
     )
     async with running(dsn, saga) as h:
-        started = await h.sagas.start_saga(saga, {"items": (1, 2), 7: "seven"})
+        odd: dict[Any, Any] = {"items": (1, 2), 7: "seven"}
+        started = await h.sagas.start_saga(saga, odd)
         await final(h, started.saga_id)
         async with h.bus.pool.connection() as c:
             cur = await c.execute(
