@@ -287,6 +287,7 @@ def test_state_round_trips_through_json() -> None:
         ([Step("x", domain="d", command="X", pivot=True), A], "never run"),
         ([Step("x", domain="d", command="X", timeout=timedelta(0))], "timeout"),
         ([Step("x", domain="d", command="X", max_attempts=0)], "max_attempts"),
+        ([Step("x", domain="d", command="X", pivot=True, timeout=timedelta(1))], "pivot"),
         ([Parallel("g")], "no steps"),
         ([Parallel("g", Step("x", domain="d", command="X", pivot=True))], "pivot"),
         (["not a step"], "Step or Parallel"),

@@ -27,6 +27,7 @@ import attrs
 import psycopg
 from psycopg import sql
 
+from commandbus import event_types as ev
 from commandbus.arguments import int_arg
 from commandbus.config import Config
 from commandbus.engine.commands.envelope import trace_context
@@ -44,7 +45,6 @@ from commandbus.errors import CommandBusError, DatabaseUnavailableError, Validat
 from commandbus.sagas import sql as queries
 from commandbus.sagas.decide import SAGA_QUEUE, Decider
 from commandbus.sagas.definition import SagaRegistry
-from commandbus.sagas.state import SagaStatus
 from commandbus.sagas.store import Pending, commit, delete_messages, load
 
 log = logging.getLogger("commandbus.coordinator")
@@ -343,17 +343,15 @@ class Coordinator:
         return sorted(retry, key=lambda m: m.msg_id)
 
     def _count(self, p: Pending) -> None:
+        """Count a recorded transition, and the sagas it ended (once each)."""
         self.stats.transitions += 1
-        state = p.decider.state
-        if state is None:
-            return
-        status = state.status
-        if status is SagaStatus.COMPLETED:
-            self.stats.completed += 1
-        elif status is SagaStatus.COMPENSATED:
-            self.stats.compensated += 1
-        elif status is SagaStatus.FAILED:
-            self.stats.failed += 1
+        for e in p.decider.events:
+            if e.event_type == ev.SAGA_COMPLETED:
+                self.stats.completed += 1
+            elif e.event_type == ev.SAGA_COMPENSATED:
+                self.stats.compensated += 1
+            elif e.event_type == ev.SAGA_FAILED:
+                self.stats.failed += 1
 
     def _missing(self, name: str, version: int) -> None:
         if (name, version) not in self._warned:

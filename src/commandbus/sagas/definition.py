@@ -214,6 +214,12 @@ class Saga:
             raise SagaDefinitionError(
                 f"{where}: timeout must be a positive timedelta or None, got {step.timeout!r}"
             )
+        if step.pivot and step.timeout is not None:
+            # a pivot that timed out (the saga compensates) but then succeeds could
+            # never be undone: a pivot waits for its outcome, however long
+            raise SagaDefinitionError(
+                f"{where}: a pivot cannot have a timeout (its late success could not be undone)"
+            )
         comp = step.compensation
         if comp is not None:
             if not isinstance(comp, Compensation):
