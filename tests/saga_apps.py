@@ -75,6 +75,11 @@ def build_handlers(journal: Journal) -> HandlerRegistry:
             behaviour = cmd.data.get("behaviour", {}).get(ctype)
             if behaviour == "hang":
                 await asyncio.sleep(3600)
+            if behaviour == "tsq_then_gate":
+                if str(cmd.command_id) not in journal.failed_once:
+                    journal.failed_once.add(str(cmd.command_id))
+                    raise PermanentCommandError(f"{ctype} broken this once")
+                await journal.gate(order).wait()
             if behaviour in ("gate", "gate_tsq"):
                 await journal.gate(order).wait()
             if behaviour == "gate_tsq":

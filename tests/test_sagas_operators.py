@@ -298,6 +298,27 @@ async def test_cancel_while_waiting_on_an_operator_cancels_the_tsq_command(dsn: 
     assert h.journal.of("c2") == ["Reserve", "Charge", "Release"]
 
 
+async def test_cancel_after_an_operator_retried_the_waiting_step(dsn: str) -> None:
+    """The status row still shows the step waiting on an operator, but its command
+    is running again: the cancel is taken, and the saga compensates once the
+    retried command answers."""
+    async with running(dsn, PLAIN) as h:
+        started = await h.sagas.start_saga(
+            PLAIN, {"order_id": "c7", "behaviour": {"Charge": "tsq_then_gate"}}
+        )
+        sid = started.saga_id
+        domain, cid = await waiting_on_operator(h, sid, "Charge")
+        await h.bus.troubleshooting.retry(domain, cid)
+        await wait_for(lambda: h.journal.of("c7").count("Charge") == 2)
+        await h.sagas.cancel_saga(sid, reason="too late to charge")
+        await status_is(h, sid, SagaStatus.WAITING_ON_OPERATOR, idle=True)
+        h.journal.gate("c7").set()
+        rec = await final(h, sid)
+        await assert_consistent(h)
+    assert rec.status is SagaStatus.COMPENSATED
+    assert h.journal.of("c7") == ["Reserve", "Charge", "Charge", "Refund", "Release"]
+
+
 async def test_cancel_before_the_coordinator_saw_the_tsq_notice(dsn: str) -> None:
     """The status row still says RUNNING when the operator cancels: the coordinator
     learns of the TSQ afterwards and must withdraw the command itself."""

@@ -9,6 +9,7 @@ serialized with the saga's replies).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -30,7 +31,12 @@ from commandbus.codec import dumps, dumps_limited
 from commandbus.engine.commands.bus import CommandBus
 from commandbus.engine.db.connect import Conn, atomic, borrow
 from commandbus.engine.queues.tables import queue_table
-from commandbus.errors import InvalidStateError, SagaNotFoundError, ValidationError
+from commandbus.errors import (
+    CommandNotFoundError,
+    InvalidStateError,
+    SagaNotFoundError,
+    ValidationError,
+)
 from commandbus.models import StoredEvent
 from commandbus.names import saga_stream_id
 from commandbus.sagas import replay
@@ -283,13 +289,16 @@ class SagaClient:
             if action == "cancel":
                 for step in state.steps.values():
                     if step.status is StepStatus.WAITING_ON_OPERATOR:
-                        await self._bus.troubleshooting.cancel(
-                            step.domain,
-                            step.command_id,
-                            reason=why or f"saga {sid} cancelled",
-                            operator=who,
-                            conn=c,
-                        )
+                        # one an operator retried (or finished) meanwhile is left
+                        # alone: its outcome comes back, then the saga compensates
+                        with contextlib.suppress(InvalidStateError, CommandNotFoundError):
+                            await self._bus.troubleshooting.cancel(
+                                step.domain,
+                                step.command_id,
+                                reason=why or f"saga {sid} cancelled",
+                                operator=who,
+                                conn=c,
+                            )
             await c.execute(
                 sql.SQL(q.SEND_CONTROL).format(queue=queue_table(SAGA_QUEUE)),
                 {
