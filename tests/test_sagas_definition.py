@@ -271,3 +271,25 @@ async def test_operators_are_refused_for_unknown_or_ended_sagas(bus: CommandBus)
     with pytest.raises(InvalidStateError, match="not paused"):
         await sagas.resume_saga(started.saga_id)
     assert await sagas.get_saga(uuid4()) is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"url": ""}, "url"),
+        ({"registry": [ORDER]}, "registry must be a SagaRegistry"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"flushers": "2"}, "flushers"),
+        ({"visibility_timeout": 30}, "visibility_timeout"),
+        ({"visibility_timeout": timedelta(milliseconds=10)}, "visibility_timeout"),
+        ({"reconnect_timeout": timedelta(seconds=-1)}, "reconnect_timeout"),
+        ({"config": {}}, "config must be a Config"),
+    ],
+)
+def test_a_coordinator_refuses_bad_arguments(kwargs: dict[str, Any], words: str) -> None:
+    from commandbus import Coordinator
+
+    args: dict[str, Any] = {"url": "postgresql://x", "registry": SagaRegistry([ORDER])}
+    args.update(kwargs)
+    with pytest.raises(ValidationError, match=words):
+        Coordinator(args.pop("url"), args.pop("registry"), **args)
