@@ -32,7 +32,8 @@ from commandbus.engine.commands.troubleshooting import TroubleshootingQueue
 from commandbus.engine.db.connect import Conn, atomic, borrow, translated
 from commandbus.engine.db.embedded import Database
 from commandbus.engine.eventstore.store import EventStore
-from commandbus.engine.observability.tracing import current_trace_headers
+from commandbus.engine.observability import tracing
+from commandbus.engine.observability.logging import command_id_var, correlation_id_var
 from commandbus.engine.queues.tables import QueueRegistry
 from commandbus.errors import DuplicateCommandError, ValidationError
 from commandbus.models import BatchResult, CommandRequest, SendResult
@@ -127,7 +128,9 @@ class CommandBus(CommandReads):
         """Resolve the database, check it (reachable, migrated), open the connection pool.
 
         Without a URL (and ``DATABASE_URL``) the embedded server is started or
-        joined here (and left by :meth:`close`). Raises
+        joined here (and left by :meth:`close`). With ``COMMANDBUS_OTEL=1`` the
+        OpenTelemetry SDK is set up first (see
+        :func:`~commandbus.engine.observability.tracing.configure_tracing`). Raises
         :class:`~commandbus.errors.DatabaseUnavailableError` when the server cannot
         be reached and :class:`~commandbus.errors.SchemaNotReadyError` when
         migrations are pending; migrations never run as a side effect.
@@ -138,6 +141,7 @@ class CommandBus(CommandReads):
             with translated("checking the commandbus schema"):
                 await ensure_schema_current(conn)
 
+        tracing.configure_tracing_from_env(service_name="commandbus")
         await self._db.open(check)
 
     async def close(self) -> None:
@@ -229,8 +233,16 @@ class CommandBus(CommandReads):
         )
         delay_s = 0.0 if delay is None else delay_arg(delay)
         cid = uuid4() if command_id is None else uuid_arg(command_id, "command_id")
-        corr = cid if correlation_id is None else uuid_arg(correlation_id, "correlation_id")
-        caus = opt_uuid_arg(causation_id, "causation_id")
+        # sent from a handler: the handled command's correlation id, and its id as
+        # the cause, unless given
+        if correlation_id is None:
+            corr = correlation_id_var.get() or cid
+        else:
+            corr = uuid_arg(correlation_id, "correlation_id")
+        if causation_id is None:
+            caus = command_id_var.get()
+        else:
+            caus = opt_uuid_arg(causation_id, "causation_id")
         saga = opt_uuid_arg(saga_id, "saga_id")
         data_json = dumps_limited(dict(payload), self.config.max_payload_bytes, what="command data")
         message = encode_command(
@@ -279,40 +291,55 @@ class CommandBus(CommandReads):
         One statement. With ``conn=`` it joins the caller's transaction (explicit or
         implicit) and is committed or rolled back by the caller; nothing commits
         behind the caller. Ids may be ``UUID`` or any of their text forms (they are
-        normalised to ``UUID``); ``delay`` is a ``timedelta`` or seconds. Returns
+        normalised to ``UUID``); ``delay`` is a ``timedelta`` or seconds. Sent from
+        inside a handler, ``correlation_id`` defaults to the handled command's and
+        ``causation_id`` to its id. The message carries the W3C context of this
+        send's PRODUCER span (or of the current span when nothing records). Returns
         ``Failure(code="DUPLICATE_COMMAND")`` when the domain already has a command
         with this id (nothing is written). Raises
         :class:`~commandbus.errors.ValidationError` (naming the argument) for bad
         arguments and :class:`~commandbus.errors.PayloadError` for data that is not
         JSON or too large, before anything is written.
         """
-        out = self._outgoing(
-            domain,
-            command_type,
-            {} if data is None else data,
-            command_id=command_id,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            reply_to=reply_to,
-            saga_id=saga_id,
-            batch_id=None,
-            max_attempts=max_attempts,
-            delay=delay,
-            trace=current_trace_headers(),
-        )
-        if conn is not None:
-            conn_arg(conn)
-        await self._ensure_queues(
-            (out.domain,) if out.reply_to is None else (out.domain, out.reply_to)
-        )
-        async with borrow(self.pool, conn) as c:
-            msg_id = await command_store.send_one(c, out)
-        if msg_id is None:
-            return Failure(
-                code=DuplicateCommandError.code,
-                message=f"command {out.command_id} already exists in domain {out.domain!r}",
-                details={"domain": out.domain, "command_id": str(out.command_id)},
+        with tracing.producer() as span:
+            out = self._outgoing(
+                domain,
+                command_type,
+                {} if data is None else data,
+                command_id=command_id,
+                correlation_id=correlation_id,
+                causation_id=causation_id,
+                reply_to=reply_to,
+                saga_id=saga_id,
+                batch_id=None,
+                max_attempts=max_attempts,
+                delay=delay,
+                trace=span.headers(),
             )
+            span.describe(
+                domains=(out.domain,),
+                correlation_id=out.correlation_id,
+                command_id=out.command_id,
+                command_type=out.command_type,
+                causation_id=out.causation_id,
+                saga_id=out.saga_id,
+            )
+            if conn is not None:
+                conn_arg(conn)
+            await self._ensure_queues(
+                (out.domain,) if out.reply_to is None else (out.domain, out.reply_to)
+            )
+            async with borrow(self.pool, conn) as c:
+                msg_id = await command_store.send_one(c, out)
+            if msg_id is None:
+                failure = Failure(
+                    code=DuplicateCommandError.code,
+                    message=f"command {out.command_id} already exists in domain {out.domain!r}",
+                    details={"domain": out.domain, "command_id": str(out.command_id)},
+                )
+                span.refused(failure.code, failure.message)
+                return failure
+            span.sent(msg_id)
         return Success(
             value=SendResult(
                 command_id=out.command_id, msg_id=msg_id, correlation_id=out.correlation_id
@@ -335,7 +362,9 @@ class CommandBus(CommandReads):
         ``conn=`` the batch joins the caller's transaction (explicit or implicit)
         and is committed or rolled back by the caller. The same id may be used in
         different domains. Arguments are checked as :meth:`send` checks them; an
-        error names the command (``commands[i]``) and the argument.
+        error names the command (``commands[i]``) and the argument. Ids default as
+        for :meth:`send` (inside a handler, the handled command's correlation id,
+        else the batch id; its id as the cause); one PRODUCER span covers the batch.
         """
         if isinstance(commands, str | bytes | Mapping) or not isinstance(commands, Iterable):
             raise ValidationError(
@@ -345,9 +374,27 @@ class CommandBus(CommandReads):
         if not requests:
             raise ValidationError("commands must hold at least one CommandRequest")
         bid = uuid4() if batch_id is None else uuid_arg(batch_id, "batch_id")
-        corr = bid if correlation_id is None else uuid_arg(correlation_id, "correlation_id")
+        if correlation_id is None:  # sent from a handler: the handled command's
+            corr = correlation_id_var.get() or bid
+        else:
+            corr = uuid_arg(correlation_id, "correlation_id")
         name = opt_text_arg(name, "name", empty=True)
-        trace = current_trace_headers()
+        with tracing.producer() as span:
+            result = await self._send_batch(requests, bid, corr, name, conn, span)
+            if isinstance(result, Failure):
+                span.refused(result.code, result.message)
+            return result
+
+    async def _send_batch(
+        self,
+        requests: list[CommandRequest],
+        bid: UUID,
+        corr: UUID,
+        name: str | None,
+        conn: Conn | None,
+        span: tracing.SendSpan,
+    ) -> Result[BatchResult]:
+        trace = span.headers()
         outs = []
         for i, r in enumerate(requests):
             if not isinstance(r, CommandRequest):
@@ -373,6 +420,13 @@ class CommandBus(CommandReads):
                 )
             except ValidationError as exc:
                 raise type(exc)(f"commands[{i}]: {exc.message}", details=exc.details) from None
+        span.describe(
+            domains=[o.domain for o in outs],
+            correlation_id=corr,
+            batch_id=bid,
+            count=len(outs),
+            types=[(o.domain, o.command_type) for o in outs],
+        )
         seen: set[tuple[str, UUID]] = set()
         repeated = []
         for o in outs:
@@ -429,6 +483,7 @@ class CommandBus(CommandReads):
                 details={"command_ids": [str(cid) for _d, cid in duplicates], "batch_id": str(bid)},
             )
         by_key = {(d, cid): m for d, cid, m, _n in rows}
+        span.sent()
         return Success(
             value=BatchResult(
                 batch_id=bid,
