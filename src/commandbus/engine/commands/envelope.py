@@ -5,8 +5,11 @@ with the keys of :data:`COMMAND_KEYS` plus ``data`` (its payload, serialised onc
 its PGMQ headers carry the sender's W3C trace context. ``CommandSent`` records
 the same keys (plus ``domain``, ``delay_seconds`` and ``msg_id``), so an operator
 retry rebuilds the message from the event. A reply is the object
-:func:`reply_for` builds, sent to the command's ``reply_to`` queue with the
-command's trace context as headers. ``tests/golden/`` pins both formats.
+:func:`reply_for` builds, sent to the command's ``reply_to`` queue; its headers
+are the W3C context of the worker's ``process`` span of the command (so what the
+reply causes joins the same trace), or the command's own trace context where no
+span records (an operator's action, a worker without tracing).
+``tests/golden/`` pins both formats.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from uuid import UUID
 
 from commandbus.codec import dumps
 from commandbus.engine.commands.store import Reply
+from commandbus.engine.observability.tracing import reply_headers
 from commandbus.models import Command, ErrorInfo
 
 #: The keys of a command's queue message besides ``data``, in order.
@@ -124,6 +128,11 @@ def decode_command(domain: str, message: Any, headers: Any = None) -> Command:
 def reply_for(
     command: Command, outcome: str, *, result: Any = None, error: ErrorInfo | None = None
 ) -> Reply | None:
+    """The reply to ``command`` (``None`` without ``reply_to``), with the current trace.
+
+    Called while the worker's ``process`` span of the command is current, the
+    headers carry that span's context; otherwise the command's own.
+    """
     if command.reply_to is None:
         return None
     body = {
@@ -137,4 +146,4 @@ def reply_for(
         "result": result,
         "error": None if error is None else error.as_dict(),
     }
-    return Reply(queue=command.reply_to, message=body, headers=dict(command.trace_context))
+    return Reply(queue=command.reply_to, message=body, headers=reply_headers(command.trace_context))

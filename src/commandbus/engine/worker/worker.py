@@ -31,6 +31,7 @@ from commandbus.engine.commands.store import ReadMessage
 from commandbus.engine.db.connect import Conn, ResilientConnection, is_transient, is_unavailable
 from commandbus.engine.eventstore import store as event_store
 from commandbus.engine.eventstore.store import StreamAppend
+from commandbus.engine.observability import tracing
 from commandbus.engine.observability.logging import command_id_var, correlation_id_var
 from commandbus.engine.queues import sql as queue_sql
 from commandbus.engine.queues.consumer import QueueConsumer
@@ -45,7 +46,7 @@ from commandbus.engine.worker.context import HandlerContext
 from commandbus.engine.worker.outcomes import Decision, Outcome, OutcomeBuilder
 from commandbus.engine.worker.recorder import Recorder
 from commandbus.engine.worker.registry import HandlerRegistry
-from commandbus.engine.worker.retry_policy import ErrorKind, RetryPolicy
+from commandbus.engine.worker.retry_policy import ErrorKind, RetryPolicy, classify
 from commandbus.engine.worker.stats import WorkerStats
 from commandbus.errors import (
     PayloadError,
@@ -70,6 +71,9 @@ class _Attempt:
     msg_id: int
     recorded: int  # attempts recorded so far
     prefix: list[NewEvent]  # CommandAttemptLost events for earlier, unrecorded deliveries
+    span: tracing.ProcessSpan  # its CONSUMER span and metrics (a no-op when off)
+    started_ns: int  # when its handling started (epoch nanoseconds)
+    started_perf_ns: int  # the same, on the performance counter
 
 
 class Worker:
@@ -206,6 +210,7 @@ class Worker:
         if self._consumer.stop_requested:
             self.stats.stopped_at = time.monotonic()
             return self.stats
+        tracing.configure_tracing_from_env(service_name=f"commandbus-worker-{self.domain}")
         # Every runner may hold a handler transaction; two more connections are
         # always there for ``extend_visibility`` and quarantines, so a handler
         # holding one never waits on another that cannot come.
@@ -284,20 +289,29 @@ class Worker:
                 msg, f"no command {command.command_id} was sent in domain {self.domain}"
             )
             return None
-        attempt = _Attempt(
-            command=command,
-            number=msg.read_ct,
-            version=int(msg.version),
-            msg_id=msg.msg_id,
-            recorded=int(msg.attempts or 0),
-            prefix=self._outcomes.lost_attempts(command, msg.read_ct, int(msg.attempts or 0)),
-        )
-        decision, ctx = await self._attempt(attempt)
-        if ctx is not None and ctx.transaction is not None:
-            return await self._record_with_handler_tx(attempt, decision, ctx)
-        return decision
+        span = tracing.process(self.domain, command, attempt=msg.read_ct, msg_id=msg.msg_id)
+        with span:  # current while the handler runs: what it sends is its child
+            attempt = _Attempt(
+                command=command,
+                number=msg.read_ct,
+                version=int(msg.version),
+                msg_id=msg.msg_id,
+                recorded=int(msg.attempts or 0),
+                prefix=self._outcomes.lost_attempts(command, msg.read_ct, int(msg.attempts or 0)),
+                span=span,
+                started_ns=time.time_ns(),
+                started_perf_ns=time.perf_counter_ns(),
+            )
+            decision: Decision | None
+            decision, ctx = await self._attempt(attempt)
+            if ctx is not None and ctx.transaction is not None:
+                decision = await self._record_with_handler_tx(attempt, decision, ctx)
+            if decision is not None:
+                _annotate(attempt, decision)
+            return decision
 
     def _failure(self, a: _Attempt, exc: BaseException, kind: ErrorKind | None = None) -> Decision:
+        kind = kind or classify(exc)
         decision = self._outcomes.failure(
             a.command,
             exc,
@@ -307,6 +321,7 @@ class Worker:
             prefix=a.prefix,
             kind=kind,
         )
+        a.span.outcome(decision.outcome.value, exc, kind.value)
         log.log(
             logging.INFO if decision.outcome is Outcome.RETRIED else logging.WARNING,
             "command %s attempt %d: %s (%s)",
@@ -322,6 +337,7 @@ class Worker:
         if a.number > command.max_attempts:
             # Deliveries that never recorded an outcome (a crash, a hang past the
             # vt) used the attempts up: the handler does not run again.
+            a.span.outcome(Outcome.TROUBLESHOOTING.value, kind="attempts_exhausted")
             return self._outcomes.deliveries_exhausted(
                 command,
                 deliveries=a.number,
@@ -354,6 +370,7 @@ class Worker:
                 msg_id=a.msg_id,
                 prefix=a.prefix,
             )
+            a.span.outcome(Outcome.COMPLETED.value)
             return success, ctx
         except asyncio.CancelledError as exc:
             await ctx.finish(commit=False)
@@ -385,6 +402,7 @@ class Worker:
                 "(the handler caught the error); its writes were rolled back"
             )
             return self._failure(a, exc)
+        _annotate(a, decision)
         try:
             ok = await command_store.record_transitions(conn, [decision.transition])
         except BaseException as exc:
@@ -399,6 +417,7 @@ class Worker:
                 raise
             # the outcome itself cannot be stored (say its reply queue is gone)
             log.error("outcome of command %s could not be recorded: %s", a.command.command_id, exc)
+            a.span.outcome(Outcome.TROUBLESHOOTING.value, exc, "unrecordable_outcome")
             return self._outcomes.unrecordable(decision.transition, exc)
         try:
             await ctx.finish(commit=bool(ok))
@@ -447,3 +466,22 @@ class Worker:
 
         await self._consumer.retrying(pooled)
         self.stats.quarantined += 1
+
+
+def _annotate(a: _Attempt, decision: Decision) -> None:
+    """Put the attempt's timing and trace context in its outcome event's metadata.
+
+    ``timing.started_us`` (epoch microseconds, the worker's clock) and
+    ``timing.duration_us`` say when the handling started and how long it took
+    (what the audit waterfall draws; integers, which cost less to write than
+    floats); ``trace`` is the W3C context of its ``process`` span when one records.
+    """
+    # the event was built for this delivery alone: its metadata is no one else's
+    meta = decision.transition.events[-1].metadata
+    meta["timing"] = {
+        "started_us": a.started_ns // 1000,
+        "duration_us": (time.perf_counter_ns() - a.started_perf_ns) // 1000,
+    }
+    headers = a.span.headers()
+    if headers:
+        meta["trace"] = headers
