@@ -114,6 +114,10 @@ async def waiting_on_operator(h: Harness, saga_id: UUID, command_type: str) -> t
     return target
 
 
+async def _command_is(h: Harness, domain: str, command_id: UUID, status: CommandStatus) -> bool:
+    return await command_status(h, domain, command_id) is status
+
+
 async def command_status(h: Harness, domain: str, command_id: UUID) -> CommandStatus:
     rec = await h.bus.get_command(domain, command_id)
     assert rec is not None
@@ -466,6 +470,8 @@ async def test_a_group_member_in_the_tsq_holds_the_compensation_of_its_group(
         )
         sid = started.saga_id
         domain, cid = await in_tsq(h, sid, "Email")
+        charge = await command_of(h, sid, "Charge")
+        await wait_for(lambda: _command_is(h, *charge, CommandStatus.FAILED))
         rec = await status_is(h, sid, SagaStatus.WAITING_ON_OPERATOR, idle=True)
         assert rec.state.compensating  # the charge failed; the email's outcome is awaited
         assert "Release" not in h.journal.of("g1")
