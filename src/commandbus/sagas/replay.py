@@ -9,8 +9,8 @@ transaction, as the commands' rebuild and verify do.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import contextlib
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
