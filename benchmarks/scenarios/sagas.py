@@ -47,6 +47,7 @@ from psycopg import sql
 from benchmarks.core import Context, Row, ratio, scenario, settle
 from benchmarks.saga_proc import DOMAINS, PLAIN_COMMAND, PLAIN_DOMAIN, build_saga
 from commandbus.engine.commands.bus import CommandBus
+from commandbus.engine.queues.tables import queue_table, wakeup_channel
 from commandbus.models import CommandRequest
 from commandbus.sagas import SAGA_QUEUE, SagaClient
 
@@ -222,6 +223,11 @@ async def open_bus(url: str) -> AsyncIterator[CommandBus]:
         yield bus
 
 
+def give_up(smoke: bool) -> float:
+    """Seconds to wait for completions before failing (a smoke run has tiny N)."""
+    return 60 if smoke else 600
+
+
 async def settle_unless(smoke: bool, url: str) -> None:
     """Settle before a measured phase (not in a smoke run, whose figures mean nothing)."""
     if not smoke:
@@ -238,9 +244,7 @@ async def one_row(conn: Conn, query: str, params: Any = None) -> Any:
 async def hold(conn: Conn, queue: str) -> None:
     """Make every message of ``queue`` invisible for an hour (until :func:`release`)."""
     await conn.execute(
-        sql.SQL("UPDATE pgmq.{} SET vt = now() + interval '1 hour'").format(
-            sql.Identifier("q_" + queue)
-        )
+        sql.SQL("UPDATE pgmq.{} SET vt = now() + interval '1 hour'").format(queue_table(queue))
     )
 
 
@@ -249,11 +253,11 @@ async def release(conn: Conn, queue: str) -> Any:
     async with conn.transaction():
         cur = await conn.execute(
             sql.SQL("UPDATE pgmq.{} SET vt = clock_timestamp() RETURNING vt").format(
-                sql.Identifier("q_" + queue)
+                queue_table(queue)
             )
         )
         t0 = max(r[0] for r in await cur.fetchall())
-        await conn.execute("SELECT pg_notify(%s, '')", ("commandbus_" + queue,))
+        await conn.execute("SELECT pg_notify(%s, '')", (wakeup_channel(queue),))
     return t0
 
 
@@ -331,7 +335,9 @@ async def saga_throughput(url: str, n: int, *, smoke: bool) -> tuple[float, dict
         await settle_unless(smoke, url)
         async with running(url) as child:
             t0 = await release(conn, DOMAINS[0])
-            await wait_until(conn, COUNT_SAGAS, None, n, child, "sagas")
+            await wait_until(
+                conn, COUNT_SAGAS, None, n, child, "sagas", give_up_after=give_up(smoke)
+            )
             (end,) = await one_row(conn, "SELECT max(ended_at) FROM commandbus.saga")
             figures = await child.stop()
     if figures["sagas"] != n:
@@ -350,7 +356,15 @@ async def command_throughput(url: str, m: int, *, smoke: bool) -> tuple[float, d
         await settle_unless(smoke, url)
         async with running(url) as child:
             t0 = await release(conn, PLAIN_DOMAIN)
-            await wait_until(conn, COUNT_COMMANDS, (PLAIN_DOMAIN,), m, child, "commands")
+            await wait_until(
+                conn,
+                COUNT_COMMANDS,
+                (PLAIN_DOMAIN,),
+                m,
+                child,
+                "commands",
+                give_up_after=give_up(smoke),
+            )
             (end,) = await one_row(
                 conn,
                 "SELECT max(updated_at) FROM commandbus.command WHERE domain = %s",
@@ -386,7 +400,13 @@ async def latencies(
             await asyncio.sleep(0.5)  # idle again
             ids = await paced(count, command)
             await wait_until(
-                conn, COUNT_COMMANDS, (PLAIN_DOMAIN,), warmup + count, child, "commands"
+                conn,
+                COUNT_COMMANDS,
+                (PLAIN_DOMAIN,),
+                warmup + count,
+                child,
+                "commands",
+                give_up_after=give_up(smoke),
             )
             cur = await conn.execute(COMMAND_LATENCIES, (PLAIN_DOMAIN, ids))
             commands = [float(r[0]) for r in await cur.fetchall()]
@@ -394,7 +414,15 @@ async def latencies(
             await paced(warmup, saga)
             await asyncio.sleep(0.5)
             ids = await paced(count, saga)
-            await wait_until(conn, COUNT_SAGAS, None, warmup + count, child, "sagas")
+            await wait_until(
+                conn,
+                COUNT_SAGAS,
+                None,
+                warmup + count,
+                child,
+                "sagas",
+                give_up_after=give_up(smoke),
+            )
             cur = await conn.execute(SAGA_LATENCIES, (ids,))
             sagas = [float(r[0]) for r in await cur.fetchall()]
             await child.stop()
