@@ -576,3 +576,22 @@ def test_saga_span_without_an_sdk_passes_the_parents_context_on() -> None:
         s.set("k", 1)
     with tracing.saga_span("t", saga_id=UUID(int=1), correlation_id=None) as s:
         assert s.headers == {}
+
+
+def test_saga_metrics(recorded: Recorded) -> None:
+    tracing.count_saga_transition("order", "COMPENSATING", compensations={"reserve": 1})
+    tracing.count_saga_transition("order", "COMPENSATED")
+    transitions = recorded.counters("commandbus.saga.transitions")
+    assert transitions == {
+        (("commandbus.saga_name", "order"), ("commandbus.saga_status", "COMPENSATING")): 1,
+        (("commandbus.saga_name", "order"), ("commandbus.saga_status", "COMPENSATED")): 1,
+    }
+    compensations = recorded.counters("commandbus.saga.compensations")
+    assert compensations == {
+        (("commandbus.saga_name", "order"), ("commandbus.saga_step", "reserve")): 1
+    }
+
+
+def test_saga_metrics_cost_nothing_without_a_meter_provider() -> None:
+    assert not tracing.metrics_active()
+    tracing.count_saga_transition("order", "COMPLETED")  # no error, nothing recorded

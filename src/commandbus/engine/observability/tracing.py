@@ -10,7 +10,8 @@ messaging semantic conventions (``messaging.system=pgmq``):
   its own span), a child of the context in the message's headers, current while
   the handler runs: a command sent from inside a handler is its child (one flow,
   one trace), and so is the reply to ``reply_to``;
-* :func:`saga_span` for the saga coordinator's transitions and compensations.
+* :func:`saga_span` for the saga coordinator's transitions and compensations
+  (and :func:`count_saga_transition` for its metrics).
 
 Nothing is recorded unless an SDK is installed as the global tracer / meter
 provider (by :func:`configure_tracing`, ``COMMANDBUS_OTEL=1``, or the
@@ -126,6 +127,16 @@ class _Instruments:
             unit="s",
             description="Time to handle a delivery (the handler and its outcome), by outcome",
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.saga_transitions = meter.create_counter(
+            "commandbus.saga.transitions",
+            unit="{transition}",
+            description="Saga transitions committed, by saga name and the status they left",
+        )
+        self.saga_compensations = meter.create_counter(
+            "commandbus.saga.compensations",
+            unit="{command}",
+            description="Compensation commands sent, by saga name and step",
         )
 
 
@@ -789,6 +800,24 @@ def saga_span(
         attributes=attrs,
     )
     return SagaSpan(span, parent or {})
+
+
+def count_saga_transition(
+    saga_name: str, status: str, *, compensations: Mapping[str, int] | None = None
+) -> None:
+    """Count one committed saga transition (``status``: what it left the saga in) and
+    the compensation commands it sent, by step. For the coordinator; nothing when
+    no meter provider records."""
+    inst = _active().instruments
+    if inst is None:
+        return
+    inst.saga_transitions.add(
+        1, {"commandbus.saga_name": saga_name, "commandbus.saga_status": status}
+    )
+    for step, n in (compensations or {}).items():
+        inst.saga_compensations.add(
+            n, {"commandbus.saga_name": saga_name, "commandbus.saga_step": step}
+        )
 
 
 # -- set-up ----------------------------------------------------------------------------------
