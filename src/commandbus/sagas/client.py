@@ -30,6 +30,8 @@ from commandbus.arguments import (
 from commandbus.codec import dumps, dumps_limited
 from commandbus.engine.commands.bus import CommandBus
 from commandbus.engine.db.connect import Conn, atomic, borrow
+from commandbus.engine.observability.logging import correlation_id_var
+from commandbus.engine.observability.tracing import saga_span
 from commandbus.engine.queues.tables import queue_table
 from commandbus.errors import (
     CommandNotFoundError,
@@ -159,18 +161,29 @@ class SagaClient:
             sid = opt_uuid_arg(start.saga_id, "saga_id")
             if sid is None:
                 sid = uuid4() if key is None else saga_id_for_key(definition.name, key)
-            corr = opt_uuid_arg(start.correlation_id, "correlation_id") or sid
+            # started from a handler, a saga joins the handled command's flow
+            corr = opt_uuid_arg(start.correlation_id, "correlation_id") or (
+                correlation_id_var.get() or sid
+            )
             ids.append(sid)
             if sid in seen:
                 continue  # the same saga twice in one call: started once
             seen.add(sid)
-            decider = Decider(
-                definition,
-                None,
-                max_payload_bytes=config.max_payload_bytes,
-                default_max_attempts=config.max_attempts,
-            )
-            decider.start(saga_id=sid, input=data, correlation_id=corr, idempotency_key=key)
+            with saga_span(
+                f"start saga {definition.name}",
+                saga_id=sid,
+                correlation_id=corr,
+                kind="producer",
+                saga_name=definition.name,
+            ) as span:
+                decider = Decider(
+                    definition,
+                    None,
+                    max_payload_bytes=config.max_payload_bytes,
+                    default_max_attempts=config.max_attempts,
+                    headers=span.headers,
+                )
+                decider.start(saga_id=sid, input=data, correlation_id=corr, idempotency_key=key)
             pending.append(Pending(sid, 0, decider))
         if not ids:
             return []

@@ -11,7 +11,7 @@ is emitted, with the one fold of :mod:`commandbus.sagas.state`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
 
@@ -74,7 +74,10 @@ class Decider:
         max_payload_bytes: int,
         default_max_attempts: int,
         headers: Mapping[str, str] | None = None,
+        on_send: Callable[[str, str], Mapping[str, str]] | None = None,
     ) -> None:
+        """``headers``: the W3C context of what caused the transition; ``on_send(kind,
+        step)`` (kind ``step`` or ``compensation``) may give each command its own."""
         self.saga = saga
         self.state = state
         self.events: list[NewEvent] = []
@@ -87,6 +90,7 @@ class Decider:
         self._max_payload = max_payload_bytes
         self._max_attempts = default_max_attempts
         self._headers = dict(headers or {})
+        self._on_send = on_send
         self._causation: UUID | None = None
 
     # -- emitting -----------------------------------------------------------------------
@@ -131,12 +135,15 @@ class Decider:
     def _send(
         self,
         *,
+        kind: str,
+        step: str,
         domain: str,
         command_type: str,
         data: dict[str, Any],
         max_attempts: int | None,
     ) -> OutgoingCommand:
         st = self._state
+        trace = self._headers if self._on_send is None else dict(self._on_send(kind, step))
         cid = command_id_for(st.saga_id, st.sent)
         attempts = self._max_attempts if max_attempts is None else max_attempts
         data_json = dumps_limited(data, self._max_payload, what="saga command data")
@@ -161,8 +168,8 @@ class Decider:
                 max_attempts=attempts,
                 data_json=data_json,
             ),
-            headers=encode_headers(self._headers),
-            metadata=dumps_limited({"trace": self._headers} if self._headers else {}, 1 << 20),
+            headers=encode_headers(trace),
+            metadata=dumps_limited({"trace": trace} if trace else {}, 1 << 20),
         )
         self.commands.append(cmd)
         return cmd
@@ -405,6 +412,8 @@ class Decider:
             return
         for step, data in built:
             cmd = self._send(
+                kind="step",
+                step=step.name,
                 domain=step.domain,
                 command_type=step.command,
                 data=data,
@@ -456,6 +465,8 @@ class Decider:
             try:
                 data = self._build(comp.data)
                 cmd = self._send(
+                    kind="compensation",
+                    step=s.name,
                     domain=domain,
                     command_type=comp.command,
                     data=data,
