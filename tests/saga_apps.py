@@ -227,12 +227,14 @@ async def status_is(
     found: list[SagaRecord] = []
 
     async def reached() -> bool:
+        # the queue first: a transition committed between the two reads then shows in
+        # the record (read second), never in a stale record that looks idle
+        if idle and await pending_messages(h, saga_id):
+            return False
         rec = await h.sagas.get_saga(saga_id)
         if rec is None:
             return False
         if not (rec.status.is_final if status is None else rec.status is status):
-            return False
-        if idle and await pending_messages(h, saga_id):
             return False
         found[:] = [rec]
         return True
