@@ -11,35 +11,29 @@ from uuid import UUID, uuid4
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus.arguments import (
-    MAX_INT,
     bool_arg,
     conn_arg,
-    delay_arg,
     int_arg,
-    mapping_arg,
     opt_text_arg,
-    opt_uuid_arg,
     uuid_arg,
 )
-from commandbus.codec import dumps, dumps_limited
+from commandbus.codec import dumps
 from commandbus.config import Config
 from commandbus.engine.commands import replay
 from commandbus.engine.commands import store as command_store
-from commandbus.engine.commands.envelope import encode_command, encode_headers
+from commandbus.engine.commands.outgoing import OutgoingRenderer
 from commandbus.engine.commands.read import CommandReads
-from commandbus.engine.commands.store import OutgoingCommand
 from commandbus.engine.commands.troubleshooting import TroubleshootingQueue
 from commandbus.engine.db.connect import Conn, atomic, borrow, translated
 from commandbus.engine.db.embedded import Database
 from commandbus.engine.eventstore.store import EventStore
 from commandbus.engine.observability import tracing
-from commandbus.engine.observability.logging import command_id_var, correlation_id_var
+from commandbus.engine.observability.logging import correlation_id_var
 from commandbus.engine.queues.tables import QueueRegistry
 from commandbus.errors import DuplicateCommandError, ValidationError
 from commandbus.models import BatchResult, CommandRequest, SendResult
 from commandbus.names import (
     batch_stream_id,
-    validate_command_type,
     validate_domain,
     validate_queue_name,
 )
@@ -93,7 +87,8 @@ class CommandBus(CommandReads):
         self.queues = QueueRegistry()
         self._events: EventStore | None = None
         self._troubleshooting: TroubleshootingQueue | None = None
-        self._valid_names: set[tuple[str, str]] = set()
+        # checks and renders each command sent (tests render through it too)
+        self._outgoing = OutgoingRenderer(self.config, self.queues).render
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -191,85 +186,6 @@ class CommandBus(CommandReads):
                     await self.queues.ensure(c, q)
 
     # -- sending -----------------------------------------------------------------------
-
-    def _outgoing(
-        self,
-        domain: object,
-        command_type: object,
-        data: object,
-        *,
-        command_id: object,
-        correlation_id: object,
-        causation_id: object,
-        reply_to: object,
-        saga_id: object,
-        batch_id: UUID | None,
-        max_attempts: object,
-        delay: object,
-        trace: dict[str, str],
-    ) -> OutgoingCommand:
-        """Check one command's arguments (pure Python) and render its message."""
-        if (
-            isinstance(domain, str)
-            and isinstance(command_type, str)
-            and (domain, command_type) in self._valid_names
-        ):
-            dom, ctype = domain, command_type
-        else:
-            dom, ctype = validate_domain(domain), validate_command_type(command_type)
-            if len(self._valid_names) < 10_000:
-                self._valid_names.add((dom, ctype))
-        reply: str | None = None
-        if reply_to is not None:
-            if isinstance(reply_to, str) and self.queues.is_known(reply_to):
-                reply = reply_to
-            else:
-                reply = validate_queue_name(reply_to, what="reply_to queue")
-        payload = mapping_arg(data, "data")
-        attempts = (
-            self.config.max_attempts
-            if max_attempts is None
-            else int_arg(max_attempts, "max_attempts", low=1, high=MAX_INT)
-        )
-        delay_s = 0.0 if delay is None else delay_arg(delay)
-        cid = uuid4() if command_id is None else uuid_arg(command_id, "command_id")
-        # sent from a handler: the handled command's correlation id, and its id as
-        # the cause, unless given
-        if correlation_id is None:
-            corr = correlation_id_var.get() or cid
-        else:
-            corr = uuid_arg(correlation_id, "correlation_id")
-        if causation_id is None:
-            caus = command_id_var.get()
-        else:
-            caus = opt_uuid_arg(causation_id, "causation_id")
-        saga = opt_uuid_arg(saga_id, "saga_id")
-        data_json = dumps_limited(dict(payload), self.config.max_payload_bytes, what="command data")
-        message = encode_command(
-            command_id=cid,
-            command_type=ctype,
-            correlation_id=corr,
-            causation_id=caus,
-            reply_to=reply,
-            saga_id=saga,
-            batch_id=batch_id,
-            max_attempts=attempts,
-            data_json=data_json,
-        )
-        return OutgoingCommand(
-            domain=dom,
-            command_id=cid,
-            command_type=ctype,
-            correlation_id=corr,
-            causation_id=caus,
-            reply_to=reply,
-            saga_id=saga,
-            max_attempts=attempts,
-            delay_seconds=delay_s,
-            message=message,
-            headers=encode_headers(trace),
-            metadata=dumps({"trace": trace}) if trace else "{}",
-        )
 
     async def send(
         self,

@@ -1,4 +1,4 @@
-"""Tracing and logging: the only place that imports OpenTelemetry.
+"""Observability: tracing (the only package that imports OpenTelemetry), logging, waterfalls.
 
-Imports nothing else of the engine.
+Imports nothing else of the engine (the waterfall reads the audit stream on any connection).
 """

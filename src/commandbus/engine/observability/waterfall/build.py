@@ -1,51 +1,16 @@
-"""A flow as a waterfall, from the audit stream alone (no tracing backend needed).
-
-A flow is everything with one correlation id: the commands sent (and those their
-handlers sent), their attempts, sagas with their steps and compensations.
-:func:`load_flow` reads its events in ONE query (given a correlation id or a saga
-id); :func:`build_waterfall` turns them into rows (a tree: saga, step, command,
-attempt) with start and end times; :func:`render_waterfall` draws them as text
-bars on a common time axis, with ANSI colour when asked. An attempt's bar shows
-its wait in the queue (from when the message became visible to when the worker
-started handling it) and its run, from the ``timing`` the worker puts in each
-outcome event's metadata (older events without it show the attempt as one
-piece). :meth:`Waterfall.to_json` is the same data for a web view.
-
-Imports nothing of the engine (it is its lowest layer): the connection is any
-psycopg async connection.
-"""
+"""The rows of a flow from its events: a tree of sagas, steps, commands and attempts."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, Final
-from uuid import UUID
 
 import attrs
-import psycopg
 
 from commandbus import event_types as ev
+from commandbus.engine.observability.waterfall.flow import Row, Waterfall
 from commandbus.models import StoredEvent
-from commandbus.names import saga_stream_id
-
-#: The events of one flow: by correlation id, or by the correlation id of the
-#: saga whose id is given (its ``SagaStarted`` is version 1 of ``saga:<id>``).
-FLOW_EVENTS: Final = """
-SELECT position, transaction_id::text::bigint AS transaction_id, stream_id, stream_version,
-       event_type, data, correlation_id, causation_id, metadata, recorded_at
-  FROM commandbus.event
- WHERE correlation_id = coalesce(
-           (SELECT s.correlation_id FROM commandbus.event s
-             WHERE s.stream_id = %(saga_stream)s AND s.stream_version = 1),
-           %(id)s::uuid)
- ORDER BY position
- LIMIT %(limit)s
-"""
-
-#: At most this many events are read for one flow by default.
-DEFAULT_LIMIT: Final = 10_000
 
 _OUTCOMES: Final = frozenset(
     {
@@ -70,102 +35,6 @@ _SAGA_END: Final = {
     ev.SAGA_COMPENSATED: "compensated",
     ev.SAGA_FAILED: "failed",
 }
-
-
-async def load_flow(
-    conn: psycopg.AsyncConnection[Any], flow_id: UUID | str, *, limit: int = DEFAULT_LIMIT
-) -> list[StoredEvent]:
-    """The events of a flow, in order: ``flow_id`` is a correlation id or a saga id.
-
-    One query (:data:`FLOW_EVENTS`), on the caller's connection; the caller's row
-    factory is left alone. An id that names nothing gives an empty list.
-    """
-    uid = UUID(str(flow_id))
-    params = {"id": str(uid), "saga_stream": saga_stream_id(uid), "limit": int(limit)}
-    async with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
-        await cur.execute(FLOW_EVENTS, params)
-        rows = await cur.fetchall()
-    return [
-        StoredEvent(
-            position=r[0],
-            transaction_id=r[1],
-            stream_id=r[2],
-            stream_version=r[3],
-            event_type=r[4],
-            data=r[5],
-            correlation_id=r[6],
-            causation_id=r[7],
-            metadata=r[8],
-            recorded_at=r[9],
-        )
-        for r in rows
-    ]
-
-
-@attrs.frozen(kw_only=True)
-class Row:
-    """One bar of the waterfall."""
-
-    #: ``saga``, ``step``, ``compensation``, ``batch``, ``command`` or ``attempt``
-    kind: str
-    label: str
-    depth: int
-    start: datetime
-    #: ``None`` while it is still going at the flow's last event
-    end: datetime | None
-    #: ``completed``, ``failed``, ``retried``, ``troubleshooting``, ``lost``,
-    #: ``running``, ``compensated``, ``cancelled``...
-    status: str
-    detail: str = ""
-    #: for an attempt: when the worker started handling it (before: waiting in the
-    #: queue), and when its handler finished; ``None`` when not recorded
-    run_start: datetime | None = None
-    run_end: datetime | None = None
-    trace_id: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "label": self.label,
-            "depth": self.depth,
-            "start": self.start.isoformat(),
-            "end": None if self.end is None else self.end.isoformat(),
-            "status": self.status,
-            "detail": self.detail,
-            "run_start": None if self.run_start is None else self.run_start.isoformat(),
-            "run_end": None if self.run_end is None else self.run_end.isoformat(),
-            "trace_id": self.trace_id,
-        }
-
-
-@attrs.frozen(kw_only=True)
-class Waterfall:
-    """A flow's rows, in display order (depth-first, each level by start time)."""
-
-    correlation_id: UUID | None
-    start: datetime | None
-    end: datetime | None
-    rows: tuple[Row, ...]
-    #: the trace ids the flow's events carry (one, when the whole flow was traced)
-    trace_ids: tuple[str, ...]
-
-    @property
-    def duration(self) -> timedelta:
-        if self.start is None or self.end is None:
-            return timedelta(0)
-        return self.end - self.start
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "correlation_id": None if self.correlation_id is None else str(self.correlation_id),
-            "start": None if self.start is None else self.start.isoformat(),
-            "end": None if self.end is None else self.end.isoformat(),
-            "trace_ids": list(self.trace_ids),
-            "rows": [r.to_json() for r in self.rows],
-        }
-
-
-# -- building -----------------------------------------------------------------------------
 
 
 @attrs.define
@@ -210,6 +79,19 @@ def _parse_time(value: Any) -> datetime | None:
 
 def _short(u: Any) -> str:
     return str(u)[:8]
+
+
+def _duration(d: timedelta) -> str:
+    s = d.total_seconds()
+    if s < 0.001:
+        return f"{s * 1e6:.0f} µs"
+    if s < 1:
+        return f"{s * 1e3:.1f} ms"
+    if s < 120:
+        return f"{s:.2f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
 
 
 class _Command:
@@ -479,139 +361,3 @@ def build_waterfall(events: Iterable[StoredEvent]) -> Waterfall:
         rows=tuple(rows),
         trace_ids=tuple(trace_ids),
     )
-
-
-# -- rendering --------------------------------------------------------------------------------
-
-_RESET: Final = "\x1b[0m"
-_COLOURS: Final = {
-    "ok": "\x1b[32m",  # green
-    "bad": "\x1b[1;31m",  # bold red
-    "warn": "\x1b[33m",  # yellow
-    "open": "\x1b[36m",  # cyan
-    "dim": "\x1b[2m",
-}
-_TONES: Final = {
-    "completed": "ok",
-    "completed by operator": "ok",
-    "compensated": "warn",
-    "sent": "open",
-    "pending": "open",
-    "running": "open",
-    "retry scheduled": "warn",
-    "retried": "warn",
-    "retried by operator": "warn",
-    "compensating": "warn",
-    "paused": "warn",
-    "waiting on operator": "warn",
-    "lost": "warn",
-    "timed out": "bad",
-    "failed": "bad",
-    "troubleshooting": "bad",
-    "in troubleshooting queue": "bad",
-    "cancelled": "bad",
-    "compensation failed": "bad",
-}
-_WAIT: Final = "░"
-_RUN: Final = "█"
-_UNSPLIT: Final = "▒"
-
-
-def _duration(d: timedelta) -> str:
-    s = d.total_seconds()
-    if s < 0.001:
-        return f"{s * 1e6:.0f} µs"
-    if s < 1:
-        return f"{s * 1e3:.1f} ms"
-    if s < 120:
-        return f"{s:.2f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
-
-
-def _paint(text: str, tone: str | None, color: bool) -> str:
-    if not color or tone is None or not text:
-        return text
-    return f"{_COLOURS[tone]}{text}{_RESET}"
-
-
-def render_waterfall(
-    flow: Waterfall | Sequence[StoredEvent],
-    *,
-    color: bool = False,
-    width: int | None = None,
-    now: datetime | None = None,
-) -> str:
-    """The flow as text: a header, one line per row with its bar, and a legend.
-
-    ``flow`` is a :class:`Waterfall` or the events of one (:func:`load_flow`).
-    ``color`` adds ANSI colours (green done, red failed, yellow retried or
-    compensating, cyan still going); ``width`` is the line width (the terminal's,
-    else 100). A row still going at the flow's last event ends at ``now``
-    (default: the flow's last event).
-    """
-    wf = flow if isinstance(flow, Waterfall) else build_waterfall(flow)
-    if not wf.rows or wf.start is None or wf.end is None:
-        return "no events for this id\n"
-    total_width = width or shutil.get_terminal_size((100, 24)).columns
-    t0 = wf.start
-    t_end = max(wf.end, now) if now is not None else wf.end
-    span = max((t_end - t0).total_seconds(), 1e-6)
-    label_w = min(max(len("  " * r.depth + r.label) for r in wf.rows), 44)
-    tail_w = 30
-    bar_w = max(10, total_width - label_w - tail_w - 6)
-
-    def col(t: datetime) -> int:
-        # (a hair over, so that float noise never moves a bar a column left)
-        return min(bar_w - 1, max(0, int((t - t0).total_seconds() / span * bar_w + 1e-6)))
-
-    traces = ", ".join(wf.trace_ids) if wf.trace_ids else "none recorded"
-    lines = [
-        f"flow {wf.correlation_id}  started {t0.isoformat(timespec='milliseconds')}  "
-        f"took {_duration(wf.end - t0)}  trace {traces}",
-        f"{'':{label_w}}  {'0':<{bar_w // 2}}{_duration(t_end - t0):>{bar_w - bar_w // 2}}",
-    ]
-    for r in wf.rows:
-        start, end = r.start, r.end or t_end
-        a, b = col(start), max(col(start), col(end))
-        tone = _TONES.get(r.status)
-        cells: list[tuple[str, str | None]] = [(" ", None)] * bar_w
-        if r.kind == "attempt" and r.run_start is not None:
-            rs = max(a, col(r.run_start))
-            for i in range(a, rs):
-                cells[i] = (_WAIT, "dim")
-            for i in range(rs, max(rs, col(r.run_end or r.run_start)) + 1):
-                cells[i] = (_RUN, tone)
-        else:
-            for i in range(a, b + 1):
-                cells[i] = (_UNSPLIT if r.kind == "attempt" else _RUN, tone)
-        label = ("  " * r.depth + r.label)[:label_w]
-        tail = _duration(end - start) + ("" if r.end is not None else "+")
-        tail = f"{tail:>9} {r.status}"
-        if r.kind == "attempt" and r.run_start is not None and r.run_end is not None:
-            wait, run = r.run_start - start, r.run_end - r.run_start
-            tail += f" (wait {_duration(wait)}, run {_duration(run)})"
-        if r.detail:
-            tail += f": {r.detail}"
-        lines.append(f"{label:<{label_w}} |{_bar(cells, color)}| {_paint(tail, tone, color)}")
-    lines.append(
-        f"{'':{label_w}}  {_WAIT} waiting in queue  {_RUN} running / open  "
-        f"{_UNSPLIT} attempt (no timing recorded)"
-    )
-    return "\n".join(lines) + "\n"
-
-
-def _bar(cells: list[tuple[str, str | None]], color: bool) -> str:
-    """The cells as text, each run of one tone painted once."""
-    if not color:
-        return "".join(c for c, _t in cells)
-    out: list[str] = []
-    i = 0
-    while i < len(cells):
-        j = i
-        while j < len(cells) and cells[j][1] == cells[i][1]:
-            j += 1
-        out.append(_paint("".join(c for c, _t in cells[i:j]), cells[i][1], True))
-        i = j
-    return "".join(out)
