@@ -14,6 +14,7 @@ from commandbus.engine.commands.replay import Difference, VerifyReport
 from commandbus.engine.commands.troubleshooting import TroubleshootingQueue
 from commandbus.engine.eventstore.store import EventStore, StreamAppend
 from commandbus.engine.observability.logging import CorrelationFilter, configure_logging
+from commandbus.engine.observability.tracing import configure_tracing, shutdown_tracing
 from commandbus.engine.worker.context import HandlerContext
 from commandbus.engine.worker.registry import HandlerRegistry
 from commandbus.engine.worker.stats import WorkerStats
@@ -153,5 +154,7 @@ __all__ = [
     "WorkerStats",
     "__version__",
     "configure_logging",
+    "configure_tracing",
     "migrate",
+    "shutdown_tracing",
 ]

@@ -32,7 +32,11 @@ from commandbus.arguments import int_arg
 from commandbus.config import Config
 from commandbus.engine.commands.envelope import trace_context
 from commandbus.engine.db.connect import Conn, ResilientConnection
-from commandbus.engine.observability.tracing import SagaSpan, saga_span
+from commandbus.engine.observability.tracing import (
+    SagaSpan,
+    configure_tracing_from_env,
+    saga_span,
+)
 from commandbus.engine.queues import sql as queue_sql
 from commandbus.engine.queues.consumer import QueueConsumer
 from commandbus.engine.queues.stopping import DEFAULT_GRACE
@@ -163,7 +167,12 @@ class Coordinator:
         await self._consumer.stop(timeout)
 
     async def run(self) -> CoordinatorStats:
-        """Run until :meth:`stop`; cancelling it stops at once, then re-raises."""
+        """Run until :meth:`stop`; cancelling it stops at once, then re-raises.
+
+        With ``COMMANDBUS_OTEL=1`` it first sets up the OpenTelemetry SDK (as
+        :meth:`Worker.run <commandbus.Worker.run>` does).
+        """
+        configure_tracing_from_env(service_name="commandbus-coordinator")
         self.stats.started_at = time.monotonic()
         try:
             await self._consumer.run(opened=self._opened)
