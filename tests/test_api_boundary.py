@@ -61,7 +61,7 @@ async def test_a_text_command_id_names_the_same_command(
     assert isinstance(sent, Success)
     assert type(sent.value.command_id) is UUID and sent.value.command_id == u
     assert sent.value.correlation_id == corr
-    assert await scalar(conn, "SELECT stream_id FROM commandbus.stream") == f"command:payments:{u}"
+    assert await scalar(conn, "SELECT stream_id FROM commandbus.event") == f"command:payments:{u}"
     message = await scalar(conn, "SELECT message FROM pgmq.q_payments")
     assert message["command_id"] == str(u)
     assert message["correlation_id"] == str(corr)
@@ -103,7 +103,7 @@ async def test_text_ids_in_a_batch_are_normalised(bus: CommandBus, conn: Conn) -
     )
     assert isinstance(result, Success)
     assert result.value.batch_id == bid and result.value.command_ids == (cid,)
-    streams = {r[0] for r in await fetch(conn, "SELECT stream_id FROM commandbus.stream")}
+    streams = {r[0] for r in await fetch(conn, "SELECT stream_id FROM commandbus.event")}
     assert streams == {f"batch:{bid}", f"command:payments:{cid}"}
     batch = await bus.get_batch(str(bid).upper())  # type: ignore[arg-type]
     assert batch is not None and batch.batch_id == bid and batch.correlation_id == corr

@@ -27,7 +27,7 @@ from commandbus import (
     ValidationError,
 )
 from conftest import create_database, drop_database
-from support import FAST, scalar, with_dbname
+from support import FAST, STREAMS, scalar, with_dbname
 
 Conn = psycopg.AsyncConnection[Any]
 Call = Callable[[CommandBus], Awaitable[Any]]
@@ -361,7 +361,7 @@ for i, bad in enumerate([0, -1, True, "10"]):
 
 async def written(conn: Conn) -> dict[str, int]:
     return {
-        "streams": await scalar(conn, "SELECT count(*) FROM commandbus.stream"),
+        "streams": await scalar(conn, STREAMS),
         "events": await scalar(conn, "SELECT count(*) FROM commandbus.event"),
         "commands": await scalar(conn, "SELECT count(*) FROM commandbus.command"),
         "batches": await scalar(conn, "SELECT count(*) FROM commandbus.batch"),

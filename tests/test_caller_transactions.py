@@ -28,7 +28,7 @@ from commandbus import (
     StreamAppend,
     Success,
 )
-from support import scalar
+from support import STREAMS, scalar
 
 Conn = psycopg.AsyncConnection[Any]
 Op = Callable[[CommandBus, Conn], Awaitable[None]]
@@ -39,7 +39,7 @@ NOTHING = {"streams": 0, "events": 0, "commands": 0, "messages": 0, "batches": 0
 async def written(conn: Conn) -> dict[str, int]:
     """Everything a send or an append can write, as another session sees it."""
     return {
-        "streams": await scalar(conn, "SELECT count(*) FROM commandbus.stream"),
+        "streams": await scalar(conn, STREAMS),
         "events": await scalar(conn, "SELECT count(*) FROM commandbus.event"),
         "commands": await scalar(conn, "SELECT count(*) FROM commandbus.command"),
         "messages": await scalar(

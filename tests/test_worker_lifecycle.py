@@ -701,8 +701,9 @@ async def test_a_lock_timeout_recording_in_the_handler_transaction_is_a_retried_
     sent = (await bus.send("payments", "Charge", {}, max_attempts=3)).unwrap()
     async with await psycopg.AsyncConnection.connect(dsn) as locker:
         await locker.execute(
-            "SELECT 1 FROM commandbus.stream WHERE stream_id = %s FOR UPDATE",
-            (f"command:payments:{sent.command_id}",),
+            "SELECT 1 FROM commandbus.command"
+            " WHERE domain = 'payments' AND command_id = %s FOR UPDATE",
+            (sent.command_id,),
         )
         async with make_worker(dsn, reg, visibility_timeout=timedelta(seconds=60)):
             await asyncio.wait_for(ran.wait(), 10)

@@ -1,5 +1,5 @@
 WITH st AS (
-    SELECT s.*, %(command_stream)s::text AS stream_type
+    SELECT *
       FROM ROWS FROM (jsonb_to_recordset(%(transitions)s::jsonb)
                AS (stream_id text, expected bigint, new_version bigint, msg_id bigint,
                    queue_op text, delay float8, domain text, command_id uuid, status text,
@@ -22,20 +22,30 @@ WITH st AS (
            ROWS FROM (jsonb_to_recordset(st.events)
                AS (type text, data jsonb, corr uuid, caus uuid, meta jsonb)) WITH ORDINALITY
            AS e(type, data, corr, caus, meta, ord)
-), created AS (
-    INSERT INTO commandbus.stream (stream_id, stream_type, version)
-    SELECT stream_id, stream_type, new_version FROM st WHERE expected = 0
-    ON CONFLICT (stream_id) DO NOTHING
-    RETURNING stream_id
-), bumped AS (
-    UPDATE commandbus.stream s
-       SET version = st.new_version, updated_at = now()
+), proj AS (
+    -- "= ANY (ARRAY(...))" keeps this to primary-key probes whatever the statistics say
+    UPDATE commandbus.command c
+       SET status = coalesce(st.status, c.status),
+           attempts = coalesce(st.attempts, c.attempts),
+           last_error = coalesce(st.last_error, c.last_error),
+           result = coalesce(st.result, c.result),
+           msg_id = coalesce(st.new_msg_id, c.msg_id),
+           updated_at = now(),
+           version = st.new_version
       FROM st
-     WHERE s.stream_id = ANY (ARRAY(SELECT stream_id FROM st WHERE expected > 0))
-       AND s.stream_id = st.stream_id AND st.expected > 0 AND s.version = st.expected
-    RETURNING s.stream_id
+     WHERE c.domain = ANY (ARRAY(SELECT DISTINCT domain FROM st))
+       AND c.command_id = ANY (ARRAY(SELECT command_id FROM st))
+       AND c.domain = st.domain AND c.command_id = st.command_id AND c.version = st.expected
+    RETURNING st.stream_id
+), unprojected AS (
+    SELECT st.stream_id FROM st
+     WHERE st.stream_id NOT IN (SELECT stream_id FROM proj)
+       AND NOT EXISTS (SELECT 1 FROM commandbus.command c
+                        WHERE c.domain = st.domain AND c.command_id = st.command_id)
+       AND st.expected = coalesce((SELECT max(e.stream_version) FROM commandbus.event e
+                                    WHERE e.stream_id = st.stream_id), 0)
 ), passed AS (
-    SELECT stream_id FROM created UNION ALL SELECT stream_id FROM bumped
+    SELECT stream_id FROM proj UNION ALL SELECT stream_id FROM unprojected
 ), inserted AS (
     INSERT INTO commandbus.event
            (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
@@ -47,18 +57,6 @@ WITH st AS (
     RETURNING position, stream_id
 ), ok AS (
     SELECT st.* FROM st JOIN passed USING (stream_id)
-), proj AS (
-    UPDATE commandbus.command c
-       SET status = coalesce(ok.status, c.status),
-           attempts = coalesce(ok.attempts, c.attempts),
-           last_error = coalesce(ok.last_error, c.last_error),
-           result = coalesce(ok.result, c.result),
-           msg_id = coalesce(ok.new_msg_id, c.msg_id),
-           updated_at = now(),
-           version = ok.new_version
-      FROM ok
-     WHERE c.domain = ok.domain AND c.command_id = ok.command_id
-       AND c.version < ok.new_version
 ), "deleted_0" AS (
     DELETE FROM pgmq."q_payments" m USING ok
      WHERE m.msg_id = ok.msg_id AND ok.queue_op = 'delete' AND ok.domain = 'payments'

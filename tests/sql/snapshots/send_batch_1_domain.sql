@@ -8,26 +8,29 @@ WITH input AS (
            AS i(stream_id, domain, command_id, command_type, message, headers,
                 correlation_id, causation_id, max_attempts, reply_to, saga_id, delay,
                 metadata)
+), proj AS (
+    INSERT INTO commandbus.command
+           (domain, command_id, command_type, status, attempts, max_attempts, msg_id,
+            correlation_id, reply_to, saga_id, batch_id, created_at, updated_at, version)
+    SELECT domain, command_id, command_type, 'PENDING', 0, max_attempts, nextval((SELECT pg_get_serial_sequence('pgmq.q_payments', 'msg_id')::regclass)),
+           correlation_id, reply_to, saga_id, %(batch_id)s, now(), now(), 1
+      FROM input
+    ON CONFLICT (domain, command_id) DO NOTHING
+    RETURNING domain, command_id, msg_id
 ), created AS (
     INSERT INTO commandbus.stream (stream_id, stream_type, version)
-    SELECT stream_id, %(command_stream)s::text, 1 FROM input
-    UNION ALL
-    SELECT %(batch_stream_id)s, %(batch_stream)s::text, 1
+    VALUES (%(batch_stream_id)s, %(batch_stream)s::text, 1)
     ON CONFLICT (stream_id) DO NOTHING
     RETURNING stream_id
 ), go AS (
-    SELECT input.* FROM input
-     WHERE (SELECT count(*) FROM created) = %(expected_streams)s
+    SELECT input.*, proj.msg_id
+      FROM input JOIN proj USING (domain, command_id)
+     WHERE (SELECT count(*) FROM proj) = %(expected_commands)s
+       AND EXISTS (SELECT 1 FROM created)
 ), "msg_0" AS (
-    INSERT INTO pgmq."q_payments" (vt, message, headers)
-    SELECT clock_timestamp() + go.delay * interval '1 second', go.message, go.headers
+    INSERT INTO pgmq."q_payments" (msg_id, vt, message, headers) OVERRIDING SYSTEM VALUE
+    SELECT go.msg_id, clock_timestamp() + go.delay * interval '1 second', go.message, go.headers
       FROM go WHERE go.domain = 'payments'
-    RETURNING msg_id, 'payments'::text AS domain, message->>'command_id' AS command_id
-), msgs AS (
-    SELECT msg_id, domain, command_id FROM "msg_0"
-), sent AS (
-    SELECT go.*, msgs.msg_id
-      FROM go JOIN msgs ON msgs.domain = go.domain AND msgs.command_id = go.command_id::text
 ), evt AS (
     INSERT INTO commandbus.event
            (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
@@ -35,7 +38,7 @@ WITH input AS (
            message || jsonb_build_object('domain', domain, 'delay_seconds', delay,
                                          'msg_id', msg_id),
            correlation_id, causation_id, metadata
-      FROM sent
+      FROM go
     UNION ALL
     SELECT %(batch_stream_id)s, 1, %(batch_created)s, %(batch_data)s::jsonb, %(batch_corr)s, NULL,
            jsonb_build_object()
@@ -54,14 +57,7 @@ WITH input AS (
        e.recorded_at AS created_at, e.stream_version
       FROM evt e
      WHERE e.event_type = %(batch_created)s
-), proj AS (
-    INSERT INTO commandbus.command
-           (domain, command_id, command_type, status, attempts, max_attempts, msg_id,
-            correlation_id, reply_to, saga_id, batch_id, created_at, updated_at, version)
-    SELECT domain, command_id, command_type, 'PENDING', 0, max_attempts, msg_id,
-           correlation_id, reply_to, saga_id, %(batch_id)s, now(), now(), 1
-      FROM sent
 )
-SELECT input.domain, input.command_id, sent.msg_id,
-       input.stream_id IN (SELECT stream_id FROM created) AS is_new
-  FROM input LEFT JOIN sent USING (stream_id)
+SELECT input.domain, input.command_id, go.msg_id,
+       (input.domain, input.command_id) IN (SELECT domain, command_id FROM proj) AS is_new
+  FROM input LEFT JOIN go USING (domain, command_id)

@@ -16,50 +16,55 @@ from __future__ import annotations
 
 from typing import Final, LiteralString
 
-from commandbus.engine.eventstore.sql import append_with_expected_version
+from commandbus.engine.eventstore.sql import INSERT_PASSED_EVENTS
 
 # -- sending -------------------------------------------------------------------------------
+#
+# A command's stream has no row in commandbus.stream: its status row is its version
+# (commandbus.command.version), and the event table's unique (stream_id,
+# stream_version) guards its events. (Commands sent by earlier releases do have a
+# stream row; nothing reads or bumps it any more.) The status row is inserted
+# first, ON CONFLICT DO NOTHING: its primary key is what refuses a duplicate
+# command id, and it waits for a concurrent sender of the same id to commit or roll
+# back. So the queue message's id is drawn up front from the queue's own sequence
+# ({msg_id}: tables.next_msg_id) and the message inserted with it.
 
-# One command: stream, queue message, CommandSent event and projection row in one
-# statement. A duplicate (domain, command id) matches the existing stream, so
-# nothing at all is written and no row comes back.
+# One command: status row, queue message and CommandSent event in one statement. A
+# duplicate (domain, command id) writes nothing at all and returns no row.
 SEND_ONE: Final[LiteralString] = """
-WITH created AS (
-    INSERT INTO commandbus.stream (stream_id, stream_type, version)
-    VALUES (%(stream_id)s, %(command_stream)s, 1)
-    ON CONFLICT (stream_id) DO NOTHING
-    RETURNING stream_id
-), msg AS (
-    INSERT INTO pgmq.{queue} (vt, message, headers)
-    SELECT clock_timestamp() + %(delay)s::float8 * interval '1 second',
-           %(message)s::jsonb, %(headers)s::jsonb
-      FROM created
+WITH proj AS (
+    INSERT INTO commandbus.command
+           (domain, command_id, command_type, status, attempts, max_attempts, msg_id,
+            correlation_id, reply_to, saga_id, batch_id, created_at, updated_at, version)
+    VALUES (%(domain)s, %(command_id)s, %(command_type)s, 'PENDING', 0, %(max_attempts)s,
+            {msg_id}, %(correlation_id)s, %(reply_to)s, %(saga_id)s, NULL, now(), now(), 1)
+    ON CONFLICT (domain, command_id) DO NOTHING
     RETURNING msg_id
+), msg AS (
+    INSERT INTO pgmq.{queue} (msg_id, vt, message, headers) OVERRIDING SYSTEM VALUE
+    SELECT proj.msg_id, clock_timestamp() + %(delay)s::float8 * interval '1 second',
+           %(message)s::jsonb, %(headers)s::jsonb
+      FROM proj
 ), evt AS (
     INSERT INTO commandbus.event
            (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
     SELECT %(stream_id)s, 1, %(command_sent)s,
            %(message)s::jsonb || jsonb_build_object('domain', %(domain)s::text,
-               'delay_seconds', %(delay)s::float8, 'msg_id', msg.msg_id),
+               'delay_seconds', %(delay)s::float8, 'msg_id', proj.msg_id),
            %(correlation_id)s, %(causation_id)s, %(metadata)s::jsonb
-      FROM msg
-), proj AS (
-    INSERT INTO commandbus.command
-           (domain, command_id, command_type, status, attempts, max_attempts, msg_id,
-            correlation_id, reply_to, saga_id, batch_id, created_at, updated_at, version)
-    SELECT %(domain)s, %(command_id)s, %(command_type)s, 'PENDING', 0, %(max_attempts)s,
-           msg.msg_id, %(correlation_id)s, %(reply_to)s, %(saga_id)s, NULL, now(), now(), 1
-      FROM msg
+      FROM proj
 )
-SELECT msg_id FROM msg
+SELECT msg_id FROM proj
 """
 
 # Many commands (one or more domains), with or without their batch, in one
 # statement: SEND_BATCH_HEAD, one SEND_BATCH_QUEUE per domain, SEND_BATCH_TAIL.
-# With a batch, {batch_stream} is SEND_BATCH_STREAM, {batch_event} SEND_BATCH_EVENT,
-# {batch} SEND_BATCH_ROW and {batch_id} %(batch_id)s; without one, they are empty
-# and NULL. Nothing is inserted unless every stream was new; the caller rolls back
-# the created streams and reports the duplicates that come back.
+# {msg_id} draws each command's message id from its domain's queue. With a batch,
+# {batch_stream} is SEND_BATCH_STREAM, {batch_created} SEND_BATCH_CREATED,
+# {batch_event} SEND_BATCH_EVENT, {batch} SEND_BATCH_ROW and {batch_id}
+# %(batch_id)s; without one, they are empty and NULL. Nothing but status rows is
+# inserted unless every command id was new (and the batch too); the caller then
+# rolls back the status rows inserted and reports the duplicates that come back.
 SEND_BATCH_HEAD: Final[LiteralString] = """
 WITH input AS (
     SELECT *
@@ -71,53 +76,51 @@ WITH input AS (
            AS i(stream_id, domain, command_id, command_type, message, headers,
                 correlation_id, causation_id, max_attempts, reply_to, saga_id, delay,
                 metadata)
-), created AS (
-    INSERT INTO commandbus.stream (stream_id, stream_type, version)
-    SELECT stream_id, %(command_stream)s::text, 1 FROM input{batch_stream}
-    ON CONFLICT (stream_id) DO NOTHING
-    RETURNING stream_id
-), go AS (
-    SELECT input.* FROM input
-     WHERE (SELECT count(*) FROM created) = %(expected_streams)s
+), proj AS (
+    INSERT INTO commandbus.command
+           (domain, command_id, command_type, status, attempts, max_attempts, msg_id,
+            correlation_id, reply_to, saga_id, batch_id, created_at, updated_at, version)
+    SELECT domain, command_id, command_type, 'PENDING', 0, max_attempts, {msg_id},
+           correlation_id, reply_to, saga_id, {batch_id}, now(), now(), 1
+      FROM input
+    ON CONFLICT (domain, command_id) DO NOTHING
+    RETURNING domain, command_id, msg_id
+){batch_stream}, go AS (
+    SELECT input.*, proj.msg_id
+      FROM input JOIN proj USING (domain, command_id)
+     WHERE (SELECT count(*) FROM proj) = %(expected_commands)s{batch_created}
 )"""
 
-# The batch's stream, among the streams created.
-SEND_BATCH_STREAM: Final[LiteralString] = """
-    UNION ALL
-    SELECT %(batch_stream_id)s, %(batch_stream)s::text, 1"""
+# The batch's stream (a batch stream keeps its row), and the condition that it is new.
+SEND_BATCH_STREAM: Final[LiteralString] = """, created AS (
+    INSERT INTO commandbus.stream (stream_id, stream_type, version)
+    VALUES (%(batch_stream_id)s, %(batch_stream)s::text, 1)
+    ON CONFLICT (stream_id) DO NOTHING
+    RETURNING stream_id
+)"""
+
+SEND_BATCH_CREATED: Final[LiteralString] = """
+       AND EXISTS (SELECT 1 FROM created)"""
 
 # One per domain in the batch: {queue} and {cte} are identifiers.
 SEND_BATCH_QUEUE: Final[LiteralString] = """, {cte} AS (
-    INSERT INTO pgmq.{queue} (vt, message, headers)
-    SELECT clock_timestamp() + go.delay * interval '1 second', go.message, go.headers
+    INSERT INTO pgmq.{queue} (msg_id, vt, message, headers) OVERRIDING SYSTEM VALUE
+    SELECT go.msg_id, clock_timestamp() + go.delay * interval '1 second', go.message, go.headers
       FROM go WHERE go.domain = {domain}
-    RETURNING msg_id, {domain}::text AS domain, message->>'command_id' AS command_id
 )"""
 
-SEND_BATCH_TAIL: Final[LiteralString] = """, msgs AS (
-    {union}
-), sent AS (
-    SELECT go.*, msgs.msg_id
-      FROM go JOIN msgs ON msgs.domain = go.domain AND msgs.command_id = go.command_id::text
-), evt AS (
+SEND_BATCH_TAIL: Final[LiteralString] = """, evt AS (
     INSERT INTO commandbus.event
            (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
     SELECT stream_id, 1, %(command_sent)s::text,
            message || jsonb_build_object('domain', domain, 'delay_seconds', delay,
                                          'msg_id', msg_id),
            correlation_id, causation_id, metadata
-      FROM sent{batch_event}
-){batch}, proj AS (
-    INSERT INTO commandbus.command
-           (domain, command_id, command_type, status, attempts, max_attempts, msg_id,
-            correlation_id, reply_to, saga_id, batch_id, created_at, updated_at, version)
-    SELECT domain, command_id, command_type, 'PENDING', 0, max_attempts, msg_id,
-           correlation_id, reply_to, saga_id, {batch_id}, now(), now(), 1
-      FROM sent
-)
-SELECT input.domain, input.command_id, sent.msg_id,
-       input.stream_id IN (SELECT stream_id FROM created) AS is_new
-  FROM input LEFT JOIN sent USING (stream_id)
+      FROM go{batch_event}
+){batch}
+SELECT input.domain, input.command_id, go.msg_id,
+       (input.domain, input.command_id) IN (SELECT domain, command_id FROM proj) AS is_new
+  FROM input LEFT JOIN go USING (domain, command_id)
 """
 
 # The batch's BatchCreated event, among the events inserted.
@@ -147,12 +150,12 @@ SEND_BATCH_ROW: Final[LiteralString] = """, batch AS (
 # return them with the state of their command (for the expected version of the
 # outcome append). Ordering by vt uses PGMQ's vt index and skips in-flight messages
 # instead of rescanning them. The state comes from the status row; if that row is
-# missing (dropped by hand, say), from the command's own stream: its version, and
-# the status and attempts of its last event that set them ({status_of_event} and
-# {attempts_of_event}, generated from the one projection definition); its id is
-# %(stream_prefix)s (the domain's command stream ids up to the command id) followed
-# by the command id. Only a message with no command stream at all reads as foreign
-# (NULL version).
+# missing (dropped by hand, say), from the command's own events: the version of its
+# last event, and the status and attempts of its last event that set them
+# ({status_of_event} and {attempts_of_event}, generated from the one projection
+# definition); its stream id is %(stream_prefix)s (the domain's command stream ids
+# up to the command id) followed by the command id. Only a message with no command
+# events at all reads as foreign (NULL version).
 READ_BATCH: Final[LiteralString] = """
 WITH picked AS (
     SELECT msg_id FROM pgmq.{queue}
@@ -186,30 +189,35 @@ SELECT t.msg_id, t.read_ct, t.message, nullif(t.headers, '{{}}'::jsonb),
        ) c ON true
   -- only run when the status row is missing (a one-time filter per message)
   LEFT JOIN LATERAL (
-        SELECT s.version,
+        SELECT s.stream_version AS version,
                (SELECT {attempts_of_event} FROM commandbus.event e
                  WHERE e.stream_id = s.stream_id AND {attempts_of_event} IS NOT NULL
                  ORDER BY e.stream_version DESC LIMIT 1) AS attempts,
                (SELECT {status_of_event} FROM commandbus.event e
                  WHERE e.stream_id = s.stream_id AND {status_of_event} IS NOT NULL
                  ORDER BY e.stream_version DESC LIMIT 1) AS status
-          FROM commandbus.stream s
+          FROM commandbus.event s
          WHERE c.version IS NULL
            AND s.stream_id = %(stream_prefix)s::text || t.command_id::text
-         LIMIT 1  -- not flattened: the IS NULL test gates the whole lookup
+         ORDER BY s.stream_version DESC
+         LIMIT 1  -- the last event; not flattened: the IS NULL test gates the lookup
        ) f ON true
  ORDER BY t.msg_id
 """
 
-# Record a group of command transitions in one statement: append each one's events
-# with its expected version (THE append fragment, each stream on its own), update
-# the projection, act on the queue messages (delete, archive, make visible again
-# later) and send replies, all only for the streams whose expected version held.
-# The transitions arrive as ONE jsonb array (one C-speed json.dumps on the client
-# instead of a score of parameter arrays). Returns the stream ids that were recorded.
+# Record a group of command transitions in one statement: update each status row
+# that is still at its transition's expected version (the version check of a
+# command stream, which has no commandbus.stream row), append the events of those
+# (THE insert of the append fragment), act on their queue messages (delete,
+# archive, make visible again later) and send their replies. A command whose status
+# row is missing (dropped by hand) passes if its last event is at the expected
+# version (the event table's unique (stream_id, stream_version) refuses a racing
+# second append). The transitions arrive as ONE jsonb array (one C-speed
+# json.dumps on the client instead of a score of parameter arrays). Returns the
+# stream ids that were recorded.
 _TRANSITION_INPUT: Final[LiteralString] = """
 WITH st AS (
-    SELECT s.*, %(command_stream)s::text AS stream_type
+    SELECT *
       FROM ROWS FROM (jsonb_to_recordset(%(transitions)s::jsonb)
                AS (stream_id text, expected bigint, new_version bigint, msg_id bigint,
                    queue_op text, delay float8, domain text, command_id uuid, status text,
@@ -232,27 +240,37 @@ WITH st AS (
            ROWS FROM (jsonb_to_recordset(st.events)
                AS (type text, data jsonb, corr uuid, caus uuid, meta jsonb)) WITH ORDINALITY
            AS e(type, data, corr, caus, meta, ord)
+), proj AS (
+    -- "= ANY (ARRAY(...))" keeps this to primary-key probes whatever the statistics say
+    UPDATE commandbus.command c
+       SET status = coalesce(st.status, c.status),
+           attempts = coalesce(st.attempts, c.attempts),
+           last_error = coalesce(st.last_error, c.last_error),
+           result = coalesce(st.result, c.result),
+           msg_id = coalesce(st.new_msg_id, c.msg_id),
+           updated_at = now(),
+           version = st.new_version
+      FROM st
+     WHERE c.domain = ANY (ARRAY(SELECT DISTINCT domain FROM st))
+       AND c.command_id = ANY (ARRAY(SELECT command_id FROM st))
+       AND c.domain = st.domain AND c.command_id = st.command_id AND c.version = st.expected
+    RETURNING st.stream_id
+), unprojected AS (
+    SELECT st.stream_id FROM st
+     WHERE st.stream_id NOT IN (SELECT stream_id FROM proj)
+       AND NOT EXISTS (SELECT 1 FROM commandbus.command c
+                        WHERE c.domain = st.domain AND c.command_id = st.command_id)
+       AND st.expected = coalesce((SELECT max(e.stream_version) FROM commandbus.event e
+                                    WHERE e.stream_id = st.stream_id), 0)
+), passed AS (
+    SELECT stream_id FROM proj UNION ALL SELECT stream_id FROM unprojected
 ),"""
 
-_TRANSITION_PROJECTION: Final[LiteralString] = """, ok AS (
+_TRANSITION_OK: Final[LiteralString] = """, ok AS (
     SELECT st.* FROM st JOIN passed USING (stream_id)
-), proj AS (
-    UPDATE commandbus.command c
-       SET status = coalesce(ok.status, c.status),
-           attempts = coalesce(ok.attempts, c.attempts),
-           last_error = coalesce(ok.last_error, c.last_error),
-           result = coalesce(ok.result, c.result),
-           msg_id = coalesce(ok.new_msg_id, c.msg_id),
-           updated_at = now(),
-           version = ok.new_version
-      FROM ok
-     WHERE c.domain = ok.domain AND c.command_id = ok.command_id
-       AND c.version < ok.new_version
 )"""
 
-TRANSITION_HEAD: Final[LiteralString] = (
-    _TRANSITION_INPUT + append_with_expected_version(all_or_nothing=False) + _TRANSITION_PROJECTION
-)
+TRANSITION_HEAD: Final[LiteralString] = _TRANSITION_INPUT + INSERT_PASSED_EVENTS + _TRANSITION_OK
 
 # Queue actions of one domain queue, for the recorded transitions only. {archive}
 # is the queues' ARCHIVE_MOVE over TRANSITION_ARCHIVED.

@@ -27,7 +27,12 @@ from commandbus.engine.commands.status import (
 )
 from commandbus.engine.db.connect import Conn
 from commandbus.engine.queues import sql as queue_sql
-from commandbus.engine.queues.tables import archive_table, queue_table, with_queue
+from commandbus.engine.queues.tables import (
+    archive_table,
+    next_msg_id,
+    queue_table,
+    with_queue,
+)
 from commandbus.models import NewEvent
 from commandbus.names import command_stream_id
 
@@ -103,7 +108,7 @@ class ReadMessage:
 async def send_one(conn: Conn, cmd: OutgoingCommand) -> int | None:
     """Insert one command; returns its message id, or None if the id already exists."""
     cur = await conn.execute(
-        with_queue(queries.SEND_ONE, cmd.domain),
+        _send_one_statement(cmd.domain),
         {
             "stream_id": command_stream_id(cmd.domain, cmd.command_id),
             "domain": cmd.domain,
@@ -118,12 +123,24 @@ async def send_one(conn: Conn, cmd: OutgoingCommand) -> int | None:
             "max_attempts": cmd.max_attempts,
             "reply_to": cmd.reply_to,
             "saga_id": cmd.saga_id,
-            "command_stream": ev.COMMAND_STREAM,
             "command_sent": ev.COMMAND_SENT,
         },
     )
     row = await cur.fetchone()
     return None if row is None else int(row[0])
+
+
+@lru_cache(maxsize=256)
+def _send_one_statement(domain: str) -> sql.Composed:
+    return sql.SQL(queries.SEND_ONE).format(queue=queue_table(domain), msg_id=next_msg_id(domain))
+
+
+def _next_msg_ids(domains: tuple[str, ...]) -> sql.Composable:
+    """Each input row's next message id, from the queue of its ``domain``."""
+    if len(domains) == 1:
+        return next_msg_id(domains[0])
+    whens = [sql.SQL("WHEN {} THEN {}").format(sql.Literal(d), next_msg_id(d)) for d in domains]
+    return sql.SQL("CASE domain {} END").format(sql.SQL(" ").join(whens))
 
 
 @lru_cache(maxsize=512)
@@ -132,28 +149,28 @@ def _send_statement(domains: tuple[str, ...], *, with_batch: bool) -> sql.Compos
     empty = sql.SQL("")
     parts: list[sql.Composable] = [
         sql.SQL(queries.SEND_BATCH_HEAD).format(
-            batch_stream=sql.SQL(queries.SEND_BATCH_STREAM) if with_batch else empty
+            msg_id=_next_msg_ids(domains),
+            batch_id=sql.Placeholder("batch_id") if with_batch else sql.SQL("NULL::uuid"),
+            batch_stream=sql.SQL(queries.SEND_BATCH_STREAM) if with_batch else empty,
+            batch_created=sql.SQL(queries.SEND_BATCH_CREATED) if with_batch else empty,
         )
     ]
-    union: list[sql.Composable] = []
-    for i, domain in enumerate(domains):
-        cte = sql.Identifier(f"msg_{i}")
+    for domain in domains:
         parts.append(
             sql.SQL(queries.SEND_BATCH_QUEUE).format(
-                cte=cte, queue=queue_table(domain), domain=sql.Literal(domain)
+                cte=sql.Identifier(f"msg_{len(parts) - 1}"),
+                queue=queue_table(domain),
+                domain=sql.Literal(domain),
             )
         )
-        union.append(sql.SQL("SELECT msg_id, domain, command_id FROM {}").format(cte))
     batch_row = sql.SQL(queries.SEND_BATCH_ROW).format(
         batch_columns=batch_projection.columns(),
         batch_row=batch_projection.row_from_created(),
     )
     parts.append(
         sql.SQL(queries.SEND_BATCH_TAIL).format(
-            union=sql.SQL(" UNION ALL ").join(union),
             batch_event=sql.SQL(queries.SEND_BATCH_EVENT) if with_batch else empty,
             batch=batch_row if with_batch else empty,
-            batch_id=sql.Placeholder("batch_id") if with_batch else sql.SQL("NULL::uuid"),
         )
     )
     return sql.Composed(parts)
@@ -185,7 +202,7 @@ def _send_params(cmds: Sequence[OutgoingCommand]) -> dict[str, Any]:
         "saga_ids": [c.saga_id for c in cmds],
         "delays": [c.delay_seconds for c in cmds],
         "metadata": [c.metadata for c in cmds],
-        "command_stream": ev.COMMAND_STREAM,
+        "expected_commands": len(cmds),
         "command_sent": ev.COMMAND_SENT,
     }
 
@@ -202,15 +219,14 @@ async def send_many(
 ) -> list[tuple[str, UUID, int | None, bool]]:
     """Insert many commands and their batch; returns (domain, command id, msg id, was new).
 
-    Nothing but streams is written when any command id already exists: the caller
-    must then roll back.
+    Nothing but status rows (and the batch's stream) is written when any command id
+    or the batch already exists: the caller must then roll back.
     """
     domains = tuple(sorted({c.domain for c in cmds}))
     params = _send_params(cmds)
     params.update(
         {
             "batch_stream_id": batch_stream,
-            "expected_streams": len(cmds) + 1,
             "batch_id": batch_id,
             "batch_name": batch_name,
             "batch_data": batch_data,
@@ -230,14 +246,13 @@ async def send_commands(
 
     Returns (domain, command id, msg id) in the order of ``cmds``. All or nothing:
     when any command id already exists in its domain (or one is repeated in
-    ``cmds``), nothing but streams is written and every msg id is None; the caller
-    must then roll back.
+    ``cmds``), nothing but status rows is written and every msg id is None; the
+    caller must then roll back.
     """
     if not cmds:
         return []
     domains = tuple(sorted({c.domain for c in cmds}))
     params = _send_params(cmds)
-    params["expected_streams"] = len(cmds)
     cur = await conn.execute(send_commands_statement(domains), params)
     sent = {(r[0], r[1]): r[2] for r in await cur.fetchall() if r[2] is not None}
     if len(sent) != len(cmds):
@@ -422,7 +437,6 @@ async def record_transitions(conn: Conn, transitions: Sequence[Transition]) -> s
         stmt,
         {
             "transitions": dumps(rows, what="command transition"),
-            "command_stream": ev.COMMAND_STREAM,
             "command_retry_scheduled": ev.COMMAND_RETRY_SCHEDULED,
         },
     )

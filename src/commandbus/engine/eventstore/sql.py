@@ -8,8 +8,9 @@ from typing import Final, LiteralString
 # -- append with an expected version: THE definition -------------------------------------
 #
 # Every statement that appends composes this fragment (the event store's append, the
-# command transitions, the saga store's). It is a list of CTEs over two the caller
-# defines before it:
+# saga store's; command transitions compose its event insert, INSERT_PASSED_EVENTS,
+# after checking their versions on the commands' status rows). It is a list of CTEs
+# over two the caller defines before it:
 #   st          one row per stream, each stream once:
 #               (stream_id, stream_type, expected, new_version); expected 0 means the
 #               stream must not exist yet (it is created at new_version)
@@ -39,7 +40,13 @@ _APPEND_STREAMS: Final[LiteralString] = """ created AS (
     RETURNING s.stream_id
 ), passed AS (
     SELECT stream_id FROM created UNION ALL SELECT stream_id FROM bumped
-), inserted AS (
+),"""
+
+# The events of the streams that passed: the CTE ``inserted`` over ``new_events``
+# and ``passed`` (as above). A statement that checks its streams' versions another
+# way (command transitions check the command's status row) defines ``passed``
+# itself and composes this.
+_INSERT_EVENTS: Final[LiteralString] = """ inserted AS (
     INSERT INTO commandbus.event
            (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
     SELECT e.stream_id, e.stream_version, e.event_type, e.data, e.correlation_id,
@@ -55,6 +62,8 @@ _APPEND_EVENTS: Final[LiteralString] = """
     RETURNING position, stream_id
 )"""
 
+INSERT_PASSED_EVENTS: Final[LiteralString] = _INSERT_EVENTS + _APPEND_EVENTS
+
 
 def append_with_expected_version(*, all_or_nothing: bool) -> LiteralString:
     """The append fragment (see above): CTEs ``created, bumped, passed, inserted``.
@@ -63,8 +72,8 @@ def append_with_expected_version(*, all_or_nothing: bool) -> LiteralString:
     each passed stream's events are inserted).
     """
     if all_or_nothing:
-        return _APPEND_STREAMS + _ALL_PASSED + _APPEND_EVENTS
-    return _APPEND_STREAMS + _APPEND_EVENTS
+        return _APPEND_STREAMS + _INSERT_EVENTS + _ALL_PASSED + _APPEND_EVENTS
+    return _APPEND_STREAMS + INSERT_PASSED_EVENTS
 
 
 # Append to many streams, all or nothing: the input CTEs (st, new_events), the
@@ -120,6 +129,9 @@ READ_ALL: Final[LiteralString] = (
 """
 )
 
-STREAM_VERSION: Final[LiteralString] = (
-    "SELECT version FROM commandbus.stream WHERE stream_id = %(stream_id)s"
-)
+# A stream's version is its last event's: a command stream has no commandbus.stream
+# row (its status row carries the version), and one sent by an earlier release has
+# a row that stopped being bumped.
+STREAM_VERSION: Final[LiteralString] = """
+SELECT coalesce(max(stream_version), 0) FROM commandbus.event WHERE stream_id = %(stream_id)s
+"""

@@ -23,6 +23,20 @@ def archive_table(queue: str) -> sql.Identifier:
     return sql.Identifier("a_" + validate_queue_name(queue))
 
 
+def next_msg_id(queue: str) -> sql.Composed:
+    """An expression drawing the next message id of a queue from its own sequence.
+
+    For a statement that must know a message's id before inserting it (the
+    insert then says ``OVERRIDING SYSTEM VALUE``). The sequence is looked up once
+    per statement (an InitPlan), by name of its table, so it is whatever PGMQ
+    made it (an identity or a serial column).
+    """
+    table = "pgmq.q_" + validate_queue_name(queue)
+    return sql.SQL("nextval((SELECT pg_get_serial_sequence({}, 'msg_id')::regclass))").format(
+        sql.Literal(table)
+    )
+
+
 def with_queue(template: str, queue: str) -> sql.Composed:
     """Fill ``{queue}`` (and ``{archive}`` if present) in a statement template."""
     return sql.SQL(template).format(queue=queue_table(queue), archive=archive_table(queue))
