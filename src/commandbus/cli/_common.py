@@ -163,3 +163,33 @@ def run_with_bus(ctx: click.Context, action: Callable[[CommandBus], Awaitable[T]
 
     with database_url(ctx) as url:
         return asyncio.run(go(url))
+
+
+def otel_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--otel``: export traces and metrics over OTLP (as ``COMMANDBUS_OTEL=1`` does)."""
+    return click.option(
+        "--otel",
+        is_flag=True,
+        help="Export traces and metrics with OpenTelemetry (OTLP, configured by the "
+        "OTEL_* variables), as COMMANDBUS_OTEL=1 does; needs 'commandbus[otel]'.",
+    )(f)
+
+
+def log_format_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--log-format text|json``: how the ``commandbus`` loggers write to stderr."""
+    return click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Log lines as text or as one JSON object each (with the correlation, "
+        "trace and span ids).",
+    )(f)
+
+
+def setup_otel(otel: bool, service_name: str) -> None:
+    """Set up the OpenTelemetry SDK when ``--otel`` is given (a ConfigError if missing)."""
+    if otel:
+        from commandbus.engine.observability.tracing import configure_tracing
+
+        configure_tracing(service_name=service_name)

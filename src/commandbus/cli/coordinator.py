@@ -7,7 +7,15 @@ from typing import Any
 
 import click
 
-from commandbus.cli._common import CLIError, Number, database_url, load_config
+from commandbus.cli._common import (
+    CLIError,
+    Number,
+    database_url,
+    load_config,
+    log_format_option,
+    otel_option,
+    setup_otel,
+)
 from commandbus.cli.serving import import_app, serve
 from commandbus.engine.observability.logging import configure_logging
 from commandbus.sagas.coordinator import Coordinator
@@ -61,8 +69,12 @@ def load_sagas(spec: str) -> SagaRegistry:
     show_default=True,
     help="Seconds to finish recording what was decided on SIGINT/SIGTERM (up to 7 days).",
 )
+@otel_option
+@log_format_option
 @click.pass_context
-def coordinator(ctx: click.Context, app: str, batch_size: int, grace: float) -> None:
+def coordinator(
+    ctx: click.Context, app: str, batch_size: int, grace: float, otel: bool, log_format: str
+) -> None:
     """Run the sagas of an application until SIGINT/SIGTERM, then stop gracefully.
 
     The coordinator reads the replies of saga commands, step timers and
@@ -72,7 +84,8 @@ def coordinator(ctx: click.Context, app: str, batch_size: int, grace: float) -> 
     """
     registry = load_sagas(app)
     config = load_config(ctx)
-    configure_logging()
+    configure_logging(json=log_format == "json")
+    setup_otel(otel, "commandbus-coordinator")
     with database_url(ctx) as url:
         c = Coordinator(url, registry, batch_size=batch_size, config=config)
         sagas = ", ".join(f"{s.name} v{s.version}" for s in registry)

@@ -30,7 +30,7 @@ from uuid import UUID, uuid4
 
 import click
 
-from commandbus.cli._common import CLIError, database_url
+from commandbus.cli._common import CLIError, database_url, otel_option, setup_otel
 from commandbus.cli.demo_app import (
     CHARGE_TIMEOUT,
     DECLINED_CARD,
@@ -269,15 +269,19 @@ def run_demo(url: str) -> int:
 
 
 @click.command()
+@otel_option
 @click.pass_context
-def demo(ctx: click.Context) -> None:
+def demo(ctx: click.Context, otel: bool) -> None:
     """Run an order saga across inventory, payments and shipping, and show what happened.
 
     One order completes (after a retried reservation), one is declined and
     compensated, one times out and is compensated, and one waits on an operator
     who fixes it. Prints each saga's timeline and the status counts. With no
-    DATABASE_URL it uses the embedded PostgreSQL.
+    DATABASE_URL it uses the embedded PostgreSQL. With --otel (or COMMANDBUS_OTEL=1)
+    its sagas are exported as traces ('commandbus trace ID' draws one from the
+    audit stream either way).
     """
+    setup_otel(otel, "commandbus-demo")
     with database_url(ctx) as url:
         code = run_demo(url)
     ctx.exit(code)

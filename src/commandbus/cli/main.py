@@ -22,6 +22,7 @@ from commandbus.cli.migrate import migrate
 from commandbus.cli.projection import projection
 from commandbus.cli.saga import saga
 from commandbus.cli.show import show
+from commandbus.cli.trace import trace
 from commandbus.cli.tsq import tsq
 from commandbus.cli.worker import worker
 from commandbus.errors import CommandBusError
@@ -78,6 +79,7 @@ _COMMANDS: tuple[click.Command, ...] = (
     saga,
     tsq,
     show,
+    trace,
     projection,
 )
 for _command in _COMMANDS:

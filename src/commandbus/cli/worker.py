@@ -7,7 +7,15 @@ from datetime import timedelta
 
 import click
 
-from commandbus.cli._common import CLIError, Number, database_url, load_config
+from commandbus.cli._common import (
+    CLIError,
+    Number,
+    database_url,
+    load_config,
+    log_format_option,
+    otel_option,
+    setup_otel,
+)
 from commandbus.cli.serving import import_app, serve
 from commandbus.config import MAX_VISIBILITY_TIMEOUT
 from commandbus.engine.observability.logging import configure_logging
@@ -64,6 +72,8 @@ def load_registry(spec: str) -> HandlerRegistry:
     show_default=True,
     help="Seconds in-flight handlers get to finish on SIGINT/SIGTERM (up to 7 days).",
 )
+@otel_option
+@log_format_option
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -73,11 +83,14 @@ def worker(
     vt: float | None,
     batch_size: int,
     grace: float,
+    otel: bool,
+    log_format: str,
 ) -> None:
     """Process DOMAIN's commands until SIGINT/SIGTERM, then stop gracefully."""
     registry = load_registry(app)
     config = load_config(ctx)
-    configure_logging()
+    configure_logging(json=log_format == "json")
+    setup_otel(otel, f"commandbus-worker-{domain}")
     with database_url(ctx) as url:
         w = Worker(
             url,
