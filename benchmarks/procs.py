@@ -27,8 +27,18 @@ class WorkerProcess:
         self.exit_info: dict[str, int] = {}
 
     @classmethod
-    async def start(cls, url: str, *, mode: str = "library", **options: Any) -> WorkerProcess:
-        argv = [sys.executable, "-m", "benchmarks.worker_proc", url, "--mode", mode]
+    async def start(
+        cls,
+        url: str,
+        *,
+        mode: str | None = "library",
+        module: str = "benchmarks.worker_proc",
+        **options: Any,
+    ) -> WorkerProcess:
+        """Start ``python -m MODULE URL [--mode MODE] --option value...``; wait for READY."""
+        argv = [sys.executable, "-m", module, url]
+        if mode is not None:
+            argv += ["--mode", mode]
         for key, value in options.items():
             flag = "--" + key.replace("_", "-")
             if value is True:
@@ -46,11 +56,15 @@ class WorkerProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
         )
-        child = cls(proc, stderr, f"{mode} worker pid {proc.pid}")
-        await child._expect("READY", within=60)
+        child = cls(proc, stderr, f"{module} ({mode or 'default'}) pid {proc.pid}")
+        try:
+            await child._expect("READY", within=60)
+        except BaseException:
+            await child.kill()
+            raise
         return child
 
-    def _stderr_tail(self) -> str:
+    def stderr_tail(self) -> str:
         self._stderr.seek(0)
         text = self._stderr.read().decode(errors="replace").strip()
         return "\n".join(text.splitlines()[-20:])
@@ -66,7 +80,7 @@ class WorkerProcess:
             await self.proc.wait()
             raise ChildError(
                 f"{self.label}: expected {word}, got {text!r} (exit code "
-                f"{self.proc.returncode}); stderr:\n{self._stderr_tail()}"
+                f"{self.proc.returncode}); stderr:\n{self.stderr_tail()}"
             )
         return text
 
@@ -80,7 +94,7 @@ class WorkerProcess:
         if self.proc.returncode is not None:
             raise ChildError(
                 f"{self.label} exited early with code {self.proc.returncode}; "
-                f"stderr:\n{self._stderr_tail()}"
+                f"stderr:\n{self.stderr_tail()}"
             )
 
     def memory_kb(self) -> dict[str, int]:
@@ -108,7 +122,7 @@ class WorkerProcess:
             if self.proc.returncode != 0:
                 raise ChildError(
                     f"{self.label} exited with code {self.proc.returncode}; "
-                    f"stderr:\n{self._stderr_tail()}"
+                    f"stderr:\n{self.stderr_tail()}"
                 )
         finally:
             await self.kill()

@@ -32,19 +32,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
-import signal
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from benchmarks.core import Context, Row, ratio, scenario, settle
+from benchmarks.procs import WorkerProcess
 from benchmarks.saga_proc import DOMAINS, PLAIN_COMMAND, PLAIN_DOMAIN, build_saga
 from commandbus.engine.commands.bus import CommandBus
 from commandbus.engine.queues.tables import queue_table, wakeup_channel
@@ -52,7 +48,6 @@ from commandbus.models import CommandRequest
 from commandbus.sagas import SAGA_QUEUE, SagaClient
 
 Conn = psycopg.AsyncConnection[Any]
-ROOT = Path(__file__).resolve().parent.parent.parent
 
 CONCURRENCY = 16
 BATCH_SIZE = 100
@@ -93,114 +88,16 @@ SELECT extract(epoch FROM c.updated_at - e.recorded_at) * 1000
 # -- the subprocess -----------------------------------------------------------------------
 
 
-class ChildError(RuntimeError):
-    """The saga subprocess misbehaved (exited early, failed, did not answer)."""
-
-
-class SagaProcess:
-    """One ``python -m benchmarks.saga_proc`` child (the protocol of worker_proc)."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, stderr: IO[bytes]) -> None:
-        self.proc = proc
-        self._stderr = stderr
-        self.label = f"saga process pid {proc.pid}"
-        self.exit_info: dict[str, int] = {}
-
-    @classmethod
-    async def start(cls, url: str) -> SagaProcess:
-        argv = [
-            sys.executable,
-            "-m",
-            "benchmarks.saga_proc",
-            url,
-            "--concurrency",
-            str(CONCURRENCY),
-            "--batch-size",
-            str(BATCH_SIZE),
-        ]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=ROOT,
-            env=env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-        )
-        child = cls(proc, stderr)
-        try:
-            await child._expect("READY", within=60)
-        except BaseException:
-            await child.kill()
-            raise
-        return child
-
-    def stderr_tail(self) -> str:
-        self._stderr.seek(0)
-        text = self._stderr.read().decode(errors="replace").strip()
-        return "\n".join(text.splitlines()[-20:])
-
-    async def _expect(self, word: str, *, within: float) -> str:
-        assert self.proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), within)
-        except TimeoutError:
-            raise ChildError(f"{self.label}: no {word} within {within:g}s") from None
-        text = line.decode().strip()
-        if not text.startswith(word):
-            await self.proc.wait()
-            raise ChildError(
-                f"{self.label}: expected {word}, got {text!r} (exit code "
-                f"{self.proc.returncode}); stderr:\n{self.stderr_tail()}"
-            )
-        return text
-
-    async def go(self) -> None:
-        """GO, then wait until every worker and the coordinator is listening."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(b"GO\n")
-        await self.proc.stdin.drain()
-        await self._expect("STARTED", within=30)
-
-    def check_alive(self) -> None:
-        if self.proc.returncode is not None:
-            raise ChildError(
-                f"{self.label} exited early with code {self.proc.returncode}; "
-                f"stderr:\n{self.stderr_tail()}"
-            )
-
-    async def stop(self, *, within: float = 60) -> dict[str, int]:
-        """SIGTERM, then wait for the graceful exit; returns the EXIT figures."""
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            text = await self._expect("EXIT", within=within)
-            await asyncio.wait_for(self.proc.wait(), within)
-            if self.proc.returncode != 0:
-                raise ChildError(
-                    f"{self.label} exited with code {self.proc.returncode}; "
-                    f"stderr:\n{self.stderr_tail()}"
-                )
-        finally:
-            await self.kill()
-        self.exit_info = {k: int(v) for k, v in (part.split("=") for part in text.split()[1:])}
-        return self.exit_info
-
-    async def kill(self) -> None:
-        """Make sure the child is gone (SIGKILL if still running) and release its files."""
-        if self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-        if not self._stderr.closed:
-            self._stderr.close()
-
-
 @contextlib.asynccontextmanager
-async def running(url: str) -> AsyncIterator[SagaProcess]:
+async def running(url: str) -> AsyncIterator[WorkerProcess]:
     """A started saga process (after GO and STARTED), killed if the block fails."""
-    child = await SagaProcess.start(url)
+    child = await WorkerProcess.start(
+        url,
+        mode=None,
+        module="benchmarks.saga_proc",
+        concurrency=CONCURRENCY,
+        batch_size=BATCH_SIZE,
+    )
     try:
         await child.go()
         yield child
@@ -266,7 +163,7 @@ async def wait_until(
     query: str,
     params: Any,
     expected: int,
-    child: SagaProcess,
+    child: WorkerProcess,
     what: str,
     *,
     give_up_after: float = 600,
