@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.trace import Status, StatusCode
 
 from commandbus.engine.observability.tracing.providers import _active
 
@@ -93,3 +94,25 @@ def _error_type(exc: BaseException) -> str:
     if cls.__module__ == "builtins":
         return cls.__qualname__
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def enter_span(span: trace.Span | None) -> Token[otel_context.Context] | None:
+    """Make ``span`` current (nothing when there is no span); the token to end it."""
+    return None if span is None else otel_context.attach(trace.set_span_in_context(span))
+
+
+def end_span(
+    span: trace.Span | None, token: Token[otel_context.Context] | None, exc: BaseException | None
+) -> None:
+    """End a span made current by :func:`enter_span`, recording ``exc`` (status ERROR)."""
+    if span is None:
+        return
+    try:
+        if exc is not None:
+            span.record_exception(exc)
+            span.set_attribute("error.type", _error_type(exc))
+            span.set_status(Status(StatusCode.ERROR, str(exc) or type(exc).__name__))
+    finally:
+        if token is not None:
+            otel_context.detach(token)
+        span.end()

@@ -16,9 +16,10 @@ from commandbus.engine.observability.tracing.context import (
     _TRACE_KEYS,
     MESSAGING_SYSTEM,
     AttributeValue,
-    _error_type,
     _parent,
     current_trace_headers,
+    end_span,
+    enter_span,
 )
 from commandbus.engine.observability.tracing.providers import _active
 
@@ -50,8 +51,7 @@ class SagaSpan:
         self._token: Token[otel_context.Context] | None = None
 
     def __enter__(self) -> SagaSpan:
-        if self._span is not None:
-            self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        self._token = enter_span(self._span)
         return self
 
     def __exit__(
@@ -60,18 +60,7 @@ class SagaSpan:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        span = self._span
-        if span is None:
-            return
-        try:
-            if exc is not None:
-                span.record_exception(exc)
-                span.set_attribute("error.type", _error_type(exc))
-                span.set_status(Status(StatusCode.ERROR, str(exc) or type(exc).__name__))
-        finally:
-            if self._token is not None:
-                otel_context.detach(self._token)
-            span.end()
+        end_span(self._span, self._token, exc)
 
     @property
     def recording(self) -> bool:

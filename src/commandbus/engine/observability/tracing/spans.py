@@ -20,6 +20,8 @@ from commandbus.engine.observability.tracing.context import (
     _inherited,
     _parent,
     current_trace_headers,
+    end_span,
+    enter_span,
 )
 from commandbus.engine.observability.tracing.instruments import _Instruments
 from commandbus.engine.observability.tracing.providers import _active
@@ -53,8 +55,7 @@ class SendSpan:
             self._span = tracer.start_span("send", kind=SpanKind.PRODUCER)
 
     def __enter__(self) -> SendSpan:
-        if self._span is not None:
-            self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        self._token = enter_span(self._span)
         return self
 
     def __exit__(
@@ -63,18 +64,7 @@ class SendSpan:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        span = self._span
-        if span is None:
-            return
-        try:
-            if exc is not None:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, str(exc) or type(exc).__name__))
-                span.set_attribute("error.type", _error_type(exc))
-        finally:
-            if self._token is not None:
-                otel_context.detach(self._token)
-            span.end()
+        end_span(self._span, self._token, exc)
 
     def headers(self) -> dict[str, str]:
         """The W3C context the messages carry: this span's, or the current one's."""
