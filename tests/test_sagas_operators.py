@@ -225,15 +225,7 @@ async def test_a_tsq_after_the_pivot_waits_and_cannot_be_compensated(dsn: str) -
     [
         "retry",
         "complete",
-        pytest.param(
-            "cancel",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="open: an operator's cancel of a failed compensation is ignored, and "
-                "the saga stays COMPENSATION_FAILED with nothing any operator can act on "
-                "(what should it end as?)",
-            ),
-        ),
+        "cancel",
     ],
 )
 async def test_a_compensation_in_the_tsq_waits_for_an_operator(dsn: str, action: str) -> None:

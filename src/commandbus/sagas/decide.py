@@ -221,6 +221,10 @@ class Decider:
                 self._ignore(body, f"the step's compensation is already {step.status}")
             elif outcome == REPLY_SUCCESS:
                 self.emit(ev.SAGA_STEP_COMPENSATED, base)
+            elif step.status is StepStatus.COMPENSATION_FAILED and outcome == REPLY_CANCELLED:
+                # an operator withdrew the failed compensation (the undo was done by
+                # hand): the saga goes on compensating the steps before it
+                self.emit(ev.SAGA_STEP_COMPENSATED, {**base, "by_operator": True})
             elif step.status is StepStatus.COMPENSATION_FAILED:
                 self._ignore(body, "the compensation already failed")
             elif outcome in (REPLY_FAILED, REPLY_CANCELLED, REPLY_TROUBLESHOOTING):
