@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import version
 from pathlib import Path
 
@@ -112,8 +113,11 @@ def test_two_migrate_processes_at_once(empty_dsn: str) -> None:
 
 
 def test_demo_migrates_the_database_it_is_given(empty_dsn: str) -> None:
+    before = logging.getLogger("commandbus.worker").level
     result = invoke("demo", env={"DATABASE_URL": empty_dsn})
     assert result.exit_code == 0, result.output
+    # run in this process, it leaves the worker's log level as it found it
+    assert logging.getLogger("commandbus.worker").level == before
     assert all(name in result.stdout for name in NAMES)
     assert invoke("migrate", env={"DATABASE_URL": empty_dsn}).stdout == "schema is up to date\n"
 

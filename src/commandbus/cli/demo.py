@@ -201,9 +201,19 @@ async def _running(runners: Sequence[Servable[Any]]) -> AsyncIterator[Callable[[
 
 
 async def _demo(url: str) -> int:
-    started = time.monotonic()
     # the failures below are on purpose: keep the worker's warnings out of the tour
-    logging.getLogger("commandbus.worker").setLevel(logging.ERROR)
+    # (only for the tour: the level is put back, whoever calls it in-process)
+    worker_log = logging.getLogger("commandbus.worker")
+    level = worker_log.level
+    worker_log.setLevel(logging.ERROR)
+    try:
+        return await _tour(url)
+    finally:
+        worker_log.setLevel(level)
+
+
+async def _tour(url: str) -> int:
+    started = time.monotonic()
     applied = await migrate(url)
     click.echo(f"schema: {'applied ' + ', '.join(applied) if applied else 'up to date'}")
     shop = Shop()
