@@ -56,6 +56,9 @@ POSTPONE_SECONDS = 0.25
 #: another's NOTIFY may have none of its own: a read that a NOTIFY woke is
 #: followed by one more, an interval (plus a millisecond) later.
 SETTLE_SECONDS = 0.003
+#: A reader about to sleep longer than this first asks when the next delayed
+#: message is due; before a shorter sleep it does not.
+SHORT_WAIT_SECONDS = 0.01
 
 
 @attrs.define
@@ -369,11 +372,15 @@ class QueueConsumer(Generic[M, O]):
                 await asyncio.sleep(0)
                 continue
             wait = self._poll
-            nxt = await self._reader.run(app.next_visible)
-            if nxt is not None:
-                wait = min(wait, max(nxt, 0.001))
             if notified:
                 wait = min(wait, self.settle_seconds)
+            if wait > SHORT_WAIT_SECONDS:
+                # not for a short wait (the settle read after a NOTIFY): the next
+                # read comes soon anyway, and the round trip would stand between
+                # this read and the handlers it just started
+                nxt = await self._reader.run(app.next_visible)
+                if nxt is not None:
+                    wait = min(wait, max(nxt, 0.001))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
