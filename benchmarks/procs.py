@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,9 +34,13 @@ class WorkerProcess:
         *,
         mode: str | None = "library",
         module: str = "benchmarks.worker_proc",
+        env: Mapping[str, str] | None = None,
         **options: Any,
     ) -> WorkerProcess:
-        """Start ``python -m MODULE URL [--mode MODE] --option value...``; wait for READY."""
+        """Start ``python -m MODULE URL [--mode MODE] --option value...``; wait for READY.
+
+        ``env``: variables set (over this process's environment) for the child.
+        """
         argv = [sys.executable, "-m", module, url]
         if mode is not None:
             argv += ["--mode", mode]
@@ -45,13 +50,16 @@ class WorkerProcess:
                 argv.append(flag)
             elif value is not False and value is not None:
                 argv += [flag, str(value)]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        child_env = dict(os.environ)
+        child_env.update(env or {})
+        child_env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(ROOT), child_env.get("PYTHONPATH")])
+        )
         stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
         proc = await asyncio.create_subprocess_exec(
             *argv,
             cwd=ROOT,
-            env=env,
+            env=child_env,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,

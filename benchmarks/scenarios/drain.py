@@ -15,6 +15,7 @@ completion. The raw baseline is one loop in one process:
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from benchmarks.core import DOMAIN, RAW_QUEUE, Context, Row, ratio, scenario, server_now, settle
 from benchmarks.ops import (
@@ -39,7 +40,11 @@ TARGET_SHARE = 0.35
 POLL = 0.2
 
 
-async def library_drain(url: str, n: int, processes: int, concurrency: int) -> float:
+async def library_drain(
+    url: str, n: int, processes: int, concurrency: int, *, env: Mapping[str, str] | None = None
+) -> float:
+    """Commands/s of ``processes`` workers draining ``n`` pre-queued no-op commands
+    (``env``: extra environment for the worker processes)."""
     async with open_bus(url) as bus:
         await fill_library(bus, n)
     await settle(url)
@@ -56,7 +61,9 @@ async def library_drain(url: str, n: int, processes: int, concurrency: int) -> f
             t0 = max(r[0] for r in await cur.fetchall())
             for _ in range(processes):
                 workers.append(
-                    await WorkerProcess.start(url, concurrency=concurrency, batch_size=BATCH_SIZE)
+                    await WorkerProcess.start(
+                        url, concurrency=concurrency, batch_size=BATCH_SIZE, env=env
+                    )
                 )
             for w in workers:
                 await w.go()

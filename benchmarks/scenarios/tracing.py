@@ -1,0 +1,166 @@
+"""Scenario ``tracing``: the end-to-end drain with OpenTelemetry off and on.
+
+The same drain as :mod:`benchmarks.scenarios.drain` (N pre-queued no-op commands,
+held invisible until the worker subprocess is connected and idle, timed on the
+server clock up to the last completion), by ONE worker process (concurrency 16),
+twice in the same run: once with ``COMMANDBUS_OTEL=0`` and once with
+``COMMANDBUS_OTEL=1``, the worker then exporting with the real OTLP/HTTP exporter
+(``BatchSpanProcessor`` and metrics at their default settings) to a receiver
+this scenario runs on 127.0.0.1, which reads each POST, counts the spans in it
+and discards it. Sampling is 100% (``OTEL_TRACES_SAMPLER=always_on``): every
+command gets its process span, and the spans received are counted to show none
+was dropped. The commands are sent untraced, so each process span is a root.
+
+The cases alternate (off, on, off, on...; ``ROUNDS`` of each, one in a smoke
+run) and the best of each is compared. Target: throughput with tracing on at
+most 15% below off.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from benchmarks.core import Context, Row, ratio, scenario
+from benchmarks.scenarios.drain import library_drain
+
+CONCURRENCY = 16
+ROUNDS = 2
+TARGET_OVERHEAD = 0.15
+
+
+class DiscardingReceiver:
+    """An OTLP/HTTP endpoint on 127.0.0.1 that answers 200 to every POST and keeps
+    nothing but counts (requests, bytes, spans)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.bytes = 0
+        self.spans = 0
+        lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                spans = 0
+                if self.path == "/v1/traces":
+                    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+                        ExportTraceServiceRequest,
+                    )
+
+                    if self.headers.get("Content-Encoding") == "gzip":
+                        body = gzip.decompress(body)
+                    request = ExportTraceServiceRequest.FromString(body)
+                    spans = sum(
+                        len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans
+                    )
+                with lock:
+                    receiver.requests += 1
+                    receiver.bytes += len(body)
+                    receiver.spans += spans
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="otlp-discard")
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def __enter__(self) -> DiscardingReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+def _env_on(endpoint: str) -> dict[str, str]:
+    return {
+        "COMMANDBUS_OTEL": "1",
+        "OTEL_SERVICE_NAME": "bench-worker",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_SDK_DISABLED": "false",
+    }
+
+
+@scenario(
+    "tracing",
+    description="one worker process draining no-op commands, OpenTelemetry off vs on "
+    "(OTLP/HTTP to a local receiver, 100% sampling)",
+    n_meaning="pre-queued commands per drain",
+    default_n=10_000,
+    smoke_n=300,
+)
+async def tracing(ctx: Context) -> list[Row]:
+    rounds = 1 if ctx.smoke else ROUNDS
+    off: list[float] = []
+    on: list[float] = []
+    spans: list[int] = []
+    with DiscardingReceiver() as receiver:
+        env_on = _env_on(receiver.endpoint)
+        for i in range(rounds):
+            async with ctx.databases.fresh() as url:
+                off.append(
+                    await library_drain(url, ctx.n, 1, CONCURRENCY, env={"COMMANDBUS_OTEL": "0"})
+                )
+            ctx.log(f"tracing off (round {i + 1}): {off[-1]:,.0f}/s")
+            before = receiver.spans
+            async with ctx.databases.fresh() as url:
+                on.append(await library_drain(url, ctx.n, 1, CONCURRENCY, env=env_on))
+            # the worker has exited, flushing what it still buffered
+            spans.append(receiver.spans - before)
+            ctx.log(f"tracing on (round {i + 1}): {on[-1]:,.0f}/s, {spans[-1]:,} spans received")
+        requests, received_bytes = receiver.requests, receiver.bytes
+    if any(s < ctx.n for s in spans):
+        raise RuntimeError(f"the receiver got {spans} spans per traced drain, expected {ctx.n}")
+    best_off, best_on = max(off), max(on)
+    share = ratio(best_on, best_off)
+    overhead = None if share is None else 1 - share
+    ctx.log(
+        f"tracing: off {best_off:,.0f}/s, on {best_on:,.0f}/s, overhead "
+        + ("n/a" if overhead is None else f"{overhead:.1%}")
+    )
+    return [
+        Row(
+            scenario="tracing",
+            case=(
+                f"drain, 1 worker process, concurrency {CONCURRENCY}: OTel on (100% sampled, "
+                "OTLP/HTTP to a local receiver) vs off"
+            ),
+            unit="cmd/s",
+            library=best_on,
+            raw=best_off,
+            ratio=share,
+            target=f"overhead < {TARGET_OVERHEAD:.0%}",
+            met=overhead is not None and overhead < TARGET_OVERHEAD,
+            details={
+                "n": ctx.n,
+                "rounds": rounds,
+                "concurrency": CONCURRENCY,
+                "off_per_s": off,
+                "on_per_s": on,
+                "overhead": overhead,
+                "sampling": "always_on (100%)",
+                "spans_received": spans,
+                "export_requests": requests,
+                "export_bytes": received_bytes,
+            },
+        )
+    ]
