@@ -78,12 +78,14 @@ class Measured:
     steps: dict[str, list[float]]
 
 
-async def paced(count: int, op: Callable[[int], Awaitable[Any]]) -> list[Any]:
-    """Call ``op(i)`` ``count`` times at RATE per second, on a fixed timetable."""
+async def paced(
+    count: int, op: Callable[[int], Awaitable[Any]], *, rate: float = RATE
+) -> list[Any]:
+    """Call ``op(i)`` ``count`` times at ``rate`` per second, on a fixed timetable."""
     out = []
     start = time.perf_counter()
     for i in range(count):
-        delay = start + i / RATE - time.perf_counter()
+        delay = start + i / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         out.append(await op(i))

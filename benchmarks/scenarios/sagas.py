@@ -31,17 +31,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from benchmarks.core import Context, Row, ratio, scenario, settle
+from benchmarks.ops import connect
 from benchmarks.procs import WorkerProcess
 from benchmarks.saga_proc import DOMAINS, PLAIN_COMMAND, PLAIN_DOMAIN, build_saga
+from benchmarks.scenarios.latency import paced, summary
 from commandbus.engine.commands.bus import CommandBus
 from commandbus.engine.queues.tables import queue_table, wakeup_channel
 from commandbus.models import CommandRequest
@@ -106,10 +107,6 @@ async def running(url: str) -> AsyncIterator[WorkerProcess]:
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-async def connect(url: str) -> Conn:
-    return await psycopg.AsyncConnection.connect(url, autocommit=True)
 
 
 @contextlib.asynccontextmanager
@@ -183,32 +180,6 @@ async def wait_until(
                 f"{child.label} stderr:\n{child.stderr_tail()}"
             )
         await asyncio.sleep(POLL)
-
-
-async def paced(count: int, op: Callable[[int], Awaitable[Any]]) -> list[Any]:
-    """Call ``op(i)`` ``count`` times at RATE per second, on a fixed timetable."""
-    out = []
-    start = time.perf_counter()
-    for i in range(count):
-        delay = start + i / RATE - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        out.append(await op(i))
-    return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "p50": percentile(values, 0.50),
-        "p90": percentile(values, 0.90),
-        "p99": percentile(values, 0.99),
-        "max": max(values),
-    }
 
 
 def plain(i: int) -> CommandRequest:
@@ -293,9 +264,9 @@ async def latencies(
             async def saga(i: int) -> Any:
                 return (await client.start_saga(SAGA, {"i": i})).saga_id
 
-            await paced(warmup, command)
+            await paced(warmup, command, rate=RATE)
             await asyncio.sleep(0.5)  # idle again
-            ids = await paced(count, command)
+            ids = await paced(count, command, rate=RATE)
             await wait_until(
                 conn,
                 COUNT_COMMANDS,
@@ -308,9 +279,9 @@ async def latencies(
             cur = await conn.execute(COMMAND_LATENCIES, (PLAIN_DOMAIN, ids))
             commands = [float(r[0]) for r in await cur.fetchall()]
             await asyncio.sleep(0.5)
-            await paced(warmup, saga)
+            await paced(warmup, saga, rate=RATE)
             await asyncio.sleep(0.5)
-            ids = await paced(count, saga)
+            ids = await paced(count, saga, rate=RATE)
             await wait_until(
                 conn,
                 COUNT_SAGAS,
