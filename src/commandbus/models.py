@@ -28,14 +28,37 @@ class CommandStatus(enum.StrEnum):
 
 @attrs.frozen(kw_only=True)
 class ErrorInfo:
-    """A failure as recorded in events: the exception type, a stable code, a message."""
+    """A failure as recorded in events: the exception type, a stable code, a message.
+
+    ``traceback`` is the formatted traceback of an unexpected exception (bounded:
+    its innermost frames), ``None`` for an error a handler raised on purpose
+    (``BusinessRuleError``, ``PermanentCommandError``, ``TransientCommandError``)
+    and in events recorded before it existed. It is in the command's events and
+    status row (``CommandRecord.last_error["traceback"]``), not in replies.
+    """
 
     type: str
     code: str
     message: str
+    traceback: str | None = None
 
     def as_dict(self) -> dict[str, str]:
-        return {"type": self.type, "code": self.code, "message": self.message}
+        """The error as events carry it (``traceback`` only when there is one)."""
+        out = {"type": self.type, "code": self.code, "message": self.message}
+        if self.traceback is not None:
+            out["traceback"] = self.traceback
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ErrorInfo:
+        """An error as recorded (an event's ``error``, a ``last_error``), old ones too."""
+        traceback = data.get("traceback")
+        return cls(
+            type=str(data.get("type") or ""),
+            code=str(data.get("code") or ""),
+            message=str(data.get("message") or ""),
+            traceback=None if traceback is None else str(traceback),
+        )
 
 
 @attrs.frozen(kw_only=True)

@@ -15,18 +15,14 @@ from commandbus.engine.commands.envelope import (
     reply_for,
 )
 from commandbus.engine.commands.store import Reply, Transition
-from commandbus.engine.worker.retry_policy import ErrorKind, RetryPolicy, classify
-from commandbus.errors import CommandFailure
+from commandbus.engine.worker.failures import ErrorKind, classify, error_info
+from commandbus.engine.worker.retry_policy import RetryPolicy
 from commandbus.models import Command, ErrorInfo, NewEvent
 
 
-def error_info(exc: BaseException) -> ErrorInfo:
-    code = exc.error_code if isinstance(exc, CommandFailure) else getattr(exc, "code", None)
-    return ErrorInfo(
-        type=type(exc).__name__,
-        code=str(code or type(exc).__name__),
-        message=str(exc) or type(exc).__name__,
-    )
+def _for_reply(err: ErrorInfo) -> ErrorInfo:
+    """Replies carry the error without its traceback (the command's events keep it)."""
+    return err if err.traceback is None else attrs.evolve(err, traceback=None)
 
 
 class Outcome(StrEnum):
@@ -42,6 +38,7 @@ class TsqReason(StrEnum):
     """Why a command went to the troubleshooting queue (``reason`` in its event)."""
 
     PERMANENT = "permanent"
+    PROGRAMMING_ERROR = "programming_error"
     UNKNOWN_COMMAND_TYPE = "unknown_command_type"
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"
     UNRECORDABLE_OUTCOME = "unrecordable_outcome"
@@ -146,10 +143,14 @@ class OutcomeBuilder:
         msg_id: int,
         prefix: list[NewEvent],
         kind: ErrorKind | None = None,
+        err: ErrorInfo | None = None,
     ) -> Decision:
-        """What an exception raised while handling (or ``kind``) does to the command."""
+        """What an exception raised while handling (or ``kind``) does to the command.
+
+        ``err`` is the error to record (default: :func:`error_info` of ``exc``).
+        """
         kind = kind or classify(exc)
-        err = error_info(exc)
+        err = err or error_info(exc)
         common: dict[str, Any] = {
             "version": version,
             "msg_id": msg_id,
@@ -163,7 +164,7 @@ class OutcomeBuilder:
                 event_type=ev.COMMAND_FAILED,
                 data={"attempt": attempt, "error": err.as_dict()},
                 queue_op=self._done_op,
-                reply=reply_for(command, REPLY_FAILED, error=err),
+                reply=reply_for(command, REPLY_FAILED, error=_for_reply(err)),
             )
         if kind is ErrorKind.TRANSIENT and attempt < command.max_attempts:
             delay = self._policy.delay(attempt).total_seconds()
@@ -179,6 +180,7 @@ class OutcomeBuilder:
             )
         reason = {
             ErrorKind.PERMANENT: TsqReason.PERMANENT,
+            ErrorKind.PROGRAMMING: TsqReason.PROGRAMMING_ERROR,
             ErrorKind.UNKNOWN_COMMAND_TYPE: TsqReason.UNKNOWN_COMMAND_TYPE,
         }.get(kind, TsqReason.ATTEMPTS_EXHAUSTED)
         return self._decide(
@@ -188,7 +190,7 @@ class OutcomeBuilder:
             event_type=ev.COMMAND_MOVED_TO_TSQ,
             data={"attempt": attempt, "error": err.as_dict(), "reason": str(reason)},
             queue_op="archive",
-            reply=reply_for(command, REPLY_TROUBLESHOOTING, error=err),
+            reply=reply_for(command, REPLY_TROUBLESHOOTING, error=_for_reply(err)),
         )
 
     def deliveries_exhausted(
@@ -235,7 +237,7 @@ class OutcomeBuilder:
     def unrecordable(self, t: Transition, exc: BaseException) -> Decision:
         """The TSQ transition for an outcome the database refused to store."""
         last = t.events[-1]
-        err = error_info(exc)
+        err = error_info(exc, with_traceback=False)  # the library's own statement failed
         transition = Transition(
             domain=t.domain,
             command_id=t.command_id,

@@ -31,6 +31,7 @@ class HandlerRegistry:
             raise HandlerRegistrationError(
                 f"handler for {domain}.{command_type} must be an async function"
             )
+        _check_signature(domain, command_type, handler)
         key = (domain, command_type)
         if key in self._handlers:
             raise HandlerRegistrationError(
@@ -64,3 +65,22 @@ class HandlerRegistry:
             raise HandlerRegistrationError(
                 f"no handlers are registered for domain {domain!r} (domains with handlers: {known})"
             )
+
+
+def _check_signature(domain: str, command_type: str, handler: HandlerFn) -> None:
+    """A handler is called as ``handler(command, ctx)``: refuse one that cannot be.
+
+    A wrong signature would otherwise be a ``TypeError`` on every delivery.
+    """
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return  # no signature to read (some builtins, C callables): called as it is
+    try:
+        signature.bind(None, None)
+    except TypeError as exc:
+        name = getattr(handler, "__qualname__", type(handler).__qualname__)
+        raise HandlerRegistrationError(
+            f"handler for {domain}.{command_type} must take (command, ctx), "
+            f"but {name}{signature} cannot: {exc}"
+        ) from None

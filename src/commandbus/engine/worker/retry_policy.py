@@ -1,4 +1,4 @@
-"""Retry decisions: which errors are transient, and when the next attempt runs.
+"""Retry decisions: when the next attempt runs (which errors are retried: failures.py).
 
 Delays come from tenacity's wait strategies built from the config; the worker makes
 them durable by moving the message's visibility time, never by sleeping.
@@ -7,17 +7,14 @@ them durable by moving the message's visibility time, never by sleeping.
 from __future__ import annotations
 
 from datetime import timedelta
-from enum import StrEnum
 
 import tenacity
 from tenacity.wait import wait_base
 
 from commandbus.config import Config
-from commandbus.errors import (
-    BusinessRuleError,
-    CommandBusError,
-    PermanentCommandError,
-)
+from commandbus.engine.worker.failures import ErrorKind, classify
+
+__all__ = ["ErrorKind", "RetryPolicy", "classify"]  # the kinds live in failures.py
 
 
 class RetryPolicy:
@@ -43,27 +40,3 @@ class RetryPolicy:
 
 # the retrying object a call state belongs to (its settings are never used here)
 _RETRYING = tenacity.Retrying()
-
-
-class ErrorKind(StrEnum):
-    """What an exception raised by a handler means for its command."""
-
-    BUSINESS = "business"  # final at once: CommandFailed
-    PERMANENT = "permanent"  # the TSQ at once
-    TRANSIENT = "transient"  # retried while attempts last, then the TSQ
-    UNKNOWN_COMMAND_TYPE = "unknown_command_type"  # no handler: the TSQ at once
-
-
-def classify(exc: BaseException) -> ErrorKind:
-    """``business``, ``permanent`` or ``transient`` for an error raised by a handler.
-
-    Unknown exceptions count as transient: they are retried, then land in the
-    troubleshooting queue when attempts run out.
-    """
-    if isinstance(exc, BusinessRuleError):
-        return ErrorKind.BUSINESS
-    if isinstance(exc, PermanentCommandError):
-        return ErrorKind.PERMANENT
-    if isinstance(exc, CommandBusError) and not exc.retryable:
-        return ErrorKind.PERMANENT
-    return ErrorKind.TRANSIENT
