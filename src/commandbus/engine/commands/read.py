@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
 import attrs
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus.arguments import (
+    bool_arg,
     int_arg,
     opt_command_type_arg,
     opt_domain_arg,
@@ -89,17 +92,66 @@ def to_record(row: dict[str, Any]) -> CommandRecord:
     return structure(row, CommandRecord)
 
 
-def _encode_cursor(record: CommandRecord) -> str:
-    raw = f"{record.created_at.isoformat()}|{record.command_id}"
+@attrs.frozen
+class _Key:
+    """Where a page follows on from: the last row of the page before."""
+
+    created_at: datetime
+    command_id: UUID
+    domain: str
+    newest_first: bool
+
+
+def _encode_cursor(record: CommandRecord, newest_first: bool) -> str:
+    order = "desc" if newest_first else "asc"
+    raw = f"{order}|{record.created_at.isoformat()}|{record.command_id}|{record.domain}"
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+def _decode_cursor(cursor: str, newest_first: bool) -> _Key:
     try:
-        ts, cid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(ts), UUID(cid)
+        order, ts, cid, domain = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        if order not in ("asc", "desc"):
+            raise ValueError(order)
+        key = _Key(datetime.fromisoformat(ts), UUID(cid), domain, order == "desc")
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationError(f"invalid page cursor {cursor!r}") from exc
+    if key.newest_first != newest_first:
+        raise ValidationError(
+            f"the page cursor is from a list in the other order (newest_first={key.newest_first})"
+        )
+    return key
+
+
+@lru_cache(maxsize=256)
+def _list_statement(
+    key: str | None, one_domain: bool, filters: tuple[str, ...], after: bool, newest_first: bool
+) -> sql.Composed:
+    """The listing statement for the criteria given (see ``LIST_*`` in ``sql.py``)."""
+    order = sql.SQL(q.LIST_DESC if newest_first else q.LIST_ASC)
+    keyset: sql.Composable = sql.SQL("")
+    if after:
+        keyset = sql.SQL(q.LIST_KEYSET).format(cmp=sql.SQL("<" if newest_first else ">"))
+    where = sql.SQL("").join(sql.SQL(_FILTERS[f]) for f in filters)
+    if key is not None:
+        return sql.SQL(q.LIST_KEYED).format(
+            key=sql.SQL(_KEYS[key]), where=where, after=keyset, order=order
+        )
+    domains = q.LIST_ONE_DOMAIN if one_domain else q.LIST_EVERY_DOMAIN
+    return sql.SQL(q.LIST_MERGED).format(
+        domains=sql.SQL(domains), where=where, after=keyset, order=order
+    )
+
+
+_KEYS = {"correlation_id": q.LIST_KEY_CORRELATION, "batch_id": q.LIST_KEY_BATCH}
+_FILTERS = {
+    "domain": q.LIST_DOMAIN,
+    "status": q.LIST_STATUS,
+    "command_type": q.LIST_TYPE,
+    "correlation_id": q.LIST_CORRELATION,
+    "batch_id": q.LIST_BATCH,
+    "error": q.LIST_ERROR,
+}
 
 
 async def fetch_command(conn: Conn, domain: str, command_id: UUID) -> CommandRecord | None:
@@ -110,28 +162,73 @@ async def fetch_command(conn: Conn, domain: str, command_id: UUID) -> CommandRec
     return None if row is None else to_record(row)
 
 
-async def fetch_page(conn: Conn, where: CommandFilter, limit: int, cursor: str | None) -> Page:
-    """Commands matching ``where``, oldest first, one page (arguments already checked)."""
-    after_ts, after_id = _decode_cursor(cursor) if cursor else (None, None)
-    cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(
-        q.LIST_COMMANDS,
-        {
-            "domain": where.domain,
-            "status": None if where.status is None else where.status.value,
-            "correlation_id": where.correlation_id,
-            "command_type": where.command_type,
-            "batch_id": where.batch_id,
-            "error": where.error_contains,
-            "after_ts": after_ts,
-            "after_id": after_id,
-            "limit": limit + 1,
-        },
+async def fetch_page(
+    conn: Conn,
+    where: CommandFilter,
+    limit: int,
+    cursor: str | None,
+    *,
+    newest_first: bool = False,
+) -> Page:
+    """Commands matching ``where``, one page, oldest (or newest) first; arguments checked.
+
+    Every page is index range scans that stop at the page's end (see ``LIST_*``
+    in ``sql.py``): by correlation id or batch id when one is given, else by
+    (domain, status), for the domain and status given or each of them.
+    """
+    after = _decode_cursor(cursor, newest_first) if cursor else None
+    params: dict[str, Any] = {
+        "domain": where.domain,
+        "status": None if where.status is None else where.status.value,
+        "statuses": [where.status.value] if where.status else [s.value for s in CommandStatus],
+        "correlation_id": where.correlation_id,
+        "command_type": where.command_type,
+        "batch_id": where.batch_id,
+        "error": where.error_contains,
+        "limit": limit + 1,
+    }
+    if after is not None:
+        params |= {
+            "after_ts": after.created_at,
+            "after_id": after.command_id,
+            "after_domain": after.domain,
+        }
+    key = (
+        "correlation_id"
+        if where.correlation_id is not None
+        else "batch_id"
+        if where.batch_id is not None
+        else None
     )
+    given = {
+        "domain": where.domain is not None,
+        "status": where.status is not None,
+        "command_type": where.command_type is not None,
+        "correlation_id": where.correlation_id is not None,
+        "batch_id": where.batch_id is not None,
+        "error": where.error_contains is not None,
+    }
+    # without a key, the domain and status drive the scans instead of filtering them
+    driven = {key} if key is not None else {"domain", "status"}
+    filters = tuple(f for f, on in given.items() if on and f not in driven)
+    if key is not None:
+        params["key"] = params[key]
+    statement = _list_statement(
+        key, where.domain is not None, filters, after is not None, newest_first
+    )
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(statement, params)
     rows = [to_record(r) for r in await cur.fetchall()]
     more = len(rows) > limit
     items = tuple(rows[:limit])
-    return Page(items=items, next_cursor=_encode_cursor(items[-1]) if more else None)
+    return Page(items=items, next_cursor=_encode_cursor(items[-1], newest_first) if more else None)
+
+
+async def fetch_by_id(conn: Conn, command_id: UUID) -> list[CommandRecord]:
+    """The commands with this id, in every domain (usually one), by domain."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(q.FIND_COMMANDS, {"command_id": command_id})
+    return [to_record(r) for r in await cur.fetchall()]
 
 
 async def _fetch_batch(conn: Conn, batch_id: UUID) -> BatchRecord | None:
@@ -171,16 +268,33 @@ class CommandReads:
         *,
         limit: int = 100,
         cursor: str | None = None,
+        newest_first: bool = False,
         conn: Conn | None = None,
     ) -> Page:
         """Commands matching ``where`` (all without it), oldest first, keyset-paged.
 
-        Pass ``cursor=page.next_cursor`` for the next page (None: the last one).
+        Pass ``cursor=page.next_cursor`` for the next page (None: the last one);
+        pages never skip or repeat a command, whatever commands are sent meanwhile.
+        ``newest_first=True`` lists the newest first (a cursor belongs to its order).
+        Ordered by the time the command was sent, then its id (then its domain).
         """
         criteria = filter_arg(where)
         limit, cursor = page_args(limit, cursor)
+        newest_first = bool_arg(newest_first, "newest_first")
         async with borrow(self.pool, conn) as c:
-            return await fetch_page(c, criteria, limit, cursor)
+            return await fetch_page(c, criteria, limit, cursor, newest_first=newest_first)
+
+    async def find_commands(
+        self, command_id: UUID | str, *, conn: Conn | None = None
+    ) -> list[CommandRecord]:
+        """The commands with this id in every domain (usually one; [] if none), by domain.
+
+        For a lookup without the domain: a command id is unique within its domain
+        only. One primary-key probe per domain.
+        """
+        cid = uuid_arg(command_id, "command_id")
+        async with borrow(self.pool, conn) as c:
+            return await fetch_by_id(c, cid)
 
     async def command_history(
         self, domain: str, command_id: UUID | str, *, conn: Conn | None = None

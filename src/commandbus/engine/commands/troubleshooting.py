@@ -51,7 +51,7 @@ from commandbus.names import command_stream_id, validate_domain
 _IN_TSQ = CommandStatus.IN_TROUBLESHOOTING_QUEUE
 
 
-def _target(domain: object, command_id: object) -> tuple[str, UUID]:
+def target(domain: object, command_id: object) -> tuple[str, UUID]:
     """The (domain, command id) an operator action names, checked and normalised."""
     return validate_domain(domain), uuid_arg(command_id, "command_id")
 
@@ -68,7 +68,8 @@ async def _in_tsq(conn: Conn, domain: str, command_id: UUID, action: str) -> Com
     return record
 
 
-def _command_of(record: CommandRecord, sent: dict[str, Any], trace: dict[str, str]) -> Command:
+def command_of(record: CommandRecord, sent: dict[str, Any], trace: dict[str, str]) -> Command:
+    """The command as sent (for its reply), from its status row and ``CommandSent`` data."""
     return Command(
         domain=record.domain,
         command_id=record.command_id,
@@ -83,7 +84,8 @@ def _command_of(record: CommandRecord, sent: dict[str, Any], trace: dict[str, st
     )
 
 
-async def _record(conn: Conn, transition: Transition, action: str) -> None:
+async def record_one(conn: Conn, transition: Transition, action: str) -> None:
+    """Record an operator's transition; InvalidStateError if the command moved meanwhile."""
     ok = await command_store.record_transitions(conn, [transition])
     if not ok:
         raise InvalidStateError(
@@ -91,7 +93,8 @@ async def _record(conn: Conn, transition: Transition, action: str) -> None:
         )
 
 
-def _event(record: CommandRecord, event_type: str, data: dict[str, Any]) -> NewEvent:
+def operator_event(record: CommandRecord, event_type: str, data: dict[str, Any]) -> NewEvent:
+    """An operator's event on a command's stream (caused by the command)."""
     return NewEvent(
         event_type=event_type,
         data=data,
@@ -145,11 +148,11 @@ class TroubleshootingQueue:
         conn: Conn | None = None,
     ) -> int:
         """Re-queue a TSQ command with fresh attempts; returns its new message id."""
-        domain, cid = _target(domain, command_id)
+        domain, cid = target(domain, command_id)
         operator = opt_text_arg(operator, "operator", empty=True)
         async with borrow(self._pool, conn) as c, atomic(c):
             record = await _in_tsq(c, domain, cid, "retry")
-            sent, trace = await self._sent_event(c, domain, cid)
+            sent, trace = await sent_event(self._events, c, domain, cid)
             cur = await c.execute(
                 with_queue(queue_sql.SEND_MESSAGE, domain),
                 {"message": message_from_sent(sent), "headers": encode_headers(trace)},
@@ -157,14 +160,14 @@ class TroubleshootingQueue:
             row = await cur.fetchone()
             assert row is not None
             msg_id = int(row[0])
-            await _record(
+            await record_one(
                 c,
                 Transition(
                     domain=domain,
                     command_id=cid,
                     expected_version=record.version,
                     events=[
-                        _event(
+                        operator_event(
                             record,
                             ev.COMMAND_RETRIED_BY_OPERATOR,
                             {
@@ -189,7 +192,7 @@ class TroubleshootingQueue:
         conn: Conn | None = None,
     ) -> None:
         """Cancel a TSQ command for good (its reply, if any, says CANCELLED)."""
-        domain, cid = _target(domain, command_id)
+        domain, cid = target(domain, command_id)
         reason = opt_text_arg(reason, "reason", empty=True)
         operator = opt_text_arg(operator, "operator", empty=True)
         await self._finish(
@@ -212,7 +215,7 @@ class TroubleshootingQueue:
         conn: Conn | None = None,
     ) -> None:
         """Mark a TSQ command completed by hand with ``result`` (its reply says SUCCESS)."""
-        domain, cid = _target(domain, command_id)
+        domain, cid = target(domain, command_id)
         operator = opt_text_arg(operator, "operator", empty=True)
         dumps(result, what="result")
         await self._finish(
@@ -241,25 +244,26 @@ class TroubleshootingQueue:
         """Record an operator's final word on a TSQ command, with its reply if any."""
         async with borrow(self._pool, conn) as c, atomic(c):
             record = await _in_tsq(c, domain, command_id, action)
-            sent, trace = await self._sent_event(c, domain, command_id)
-            await _record(
+            sent, trace = await sent_event(self._events, c, domain, command_id)
+            await record_one(
                 c,
                 Transition(
                     domain=domain,
                     command_id=command_id,
                     expected_version=record.version,
-                    events=[_event(record, event_type, data)],
-                    reply=reply_for(_command_of(record, sent, trace), outcome, result=result),
+                    events=[operator_event(record, event_type, data)],
+                    reply=reply_for(command_of(record, sent, trace), outcome, result=result),
                 ),
                 action,
             )
 
-    async def _sent_event(
-        self, conn: Conn, domain: str, command_id: UUID
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        """A command's ``CommandSent`` data and the trace context it was sent with."""
-        events = await self._events.read_stream(command_stream_id(domain, command_id), conn=conn)
-        for e in events:
-            if e.event_type == ev.COMMAND_SENT:
-                return e.data, trace_context(e.metadata.get("trace"))
-        raise CommandNotFoundError(f"command {command_id} has no {ev.COMMAND_SENT} event")
+
+async def sent_event(
+    events: EventStore, conn: Conn, domain: str, command_id: UUID
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A command's ``CommandSent`` data and the trace context it was sent with."""
+    stream = await events.read_stream(command_stream_id(domain, command_id), conn=conn)
+    for e in stream:
+        if e.event_type == ev.COMMAND_SENT:
+            return e.data, trace_context(e.metadata.get("trace"))
+    raise CommandNotFoundError(f"command {command_id} has no {ev.COMMAND_SENT} event")
