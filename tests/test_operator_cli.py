@@ -25,6 +25,7 @@ def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "commandbus.cli", *args],
         env=dict(os.environ, DATABASE_URL=dsn),
+        stdin=subprocess.DEVNULL,  # never a terminal, whoever runs the tests
         capture_output=True,
         text=True,
         timeout=60,
@@ -130,6 +131,22 @@ async def test_projection_verify_and_rebuild_from_the_shell(
     assert len(bad.stdout.splitlines()) == 1 and "attempts" in bad.stdout
     assert bad.stderr.strip() == "error: 3 difference(s) in 3 commands"
 
-    fixed = cli(dsn, "projection", "rebuild", "--replace")
+    as_json = cli(dsn, "projection", "verify", "--json", "--limit", "2")
+    assert as_json.returncode == 1 and as_json.stderr == ""
+    report = json.loads(as_json.stdout)
+    assert report["ok"] is False and report["difference_count"] == 3
+    assert report["checked"] == {"commands": 3, "batches": 0, "sagas": 0}
+    assert [d["field"] for d in report["differences"]] == ["attempts", "attempts"]
+    assert {(d["live"], d["replayed"]) for d in report["differences"]} == {(7, 0)}
+
+    # replacing the live tables asks first: with no terminal to ask on, --yes is needed
+    refused = cli(dsn, "projection", "rebuild", "--replace")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.count("\n") == 1 and "add --yes" in refused.stderr
+    assert cli(dsn, "projection", "verify").returncode == 1  # nothing was rebuilt
+
+    fixed = cli(dsn, "projection", "rebuild", "--replace", "--yes")
     assert fixed.returncode == 0 and "rebuilt 3 commands into commandbus.command" in fixed.stdout
     assert cli(dsn, "projection", "verify").returncode == 0
+    clean = json.loads(cli(dsn, "projection", "verify", "--json").stdout)
+    assert clean["ok"] is True and clean["differences"] == []

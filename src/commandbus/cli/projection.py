@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 import click
 
 from commandbus.cli._common import CLIError, run_with_bus
+from commandbus.codec import unstructure
 from commandbus.engine.commands.bus import CommandBus
 from commandbus.engine.commands.replay import Difference, VerifyReport
 from commandbus.sagas.client import SagaClient
@@ -24,8 +28,14 @@ def projection() -> None:
     show_default=True,
     help="Differences to print (all are counted).",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="What was checked and each difference printed, as one JSON object.",
+)
 @click.pass_context
-def verify(ctx: click.Context, limit: int) -> None:
+def verify(ctx: click.Context, limit: int, as_json: bool) -> None:
     """Replay every event and compare with the live tables; exit 1 on any difference."""
 
     async def check(bus: CommandBus) -> tuple[VerifyReport, SagaVerifyReport]:
@@ -33,6 +43,21 @@ def verify(ctx: click.Context, limit: int) -> None:
 
     report, sagas = run_with_bus(ctx, check)
     differences: list[Difference | SagaDifference] = [*report.differences, *sagas.differences]
+    if as_json:
+        doc = {
+            "ok": not differences,
+            "checked": {
+                "commands": report.checked,
+                "batches": report.checked_batches,
+                "sagas": sagas.checked,
+            },
+            "difference_count": len(differences),
+            "differences": [{"text": _describe(d), **unstructure(d)} for d in differences[:limit]],
+        }
+        click.echo(json.dumps(doc, default=str))
+        if differences:
+            ctx.exit(1)
+        return
     for diff in differences[:limit]:
         click.echo(_describe(diff))
     if differences:
@@ -82,16 +107,33 @@ def _describe(diff: Difference | SagaDifference) -> str:
     show_default=True,
     help="Table (in schema commandbus) for the commands; its name must end in _rebuild.",
 )
+@click.option(
+    "--yes",
+    "-y",
+    is_flag=True,
+    help="Do not ask before --replace (needed when standard input is not a terminal).",
+)
 @click.pass_context
-def rebuild(ctx: click.Context, replace: bool, table: str) -> None:
+def rebuild(ctx: click.Context, replace: bool, table: str, yes: bool) -> None:
     """Recompute the status tables from the events alone.
 
     Batches go to commandbus.batch_rebuild and sagas to commandbus.saga_rebuild
-    (with --replace: commandbus.batch and commandbus.saga).
+    (with --replace: commandbus.batch and commandbus.saga, after a confirmation).
     """
     from commandbus.engine.commands.replay import rebuild_target
 
     rebuild_target(table)  # refused before connecting
+    if replace and not yes:
+        if not sys.stdin.isatty():
+            raise CLIError(
+                "--replace rewrites the live status tables: add --yes to confirm "
+                "(standard input is not a terminal to ask on)"
+            )
+        click.confirm(
+            "Replace the live tables commandbus.command, commandbus.batch and "
+            "commandbus.saga with a replay of the events (writers wait meanwhile)?",
+            abort=True,
+        )
 
     async def go(bus: CommandBus) -> tuple[int, int]:
         commands = await bus.rebuild_projection(table=table, replace_live=replace)

@@ -9,7 +9,7 @@ import click
 
 from commandbus.cli._common import CLIError, parse_uuid, run_with_bus
 from commandbus.codec import unstructure
-from commandbus.engine.commands.read import CommandFilter
+from commandbus.engine.commands.read import MAX_PAGE, CommandFilter
 
 T = TypeVar("T")
 
@@ -23,7 +23,14 @@ def tsq() -> None:
 @click.option("--domain", help="Only this domain.")
 @click.option("--type", "command_type", help="Only this command type.")
 @click.option("--error", "error", help="Only commands whose last error contains this text.")
-@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_PAGE),
+    default=50,
+    show_default=True,
+    help=f"Commands per page (1-{MAX_PAGE}).",
+)
+@click.option("--cursor", help="Go on after a previous page (printed when there is more).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
 def list_(
@@ -32,11 +39,14 @@ def list_(
     command_type: str | None,
     error: str | None,
     limit: int,
+    cursor: str | None,
     as_json: bool,
 ) -> None:
     """Commands waiting for an operator, oldest first."""
     where = CommandFilter(domain=domain, command_type=command_type, error_contains=error)
-    page = run_with_bus(ctx, lambda bus: bus.troubleshooting.list(where, limit=limit))
+    page = run_with_bus(
+        ctx, lambda bus: bus.troubleshooting.list(where, limit=limit, cursor=cursor)
+    )
     for c in page.items:
         err: dict[str, Any] = c.last_error or {}
         if as_json:
@@ -48,6 +58,8 @@ def list_(
             )
     if not as_json:
         click.echo(f"{len(page.items)} command(s) in the troubleshooting queue", err=True)
+    if page.next_cursor is not None:
+        click.echo(f"more: --cursor {page.next_cursor}", err=True)
 
 
 @tsq.command()
