@@ -18,7 +18,6 @@ from commandbus import (
     Worker,
 )
 from commandbus.config import (
-    DEFAULT_DATA_DIR,
     MAX_DURATION,
     MAX_INT4,
     MAX_VISIBILITY_TIMEOUT,
@@ -32,7 +31,7 @@ def test_defaults_from_an_empty_environment() -> None:
     config = Config.from_env({})
     assert config == Config()
     assert config.database_url is None
-    assert config.data_dir == DEFAULT_DATA_DIR == Path(".commandbus/pgdata")
+    assert config.data_dir is None  # found when needed: see tests/test_data_dir.py
 
 
 def test_every_variable_is_read() -> None:

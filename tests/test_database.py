@@ -7,25 +7,52 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
-from commandbus import CommandBus, SchemaNotReadyError, migrate
+from commandbus import (
+    Command,
+    CommandBus,
+    Coordinator,
+    HandlerContext,
+    HandlerRegistry,
+    SagaRegistry,
+    SchemaNotReadyError,
+    Worker,
+    migrate,
+)
 from commandbus.config import Config
-from commandbus.engine.db import embedded as database
+from commandbus.engine.db import pgdata
 from commandbus.engine.db.connect import check_connection, connect, describe_url
 from commandbus.engine.db.embedded import (
     EmbeddedServer,
     embedded_status,
     open_database,
+    resolve_database_url,
     start_embedded,
     stop_embedded,
 )
-from commandbus.errors import ConfigError, DatabaseUnavailableError, EmbeddedDatabaseError
+from commandbus.errors import (
+    ConfigError,
+    DatabaseUnavailableError,
+    EmbeddedDatabaseError,
+    ValidationError,
+)
 from support import run_cli, with_dbname
 
 UNREACHABLE = "postgresql://carol:s3cret-pw@127.0.0.1:1/ledger"
+
+
+def _registry() -> HandlerRegistry:
+    registry = HandlerRegistry()
+
+    @registry.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        return None
+
+    return registry
 
 
 # -- explicit DSN -------------------------------------------------------------------------
@@ -36,7 +63,31 @@ def test_an_explicit_url_wins_and_starts_nothing(tmp_path: Path) -> None:
     assert CommandBus(config=config).url == "postgresql://u@db.example/x"
     with open_database(config) as url:
         assert url == "postgresql://u@db.example/x"
+    assert resolve_database_url(None, config) == "postgresql://u@db.example/x"
+    assert resolve_database_url("postgresql://v@other/y", config) == "postgresql://v@other/y"
+    Worker(None, _registry(), domain="payments", config=config)
+    Coordinator(None, SagaRegistry([]), config=config)
     assert not (tmp_path / "pgdata").exists()
+
+
+async def test_migrate_without_a_url_uses_the_configured_one() -> None:
+    with pytest.raises(DatabaseUnavailableError, match=r"127\.0\.0\.1:1/ledger"):
+        await migrate(config=Config(database_url=UNREACHABLE))
+
+
+@pytest.mark.parametrize("url", ["", "  ", 5])
+def test_an_empty_url_is_refused_everywhere(url: Any) -> None:
+    with pytest.raises(ValidationError, match="url must be a connection string or None"):
+        Worker(url, HandlerRegistry(), domain="payments")
+    with pytest.raises(ValidationError, match="url must be a connection string or None"):
+        Coordinator(url, SagaRegistry([]))
+    with pytest.raises(ValidationError, match="url must be a connection string or None"):
+        CommandBus(url)
+
+
+async def test_migrate_refuses_an_empty_url() -> None:
+    with pytest.raises(ValidationError, match="url must be a connection string or None"):
+        await migrate("")
 
 
 async def test_check_connection_accepts_a_live_server(server_url: str) -> None:
@@ -187,7 +238,7 @@ def test_db_start_keeps_the_server_for_everyone(embedded_dir: Path) -> None:
     assert stop_embedded(embedded_dir) is False
 
 
-async def test_the_bus_resolves_the_embedded_server_at_open_never_on_reading_url(
+async def test_the_library_joins_the_embedded_server_at_open_for_the_process(
     embedded_dir: Path,
 ) -> None:
     config = Config(data_dir=embedded_dir)
@@ -195,17 +246,22 @@ async def test_the_bus_resolves_the_embedded_server_at_open_never_on_reading_url
     with pytest.raises(RuntimeError, match="open"):
         _ = bus.url
     assert not embedded_status(embedded_dir).initialized  # reading url started nothing
-    with pytest.raises(SchemaNotReadyError):
-        await bus.open()  # started it, found it unmigrated, and left it again
-    assert not embedded_status(embedded_dir).running
-    with open_database(config) as url:
-        await migrate(url)
+    with pytest.raises(SchemaNotReadyError) as info:
+        await bus.open()  # started it and found it unmigrated
+    message = str(info.value)
+    assert f"of the embedded PostgreSQL in {embedded_dir}" in message
+    assert f"run `commandbus migrate` with COMMANDBUS_DATA_DIR={embedded_dir}" in message
+    assert "\n" not in message
+    status = embedded_status(embedded_dir)
+    assert status.running and not status.keep_running  # this process holds it until exit
+    assert len(await migrate(config=config)) > 0  # the same server, joined once
     async with bus:
         assert bus.url == embedded_status(embedded_dir).url
         assert (await bus.send("payments", "Charge", {})).ok
-    assert not embedded_status(embedded_dir).running  # the bus was its last user
+    assert embedded_status(embedded_dir).pid == status.pid  # never restarted
     with pytest.raises(RuntimeError, match="open"):
         _ = bus.url
+    # (the fixture stops it; tests/test_data_dir.py sees a process stop it when it exits)
 
 
 def _blocked_on_lock(lock_path: Path, pids: set[int]) -> set[int]:
@@ -250,7 +306,7 @@ def test_processes_arriving_during_initdb_wait_for_it_and_share_one_server(
             time.sleep(0.01)
         # initdb completes and the server starts, all under the lock the others wait for
         shutil.rmtree(embedded_dir)
-        url = database._launch(embedded_dir)
+        url = pgdata.launch(embedded_dir)
     results = [proc.communicate(timeout=60) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], results
     assert {out.strip() for out, _ in results} == {url}

@@ -1,7 +1,8 @@
-"""Immutable, validated configuration.
+"""Immutable, validated configuration, and where the embedded database lives.
 
 ``Config.from_env()`` reads the environment; every error names the variable and
-the value that was refused.
+the value that was refused. :func:`find_data_dir` decides the embedded server's
+data directory when none is configured.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pwd
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -22,7 +24,9 @@ from commandbus.errors import ConfigError
 
 _log = logging.getLogger("commandbus.config")
 
-DEFAULT_DATA_DIR = Path(".commandbus") / "pgdata"
+#: A directory of this name marks a project: the embedded data is ``.commandbus/pgdata``
+#: in the nearest one found from the working directory upward.
+PROJECT_DIR_NAME: Final = ".commandbus"
 
 #: The largest ``MAX_ATTEMPTS``: attempts are stored in an ``integer`` (int4) column.
 MAX_INT4: Final = 2**31 - 1
@@ -44,8 +48,9 @@ class Config:
 
     #: DSN of the PostgreSQL server; None means "start the embedded server".
     database_url: str | None = None
-    #: Where the embedded server keeps its data (created on first start, reused).
-    data_dir: Path = DEFAULT_DATA_DIR
+    #: Where the embedded server keeps its data (created on first start, reused);
+    #: None: found by :func:`find_data_dir` when the embedded server is needed.
+    data_dir: Path | None = None
     #: Attempts a command gets before it lands in the troubleshooting queue.
     max_attempts: int = 3
     #: How long a read message stays invisible to other workers.
@@ -64,7 +69,7 @@ class Config:
     def __attrs_post_init__(self) -> None:
         if self.database_url is not None and not isinstance(self.database_url, str):
             raise ConfigError(f"DATABASE_URL must be a string, got {_show(self.database_url)}")
-        if not isinstance(self.data_dir, Path):
+        if self.data_dir is not None and not isinstance(self.data_dir, Path):
             if not isinstance(self.data_dir, str) or not self.data_dir.strip():
                 raise ConfigError(f"COMMANDBUS_DATA_DIR must be a path, got {_show(self.data_dir)}")
             object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -226,3 +231,88 @@ _NUMERIC_VARS: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
     ("MAX_PAYLOAD_BYTES", "max_payload_bytes", _int),
     ("POLL_INTERVAL_SECONDS", "poll_interval", _seconds),
 )
+
+
+# -- where the embedded database lives ---------------------------------------------------
+
+
+@attrs.frozen
+class DataDirChoice:
+    """The embedded server's data directory and why it is that one."""
+
+    #: Absolute path of the data directory (it may not exist yet).
+    path: Path
+    #: Why, for the line printed when the server is used, e.g. ``set by COMMANDBUS_DATA_DIR``.
+    why: str
+
+
+def find_data_dir(
+    data_dir: Path | None = None,
+    *,
+    cwd: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> DataDirChoice:
+    """The embedded server's data directory, the first of:
+
+    1. ``data_dir`` when given (``COMMANDBUS_DATA_DIR`` or ``--data-dir``; a
+       relative path is taken from ``cwd``);
+    2. ``.commandbus/pgdata`` in the nearest directory holding a ``.commandbus``
+       directory, searching from ``cwd`` upward (as git finds ``.git``) up to the
+       home directory when ``cwd`` is inside it, else up to the root;
+    3. the per-user default, ``$XDG_DATA_HOME/commandbus/pgdata``
+       (``~/.local/share/commandbus/pgdata`` when ``XDG_DATA_HOME`` is unset).
+
+    Reads the file system, never writes it. Without a home directory the
+    per-user default is a :class:`ConfigError`.
+    """
+    env = os.environ if environ is None else environ
+    explicit = data_dir.expanduser() if data_dir is not None else None
+    if explicit is not None and explicit.is_absolute() and cwd is None:
+        here = explicit  # no need for a working directory
+    else:
+        try:
+            here = Path(os.path.abspath(cwd if cwd is not None else Path.cwd()))
+        except OSError as exc:  # the working directory was removed
+            raise ConfigError(
+                f"cannot find the embedded database from the working directory "
+                f"({exc.strerror}): set COMMANDBUS_DATA_DIR or DATABASE_URL"
+            ) from None
+    if explicit is not None:
+        return DataDirChoice(
+            path=Path(os.path.abspath(here / explicit)),
+            why="set by COMMANDBUS_DATA_DIR or --data-dir",
+        )
+    home = _home(env)
+    for folder in (here, *here.parents):
+        if (folder / PROJECT_DIR_NAME).is_dir():
+            where = "the current directory" if folder == here else f"{here}"
+            return DataDirChoice(
+                path=folder / PROJECT_DIR_NAME / "pgdata",
+                why=f"the project's {PROJECT_DIR_NAME} directory, found from {where}",
+            )
+        if home is not None and folder == home:
+            break
+    if home is None:
+        raise ConfigError(
+            f"no {PROJECT_DIR_NAME} directory in {here} or above, and no home directory "
+            "for the per-user default: set COMMANDBUS_DATA_DIR or DATABASE_URL"
+        )
+    xdg = env.get("XDG_DATA_HOME", "").strip()
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".local" / "share"
+    return DataDirChoice(
+        path=base / "commandbus" / "pgdata",
+        why=f"the per-user default: no {PROJECT_DIR_NAME} directory in {here} or above",
+    )
+
+
+def _home(env: Mapping[str, str]) -> Path | None:
+    """The home directory: ``HOME`` (if absolute), else the password database's; or None."""
+    raw = env.get("HOME", "").strip()
+    if raw:
+        return Path(os.path.abspath(raw)) if Path(raw).is_absolute() else None
+    if env is not os.environ:
+        return None
+    try:
+        return Path(os.path.abspath(pwd.getpwuid(os.getuid()).pw_dir))
+    except KeyError:
+        return None

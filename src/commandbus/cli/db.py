@@ -5,29 +5,42 @@ from __future__ import annotations
 import click
 
 from commandbus.cli._common import CLIError, load_config
+from commandbus.config import DataDirChoice, find_data_dir
 from commandbus.engine.db.embedded import embedded_status, start_embedded, stop_embedded
 
 #: Exit status of ``db status`` when the server is not running (as ``pg_ctl status``).
 NOT_RUNNING = 3
 
 
+def _data_dir(ctx: click.Context) -> DataDirChoice:
+    """The data directory every command would use (see ``find_data_dir``)."""
+    return find_data_dir(load_config(ctx).data_dir)
+
+
 @click.group()
 def db() -> None:
-    """Manage the embedded PostgreSQL (data in COMMANDBUS_DATA_DIR)."""
+    """Manage the embedded PostgreSQL (COMMANDBUS_DATA_DIR, else the nearest
+    .commandbus directory upward, else the per-user default)."""
 
 
 @db.command()
 @click.pass_context
 def start(ctx: click.Context) -> None:
     """Start the embedded server and leave it running; print its URL."""
-    click.echo(start_embedded(load_config(ctx).data_dir))
+    choice = _data_dir(ctx)
+    url = start_embedded(choice.path)
+    click.echo(
+        f"embedded PostgreSQL in {choice.path} ({choice.why}), running until `commandbus db stop`",
+        err=True,
+    )
+    click.echo(url)
 
 
 @db.command()
 @click.pass_context
 def stop(ctx: click.Context) -> None:
     """Stop the embedded server."""
-    data_dir = embedded_status(load_config(ctx).data_dir).data_dir
+    data_dir = embedded_status(_data_dir(ctx).path).data_dir
     if stop_embedded(data_dir):
         click.echo(f"stopped the embedded PostgreSQL in {data_dir}")
     else:
@@ -38,7 +51,7 @@ def stop(ctx: click.Context) -> None:
 @click.pass_context
 def url(ctx: click.Context) -> None:
     """Print the URL of the running embedded server."""
-    status = embedded_status(load_config(ctx).data_dir)
+    status = embedded_status(_data_dir(ctx).path)
     if status.url is None:
         raise CLIError(
             f"the embedded PostgreSQL in {status.data_dir} is not running: "
@@ -51,8 +64,9 @@ def url(ctx: click.Context) -> None:
 @click.pass_context
 def status(ctx: click.Context) -> None:
     """Show the embedded server's state; exit status 3 when it is not running."""
-    st = embedded_status(load_config(ctx).data_dir)
-    click.echo(f"data directory: {st.data_dir}")
+    choice = _data_dir(ctx)
+    st = embedded_status(choice.path)
+    click.echo(f"data directory: {st.data_dir} ({choice.why})")
     if not st.initialized:
         click.echo("state: not initialised (created on first start)")
     elif not st.running:

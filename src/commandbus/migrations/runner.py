@@ -12,6 +12,7 @@ Nothing here runs as a side effect of connecting; the bus only calls
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -23,11 +24,20 @@ import attrs
 import psycopg
 from pgmq.install import get_embedded_install_sql, get_embedded_sql_version
 
-from commandbus.engine.db.connect import Conn, connect, database_error
+from commandbus.config import Config
+from commandbus.engine.db.connect import (
+    Conn,
+    connect,
+    database_error,
+    describe_conn,
+    migrate_hint,
+)
+from commandbus.engine.db.embedded import resolve_database_url
 from commandbus.errors import (
     IncompatiblePGMQError,
     MigrationError,
     SchemaNotReadyError,
+    ValidationError,
 )
 
 __all__ = [
@@ -93,11 +103,25 @@ def available_migrations() -> list[Migration]:
     return list(_packaged_migrations())
 
 
-async def migrate(url: str, *, migrations: Sequence[Migration] | None = None) -> list[str]:
+async def migrate(
+    url: str | None = None,
+    *,
+    migrations: Sequence[Migration] | None = None,
+    config: Config | None = None,
+) -> list[str]:
     """Bring the database at ``url`` up to date; return the names of the migrations applied.
 
-    ``migrations`` defaults to the packaged ones. Running it again is a no-op.
+    ``url=None`` resolves the database as ``CommandBus`` does: ``DATABASE_URL`` (of
+    ``config``, default ``Config.from_env()``), else the embedded server, joined
+    for the rest of the process. ``migrations`` defaults to the packaged ones.
+    Running it again is a no-op.
     """
+    if url is not None and (not isinstance(url, str) or not url.strip()):
+        raise ValidationError(f"url must be a connection string or None, got {url!r:.60}")
+    if config is not None and not isinstance(config, Config):
+        raise ValidationError(f"config must be a Config, got {config!r:.60}")
+    if url is None:
+        url = await asyncio.to_thread(resolve_database_url, None, config or Config.from_env())
     todo = (
         available_migrations()
         if migrations is None
@@ -140,17 +164,13 @@ async def pending_migrations(conn: Conn) -> list[str]:
 
 async def ensure_schema_current(conn: Conn) -> None:
     """Raise :class:`SchemaNotReadyError` unless every packaged migration is applied."""
-    database = conn.info.dbname
+    where, hint = describe_conn(conn), migrate_hint(conn)
     if not await _has_migrations_table(conn):
-        raise SchemaNotReadyError(
-            f"the commandbus schema is not installed in database {database!r}: "
-            "run `commandbus migrate`"
-        )
+        raise SchemaNotReadyError(f"the commandbus schema is not installed in {where}: {hint}")
     pending = await pending_migrations(conn)
     if pending:
         raise SchemaNotReadyError(
-            f"{len(pending)} migration(s) pending in database {database!r} "
-            f"({', '.join(pending)}): run `commandbus migrate`"
+            f"{len(pending)} migration(s) pending in {where} ({', '.join(pending)}): {hint}"
         )
 
 
@@ -204,7 +224,7 @@ async def _ensure_pgmq(conn: Conn) -> tuple[str, str]:
             else "a schema pgmq that is not the extension"
         )
         raise IncompatiblePGMQError(
-            f"database {conn.info.dbname!r} has {found}, which lacks {', '.join(missing)}; "
+            f"{describe_conn(conn)} has {found}, which lacks {', '.join(missing)}; "
             f"commandbus needs PGMQ with message headers (it bundles PGMQ "
             f"{get_embedded_sql_version()}): upgrade PGMQ in that database"
         )

@@ -32,6 +32,7 @@ from commandbus.arguments import int_arg
 from commandbus.config import Config
 from commandbus.engine.commands.envelope import trace_context
 from commandbus.engine.db.connect import Conn, ResilientConnection
+from commandbus.engine.db.embedded import resolve_database_url
 from commandbus.engine.observability.tracing import (
     SagaSpan,
     configure_tracing_from_env,
@@ -101,11 +102,15 @@ def _read_statement() -> sql.Composed:
 
 
 class Coordinator:
-    """Runs the sagas of a registry: ``async with Coordinator(url, registry):``."""
+    """Runs the sagas of a registry: ``async with Coordinator(url, registry):``.
+
+    ``url=None``: ``DATABASE_URL``, else the embedded server, joined when the
+    coordinator is made and kept until the process exits (as ``Worker`` does).
+    """
 
     def __init__(
         self,
-        url: str,
+        url: str | None,
         registry: SagaRegistry,
         *,
         batch_size: int = 100,
@@ -114,8 +119,8 @@ class Coordinator:
         reconnect_timeout: timedelta = timedelta(minutes=5),
         flushers: int = 2,
     ) -> None:
-        if not isinstance(url, str) or not url.strip():
-            raise ValidationError(f"url must be a connection string, got {url!r:.60}")
+        if url is not None and (not isinstance(url, str) or not url.strip()):
+            raise ValidationError(f"url must be a connection string or None, got {url!r:.60}")
         if not isinstance(registry, SagaRegistry):
             raise ValidationError(f"registry must be a SagaRegistry, got {registry!r:.60}")
         if config is not None and not isinstance(config, Config):
@@ -134,6 +139,8 @@ class Coordinator:
                 f"reconnect_timeout must be a timedelta >= 0, got {reconnect_timeout!r}"
             )
         self.config = config or Config.from_env()
+        # None: DATABASE_URL, else the embedded server (joined now, for the process)
+        url = resolve_database_url(url, self.config)
         self.registry = registry
         self.stats = CoordinatorStats()
         self._vt = visibility_timeout.total_seconds()

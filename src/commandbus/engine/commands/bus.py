@@ -48,9 +48,11 @@ class CommandBus(CommandReads):
     """Sends commands to their domain's PGMQ queue, recording each as an event.
 
     Use it as ``async with CommandBus(url) as bus:`` or call :meth:`open` and
-    :meth:`close`. ``url=None`` resolves the database like the CLI does
-    (``DATABASE_URL``, else the embedded server), at :meth:`open` and nowhere
-    else; an embedded server this bus started is left at :meth:`close`. Every
+    :meth:`close`. ``url=None`` resolves the database like ``migrate()``,
+    ``Worker`` and ``Coordinator`` do (``DATABASE_URL``, else the embedded server,
+    see :func:`~commandbus.engine.db.embedded.resolve_database_url`), at
+    :meth:`open` and nowhere else; this process then keeps the embedded server
+    until it exits. Every
     method takes an optional ``conn=`` (the caller's connection and transaction).
     The queries (``get_command``, ``list_commands``, ``command_history``,
     ``get_batch``) come from :class:`~commandbus.engine.commands.read.CommandReads`;
@@ -123,7 +125,7 @@ class CommandBus(CommandReads):
         """Resolve the database, check it (reachable, migrated), open the connection pool.
 
         Without a URL (and ``DATABASE_URL``) the embedded server is started or
-        joined here (and left by :meth:`close`). With ``COMMANDBUS_OTEL=1`` the
+        joined here, for the rest of the process. With ``COMMANDBUS_OTEL=1`` the
         OpenTelemetry SDK is set up first (see
         :func:`~commandbus.engine.observability.tracing.configure_tracing`). Raises
         :class:`~commandbus.errors.DatabaseUnavailableError` when the server cannot
@@ -140,7 +142,7 @@ class CommandBus(CommandReads):
         await self._db.open(check)
 
     async def close(self) -> None:
-        """Close the pool this bus opened and leave an embedded server it started."""
+        """Close the pool this bus opened (an embedded server stays until the process exits)."""
         await self._db.close()
         self._events = None
         self._troubleshooting = None

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
+from pathlib import Path
 from typing import Any, Final, LiteralString, TypeVar
 
 import psycopg
@@ -134,6 +135,59 @@ def describe_url(url: str) -> str:
     return f"{f'{user}@' if user else ''}{host}:{port}/{dbname}"
 
 
+# The embedded servers this process knows, by (host, port): messages name their data
+# directory (an embedded server listens on a unix socket, usually in that directory).
+_EMBEDDED: dict[tuple[str, str], Path] = {}
+
+
+def note_embedded(url: str, data_dir: Path) -> None:
+    """Remember that ``url`` is the embedded server of ``data_dir`` (for messages)."""
+    with suppress(psycopg.Error):
+        params = conninfo_to_dict(url)
+        _EMBEDDED[(str(params.get("host") or ""), str(params.get("port") or "5432"))] = data_dir
+
+
+def embedded_data_dir(host: object, port: object) -> Path | None:
+    """The data directory of the embedded server at ``host``/``port``, if it is one."""
+    key = (str(host or ""), str(port or "5432"))
+    known = _EMBEDDED.get(key)
+    if known is not None:
+        return known
+    # a socket directory that is a data directory: an embedded (or local) cluster
+    if key[0].startswith("/") and (Path(key[0]) / "PG_VERSION").is_file():
+        return Path(key[0])
+    return None
+
+
+def describe_conn(conn: Conn) -> str:
+    """Which database ``conn`` is in, for messages: ``database 'x' (user@host:port/x)``,
+    or ``database 'x' of the embedded PostgreSQL in DATA_DIR``. Never the password."""
+    info = conn.info
+    data_dir = embedded_data_dir(info.host, info.port)
+    if data_dir is not None:
+        return f"database {info.dbname!r} of the embedded PostgreSQL in {data_dir}"
+    return f"database {info.dbname!r} ({info.user}@{info.host}:{info.port}/{info.dbname})"
+
+
+def migrate_hint(conn: Conn) -> str:
+    """How to migrate the database of ``conn``: ``run `commandbus migrate` ...``."""
+    data_dir = embedded_data_dir(conn.info.host, conn.info.port)
+    if data_dir is not None:
+        return f"run `commandbus migrate` with COMMANDBUS_DATA_DIR={data_dir}"
+    return "run `commandbus migrate` with DATABASE_URL pointing at it"
+
+
+def describe_server(url: str) -> str:
+    """``user@host:port/dbname``, and the data directory of an embedded server."""
+    described = describe_url(url)
+    with suppress(psycopg.Error):
+        params = conninfo_to_dict(url)
+        data_dir = embedded_data_dir(params.get("host"), params.get("port"))
+        if data_dir is not None:
+            return f"{described} (the embedded PostgreSQL in {data_dir})"
+    return described
+
+
 async def connect(url: str, *, autocommit: bool = True, prepare_threshold: int | None = 5) -> Conn:
     """Open a connection (autocommit unless told otherwise): the one way commandbus does.
 
@@ -153,7 +207,7 @@ async def connect(url: str, *, autocommit: bool = True, prepare_threshold: int |
     if "connect_timeout" not in params:
         kwargs["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     with translated(
-        f"cannot connect to PostgreSQL at {describe_url(url)}",
+        f"cannot connect to PostgreSQL at {describe_server(url)}",
         other=DatabaseUnavailableError,
         hint="check DATABASE_URL and that the server is running",
     ):
@@ -167,7 +221,8 @@ async def check_connection(url: str) -> None:
     conn = await connect(url)
     try:
         with translated(
-            f"PostgreSQL at {describe_url(url)} failed a test query", other=DatabaseUnavailableError
+            f"PostgreSQL at {describe_server(url)} failed a test query",
+            other=DatabaseUnavailableError,
         ):
             await conn.execute("SELECT 1")
     finally:

