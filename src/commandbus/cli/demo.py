@@ -30,7 +30,7 @@ from uuid import UUID, uuid4
 
 import click
 
-from commandbus.cli._common import CLIError, database_url, otel_option, setup_otel
+from commandbus.cli._common import CLIError, database_url, load_config, otel_option, setup_otel
 from commandbus.cli.demo_app import (
     CHARGE_TIMEOUT,
     DECLINED_CARD,
@@ -44,6 +44,8 @@ from commandbus.cli.timeline import duration, error_text, load_view, render, sta
 from commandbus.config import Config
 from commandbus.engine.commands.bus import CommandBus
 from commandbus.engine.commands.read import CommandFilter
+from commandbus.engine.db.connect import describe_server
+from commandbus.engine.db.databases import check_database_name, ensure_database, with_database
 from commandbus.engine.worker.worker import Worker
 from commandbus.migrations import migrate
 from commandbus.models import CommandRecord, CommandStatus
@@ -60,6 +62,8 @@ DEMO_CONFIG = Config(
     poll_interval=timedelta(milliseconds=200),
 )
 DOMAINS = ("inventory", "payments", "shipping")
+#: The database the demo makes beside DATABASE_URL's, on the same server.
+DEMO_DATABASE = "commandbus_demo"
 OPEN = (CommandStatus.PENDING, CommandStatus.RETRY_SCHEDULED)
 #: How long the demo waits for its orders before it gives up.
 DEADLINE_SECONDS = 60.0
@@ -278,20 +282,47 @@ def run_demo(url: str) -> int:
     return asyncio.run(_demo(url))
 
 
+async def _own_database(url: str, name: str) -> str:
+    """The URL of database ``name`` beside ``url``'s, created if missing; says which."""
+    created = await ensure_database(url, name)
+    target = with_database(url, name)
+    how = (
+        "created for the demo"
+        if created
+        else "reused: earlier runs stay in it; drop it to start afresh"
+    )
+    click.echo(f"database: {describe_server(target)} ({how})")
+    return target
+
+
 @click.command()
+@click.option(
+    "--database",
+    metavar="NAME",
+    help=f"Database to run in, created if missing, on the server of DATABASE_URL (default "
+    f"{DEMO_DATABASE}: the database DATABASE_URL names is left alone) or of the embedded "
+    "server (default: its own).",
+)
 @otel_option
 @click.pass_context
-def demo(ctx: click.Context, otel: bool) -> None:
+def demo(ctx: click.Context, database: str | None, otel: bool) -> None:
     """Run an order saga across inventory, payments and shipping, and show what happened.
 
     One order completes (after a retried reservation), one is declined and
     compensated, one times out and is compensated, and one waits on an operator
-    who fixes it. Prints each saga's timeline and the status counts. With no
-    DATABASE_URL it uses the embedded PostgreSQL. With --otel (or COMMANDBUS_OTEL=1)
-    its sagas are exported as traces ('commandbus trace ID' draws one from the
-    audit stream either way).
+    who fixes it. Prints each saga's timeline and the status counts. With
+    DATABASE_URL it runs in a database of its own on that server (commandbus_demo,
+    or --database; created if missing, reused by later runs) and leaves the
+    database DATABASE_URL names untouched; without it, in the embedded PostgreSQL.
+    With --otel (or COMMANDBUS_OTEL=1) its sagas are exported as traces
+    ('commandbus trace ID' draws one from the audit stream either way).
     """
+    if database is not None:
+        check_database_name(database)
+    name = database or (DEMO_DATABASE if load_config(ctx).database_url else None)
     setup_otel(otel, "commandbus-demo")
     with database_url(ctx) as url:
+        if name is not None:
+            url = asyncio.run(_own_database(url, name))
         code = run_demo(url)
     ctx.exit(code)
