@@ -457,7 +457,7 @@ async def test_projection_verify_and_rebuild_cover_sagas(dsn: str, conn: Any) ->
     rebuilt = await conn.execute("SELECT status FROM commandbus.saga_rebuild")
     assert await rebuilt.fetchall() == [("COMPLETED",)]
 
-    code, out, err = run(dsn, "projection", "rebuild", "--replace")
+    code, out, err = run(dsn, "projection", "rebuild", "--replace", "--yes")
     assert code == 0, err
     assert "rebuilt 1 sagas into commandbus.saga\n" in out
     code, out, err = await invoke_async(dsn, "projection", "verify")

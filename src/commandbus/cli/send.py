@@ -35,6 +35,8 @@ def read_data(text: str) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CLIError(f"--data is not JSON ({source}): {exc}") from None
+    except RecursionError:
+        raise CLIError(f"--data is nested too deeply ({source})") from None
     if not isinstance(data, dict):
         raise CLIError(f"--data must be a JSON object, got {type(data).__name__} ({source})")
     return data

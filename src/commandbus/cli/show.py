@@ -122,6 +122,8 @@ def _detail(e: StoredEvent) -> str:
         parts.append(error_text(d["error"]))
     if e.event_type == ev.COMMAND_RETRY_SCHEDULED and isinstance(d.get("retry_at"), str):
         parts.append(f"retry at {d['retry_at']}")
+    if e.event_type == ev.COMMAND_MOVED_TO_TSQ and d.get("reason"):
+        parts.append(f"why: {d['reason']}")
     if e.event_type in _BY_OPERATOR:
         parts.append(f"by {d.get('operator') or 'an operator'}")
         if d.get("reason"):

@@ -114,6 +114,8 @@ def complete(
         result = json.loads(result_json)
     except json.JSONDecodeError as exc:
         raise CLIError(f"--result is not JSON: {exc}") from None
+    except RecursionError:
+        raise CLIError("--result is nested too deeply") from None
     run_with_bus(
         ctx,
         lambda bus: bus.troubleshooting.complete(domain, cid, result=result, operator=operator),

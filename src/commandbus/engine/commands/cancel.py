@@ -15,6 +15,7 @@ both. A command in the troubleshooting queue is cancelled as
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 from uuid import UUID
 
@@ -70,8 +71,8 @@ async def _lock_message(conn: Conn, record: CommandRecord) -> QueueOp:
     invisible, read_ct, visible_at = message
     if invisible and read_ct > record.attempts:
         raise InvalidStateError(
-            f"cannot cancel command {record.command_id}: it is in flight (a worker took "
-            f"it, until {visible_at.isoformat(sep=' ', timespec='seconds')} at most); "
+            f"cannot cancel command {record.command_id}: it is in flight (a worker has "
+            f"it, until {visible_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC at most); "
             "try again once the attempt has ended",
             details={"in_flight": True, "visible_at": visible_at.isoformat()},
         )
