@@ -273,10 +273,13 @@ class CommandReads:
     ) -> Page:
         """Commands matching ``where`` (all without it), oldest first, keyset-paged.
 
-        Pass ``cursor=page.next_cursor`` for the next page (None: the last one);
-        pages never skip or repeat a command, whatever commands are sent meanwhile.
-        ``newest_first=True`` lists the newest first (a cursor belongs to its order).
-        Ordered by the time the command was sent, then its id (then its domain).
+        Pass ``cursor=page.next_cursor`` for the next page (None: the last one).
+        Ordered by the time the command was sent (its transaction's start), then
+        its id, then its domain: a key that never changes, so a command that
+        matches from the first page to the last is listed once, never skipped or
+        repeated, whatever changes meanwhile (a command sent meanwhile may or may
+        not be listed). ``newest_first=True`` lists the newest first (a cursor
+        belongs to its order).
         """
         criteria = filter_arg(where)
         limit, cursor = page_args(limit, cursor)
