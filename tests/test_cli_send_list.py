@@ -314,6 +314,32 @@ async def test_library_pages_never_skip_or_repeat(bus: CommandBus, dsn: str) -> 
         await bus.list_commands(newest_first="yes")  # type: ignore[arg-type]
 
 
+async def test_library_pages_hold_while_statuses_change(bus: CommandBus) -> None:
+    """Commands moving to another status between pages (each status is its own scan)
+    are still listed once, in their place."""
+    ids = (
+        await bus.send_batch([CommandRequest(domain="payments", command_type="T")] * 12)
+    ).unwrap()
+    ordered = sorted(ids.command_ids)  # one created_at: by id
+    seen: list[UUID] = []
+    cursor = None
+    while True:
+        page = await bus.list_commands(CommandFilter(domain="payments"), limit=3, cursor=cursor)
+        seen += [r.command_id for r in page.items]
+        # one already listed and one still to come change status before the next page
+        for cid in (seen[-1], ordered[-1 - len(seen) // 3]):
+            record = await bus.get_command("payments", cid)
+            assert record is not None
+            if record.status is CommandStatus.PENDING:
+                await bus.cancel_command("payments", cid)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == ordered
+    cancelled = await bus.list_commands(CommandFilter(status="CANCELLED"))
+    assert len(cancelled.items) >= 6  # statuses did change under the listing
+
+
 def _matches(r: Any, where: CommandFilter) -> bool:
     return (
         (where.domain is None or r.domain == where.domain)
