@@ -58,6 +58,7 @@ READ_COMMANDS = [
     ("list",),
     ("trace",),
     ("projection", "verify"),
+    ("status",),
 ]
 
 
