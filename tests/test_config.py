@@ -74,7 +74,7 @@ def test_blank_values_mean_default() -> None:
         ("MAX_ATTEMPTS", "0"),
         ("MAX_ATTEMPTS", "1.5"),
         ("VT_SECONDS", "soon"),
-        ("VT_SECONDS", "4"),
+        ("VT_SECONDS", "0.5"),  # below 1 s (MIN_VISIBILITY_TIMEOUT)
         ("BACKOFF_BASE_SECONDS", "-1"),
         ("BACKOFF_MULTIPLIER", "0.5"),
         ("BACKOFF_MULTIPLIER", "nan"),

@@ -32,7 +32,9 @@ PROJECT_DIR_NAME: Final = ".commandbus"
 MAX_INT4: Final = 2**31 - 1
 #: The largest ``MAX_PAYLOAD_BYTES``: the most a PostgreSQL ``jsonb`` value can hold.
 MAX_JSONB_BYTES: Final = 2**28 - 1
-#: The longest visibility timeout (a worker refuses longer ones too).
+#: The shortest and longest visibility timeout: VT_SECONDS, ``commandbus worker --vt``,
+#: ``Worker(visibility_timeout=)`` and ``ctx.extend_visibility`` all take this range.
+MIN_VISIBILITY_TIMEOUT: Final = timedelta(seconds=1)
 MAX_VISIBILITY_TIMEOUT: Final = timedelta(days=7)
 #: The longest backoff, jitter or poll interval: far inside what ``timedelta`` and
 #: PostgreSQL timestamps can hold.
@@ -150,7 +152,11 @@ _INT_BOUNDS: Final[dict[str, tuple[int, int, str]]] = {
 
 #: Each duration's range in seconds and what its top is.
 _SECONDS_BOUNDS: Final[dict[str, tuple[float, float, str]]] = {
-    "VT_SECONDS": (5, MAX_VISIBILITY_TIMEOUT.total_seconds(), "7 days"),
+    "VT_SECONDS": (
+        MIN_VISIBILITY_TIMEOUT.total_seconds(),
+        MAX_VISIBILITY_TIMEOUT.total_seconds(),
+        "7 days",
+    ),
     "BACKOFF_BASE_SECONDS": (0, MAX_DURATION.total_seconds(), "100 years"),
     "BACKOFF_MAX_SECONDS": (0, MAX_DURATION.total_seconds(), "100 years"),
     "BACKOFF_JITTER_SECONDS": (0, MAX_DURATION.total_seconds(), "100 years"),

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from commandbus.arguments import delay_arg
-from commandbus.config import MAX_VISIBILITY_TIMEOUT
+from commandbus.config import MAX_VISIBILITY_TIMEOUT, MIN_VISIBILITY_TIMEOUT
 from commandbus.engine.commands import store as command_store
 from commandbus.engine.db.connect import Conn
 from commandbus.errors import ValidationError
@@ -67,7 +67,8 @@ class HandlerContext:
         new visibility time (``None`` if the message is no longer in the queue).
         """
         value = delay_arg(seconds, "seconds")
-        if not 1 <= value <= MAX_VISIBILITY_TIMEOUT.total_seconds():
+        low, high = MIN_VISIBILITY_TIMEOUT.total_seconds(), MAX_VISIBILITY_TIMEOUT.total_seconds()
+        if not low <= value <= high:
             raise ValidationError(f"seconds must be from 1 s to 7 days, got {seconds!r}")
         async with self._pool.connection() as conn:
             return await command_store.extend_visibility(
