@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Iterator
 from uuid import UUID
@@ -17,6 +18,7 @@ from commandbus import (
     HandlerContext,
     HandlerRegistry,
     SendResult,
+    ValidationError,
     Worker,
 )
 from commandbus.engine.observability.logging import CorrelationFilter
@@ -25,13 +27,16 @@ from support import FAST, wait_for
 
 @pytest.fixture
 def restore_commandbus_logger() -> Iterator[logging.Logger]:
-    """configure_logging changes the ``commandbus`` logger: put it back after the test."""
-    root = logging.getLogger("commandbus")
-    saved = (root.handlers[:], root.filters[:], root.level, root.propagate)
+    """configure_logging changes the root logger (and psycopg's pool's level): put
+    them back after the test."""
+    root = logging.getLogger()
+    pool = logging.getLogger("psycopg.pool")
+    saved = (root.handlers[:], root.filters[:], root.level, pool.level)
     try:
         yield root
     finally:
-        root.handlers[:], root.filters[:], root.level, root.propagate = saved
+        root.handlers[:], root.filters[:], root.level, level = saved
+        pool.setLevel(level)
 
 
 def test_importing_commandbus_installs_no_logger_filter() -> None:
@@ -71,13 +76,11 @@ async def test_configure_logging_puts_the_ids_on_a_child_loggers_lines(
     assert f"correlation_id={cmd.correlation_id}" in lines[0]
     assert f"command_id={cmd.command_id}" in lines[0]
     assert " commandbus.tests.child.app " in lines[0]
-    # outside a handler the fields are there too, as None
+    # outside a handler they are left out, not printed as None
     logging.getLogger("commandbus.tests.child.outside").info("idle")
-    assert (
-        out.getvalue()
-        .splitlines()[-1]
-        .endswith(" INFO commandbus.tests.child.outside correlation_id=None command_id=None idle")
-    )
+    last = out.getvalue().splitlines()[-1]
+    assert last.endswith(" INFO commandbus.tests.child.outside idle"), last
+    assert "None" not in last
 
 
 async def test_the_filter_on_an_applications_handler_serves_its_own_loggers(
@@ -98,3 +101,42 @@ async def test_the_filter_on_an_applications_handler_serves_its_own_loggers(
     assert out.getvalue().splitlines() == [
         f"myapp.payments.handlers {cmd.correlation_id} charging 7"
     ]
+
+
+async def test_configure_logging_prints_the_applications_own_loggers_with_the_ids(
+    dsn: str, bus: CommandBus, restore_commandbus_logger: logging.Logger
+) -> None:
+    """What the README says: your loggers print too, in the same format, ids inside a
+    handler (in tasks it starts as well), none outside one."""
+    out = io.StringIO()
+    commandbus.configure_logging("info", stream=out)
+    commandbus.configure_logging("info", stream=out)  # again: still one handler
+    assert len(logging.getLogger().handlers) == 1
+    cmd = await _run_one_logging_handler(dsn, bus, "myapp.payments")
+    [line] = [line for line in out.getvalue().splitlines() if "charging 7" in line]
+    ids = f"correlation_id={cmd.correlation_id} command_id={cmd.command_id}"
+    assert line.endswith(f" WARNING myapp.payments {ids} charging 7"), line
+    logging.getLogger("myapp").info("outside")
+    assert out.getvalue().splitlines()[-1].endswith(" INFO myapp outside")
+    assert "None" not in out.getvalue()
+    logging.getLogger("myapp").debug("below the level")
+    logging.getLogger("psycopg.pool").info("connection given by 'pool-1'")
+    assert "below the level" not in out.getvalue() and "pool-1" not in out.getvalue()
+
+
+def test_configure_logging_takes_a_level_or_its_name(
+    restore_commandbus_logger: logging.Logger,
+) -> None:
+    out = io.StringIO()
+    commandbus.configure_logging("DEBUG", stream=out, json=True)
+    assert logging.getLogger().level == logging.DEBUG
+    assert logging.getLogger("psycopg.pool").level == logging.NOTSET  # debug shows it all
+    logging.getLogger("myapp").debug("detail", extra={"order": 7})
+    record = json.loads(out.getvalue())
+    assert (record["logger"], record["level"], record["order"]) == ("myapp", "DEBUG", 7)
+    assert record["correlation_id"] is None and record["command_id"] is None
+    commandbus.configure_logging(logging.ERROR, stream=out)
+    assert logging.getLogger().level == logging.ERROR
+    for bad in ("loud", "", True, 1.5, None):
+        with pytest.raises(ValidationError, match="level must be"):
+            commandbus.configure_logging(bad, stream=out)  # type: ignore[arg-type]

@@ -1,4 +1,10 @@
-"""Structured logging with the correlation id and trace of the command being handled."""
+"""Logging with the correlation id, command id and trace of the command being handled.
+
+:func:`configure_logging` is what ``commandbus worker`` and ``commandbus
+coordinator`` use (``--log-level``, ``--log-format``), and what an application
+may call: every logger (yours, ``logging.getLogger("myapp")``, and the
+library's ``commandbus.*``) prints through one handler, in one format.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +16,33 @@ from typing import IO, Any
 from uuid import UUID
 
 from commandbus.engine.observability.tracing import current_trace_ids
+from commandbus.errors import ValidationError
 
 # Ids are kept as UUIDs and turned into text only when a record is logged.
 correlation_id_var: ContextVar[UUID | None] = ContextVar("commandbus_correlation_id", default=None)
 command_id_var: ContextVar[UUID | None] = ContextVar("commandbus_command_id", default=None)
 
+#: The levels ``--log-level`` takes, by name.
+LOG_LEVELS: dict[str, int] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+#: What a text line starts with; the ids that are known come before the message.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+_IDS = ("correlation_id", "command_id", "trace_id", "span_id")
+
 
 class CorrelationFilter(logging.Filter):
     """Adds ``correlation_id``, ``command_id``, ``trace_id`` and ``span_id`` to every record.
 
-    Each is None outside a handler (the trace ids: outside a traced span). Put it
-    on a *handler*: a logger's own filters never see the records of its child
-    loggers (``commandbus.engine.worker.worker``, ``myapp.handlers``...), a
-    handler's filters see every record the handler emits.
+    Each is None outside a handler (the trace ids: outside a traced span), so a
+    format naming them never fails. Put it on a *handler*: a logger's own
+    filters never see the records of its child loggers (``commandbus.worker``,
+    ``myapp.handlers``...), a handler's filters see every record it emits.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -33,27 +53,23 @@ class CorrelationFilter(logging.Filter):
         return True
 
 
-LOG_FORMAT = (
-    "%(asctime)s %(levelname)s %(name)s correlation_id=%(correlation_id)s "
-    "command_id=%(command_id)s %(message)s"
-)
-
-
 class TextFormatter(logging.Formatter):
-    """:data:`LOG_FORMAT`, with ``trace_id=... span_id=...`` before the message when traced."""
+    """:data:`LOG_FORMAT`, with ``correlation_id=... command_id=...`` before the message
+    inside a handler and ``trace_id=... span_id=...`` when traced; an id that is
+    not known is left out (never printed as ``None``)."""
 
     def __init__(self) -> None:
         super().__init__(LOG_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        trace_id = getattr(record, "trace_id", None)
-        if trace_id is None:
+        known = [
+            f"{key}={value}" for key in _IDS if (value := getattr(record, key, None)) is not None
+        ]
+        if not known:
             return super().formatMessage(record)
         message = record.message
         try:
-            record.message = (
-                f"trace_id={trace_id} span_id={getattr(record, 'span_id', None)} {message}"
-            )
+            record.message = f"{' '.join(known)} {message}"
             return super().formatMessage(record)
         finally:
             record.message = message
@@ -63,10 +79,7 @@ class TextFormatter(logging.Formatter):
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
     "asctime",
-    "correlation_id",
-    "command_id",
-    "trace_id",
-    "span_id",
+    *_IDS,
 }
 
 
@@ -82,10 +95,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
-            "correlation_id": getattr(record, "correlation_id", None),
-            "command_id": getattr(record, "command_id", None),
-            "trace_id": getattr(record, "trace_id", None),
-            "span_id": getattr(record, "span_id", None),
+            **{key: getattr(record, key, None) for key in _IDS},
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and key not in out:
@@ -97,23 +107,50 @@ class JsonFormatter(logging.Formatter):
         return _json.dumps(out, default=str, ensure_ascii=False)
 
 
-def configure_logging(
-    level: int = logging.INFO, *, stream: IO[str] | None = None, json: bool = False
-) -> None:
-    """Log the ``commandbus`` loggers to ``stream`` (stderr) with the ids on every line.
+def log_level(level: int | str) -> int:
+    """A level as ``logging`` numbers it, from a number or a name (``"debug"``...)."""
+    if isinstance(level, bool) or not isinstance(level, int | str):
+        raise ValidationError(f"level must be a logging level or its name, got {level!r:.60}")
+    if isinstance(level, str):
+        number = LOG_LEVELS.get(level.strip().lower())
+        if number is None:
+            names = ", ".join(LOG_LEVELS)
+            raise ValidationError(f"level must be one of {names}, got {level!r:.60}")
+        return number
+    return level
 
-    Used by the CLI. ``json=True`` writes one JSON object per line
-    (:class:`JsonFormatter`) instead of text. Either way a record carries the
-    correlation id and command id of the command being handled and, when it is
-    traced, the ``trace_id`` and ``span_id`` (the worker's ``process`` span), so
-    logs and traces join. The filter sits on the handler, so records of every
-    ``commandbus.*`` logger carry the ids; to give your own loggers the ids, add
-    :class:`CorrelationFilter` to your handlers.
+
+def configure_logging(
+    level: int | str = logging.INFO, *, stream: IO[str] | None = None, json: bool = False
+) -> None:
+    """Print every logger's records at ``level`` and above on ``stream`` (stderr).
+
+    One handler on the root logger replaces those it had (as
+    ``logging.basicConfig(force=True)`` does), so your own loggers
+    (``logging.getLogger("myapp")``) print too, in the same format as the
+    library's ``commandbus.*`` loggers. ``level`` is a ``logging`` level or its
+    name (``"debug"``, ``"info"``, ``"warning"``, ``"error"``). Text lines read
+    ``time LEVEL logger message``; ``json=True`` writes one JSON object per line
+    (:class:`JsonFormatter`) instead. A record logged while a command is handled
+    (by the handler, a task it started, or the worker) carries the command's
+    correlation id and command id and, when it is traced, the ``trace_id`` and
+    ``span_id`` of the worker's ``process`` span, so logs and traces join;
+    outside a handler text lines leave them out and JSON has nulls. Unless
+    ``level`` is ``DEBUG``, psycopg's pool prints only its warnings (at ``INFO``
+    it logs every connection it lends). The CLI's ``--log-level`` and
+    ``--log-format`` call this.
     """
+    number = log_level(level)
     handler = logging.StreamHandler(stream)
     handler.addFilter(CorrelationFilter())
     handler.setFormatter(JsonFormatter() if json else TextFormatter())
-    root = logging.getLogger("commandbus")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(number)
+    # psycopg's pool logs each connection it hands out and takes back at INFO:
+    # only with DEBUG is that wanted
+    logging.getLogger("psycopg.pool").setLevel(
+        logging.NOTSET if number <= logging.DEBUG else max(number, logging.WARNING)
+    )
