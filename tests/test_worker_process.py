@@ -8,13 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from commandbus import CommandBus, CommandRequest
+from commandbus import CommandBus, CommandRequest, Config
 from support import fetch, scalar, wait_for
 
 Conn = psycopg.AsyncConnection[Any]
@@ -291,3 +292,62 @@ def test_bad_worker_options_are_one_line_errors(
 ) -> None:
     proc = run_worker_cli(dsn, *args)
     assert_one_error_line(proc, expected, args[1][:10])
+
+
+def test_vt_and_vt_seconds_take_the_same_range(dsn: str) -> None:
+    """One range, 1 s to 7 days, for the option and the variable (and Worker)."""
+    for value in ("0.5", "604801"):
+        option = run_worker_cli(dsn, "--vt", value)
+        assert_one_error_line(
+            option, f"--vt must be a number from 1 to 604800 seconds, got '{value}'"
+        )
+        env = dict(os.environ, DATABASE_URL=dsn, PYTHONPATH=str(TESTS), VT_SECONDS=value)
+        variable = subprocess.run(
+            [
+                *(sys.executable, "-m", "commandbus.cli", "worker"),
+                *("--app", "worker_apps:registry", "--domain", "jobs"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert_one_error_line(variable, "VT_SECONDS must be a number of seconds from 1 to 604800")
+    assert Config.from_env({"VT_SECONDS": "1"}).visibility_timeout == timedelta(seconds=1)
+    assert Config.from_env({"VT_SECONDS": "604800"}).visibility_timeout == timedelta(days=7)
+
+
+def test_app_refusals_say_what_is_missing_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "needs_a_dependency.py").write_text("import surely_not_installed_dependency\n")
+    (tmp_path / "raises_on_import.py").write_text("raise RuntimeError('no config file')\n")
+    nowhere = "postgresql://nobody@127.0.0.1:1/none"  # refused before any database is used
+    env = dict(
+        os.environ, DATABASE_URL=nowhere, PYTHONPATH=os.pathsep.join([str(TESTS), str(tmp_path)])
+    )
+    cases = {
+        "worker_apps:registy": "error: module 'worker_apps' has no attribute 'registy' "
+        "(--app 'worker_apps:registy'); did you mean 'registry'?",
+        "nosuchmodule:x": "error: cannot import 'nosuchmodule' for --app: no module named "
+        "'nosuchmodule' (looked in the current directory and on the Python path)",
+        "nosuchpackage.handlers:registry": "error: cannot import 'nosuchpackage.handlers' for "
+        "--app: no module named 'nosuchpackage' (looked in the current directory and on the "
+        "Python path)",
+        "needs_a_dependency:registry": "error: importing 'needs_a_dependency' for --app failed: "
+        "ModuleNotFoundError: No module named 'surely_not_installed_dependency'",
+        "raises_on_import:registry": "error: importing 'raises_on_import' for --app failed: "
+        "RuntimeError: no config file",
+        "worker_apps:registry.nothing": "error: 'worker_apps.registry' has no attribute "
+        "'nothing' (--app 'worker_apps:registry.nothing')",
+        "worker_apps:not_a_registry": "error: 'worker_apps:not_a_registry' is not a "
+        "HandlerRegistry (got object)",
+    }
+    for app, line in cases.items():
+        proc = subprocess.run(
+            [sys.executable, "-m", "commandbus.cli", "worker", "--app", app, "--domain", "jobs"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr == line + "\n", proc.stderr

@@ -13,11 +13,11 @@ from commandbus.cli._common import (
     database_url,
     load_config,
     log_format_option,
+    log_level_option,
     otel_option,
     setup_otel,
 )
-from commandbus.cli.serving import import_app, serve
-from commandbus.engine.observability.logging import configure_logging
+from commandbus.cli.serving import import_app, serve, setup_logging
 from commandbus.sagas.coordinator import Coordinator
 from commandbus.sagas.definition import Saga, SagaRegistry
 
@@ -70,10 +70,17 @@ def load_sagas(spec: str) -> SagaRegistry:
     help="Seconds to finish recording what was decided on SIGINT/SIGTERM (up to 7 days).",
 )
 @otel_option
+@log_level_option
 @log_format_option
 @click.pass_context
 def coordinator(
-    ctx: click.Context, app: str, batch_size: int, grace: float, otel: bool, log_format: str
+    ctx: click.Context,
+    app: str,
+    batch_size: int,
+    grace: float,
+    otel: bool,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Run the sagas of an application until SIGINT/SIGTERM, then stop gracefully.
 
@@ -84,7 +91,7 @@ def coordinator(
     """
     registry = load_sagas(app)
     config = load_config(ctx)
-    configure_logging(json=log_format == "json")
+    setup_logging(log_level, log_format)
     setup_otel(otel, "commandbus-coordinator")
     with database_url(ctx) as url:
         c = Coordinator(url, registry, batch_size=batch_size, config=config)
@@ -92,5 +99,5 @@ def coordinator(
         domains = ", ".join(sorted(registry.domains))
         banner = f"coordinating sagas {sagas} over domains {domains} (batch size {batch_size})"
         stopping = f"stopping: recording what was decided, up to {grace:g}s (again to force)"
-        stats = asyncio.run(serve(c, grace=grace, banner=banner, stopping=stopping))
-    click.echo(stats.summary(), err=True)
+        # the coordinator logs its summary when it ends
+        asyncio.run(serve(c, grace=grace, banner=banner, stopping=stopping))

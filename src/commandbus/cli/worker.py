@@ -1,4 +1,4 @@
-"""``commandbus worker``: serve one domain with the handlers of an application."""
+"""``commandbus worker``: serve one or several domains with the handlers of an application."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from commandbus.cli._common import (
     database_url,
     load_config,
     log_format_option,
+    log_level_option,
     otel_option,
     setup_otel,
 )
-from commandbus.cli.serving import import_app, serve
-from commandbus.config import MAX_VISIBILITY_TIMEOUT
-from commandbus.engine.observability.logging import configure_logging
+from commandbus.cli.serving import import_app, serve, setup_logging
+from commandbus.config import MAX_VISIBILITY_TIMEOUT, MIN_VISIBILITY_TIMEOUT
 from commandbus.engine.worker.registry import HandlerRegistry
 from commandbus.engine.worker.worker import Worker
 
@@ -35,6 +35,29 @@ def load_registry(spec: str) -> HandlerRegistry:
     return registry
 
 
+def parse_domains(given: tuple[str, ...], registry: HandlerRegistry) -> list[str]:
+    """The domains of ``--domain`` (repeated, or comma-separated), each once and served."""
+    domains: list[str] = []
+    for value in given:
+        for name in value.split(","):
+            name = name.strip()
+            if not name:
+                raise CLIError(f"--domain must name a domain, got {value!r}")
+            if name in domains:
+                raise CLIError(f"--domain {name!r} is given twice")
+            domains.append(name)
+    for name in domains:
+        registry.validate_for(name)  # before any database is started or reached
+    return domains
+
+
+def banner(registry: HandlerRegistry, domains: list[str], concurrency: int) -> str:
+    served = "; ".join(f"{d!r}: {', '.join(registry.command_types(d))}" for d in domains)
+    if len(domains) == 1:
+        return f"serving domain {served} (concurrency {concurrency})"
+    return f"serving domains {served} (concurrency {concurrency} per domain)"
+
+
 @click.command()
 @click.option(
     "--app",
@@ -43,27 +66,40 @@ def load_registry(spec: str) -> HandlerRegistry:
     metavar="MODULE:REGISTRY",
     help="Where the HandlerRegistry is, e.g. 'myapp.handlers:registry'.",
 )
-@click.option("--domain", required=True, help="The domain (queue) to serve.")
+@click.option(
+    "--domain",
+    "domain",
+    required=True,
+    multiple=True,
+    metavar="NAME",
+    help="A domain (queue) to serve. Repeat it (or separate names with commas) to serve "
+    "several in one process: one reader per domain, one shared connection pool.",
+)
 @click.option(
     "--concurrency",
     type=Number(1, MAX_COUNT, integer=True),
     default=10,
     show_default=True,
-    help=f"Handlers running at once (1-{MAX_COUNT}).",
+    help=f"Handlers running at once, per domain (1-{MAX_COUNT}).",
 )
 @click.option(
     "--vt",
     "vt",
-    type=Number(1, MAX_VISIBILITY_TIMEOUT.total_seconds(), unit="seconds"),
+    type=Number(
+        MIN_VISIBILITY_TIMEOUT.total_seconds(),
+        MAX_VISIBILITY_TIMEOUT.total_seconds(),
+        unit="seconds",
+    ),
     default=None,
-    help="Visibility timeout in seconds, up to 7 days (default: VT_SECONDS, 30).",
+    help="Visibility timeout in seconds, from 1 to 604800 (7 days), as VT_SECONDS "
+    "(default: VT_SECONDS, else 30).",
 )
 @click.option(
     "--batch-size",
     type=Number(1, MAX_COUNT, integer=True),
     default=100,
     show_default=True,
-    help=f"Messages read per query (1-{MAX_COUNT}).",
+    help=f"Messages read per query, per domain (1-{MAX_COUNT}).",
 )
 @click.option(
     "--grace",
@@ -73,38 +109,44 @@ def load_registry(spec: str) -> HandlerRegistry:
     help="Seconds in-flight handlers get to finish on SIGINT/SIGTERM (up to 7 days).",
 )
 @otel_option
+@log_level_option
 @log_format_option
 @click.pass_context
 def worker(
     ctx: click.Context,
     app: str,
-    domain: str,
+    domain: tuple[str, ...],
     concurrency: int,
     vt: float | None,
     batch_size: int,
     grace: float,
     otel: bool,
+    log_level: str,
     log_format: str,
 ) -> None:
-    """Process DOMAIN's commands until SIGINT/SIGTERM, then stop gracefully."""
+    """Process the commands of each --domain until SIGINT/SIGTERM, then stop gracefully.
+
+    Log lines (the library's and your handlers' own loggers) go to stderr, with
+    the correlation and command ids of the command being handled; the last one
+    is a summary of what was processed.
+    """
     registry = load_registry(app)
+    domains = parse_domains(domain, registry)
     config = load_config(ctx)
-    configure_logging(json=log_format == "json")
-    setup_otel(otel, f"commandbus-worker-{domain}")
+    setup_logging(log_level, log_format)
+    setup_otel(otel, f"commandbus-worker-{'-'.join(domains)}")
     with database_url(ctx) as url:
         w = Worker(
             url,
             registry,
-            domain=domain,
+            domains=domains,
             concurrency=concurrency,
             visibility_timeout=None if vt is None else timedelta(seconds=vt),
             batch_size=batch_size,
             config=config,
         )
-        banner = (
-            f"serving domain {domain!r}: {', '.join(registry.command_types(domain))} "
-            f"(concurrency {concurrency})"
-        )
         stopping = f"stopping: in-flight handlers get {grace:g}s (again to force)"
-        stats = asyncio.run(serve(w, grace=grace, banner=banner, stopping=stopping))
-    click.echo(stats.summary(), err=True)
+        # the worker logs its summary when it ends
+        asyncio.run(
+            serve(w, grace=grace, banner=banner(registry, domains, concurrency), stopping=stopping)
+        )

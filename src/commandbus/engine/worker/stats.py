@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import attrs
+
+_COUNTS = (
+    "completed",
+    "failed",
+    "retried",
+    "troubleshooting",
+    "quarantined",
+    "duplicate_deliveries",
+    "released",
+)
 
 
 @attrs.define
 class WorkerStats:
-    """Counts of what a worker did; ``run()`` returns them when it stops."""
+    """Counts of what a worker did; ``run()`` returns them when it stops.
+
+    A worker serving several domains returns the sums, with each domain's own
+    counts in :attr:`by_domain`.
+    """
 
     domain: str
     completed: int = 0
@@ -22,6 +37,22 @@ class WorkerStats:
     released: int = 0
     started_at: float = attrs.field(factory=time.monotonic)
     stopped_at: float | None = None
+    #: each domain's stats, for a worker of several domains (else empty)
+    by_domain: dict[str, WorkerStats] = attrs.field(factory=dict)
+
+    @classmethod
+    def combine(cls, parts: Sequence[WorkerStats]) -> WorkerStats:
+        """The sums of several domains' stats (``domain``: their names, comma-separated)."""
+        stopped = [p.stopped_at for p in parts]
+        total = cls(
+            domain=",".join(p.domain for p in parts),
+            started_at=min(p.started_at for p in parts),
+            stopped_at=None if None in stopped else max(s for s in stopped if s is not None),
+            by_domain={p.domain: p for p in parts},
+        )
+        for name in _COUNTS:
+            setattr(total, name, sum(getattr(p, name) for p in parts))
+        return total
 
     @property
     def conflicts(self) -> int:
@@ -33,10 +64,16 @@ class WorkerStats:
         return self.completed + self.failed + self.retried + self.troubleshooting
 
     def summary(self) -> str:
+        """One line: what was processed, how, and in how long (then per domain)."""
         elapsed = (self.stopped_at or time.monotonic()) - self.started_at
-        return (
+        line = (
             f"worker {self.domain}: {self.processed} processed in {elapsed:.1f}s "
             f"(completed {self.completed}, failed {self.failed}, retried {self.retried}, "
             f"troubleshooting {self.troubleshooting}, quarantined {self.quarantined}, "
             f"duplicate deliveries {self.duplicate_deliveries}, released {self.released})"
         )
+        if self.by_domain:
+            line += "; " + ", ".join(
+                f"{d}: {s.processed} processed" for d, s in self.by_domain.items()
+            )
+        return line

@@ -1,0 +1,410 @@
+"""What a handler's exception becomes: its kind, its recorded error (with a bounded
+traceback when unexpected), and its log line; against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+
+from commandbus import (
+    BusinessRuleError,
+    Command,
+    CommandBus,
+    CommandStatus,
+    HandlerContext,
+    HandlerRegistry,
+    PermanentCommandError,
+    TransientCommandError,
+    ValidationError,
+    Worker,
+)
+from commandbus.engine.worker.failures import (
+    MAX_MESSAGE_CHARS,
+    MAX_TRACEBACK_CHARS,
+    ErrorKind,
+    classify,
+    error_info,
+    format_traceback,
+)
+from commandbus.errors import HandlerRegistrationError
+from commandbus.models import ErrorInfo, StoredEvent
+from support import FAST, fetch, scalar, wait_for
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+# -- what an exception means (no database) -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (TypeError("f() takes 1 positional argument but 2 were given"), ErrorKind.PROGRAMMING),
+        (AttributeError("'NoneType' object has no attribute 'id'"), ErrorKind.PROGRAMMING),
+        (NameError("name 'x' is not defined"), ErrorKind.PROGRAMMING),
+        (UnboundLocalError("local variable"), ErrorKind.PROGRAMMING),
+        (ModuleNotFoundError("No module named 'nope'"), ErrorKind.PROGRAMMING),
+        (AssertionError(), ErrorKind.PROGRAMMING),
+        (NotImplementedError(), ErrorKind.PROGRAMMING),
+        (ValueError("bad"), ErrorKind.TRANSIENT),
+        (KeyError("k"), ErrorKind.TRANSIENT),
+        (ConnectionError("lost"), ErrorKind.TRANSIENT),
+        (TimeoutError(), ErrorKind.TRANSIENT),
+        (ValidationError("a library refusal"), ErrorKind.PERMANENT),
+        (TransientCommandError("later"), ErrorKind.TRANSIENT),
+        (PermanentCommandError("never"), ErrorKind.PERMANENT),
+        (BusinessRuleError("no"), ErrorKind.BUSINESS),
+        # a TaskGroup's group: its most decisive member decides
+        (ExceptionGroup("g", [ValueError("a")]), ErrorKind.TRANSIENT),
+        (ExceptionGroup("g", [ValueError("a"), TypeError("b")]), ErrorKind.PROGRAMMING),
+        (ExceptionGroup("g", [ConnectionError(), BusinessRuleError("no")]), ErrorKind.BUSINESS),
+        (
+            ExceptionGroup("g", [ExceptionGroup("inner", [PermanentCommandError("p")])]),
+            ErrorKind.PERMANENT,
+        ),
+    ],
+)
+def test_each_exception_has_a_kind(exc: BaseException, kind: ErrorKind) -> None:
+    assert classify(exc) is kind
+
+
+def raised(exc: BaseException) -> BaseException:
+    """``exc`` with a traceback (raised and caught here)."""
+    try:
+        raise exc
+    except BaseException as caught:
+        return caught
+
+
+def test_errors_raised_on_purpose_carry_no_traceback_and_others_do() -> None:
+    busy = error_info(raised(TransientCommandError("busy", code="WAREHOUSE_BUSY")))
+    assert busy == ErrorInfo(type="TransientCommandError", code="WAREHOUSE_BUSY", message="busy")
+    assert "traceback" not in busy.as_dict()
+    bug = error_info(raised(KeyError("sku")))
+    assert bug.traceback is not None and bug.traceback.startswith("Traceback")
+    assert bug.traceback.rstrip().endswith("KeyError: 'sku'")
+    # a failure chosen on purpose but raised from an unexpected error keeps the cause
+    try:
+        try:
+            stock: dict[str, int] = {}
+            stock["sku"] += 1
+        except KeyError as exc:
+            raise PermanentCommandError("no such sku") from exc
+    except PermanentCommandError as exc:
+        chained = error_info(exc)
+    assert chained.code == "PERMANENT" and chained.traceback is not None
+    assert "KeyError" in chained.traceback and "direct cause" in chained.traceback
+
+
+class StrRaises(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+class CodeRaises(Exception):
+    @property
+    def code(self) -> str:
+        raise RuntimeError("no code either")
+
+
+def test_any_exception_can_be_recorded() -> None:
+    broken = error_info(raised(StrRaises()))
+    assert broken.message == "<StrRaises: str() failed>" and broken.code == "StrRaises"
+    assert broken.traceback is not None and "StrRaises" in broken.traceback
+    assert error_info(raised(CodeRaises("x"))).code == "CodeRaises"
+    assert error_info(ValueError(1, {"a": 2})).message == "(1, {'a': 2})"
+    assert error_info(ValueError()).message == "ValueError"
+    group = error_info(raised(ExceptionGroup("tasks", [ValueError("a"), TypeError("b")])))
+    assert (group.type, group.message) == ("TypeError", "b (and 1 more in a ExceptionGroup)")
+
+
+def deep(n: int, message: str) -> None:
+    """``n`` frames, alternating with :func:`deeper` (so Python does not fold them)."""
+    if n == 0:
+        raise RuntimeError(message)
+    deeper(n - 1, message)
+
+
+def deeper(n: int, message: str) -> None:
+    deep(n, message)
+
+
+def test_huge_messages_and_tracebacks_are_bounded_keeping_the_innermost_frames() -> None:
+    exc = raised(Exception("unused"))
+    try:
+        deep(300, "x" * 1_000_000)
+    except RuntimeError as caught:
+        exc = caught
+    err = error_info(exc)
+    assert len(err.message) == MAX_MESSAGE_CHARS and err.message.endswith("characters cut)")
+    assert err.traceback is not None and len(err.traceback) <= MAX_TRACEBACK_CHARS
+    lines = err.traceback.splitlines()
+    assert lines[0].endswith("earlier lines cut)")  # the outer frames went
+    assert lines[-1].startswith("RuntimeError: xxx") and lines[-1].endswith("characters cut)")
+    assert "in deep" in lines[-3] and "raise RuntimeError(message)" in lines[-2]
+    # a small one is whole
+    assert format_traceback(raised(ValueError("v"))).startswith("Traceback (most recent call")
+
+
+def test_old_errors_without_a_traceback_read_back() -> None:
+    old = {"type": "E", "code": "NO_FUNDS", "message": "no"}
+    assert ErrorInfo.from_dict(old) == ErrorInfo(type="E", code="NO_FUNDS", message="no")
+    assert ErrorInfo.from_dict(old).as_dict() == old  # the wire shape is unchanged without one
+    new = ErrorInfo.from_dict({**old, "traceback": "Traceback ..."})
+    assert new.traceback == "Traceback ..."
+
+
+def test_a_handler_that_cannot_take_command_and_ctx_is_refused_when_registered() -> None:
+    reg = HandlerRegistry()
+
+    async def one(cmd: Command) -> None:
+        return None
+
+    async def three(cmd: Command, ctx: HandlerContext, extra: int) -> None:
+        return None
+
+    for wrong in (one, three):
+        with pytest.raises(HandlerRegistrationError, match=r"must take \(command, ctx\)"):
+            reg.register("payments", "Charge", wrong)  # type: ignore[arg-type]
+
+    class Callable_:
+        async def __call__(self, cmd: Command, ctx: HandlerContext, *rest: Any) -> None:
+            return None
+
+    async def flexible(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    reg.register("payments", "A", Callable_())
+    reg.register("payments", "B", flexible)
+    assert reg.command_types("payments") == ["A", "B"]
+
+
+# -- what a worker does with them -----------------------------------------------------------
+
+
+async def run_until_final(
+    dsn: str, bus: CommandBus, reg: HandlerRegistry, command_id: UUID
+) -> list[StoredEvent]:
+    async def final() -> bool:
+        record = await bus.get_command("payments", command_id)
+        return record is not None and record.status in (
+            CommandStatus.COMPLETED,
+            CommandStatus.FAILED,
+            CommandStatus.IN_TROUBLESHOOTING_QUEUE,
+        )
+
+    async with Worker(dsn, reg, domain="payments", config=FAST):
+        await wait_for(final, timeout=30)
+    return await bus.command_history("payments", command_id)
+
+
+def worker_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "commandbus.worker" and "attempt" in r.msg]
+
+
+async def test_a_programming_error_goes_to_the_tsq_at_once_with_its_traceback(
+    dsn: str, bus: CommandBus, conn: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    reg = HandlerRegistry()
+    calls: list[int] = []
+
+    def total(items: list[int]) -> int:
+        return sum(items)
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> int:
+        calls.append(ctx.attempt)
+        return total(cmd.data["items"], 2)  # type: ignore[call-arg]  # the mistake
+
+    caplog.set_level(logging.INFO, logger="commandbus")
+    sent = (await bus.send("payments", "Charge", {"items": [1]}, reply_to="replies")).unwrap()
+    history = await run_until_final(dsn, bus, reg, sent.command_id)
+    assert calls == [1]  # not retried as if it might pass
+    last = history[-1]
+    assert last.event_type == "CommandMovedToTroubleshootingQueue"
+    assert last.data["reason"] == "programming_error" and last.data["attempt"] == 1
+    error = last.data["error"]
+    assert error["type"] == "TypeError" and "positional argument" in error["message"]
+    assert "in charge" in error["traceback"] and "total(cmd.data" in error["traceback"]
+    assert error["traceback"].rstrip().splitlines()[-1].startswith("TypeError: ")
+    # the status row and the TSQ say it too; the reply does not carry the traceback
+    record = await bus.get_command("payments", sent.command_id)
+    assert record is not None and record.last_error == error
+    [item] = (await bus.troubleshooting.list()).items
+    assert item.last_error is not None and item.last_error["traceback"] == error["traceback"]
+    reply = await scalar(conn, "SELECT message FROM pgmq.q_replies")
+    assert reply["error"] == {k: error[k] for k in ("type", "code", "message")}
+    # logged once, at ERROR, with the exception attached
+    [line] = worker_records(caplog)
+    assert line.levelno == logging.ERROR and line.exc_info is not None
+    assert line.exc_info[0] is TypeError
+    assert "programming_error" in line.getMessage() and str(sent.command_id) in line.getMessage()
+    assert (await bus.verify_projection()).ok  # the replay agrees with the live row
+
+
+async def test_an_unexpected_error_is_retried_with_its_traceback_logged(
+    dsn: str, bus: CommandBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    reg = HandlerRegistry()
+
+    async def fetch_rate(n: int) -> float:
+        raise ConnectionResetError(f"rate service reset the connection ({n})")
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        # the failure happens in tasks the handler started
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(fetch_rate(1))
+            tg.create_task(asyncio.sleep(10))
+
+    caplog.set_level(logging.INFO, logger="commandbus")
+    sent = (await bus.send("payments", "Charge", {}, max_attempts=2)).unwrap()
+    history = await run_until_final(dsn, bus, reg, sent.command_id)
+    assert [e.event_type for e in history] == [
+        "CommandSent",
+        "CommandRetryScheduled",
+        "CommandMovedToTroubleshootingQueue",
+    ]
+    for event in history[1:]:
+        error = event.data["error"]
+        assert error["type"] == "ConnectionResetError"
+        assert error["message"] == "rate service reset the connection (1)"
+        assert "in fetch_rate" in error["traceback"] and "ExceptionGroup" in error["traceback"]
+    assert history[-1].data["reason"] == "attempts_exhausted"
+    retried, moved = worker_records(caplog)
+    assert retried.levelno == logging.WARNING and retried.exc_info is not None
+    assert moved.levelno == logging.ERROR and moved.exc_info is not None
+
+
+async def test_a_programming_error_in_a_task_of_the_handler_is_one_too(
+    dsn: str, bus: CommandBus
+) -> None:
+    reg = HandlerRegistry()
+
+    async def lookup(cmd: Command) -> str:
+        return cmd.data.customer  # type: ignore[attr-defined, no-any-return]
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(lookup(cmd))
+
+    sent = (await bus.send("payments", "Charge", {})).unwrap()
+    history = await run_until_final(dsn, bus, reg, sent.command_id)
+    assert history[-1].data["reason"] == "programming_error"
+    assert history[-1].data["error"]["type"] == "AttributeError"
+
+
+async def test_huge_and_unprintable_errors_are_recorded_bounded(dsn: str, bus: CommandBus) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Huge")
+    async def huge(cmd: Command, ctx: HandlerContext) -> None:
+        deep(200, "y" * 2_000_000)
+
+    @reg.handler("payments", "Mute")
+    async def mute(cmd: Command, ctx: HandlerContext) -> None:
+        raise StrRaises()
+
+    @reg.handler("payments", "Args")
+    async def args(cmd: Command, ctx: HandlerContext) -> None:
+        raise ValueError(7, b"\x00\xff", {"nested": [1.5, None]})
+
+    ids = {
+        t: (await bus.send("payments", t, {}, max_attempts=1)).unwrap().command_id
+        for t in ("Huge", "Mute", "Args")
+    }
+    async with Worker(dsn, reg, domain="payments", config=FAST):
+
+        async def all_in_tsq() -> bool:
+            return len((await bus.troubleshooting.list()).items) == 3
+
+        await wait_for(all_in_tsq, timeout=30)
+    errors = {
+        t: (await bus.command_history("payments", i))[-1].data["error"] for t, i in ids.items()
+    }
+    assert len(errors["Huge"]["message"]) == MAX_MESSAGE_CHARS
+    assert len(errors["Huge"]["traceback"]) <= MAX_TRACEBACK_CHARS
+    assert "in deep" in errors["Huge"]["traceback"]
+    assert errors["Mute"]["message"] == "<StrRaises: str() failed>"
+    assert errors["Args"]["message"] == "(7, b'\\x00\\xff', {'nested': [1.5, None]})"
+
+
+async def test_errors_raised_on_purpose_are_logged_without_a_traceback(
+    dsn: str, bus: CommandBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Reserve")
+    async def reserve(cmd: Command, ctx: HandlerContext) -> None:
+        if ctx.attempt == 1:
+            raise TransientCommandError("warehouse busy", code="WAREHOUSE_BUSY")
+        raise BusinessRuleError("out of stock", code="OUT_OF_STOCK")
+
+    caplog.set_level(logging.INFO, logger="commandbus")
+    sent = (await bus.send("payments", "Reserve", {})).unwrap()
+    history = await run_until_final(dsn, bus, reg, sent.command_id)
+    assert [e.data["error"] for e in history[1:]] == [
+        {"type": "TransientCommandError", "code": "WAREHOUSE_BUSY", "message": "warehouse busy"},
+        {"type": "BusinessRuleError", "code": "OUT_OF_STOCK", "message": "out of stock"},
+    ]
+    lines = worker_records(caplog)
+    assert [(r.levelno, r.exc_info) for r in lines] == [(logging.INFO, None)] * 2
+    assert "WAREHOUSE_BUSY" not in lines[0].getMessage()  # the message, not the code
+    assert "warehouse busy" in lines[0].getMessage()
+
+
+async def test_an_unknown_command_type_is_a_warning_naming_the_registered_ones(
+    dsn: str, bus: CommandBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        return None
+
+    @reg.handler("payments", "Capture")
+    async def capture(cmd: Command, ctx: HandlerContext) -> None:
+        return None
+
+    caplog.set_level(logging.INFO, logger="commandbus")
+    sent = (await bus.send("payments", "Refund", {})).unwrap()
+    history = await run_until_final(dsn, bus, reg, sent.command_id)
+    error = history[-1].data["error"]
+    assert "traceback" not in error
+    expected = (
+        "no handler for command type 'Refund' in domain 'payments' (registered: Capture, Charge)"
+    )
+    assert error["message"] == expected
+    [line] = worker_records(caplog)
+    assert line.levelno == logging.WARNING and line.exc_info is None
+    assert expected in line.getMessage()
+
+
+async def test_a_failed_attempt_logs_with_the_commands_ids(
+    dsn: str, bus: CommandBus, conn: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    from commandbus.engine.observability.logging import CorrelationFilter
+
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> None:
+        raise PermanentCommandError("card blocked", code="BLOCKED")
+
+    caplog.handler.addFilter(CorrelationFilter())
+    caplog.set_level(logging.INFO, logger="commandbus")
+    sent = (await bus.send("payments", "Charge", {})).unwrap()
+    await run_until_final(dsn, bus, reg, sent.command_id)
+    [line] = worker_records(caplog)
+    assert line.levelno == logging.WARNING and line.exc_info is None
+    assert line.command_id == str(sent.command_id)  # type: ignore[attr-defined]
+    assert line.correlation_id == str(sent.correlation_id)  # type: ignore[attr-defined]
+    rows = await fetch(conn, "SELECT last_error FROM commandbus.command")
+    blocked = {"type": "PermanentCommandError", "code": "BLOCKED", "message": "card blocked"}
+    assert rows == [(blocked,)]
