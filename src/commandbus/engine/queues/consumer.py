@@ -15,12 +15,15 @@ Shape of a running consumer (every task is named and owned):
   queued so far and hands the group to ``record``, so throughput is not one
   commit per message, and one group commits while the next is being built.
 * ``listener``: LISTENs for the queue's wake-up channel.
+* ``heartbeat``: keeps the consumer's row in ``commandbus.heartbeat`` fresh
+  (:mod:`~commandbus.engine.queues.heartbeat`); it beats on through a stop's
+  drain and never stops the consumer.
 
 Stopping is staged: reading ends (reconnect attempts give up at once), running
 handlers get until the deadline and are then cancelled, every flusher records
-what finished and ends on its own sentinel, and every message still held is
-made visible again. Cancelling :meth:`QueueConsumer.run` is a stop with no grace
-that is awaited, then re-raised.
+what finished and ends on its own sentinel, every message still held is made
+visible again and the heartbeat is marked stopped. Cancelling
+:meth:`QueueConsumer.run` is a stop with no grace that is awaited, then re-raised.
 """
 
 from __future__ import annotations
@@ -30,19 +33,26 @@ import collections
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Generic, TypeVar
 
 import attrs
-import psycopg
 
 from commandbus.arguments import delay_arg
-from commandbus.engine.db.connect import Conn, ResilientConnection, connect, retrying
+from commandbus.engine.db.connect import Conn, ResilientConnection, retrying
 from commandbus.engine.queues.app import ConsumerApp, M, O
-from commandbus.engine.queues.stopping import DEFAULT_GRACE, FINAL_SECONDS, end_tasks
-from commandbus.errors import CommandBusError, DatabaseUnavailableError
+from commandbus.engine.queues.heartbeat import Heartbeat
+from commandbus.engine.queues.listener import Listener
+from commandbus.engine.queues.stopping import (
+    DEFAULT_GRACE,
+    FINAL_SECONDS,
+    Deadline,
+    end_tasks,
+    last_writes,
+)
+from commandbus.engine.queues.tables import queue_of_channel
+from commandbus.errors import CommandBusError
 
 log = logging.getLogger("commandbus.consumer")
 T = TypeVar("T")
@@ -82,11 +92,12 @@ class QueueConsumer(Generic[M, O]):
         flushers: int,
         poll_interval: float,
         reconnect_timeout: float,
+        heartbeat_interval: float | None = None,
     ) -> None:
+        """``heartbeat_interval``: seconds between beats (default: ``HEARTBEAT_SECONDS``, 10)."""
         self._url = url
         self._app = app
         self.name = name
-        self._channel = wakeup_channel
         self.concurrency = concurrency
         self._batch_size = batch_size
         self._poll = poll_interval
@@ -106,12 +117,18 @@ class QueueConsumer(Generic[M, O]):
         self._outcomes: asyncio.Queue[tuple[O, _Flight[M]] | None] = asyncio.Queue()
         self._room = asyncio.Event()
         self._wake = asyncio.Event()
-        self._notified = False  # a NOTIFY arrived since the last read began
         #: seconds after a NOTIFY-woken read to look once more (the app may set it)
         self.settle_seconds = SETTLE_SECONDS
         self._stop_event = asyncio.Event()
-        self._deadline: float | None = None  # monotonic time by which handlers must end
-        self._deadline_moved = asyncio.Event()
+        self._heartbeat = Heartbeat(
+            url,
+            queue=queue_of_channel(wakeup_channel) or name,
+            concurrency=concurrency,
+            interval=heartbeat_interval,
+            what=name,
+            give_up=self._stop_event,
+        )
+        self._deadline = Deadline()  # by when running handlers must end
         self._stopping = False
         self._running = False
         self._finished = asyncio.Event()
@@ -136,8 +153,16 @@ class QueueConsumer(Generic[M, O]):
         ]
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_tasks: list[asyncio.Task[None]] = []
-        self._listen_conn: Conn | None = None
         self._idle = asyncio.Event()  # set whenever nothing is in flight
+        self._listener = Listener(
+            url,
+            wakeup_channel,
+            what=name,
+            wake=self._wake,
+            ready=self.ready,
+            stop=self._stop_event,
+            retrying=self.retrying,
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -152,10 +177,7 @@ class QueueConsumer(Generic[M, O]):
     def request_stop(self, timeout: timedelta | float | None = None) -> None:
         """Ask for a stop (safe from signal handlers, idempotent); see :meth:`stop`."""
         grace = DEFAULT_GRACE if timeout is None else delay_arg(timeout, "timeout")
-        deadline = time.monotonic() + grace
-        if self._deadline is None or deadline < self._deadline:
-            self._deadline = deadline
-            self._deadline_moved.set()
+        self._deadline.shorten(grace)
         self._stop_event.set()
         self._wake.set()
         self._room.set()
@@ -222,16 +244,19 @@ class QueueConsumer(Generic[M, O]):
         n = self.name
         self._tasks = [
             asyncio.create_task(self._read_loop(), name=f"commandbus-reader-{n}"),
-            asyncio.create_task(self._listen_loop(), name=f"commandbus-listener-{n}"),
+            asyncio.create_task(self._listener.run(), name=f"commandbus-listener-{n}"),
         ]
         self._flush_tasks = [
             asyncio.create_task(self._flush_loop(i), name=f"commandbus-flusher-{n}-{i}")
             for i in range(len(self._flushers))
         ]
+        # not among the reader's tasks: it beats on while a stop drains the handlers
+        beat = self._heartbeat.start()
         stopper = asyncio.create_task(self._stop_event.wait(), name=f"commandbus-stop-{n}")
         try:
             done, _ = await asyncio.wait(
-                {stopper, *self._tasks, *self._flush_tasks}, return_when=asyncio.FIRST_COMPLETED
+                {stopper, beat, *self._tasks, *self._flush_tasks},
+                return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             stopper.cancel()
@@ -262,14 +287,17 @@ class QueueConsumer(Generic[M, O]):
                 #    statement hung on a silent server is cut off with its connection)
                 await end_tasks(self._tasks, f"{self.name} reader", self._reader_connections())
                 # 2. running handlers get until the deadline
-                await self._until_deadline(lambda: [t for t in self._runners if not t.done()])
+                await self._deadline.wait(
+                    lambda: [t for t in self._runners if not t.done()], self.name
+                )
                 await end_tasks(self._runners, f"{self.name} handler", ())
                 # 3. flushers record what finished, then end on their sentinel
                 for _ in self._flush_tasks:
                     self._outcomes.put_nowait(None)
                 if self._flush_tasks:
-                    grace = max(0.0, (self._deadline or 0) - time.monotonic())
-                    _, late = await asyncio.wait(self._flush_tasks, timeout=grace + FINAL_SECONDS)
+                    _, late = await asyncio.wait(
+                        self._flush_tasks, timeout=self._deadline.left() + FINAL_SECONDS
+                    )
                     if late:
                         log.warning(
                             "%s: could not record %d outcomes in time; their messages come back",
@@ -287,49 +315,31 @@ class QueueConsumer(Generic[M, O]):
 
     def _reader_connections(self) -> list[ResilientConnection | Conn]:
         held: list[ResilientConnection | Conn] = [self._reader]
-        if self._listen_conn is not None:
-            held.append(self._listen_conn)
+        if self._listener.conn is not None:
+            held.append(self._listener.conn)
         return held
 
-    async def _until_deadline(self, pending: Callable[[], list[asyncio.Task[None]]]) -> None:
-        """Wait for ``pending()`` tasks to end, until the (shrinkable) stop deadline."""
-        while running := pending():
-            left = (self._deadline or 0) - time.monotonic()
-            if left <= 0:
-                return
-            self._deadline_moved.clear()
-            moved = asyncio.create_task(
-                self._deadline_moved.wait(), name=f"commandbus-deadline-{self.name}"
-            )
-            try:
-                await asyncio.wait(
-                    [*running, moved], timeout=left, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                moved.cancel()
-                await asyncio.gather(moved, return_exceptions=True)
-
     async def _close(self) -> None:
-        """Make every message still held visible again, then close connections."""
+        """End the heartbeat; make every message still held visible again and mark the
+        heartbeat stopped (one bounded try for both); then close connections."""
         left = list(self._flights.values())
-        if left:
-            unstarted = [f.msg.msg_id for f in left if not f.started]
-            started = [f.msg.msg_id for f in left if f.started]
-            try:
-                # one try, bounded: the messages come back after their vt anyway
-                async with asyncio.timeout(FINAL_SECONDS):
-                    conn = await connect(self._url)
-                    async with conn:
-                        await self._app.release(conn, started, unstarted)
-                self.released += len(left)
-            except (TimeoutError, psycopg.Error, DatabaseUnavailableError) as exc:
-                log.warning(
-                    "%s: could not release %d messages (%r); they reappear after their vt",
-                    self.name,
-                    len(left),
-                    exc,
-                )
-            self._flights.clear()
+        self._flights.clear()
+        started = [f.msg.msg_id for f in left if f.started]
+        unstarted = [f.msg.msg_id for f in left if not f.started]
+        released, _ = await asyncio.gather(
+            last_writes(
+                self._url,
+                self.name,
+                release=functools.partial(self._app.release, started=started, unstarted=unstarted)
+                if left
+                else None,
+                held=len(left),
+                stopped=self._heartbeat.mark_stopped if self._heartbeat.started else None,
+            ),
+            self._heartbeat.end(),
+        )
+        if released:
+            self.released += len(left)
         for held in (self._reader, *self._flushers):
             with contextlib.suppress(Exception):
                 await held.close()
@@ -354,7 +364,7 @@ class QueueConsumer(Generic[M, O]):
                 continue
             qty = min(self._batch_size, room)
             self._wake.clear()
-            notified, self._notified = self._notified, False
+            notified, self._listener.notified = self._listener.notified, False
             msgs = await self._reader.run(functools.partial(_read, app, qty=qty))
             if self._stop_event.is_set():
                 # read after stop was requested: hand them straight back
@@ -383,25 +393,6 @@ class QueueConsumer(Generic[M, O]):
                     wait = min(wait, max(nxt, 0.001))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
-
-    async def _listen_loop(self) -> None:
-        while True:
-            try:
-                conn = await self.retrying(lambda: connect(self._url))
-                self._listen_conn = conn
-                async with conn:
-                    # the channel is built from a validated queue name
-                    await conn.execute(f'LISTEN "{self._channel}"')
-                    self._wake.set()  # catch up on anything sent while not listening
-                    self.ready.set()
-                    async for _ in conn.notifies():
-                        self._notified = True
-                        self._wake.set()
-            except (psycopg.OperationalError, DatabaseUnavailableError) as exc:
-                if self._stop_event.is_set():
-                    return
-                log.warning("%s: listener lost its connection (%s); reconnecting", self.name, exc)
-                await asyncio.sleep(0.5)
 
     def _dispatch(self, msg: M) -> None:
         flight = _Flight(msg=msg)

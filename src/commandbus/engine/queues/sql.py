@@ -72,3 +72,27 @@ UPDATE pgmq.{queue}
 WAKEUP_THROTTLE: Final[LiteralString] = (
     "SELECT throttle_ms FROM commandbus.queue_wakeup WHERE queue_name = %(queue)s"
 )
+
+# -- heartbeats (see migration 0007) --------------------------------------------------------
+
+# A consumer's beat: its row is written if missing (the first beat, or after a
+# server crash emptied the unlogged table) and its last_seen_at moved to now.
+# %(stopped)s marks it stopped for good: a later beat never clears that.
+HEARTBEAT: Final[LiteralString] = """
+INSERT INTO commandbus.heartbeat AS h
+       (consumer_id, process_id, host, pid, queue, concurrency, interval_ms,
+        started_at, last_seen_at, stopped_at)
+VALUES (%(consumer_id)s, %(process_id)s, %(host)s, %(pid)s, %(queue)s, %(concurrency)s,
+        %(interval_ms)s, coalesce(%(started_at)s::timestamptz, now()), now(),
+        CASE WHEN %(stopped)s THEN now() END)
+ON CONFLICT (consumer_id) DO UPDATE
+   SET last_seen_at = now(),
+       stopped_at = coalesce(h.stopped_at, excluded.stopped_at)
+RETURNING started_at
+"""
+
+# Rows of consumers that stopped, or went silent, more than %(keep)s seconds ago.
+PRUNE_HEARTBEATS: Final[LiteralString] = """
+DELETE FROM commandbus.heartbeat
+ WHERE coalesce(stopped_at, last_seen_at) < now() - %(keep)s * interval '1 second'
+"""

@@ -1,8 +1,9 @@
 """Ending a consumer's tasks within bounds, whatever the database does.
 
 A stop has a deadline for handlers (its grace, which a second request may cut
-short) and then about a second for the rest: :func:`end_tasks` cancels what is
-left and frees tasks stuck on a server that stopped answering.
+short: :class:`Deadline`) and then about a second for the rest: :func:`end_tasks`
+cancels what is left and frees tasks stuck on a server that stopped answering,
+and :func:`last_writes` hands back what is still held in one bounded try.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 
-from commandbus.engine.db.connect import Conn, ResilientConnection
+import psycopg
+
+from commandbus.engine.db.connect import Conn, ResilientConnection, connect
+from commandbus.errors import DatabaseUnavailableError
 
 log = logging.getLogger("commandbus.consumer")
 
@@ -72,3 +77,75 @@ async def _end(
     for task in stuck:
         name = task.get_name()
         log.error("%s task %s does not end; abandoning it", what, name)
+
+
+class Deadline:
+    """By when a stop's running handlers must end: set by the first stop request,
+    only ever moved earlier by later ones (even while :meth:`wait` waits)."""
+
+    def __init__(self) -> None:
+        self._at: float | None = None  # monotonic time
+        self._moved = asyncio.Event()
+
+    def shorten(self, grace: float) -> None:
+        at = time.monotonic() + grace
+        if self._at is None or at < self._at:
+            self._at = at
+            self._moved.set()
+
+    def left(self) -> float:
+        """Seconds until the deadline (0 when passed or not set)."""
+        return max(0.0, (self._at or 0) - time.monotonic())
+
+    async def wait(self, pending: Callable[[], list[asyncio.Task[None]]], what: str) -> None:
+        """Wait for ``pending()`` tasks to end, until the deadline."""
+        while running := pending():
+            left = self.left()
+            if left <= 0:
+                return
+            self._moved.clear()
+            moved = asyncio.create_task(self._moved.wait(), name=f"commandbus-deadline-{what}")
+            try:
+                await asyncio.wait(
+                    [*running, moved], timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                moved.cancel()
+                await asyncio.gather(moved, return_exceptions=True)
+
+
+async def last_writes(
+    url: str,
+    what: str,
+    *,
+    release: Callable[[Conn], Awaitable[None]] | None,
+    held: int,
+    stopped: Callable[[Conn], Awaitable[None]] | None,
+) -> bool:
+    """A stopped consumer's last words, on one fresh connection, in one bounded try:
+    make the ``held`` messages visible again (``release``), then mark its heartbeat
+    stopped. Returns whether the messages were released (they reappear after their
+    vt otherwise; a heartbeat not marked goes stale)."""
+    if release is None and stopped is None:
+        return False
+    released = False
+    try:
+        async with asyncio.timeout(FINAL_SECONDS):
+            conn = await connect(url)
+            async with conn:
+                if release is not None:
+                    await release(conn)
+                    released = True
+                if stopped is not None:
+                    await stopped(conn)
+    except (TimeoutError, psycopg.Error, DatabaseUnavailableError) as exc:
+        if release is not None and not released:
+            log.warning(
+                "%s: could not release %d messages (%r); they reappear after their vt",
+                what,
+                held,
+                exc,
+            )
+        else:
+            log.info("%s: could not mark its heartbeat stopped (%r)", what, exc)
+    return released

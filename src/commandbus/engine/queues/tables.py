@@ -8,6 +8,7 @@ from psycopg import sql
 
 from commandbus.engine.db.connect import Conn
 from commandbus.engine.queues import sql as queue_sql
+from commandbus.errors import InvalidNameError
 from commandbus.names import validate_queue_name
 
 #: At most one wake-up NOTIFY per queue per this many milliseconds (counted at commit).
@@ -49,9 +50,23 @@ async def wakeup_throttle_ms(conn: Conn, queue: str) -> int | None:
     return None if row is None else int(row[0])
 
 
+_CHANNEL_PREFIX: Final = "commandbus_"
+
+
 def wakeup_channel(queue: str) -> str:
     """The LISTEN channel on which a queue's readers are woken."""
-    return "commandbus_" + validate_queue_name(queue)
+    return _CHANNEL_PREFIX + validate_queue_name(queue)
+
+
+def queue_of_channel(channel: str) -> str | None:
+    """The queue whose readers :func:`wakeup_channel` wakes on ``channel`` (None: no queue's)."""
+    queue = channel.removeprefix(_CHANNEL_PREFIX)
+    if queue == channel:
+        return None
+    try:
+        return validate_queue_name(queue)
+    except InvalidNameError:
+        return None
 
 
 class QueueRegistry:
