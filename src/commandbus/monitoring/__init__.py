@@ -1,0 +1,30 @@
+"""Monitoring: the whole system at a glance (``commandbus status``, dashboards).
+
+Reads the status tables of commands and sagas, the PGMQ queues and the
+consumers' heartbeats; writes nothing. May import every layer below it (sagas,
+the engine); only the command line (and what sits above it) imports it.
+"""
+
+from commandbus.monitoring.attention import age_text
+from commandbus.monitoring.models import (
+    ConsumerStatus,
+    DomainStatus,
+    ProcessStatus,
+    QueueDepth,
+    SagaSummary,
+    StatusCounts,
+    SystemStatus,
+)
+from commandbus.monitoring.read import system_status
+
+__all__ = [
+    "ConsumerStatus",
+    "DomainStatus",
+    "ProcessStatus",
+    "QueueDepth",
+    "SagaSummary",
+    "StatusCounts",
+    "SystemStatus",
+    "age_text",
+    "system_status",
+]
