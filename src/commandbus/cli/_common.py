@@ -140,8 +140,9 @@ def load_config(ctx: click.Context) -> Config:
 
 @contextmanager
 def database_url(ctx: click.Context) -> Iterator[str]:
-    """The database URL for this command (DATABASE_URL, else the embedded server)."""
-    with open_database(load_config(ctx)) as url:
+    """The database URL for this command (DATABASE_URL, else the embedded server,
+    named in one line on stderr)."""
+    with open_database(load_config(ctx), announce=lambda line: click.echo(line, err=True)) as url:
         yield url
 
 
@@ -176,7 +177,7 @@ def otel_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def log_format_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--log-format text|json``: how the ``commandbus`` loggers write to stderr."""
+    """``--log-format text|json``: how every logger (the library's and yours) writes to stderr."""
     return click.option(
         "--log-format",
         type=click.Choice(["text", "json"]),
@@ -184,6 +185,18 @@ def log_format_option(f: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help="Log lines as text or as one JSON object each (with the correlation, "
         "trace and span ids).",
+    )(f)
+
+
+def log_level_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--log-level debug|info|warning|error``: the least important records printed."""
+    return click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+        default="info",
+        show_default=True,
+        help="The least important log records printed, of every logger: the library's "
+        "and your handlers' own (logging.getLogger(...)).",
     )(f)
 
 
