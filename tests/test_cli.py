@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner, Result
+from psycopg.conninfo import conninfo_to_dict
 
 from commandbus.cli.main import cli
 from commandbus.engine.db.embedded import embedded_status
@@ -58,8 +59,8 @@ def test_unknown_command_fails() -> None:
 
 
 def test_bad_config_is_one_line() -> None:
-    result = invoke("migrate", env={"VT_SECONDS": "2", "DATABASE_URL": "postgresql://x@h/db"})
-    assert_one_error_line(result, "VT_SECONDS", "2")
+    result = invoke("migrate", env={"VT_SECONDS": "0", "DATABASE_URL": "postgresql://x@h/db"})
+    assert_one_error_line(result, "VT_SECONDS", "0")
 
 
 def test_unreachable_database_is_one_line() -> None:
@@ -114,7 +115,9 @@ def test_two_migrate_processes_at_once(empty_dsn: str) -> None:
 
 def test_demo_migrates_the_database_it_is_given(empty_dsn: str) -> None:
     before = logging.getLogger("commandbus.worker").level
-    result = invoke("demo", env={"DATABASE_URL": empty_dsn})
+    # --database: the demo runs in the database it is named, not a commandbus_demo of its own
+    name = conninfo_to_dict(empty_dsn)["dbname"]
+    result = invoke("demo", "--database", str(name), env={"DATABASE_URL": empty_dsn})
     assert result.exit_code == 0, result.output
     # run in this process, it leaves the worker's log level as it found it
     assert logging.getLogger("commandbus.worker").level == before
