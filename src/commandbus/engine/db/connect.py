@@ -349,8 +349,14 @@ class ResilientConnection:
 
     async def _fresh(self) -> Conn:
         conn = await connect(self._url, prepare_threshold=self._prepare_threshold)
-        for statement in self._setup:
-            await conn.execute(statement)
+        try:
+            for statement in self._setup:
+                await conn.execute(statement)
+        except BaseException:
+            # not ours yet: a stop (a cancellation) or an error during the set-up
+            # must not leave it open for the garbage collector to find
+            await conn.close()
+            raise
         return conn
 
     async def run(self, op: Callable[[Conn], Awaitable[T]]) -> T:
