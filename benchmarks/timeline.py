@@ -71,8 +71,10 @@ def probe_library(timeline: Timeline, worker: Any) -> None:
     """Stamp a commandbus worker's wake-ups, reads and outcome statements."""
     from commandbus.engine.commands import store
 
-    # the consumer's wake-up event: its listener sets it for each NOTIFY
-    worker._consumer._wake = _StampedEvent(timeline.wakeups)
+    # each consumer's wake-up event: its listener sets it for each NOTIFY
+    for domain in worker._domains:
+        consumer = domain.consumer
+        consumer._wake = consumer._listener._wake = _StampedEvent(timeline.wakeups)
     read_batch = store.read_batch
     record_transitions = store.record_transitions
 
