@@ -327,3 +327,9 @@ async def test_bad_arguments_are_validation_errors(
 ) -> None:
     with pytest.raises(ValidationError, match=message):
         await system_status(bus, **kwargs)
+
+
+@pytest.mark.parametrize("not_a_bus", [None, "postgresql://x", object()])
+async def test_the_snapshot_needs_a_bus(not_a_bus: Any) -> None:
+    with pytest.raises(ValidationError, match="bus must be a CommandBus"):
+        await system_status(not_a_bus)

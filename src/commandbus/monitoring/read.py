@@ -35,7 +35,7 @@ from commandbus.sagas.state import SagaStatus
 
 #: How long stopped and gone processes stay in the snapshot.
 GONE_WINDOW: Final = timedelta(hours=1)
-#: The longest a snapshot may take, and the default.
+#: The longest each statement of a snapshot may take, and the default.
 MAX_TIMEOUT: Final = timedelta(minutes=10)
 DEFAULT_TIMEOUT: Final = timedelta(seconds=5)
 #: Status counts stop here unless told otherwise.
@@ -59,6 +59,8 @@ async def system_status(
     table: status counts stop at ``count_limit`` each, and every statement gives
     up after ``statement_timeout`` (a :class:`~commandbus.errors.DatabaseError` saying so).
     """
+    if not isinstance(bus, CommandBus):
+        raise ValidationError(f"bus must be a CommandBus, got {show(bus)}")
     timeout = statement_timeout
     if not isinstance(timeout, timedelta) or not timedelta(0) < timeout <= MAX_TIMEOUT:
         raise ValidationError(

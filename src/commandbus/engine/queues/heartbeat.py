@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, Final
 from uuid import UUID, uuid4
 
-from commandbus.engine.db.connect import Conn, ResilientConnection
+from commandbus.engine.db.connect import Conn, ResilientConnection, first_line
 from commandbus.engine.queues import sql as queue_sql
 from commandbus.engine.queues.stopping import end_tasks
 from commandbus.errors import ConfigError, ValidationError
@@ -159,7 +159,7 @@ class Heartbeat:
                     log.warning(
                         "%s: heartbeat failed (%s); trying again every %gs",
                         self._what,
-                        exc,
+                        first_line(exc),
                         self.interval,
                     )
                 failing = True
