@@ -53,11 +53,13 @@ from commandbus.models import (
     CommandRecord,
     CommandRequest,
     CommandStatus,
+    ErrorInfo,
     NewEvent,
     Page,
     SendResult,
     StoredEvent,
 )
+from commandbus.monitoring import SystemStatus, system_status
 from commandbus.results import Failure, Result, Success
 from commandbus.sagas import (
     Compensation,
@@ -109,6 +111,7 @@ __all__ = [
     "Difference",
     "DuplicateCommandError",
     "EmbeddedDatabaseError",
+    "ErrorInfo",
     "EventStore",
     "Failure",
     "HandlerContext",
@@ -145,6 +148,7 @@ __all__ = [
     "StoredEvent",
     "StreamAppend",
     "Success",
+    "SystemStatus",
     "TransientCommandError",
     "TroubleshootingQueue",
     "UnknownCommandTypeError",
@@ -157,4 +161,5 @@ __all__ = [
     "configure_tracing",
     "migrate",
     "shutdown_tracing",
+    "system_status",
 ]

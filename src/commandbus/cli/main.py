@@ -15,13 +15,17 @@ from typing import Any
 import click
 
 from commandbus.cli._common import CLIError, Overrides
+from commandbus.cli.cancel import cancel
 from commandbus.cli.coordinator import coordinator
 from commandbus.cli.db import db
 from commandbus.cli.demo import demo
+from commandbus.cli.listing import list_commands
 from commandbus.cli.migrate import migrate
 from commandbus.cli.projection import projection
 from commandbus.cli.saga import saga
+from commandbus.cli.send import send
 from commandbus.cli.show import show
+from commandbus.cli.status import status
 from commandbus.cli.trace import trace
 from commandbus.cli.tsq import tsq
 from commandbus.cli.worker import worker
@@ -77,8 +81,12 @@ _COMMANDS: tuple[click.Command, ...] = (
     worker,
     coordinator,
     saga,
+    send,
+    list_commands,
+    cancel,
     tsq,
     show,
+    status,
     trace,
     projection,
 )

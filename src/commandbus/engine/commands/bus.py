@@ -21,6 +21,7 @@ from commandbus.codec import dumps
 from commandbus.config import Config
 from commandbus.engine.commands import replay
 from commandbus.engine.commands import store as command_store
+from commandbus.engine.commands.cancel import CommandCancels
 from commandbus.engine.commands.outgoing import OutgoingRenderer
 from commandbus.engine.commands.read import CommandReads
 from commandbus.engine.commands.troubleshooting import TroubleshootingQueue
@@ -44,7 +45,7 @@ class _Rollback(Exception):
     """Raised inside a transaction block to undo it."""
 
 
-class CommandBus(CommandReads):
+class CommandBus(CommandReads, CommandCancels):
     """Sends commands to their domain's PGMQ queue, recording each as an event.
 
     Use it as ``async with CommandBus(url) as bus:`` or call :meth:`open` and
@@ -57,7 +58,8 @@ class CommandBus(CommandReads):
     The queries (``get_command``, ``list_commands``, ``command_history``,
     ``get_batch``) come from :class:`~commandbus.engine.commands.read.CommandReads`;
     ``bus.events`` is the event store and ``bus.troubleshooting`` the
-    troubleshooting queue.
+    troubleshooting queue; ``cancel_command`` (from
+    :class:`~commandbus.engine.commands.cancel.CommandCancels`) withdraws a command.
     """
 
     def __init__(
