@@ -133,7 +133,8 @@ async def run(args: argparse.Namespace) -> dict[str, int]:
         args.url, SagaRegistry([build_saga()]), batch_size=args.batch_size, config=config
     )
     groups = _Groups(coordinator)
-    worker_groups = [_Groups(w) for w in workers]
+    # a worker records through the consumer app of each of its domains
+    worker_groups = [_Groups(d) for w in workers for d in w._domains]
     parts: list[Any] = [*workers, coordinator]
 
     def stop() -> None:
