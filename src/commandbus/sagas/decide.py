@@ -57,6 +57,9 @@ class Timer:
     seconds: float
     #: the SagaStepStarted event's data, where the timer's message id goes
     event_data: dict[str, Any]
+    #: the W3C context of the step's send, which the timer's message carries (so a
+    #: timeout joins the saga's trace)
+    trace: dict[str, str] = attrs.field(factory=dict)
 
 
 def _error(exc: BaseException, code: str) -> dict[str, str]:
@@ -92,6 +95,8 @@ class Decider:
         self._headers = dict(headers or {})
         self._on_send = on_send
         self._causation: UUID | None = None
+        # the trace context each command of this transition was sent with
+        self._traces: dict[UUID, dict[str, str]] = {}
 
     # -- emitting -----------------------------------------------------------------------
 
@@ -145,6 +150,7 @@ class Decider:
         st = self._state
         trace = self._headers if self._on_send is None else dict(self._on_send(kind, step))
         cid = command_id_for(st.saga_id, st.sent)
+        self._traces[cid] = trace
         attempts = self._max_attempts if max_attempts is None else max_attempts
         data_json = dumps_limited(data, self._max_payload, what="saga command data")
         cmd = OutgoingCommand(
@@ -440,6 +446,7 @@ class Decider:
                         command_id=cmd.command_id,
                         seconds=seconds,
                         event_data=event_data,
+                        trace=self._traces.get(cmd.command_id, {}),
                     )
                 )
             self.emit(ev.SAGA_STEP_STARTED, event_data)

@@ -66,8 +66,9 @@ _TRANSITION_TAIL: Final[LiteralString] = """, ok AS (
 ), timers AS (
     INSERT INTO pgmq.{queue} (msg_id, vt, message, headers) OVERRIDING SYSTEM VALUE
     SELECT t.msg_id, clock_timestamp() + t.seconds * interval '1 second', t.message,
-           jsonb_build_object()
-      FROM ok, jsonb_to_recordset(ok.timers) AS t(msg_id bigint, seconds float8, message jsonb)
+           coalesce(t.headers, jsonb_build_object())
+      FROM ok, jsonb_to_recordset(ok.timers)
+           AS t(msg_id bigint, seconds float8, message jsonb, headers jsonb)
 )
 SELECT saga_id FROM ok
 """

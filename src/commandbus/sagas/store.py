@@ -136,6 +136,7 @@ def _row(p: Pending) -> dict[str, Any]:
                     "command_id": str(t.command_id),
                     "seconds": t.seconds,
                 },
+                "headers": t.trace or None,
             }
             for t in d.timers
         ],
