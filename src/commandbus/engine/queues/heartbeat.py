@@ -26,8 +26,10 @@ from typing import Any, Final
 from uuid import UUID, uuid4
 
 from commandbus.engine.db.connect import Conn, ResilientConnection, first_line
+from commandbus.engine.observability import tracing
 from commandbus.engine.queues import sql as queue_sql
 from commandbus.engine.queues.stopping import end_tasks
+from commandbus.engine.queues.tables import with_queue
 from commandbus.errors import ConfigError, ValidationError
 
 log = logging.getLogger("commandbus.consumer")
@@ -107,6 +109,7 @@ class Heartbeat:
         interval = interval_from_env() if interval is None else interval_arg(interval)
         self.interval = interval
         self._what = what
+        self._queue = queue
         self._started_at: datetime | None = None  # the server's time of the first beat
         self._task: asyncio.Task[None] | None = None
         self._row: dict[str, Any] = {
@@ -139,6 +142,7 @@ class Heartbeat:
     async def end(self) -> None:
         """Stop beating (within about a second, whatever the database does)."""
         task = self._task
+        tracing.queue_readings.forget(self._queue)
         try:
             if task is not None:
                 await end_tasks([task], f"{self._what} heartbeat", [self.connection])
@@ -179,6 +183,12 @@ class Heartbeat:
         await self._write(conn, stopped=False)
         if prune:
             await conn.execute(queue_sql.PRUNE_HEARTBEATS, {"keep": KEEP_SECONDS})
+        if tracing.metrics_active():
+            # the queue gauges (commandbus.queue.depth / .oldest_age) read this
+            cur = await conn.execute(with_queue(queue_sql.QUEUE_READING, self._queue))
+            row = await cur.fetchone()
+            if row is not None:
+                tracing.queue_readings.observe(self._queue, int(row[0]), float(row[1]))
 
     async def _write(self, conn: Conn, *, stopped: bool) -> None:
         cur = await conn.execute(

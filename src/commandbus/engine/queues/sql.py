@@ -96,3 +96,12 @@ PRUNE_HEARTBEATS: Final[LiteralString] = """
 DELETE FROM commandbus.heartbeat
  WHERE coalesce(stopped_at, last_seen_at) < now() - %(keep)s * interval '1 second'
 """
+
+# A queue's gauges (with a heartbeat, when metrics are recorded): the messages ready
+# to be read, and how long the longest-waiting of them has been visible (seconds).
+QUEUE_READING: Final[LiteralString] = """
+SELECT count(*),
+       coalesce(extract(epoch FROM now() - min(vt)), 0)::float8
+  FROM pgmq.{queue}
+ WHERE vt <= now()
+"""

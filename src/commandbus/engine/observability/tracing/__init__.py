@@ -36,6 +36,7 @@ from commandbus.engine.observability.tracing.context import (
     reply_headers,
     trace_id_of,
 )
+from commandbus.engine.observability.tracing.instruments import QueueReadings, queue_readings
 from commandbus.engine.observability.tracing.providers import (
     REFRESH_SECONDS,
     SCOPE,
@@ -71,6 +72,7 @@ __all__ = [
     "SCOPE",
     "AttributeValue",
     "ProcessSpan",
+    "QueueReadings",
     "SagaSpan",
     "SendSpan",
     "SpanKindName",
@@ -83,6 +85,7 @@ __all__ = [
     "otel_requested",
     "process",
     "producer",
+    "queue_readings",
     "refresh",
     "reply_headers",
     "saga_span",

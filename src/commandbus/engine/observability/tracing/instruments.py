@@ -1,10 +1,14 @@
-"""The library's metric instruments (counters and the handler duration histogram), on one meter."""
+"""The library's metric instruments (counters, the handler duration histogram and the
+queue gauges), on one meter."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
 from typing import Final
 
 from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 #: Handler duration buckets, in seconds.
 _DURATION_BUCKETS: Final = (
@@ -25,6 +29,44 @@ _DURATION_BUCKETS: Final = (
     30.0,
     60.0,
 )
+
+
+class QueueReadings:
+    """The latest reading of each queue a consumer of this process serves.
+
+    Consumers write them (with their heartbeat); the metric reader's thread reads
+    them when it collects the gauges, so a collection never queries the database.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._readings: dict[str, tuple[int, float]] = {}
+
+    def observe(self, queue: str, ready: int, oldest_age: float) -> None:
+        with self._lock:
+            self._readings[queue] = (ready, oldest_age)
+
+    def forget(self, queue: str) -> None:
+        with self._lock:
+            self._readings.pop(queue, None)
+
+    def snapshot(self) -> dict[str, tuple[int, float]]:
+        with self._lock:
+            return dict(self._readings)
+
+    def depth(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(r[0], _queue_attributes(q)) for q, r in self.snapshot().items()]
+
+    def oldest_age(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(r[1], _queue_attributes(q)) for q, r in self.snapshot().items()]
+
+
+def _queue_attributes(queue: str) -> dict[str, str]:
+    return {"messaging.system": "pgmq", "messaging.destination.name": queue}
+
+
+#: The readings of this process's consumers (one set per process, like the providers).
+queue_readings: Final = QueueReadings()
 
 
 class _Instruments:
@@ -64,6 +106,25 @@ class _Instruments:
             "commandbus.saga.transitions",
             unit="{transition}",
             description="Saga transitions committed, by saga name and the status they left",
+        )
+        self.queue_depth = meter.create_observable_gauge(
+            "commandbus.queue.depth",
+            callbacks=[queue_readings.depth],
+            unit="{message}",
+            description=(
+                "Messages ready to be read in a queue this process consumes, as of its "
+                "consumer's last heartbeat, by messaging.destination.name"
+            ),
+        )
+        self.queue_oldest_age = meter.create_observable_gauge(
+            "commandbus.queue.oldest_age",
+            callbacks=[queue_readings.oldest_age],
+            unit="s",
+            description=(
+                "How long the longest-waiting ready message of a queue this process "
+                "consumes has been visible (0 when none waits), as of its consumer's "
+                "last heartbeat, by messaging.destination.name"
+            ),
         )
         self.saga_compensations = meter.create_counter(
             "commandbus.saga.compensations",
