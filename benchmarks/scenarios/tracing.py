@@ -3,7 +3,7 @@
 The same drain as :mod:`benchmarks.scenarios.drain` (N pre-queued no-op commands,
 held invisible until the worker subprocess is connected and idle, timed on the
 server clock up to the last completion), by ONE worker process (concurrency 16),
-twice in the same run: once with ``COMMANDBUS_OTEL=0`` and once with
+in the same run: once with ``COMMANDBUS_OTEL=0`` and once with
 ``COMMANDBUS_OTEL=1``, the worker then exporting with the real OTLP/HTTP exporter
 (``BatchSpanProcessor`` and metrics at their default settings) to a receiver
 this scenario runs on 127.0.0.1, which reads each POST, counts the spans in it
@@ -11,9 +11,11 @@ and discards it. Sampling is 100% (``OTEL_TRACES_SAMPLER=always_on``): every
 command gets its process span, and the spans received are counted to show none
 was dropped. The commands are sent untraced, so each process span is a root.
 
-The cases alternate (off, on, off, on...; ``ROUNDS`` of each, one in a smoke
-run) and the best of each is compared. Target: throughput with tracing on at
-most 15% below off.
+A third case samples 10% of the traces (``traceidratio``), as production set-ups
+do; metrics are recorded for every message either way. The cases alternate
+(off, on, sampled, off...; ``ROUNDS`` of each, one in a smoke run) and the best
+of each is compared. Target: throughput with tracing on (100%) at most 15% below
+off; the sampled case is for information.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from benchmarks.scenarios.drain import library_drain
 CONCURRENCY = 16
 ROUNDS = 2
 TARGET_OVERHEAD = 0.15
+#: The sampled case: this share of the traces recorded (metrics are never sampled).
+SAMPLED = 0.1
 
 
 class DiscardingReceiver:
@@ -87,7 +91,11 @@ class DiscardingReceiver:
         self._thread.join(timeout=10)
 
 
-def _env_on(endpoint: str) -> dict[str, str]:
+def _env_on(endpoint: str, ratio: float | None = None) -> dict[str, str]:
+    """The worker's environment with tracing on: every span, or ``ratio`` of the traces."""
+    sampler = {"OTEL_TRACES_SAMPLER": "always_on"}
+    if ratio is not None:
+        sampler = {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(ratio)}
     return {
         "COMMANDBUS_OTEL": "1",
         "OTEL_SERVICE_NAME": "bench-worker",
@@ -95,15 +103,15 @@ def _env_on(endpoint: str) -> dict[str, str]:
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_METRICS_EXPORTER": "otlp",
-        "OTEL_TRACES_SAMPLER": "always_on",
         "OTEL_SDK_DISABLED": "false",
+        **sampler,
     }
 
 
 @scenario(
     "tracing",
     description="one worker process draining no-op commands, OpenTelemetry off vs on "
-    "(OTLP/HTTP to a local receiver, 100% sampling)",
+    "(OTLP/HTTP to a local receiver; 100% and 10% of traces sampled)",
     n_meaning="pre-queued commands per drain",
     default_n=10_000,
     smoke_n=300,
@@ -112,9 +120,12 @@ async def tracing(ctx: Context) -> list[Row]:
     rounds = 1 if ctx.smoke else ROUNDS
     off: list[float] = []
     on: list[float] = []
+    sampled: list[float] = []
     spans: list[int] = []
+    sampled_spans: list[int] = []
     with DiscardingReceiver() as receiver:
         env_on = _env_on(receiver.endpoint)
+        env_sampled = _env_on(receiver.endpoint, SAMPLED)
         for i in range(rounds):
             async with ctx.databases.fresh() as url:
                 off.append(
@@ -127,11 +138,23 @@ async def tracing(ctx: Context) -> list[Row]:
             # the worker has exited, flushing what it still buffered
             spans.append(receiver.spans - before)
             ctx.log(f"tracing on (round {i + 1}): {on[-1]:,.0f}/s, {spans[-1]:,} spans received")
+            before = receiver.spans
+            async with ctx.databases.fresh() as url:
+                sampled.append(await library_drain(url, ctx.n, 1, CONCURRENCY, env=env_sampled))
+            sampled_spans.append(receiver.spans - before)
+            ctx.log(
+                f"tracing on, {SAMPLED:.0%} sampled (round {i + 1}): {sampled[-1]:,.0f}/s, "
+                f"{sampled_spans[-1]:,} spans received"
+            )
         requests, received_bytes = receiver.requests, receiver.bytes
     if any(s < ctx.n for s in spans):
         raise RuntimeError(f"the receiver got {spans} spans per traced drain, expected {ctx.n}")
-    best_off, best_on = max(off), max(on)
+    # a sampled drain records about SAMPLED of its spans (wide bounds: the smoke run is small)
+    if any(not 0.02 * ctx.n <= s <= 0.3 * ctx.n for s in sampled_spans):
+        raise RuntimeError(f"the receiver got {sampled_spans} spans per sampled drain of {ctx.n}")
+    best_off, best_on, best_sampled = max(off), max(on), max(sampled)
     share = ratio(best_on, best_off)
+    sampled_share = ratio(best_sampled, best_off)
     overhead = None if share is None else 1 - share
     ctx.log(
         f"tracing: off {best_off:,.0f}/s, on {best_on:,.0f}/s, overhead "
@@ -162,5 +185,24 @@ async def tracing(ctx: Context) -> list[Row]:
                 "export_requests": requests,
                 "export_bytes": received_bytes,
             },
-        )
+        ),
+        Row(
+            scenario="tracing",
+            case=(
+                f"drain, 1 worker process, concurrency {CONCURRENCY}: OTel on ({SAMPLED:.0%} of "
+                "traces sampled, metrics on) vs off"
+            ),
+            unit="cmd/s",
+            library=best_sampled,
+            raw=best_off,
+            ratio=sampled_share,
+            details={
+                "n": ctx.n,
+                "rounds": rounds,
+                "on_per_s": sampled,
+                "overhead": None if sampled_share is None else 1 - sampled_share,
+                "sampling": f"traceidratio {SAMPLED}",
+                "spans_received": sampled_spans,
+            },
+        ),
     ]
