@@ -5,7 +5,9 @@ command line (from any subdirectory) and for ``migrate()``, ``CommandBus``,
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -21,6 +23,7 @@ from commandbus.migrations import available_migrations
 
 NAMES = [m.name for m in available_migrations()]
 _EXE = Path(sys.executable).with_name("commandbus")
+JSON_LOGS = ("--log-format", "json")
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -316,5 +319,56 @@ def test_a_new_user_without_a_project_gets_one_per_user_database(tmp_path: Path)
             f"(the per-user default: no .commandbus directory in {second} or above)"
         ]
         assert not embedded_status(data_dir).running  # the command stopped what it started
+    finally:
+        stop_embedded(data_dir)
+
+
+@pytest.mark.slow
+def test_a_worker_logging_json_says_which_server_in_json_once(tmp_path: Path) -> None:
+    """With --log-format json every line on stderr is a JSON object, the line naming
+    the embedded server included (it was printed again as plain text)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    project = tmp_path / "proj"
+    (project / ".commandbus").mkdir(parents=True)
+    data_dir = project / ".commandbus" / "pgdata"
+    try:
+        assert _cli(project, home, "db", "start").returncode == 0
+        assert _cli(project, home, "migrate").returncode == 0
+        command = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "commandbus.cli"]
+        env = _env(home)
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+        worker = subprocess.Popen(
+            [*command, "worker", "--app", "worker_apps:registry", "--domain", "jobs", *JSON_LOGS],
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert worker.stderr is not None
+            lines: list[str] = []
+            while not any("serving domain" in line for line in lines):
+                line = worker.stderr.readline()
+                assert line, (worker.poll(), lines)
+                lines.append(line)
+            worker.send_signal(signal.SIGTERM)
+            _out, rest = worker.communicate(timeout=60)
+            lines += rest.splitlines(keepends=True)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate(timeout=30)
+        assert worker.returncode == 0, lines
+        records = [json.loads(line) for line in lines if line.strip()]  # all JSON
+        naming = [r for r in records if "embedded PostgreSQL in" in r["message"]]
+        assert [(r["logger"], r["message"]) for r in naming] == [
+            (
+                "commandbus.cli",
+                f"using the running embedded PostgreSQL in {data_dir} "
+                f"(the project's .commandbus directory, found from the current directory)",
+            )
+        ]
     finally:
         stop_embedded(data_dir)

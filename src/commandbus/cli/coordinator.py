@@ -93,7 +93,7 @@ def coordinator(
     config = load_config(ctx)
     setup_logging(log_level, log_format)
     setup_otel(otel, "commandbus-coordinator")
-    with database_url(ctx) as url:
+    with database_url(ctx, logged=True) as url:
         c = Coordinator(url, registry, batch_size=batch_size, config=config)
         sagas = ", ".join(f"{s.name} v{s.version}" for s in registry)
         domains = ", ".join(sorted(registry.domains))

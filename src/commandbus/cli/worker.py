@@ -135,7 +135,7 @@ def worker(
     config = load_config(ctx)
     setup_logging(log_level, log_format)
     setup_otel(otel, f"commandbus-worker-{'-'.join(domains)}")
-    with database_url(ctx) as url:
+    with database_url(ctx, logged=True) as url:
         w = Worker(
             url,
             registry,

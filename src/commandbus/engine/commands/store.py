@@ -263,7 +263,7 @@ async def send_commands(
 async def read_batch(conn: Conn, domain: str, *, qty: int, vt_seconds: float) -> list[ReadMessage]:
     """Take up to ``qty`` visible messages of a domain queue for ``vt_seconds``."""
     cur = await conn.execute(
-        _read_statement(domain),
+        _read_query(domain),
         {
             "qty": qty,
             "vt": vt_seconds,
@@ -283,6 +283,12 @@ async def read_batch(conn: Conn, domain: str, *, qty: int, vt_seconds: float) ->
         )
         for r in await cur.fetchall()
     ]
+
+
+@lru_cache(maxsize=256)
+def _read_query(domain: str) -> bytes:
+    """READ_BATCH for ``domain``, rendered once (psycopg would render it per call)."""
+    return _read_statement(domain).as_bytes()
 
 
 @lru_cache(maxsize=256)
@@ -376,6 +382,12 @@ def transition_statement(domains: tuple[str, ...], replies: tuple[str, ...]) -> 
     return sql.Composed(parts)
 
 
+@lru_cache(maxsize=512)
+def _transition_query(domains: tuple[str, ...], replies: tuple[str, ...]) -> bytes:
+    """:func:`transition_statement`, rendered once (psycopg would render it per call)."""
+    return transition_statement(domains, replies).as_bytes()
+
+
 def _patch(events: Sequence[NewEvent]) -> Patch:
     if len(events) == 1:
         return patch_for(events[0].event_type, events[0].data) or _NO_PATCH
@@ -432,7 +444,7 @@ async def record_transitions(conn: Conn, transitions: Sequence[Transition]) -> s
             row["reply_queue"] = t.reply.queue
             row["reply"] = {"message": t.reply.message, "headers": t.reply.headers}
         rows.append(row)
-    stmt = transition_statement(tuple(sorted(op_domains)), tuple(sorted(reply_queues)))
+    stmt = _transition_query(tuple(sorted(op_domains)), tuple(sorted(reply_queues)))
     cur = await conn.execute(
         stmt,
         {

@@ -125,7 +125,8 @@ def open_database(
         yield config.database_url
         return
     choice = find_data_dir(config.data_dir)
-    with EmbeddedServer(choice.path, why=choice.why) as server:
+    # said once: by ``announce`` when given, else logged by the server's start
+    with EmbeddedServer(choice.path, why=choice.why, quiet=announce is not None) as server:
         assert server.url is not None
         if announce is not None:
             announce(server.using)
@@ -229,10 +230,12 @@ class EmbeddedServer:
     manager. Nothing happens in ``__init__``.
     """
 
-    def __init__(self, data_dir: Path | str, *, why: str = "") -> None:
+    def __init__(self, data_dir: Path | str, *, why: str = "", quiet: bool = False) -> None:
         self.data_dir = pgdata.absolute(Path(data_dir))
         #: Why this data directory (see :func:`~commandbus.config.find_data_dir`).
         self.why = why
+        #: :meth:`start` does not log :attr:`using` (the caller says it its own way)
+        self.quiet = quiet
         self.url: str | None = None
         #: The server was started (not found running) by :meth:`start`.
         self.started = False
@@ -267,7 +270,8 @@ class EmbeddedServer:
         self._users = users
         self.url = url
         self.started = started
-        log.info("%s", self.using)
+        if not self.quiet:
+            log.info("%s", self.using)
         return url
 
     def close(self) -> None:

