@@ -199,6 +199,8 @@ BAD = [
     (["projection", "rebuild", "--table", "command"], "cannot rebuild into table 'command'"),
     (["projection", "rebuild", "--replace"], "add --yes"),
     (["--database-url", "nonsense", "list"], "not a valid PostgreSQL connection string"),
+    (["--database-url", "", "status"], "--database-url is empty"),
+    (["--database-url", "  ", "list"], "--database-url is empty"),
 ]
 
 

@@ -372,3 +372,83 @@ def test_a_worker_logging_json_says_which_server_in_json_once(tmp_path: Path) ->
         ]
     finally:
         stop_embedded(data_dir)
+
+
+def _cli_env(
+    cwd: Path, home: Path, extra: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    command = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "commandbus.cli"]
+    return subprocess.run(
+        [*command, *args],
+        cwd=cwd,
+        env={**_env(home), **extra},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_commandbus_embedded_off_refuses_to_start_a_server(tmp_path: Path) -> None:
+    """What production sets: a process with no database URL fails at once, in one line."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for value in ("off", "0", "OFF"):
+        proc = _cli_env(tmp_path, home, {"COMMANDBUS_EMBEDDED": value}, "status")
+        error = _one_error(
+            proc, f"COMMANDBUS_EMBEDDED={value} forbids the embedded", "DATABASE_URL"
+        )
+        assert proc.stderr == error + "\n"  # not even a line naming a data directory
+    bad = _cli_env(tmp_path, home, {"COMMANDBUS_EMBEDDED": "maybe"}, "list")
+    _one_error(bad, "COMMANDBUS_EMBEDDED must be on or off, got 'maybe'")
+    lib = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio\n"
+            "from commandbus import CommandBus, ConfigError\n"
+            "async def main():\n"
+            "    try:\n"
+            "        async with CommandBus() as bus:\n"
+            "            print('opened', bus.url)\n"
+            "    except ConfigError as exc:\n"
+            "        print('refused:', exc)\n"
+            "asyncio.run(main())\n",
+        ],
+        cwd=tmp_path,
+        env={**_env(home), "COMMANDBUS_EMBEDDED": "off"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert lib.returncode == 0, lib.stderr
+    assert lib.stdout.startswith("refused: no database URL is set and COMMANDBUS_EMBEDDED=off")
+    assert not (home / ".local").exists()  # nothing was created
+
+
+def test_commandbus_embedded_off_changes_nothing_with_a_database_url(
+    tmp_path: Path, dsn: str
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    extra = {"COMMANDBUS_EMBEDDED": "off", "DATABASE_URL": dsn}
+    proc = _cli_env(tmp_path, home, extra, "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout, proc.stderr) == ("", "")  # a fresh database: no commands
+
+
+def test_db_commands_say_when_a_database_url_is_set(tmp_path: Path) -> None:
+    """``db`` manages the embedded server only: with a URL set it says the others use that."""
+    home = tmp_path / "home"
+    home.mkdir()
+    extra = {"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    proc = _cli_env(tmp_path, home, extra, "db", "status")
+    assert proc.returncode == 3  # not running (as pg_ctl status says it)
+    assert proc.stderr.splitlines() == [
+        "note: a database URL is set (DATABASE_URL or --database-url): the other commands "
+        "use that server, not this embedded one"
+    ]
+    assert proc.stdout.splitlines()[1] == "state: not initialised (created on first start)"
+    plain = _cli(tmp_path, home, "db", "status")
+    assert plain.stderr == ""

@@ -13,8 +13,16 @@ NOT_RUNNING = 3
 
 
 def _data_dir(ctx: click.Context) -> DataDirChoice:
-    """The data directory every command would use (see ``find_data_dir``)."""
-    return find_data_dir(load_config(ctx).data_dir)
+    """The data directory every command would use (see ``find_data_dir``); with a
+    database URL set, a note on stderr that the other commands use that instead."""
+    config = load_config(ctx)
+    if config.database_url:
+        click.echo(
+            "note: a database URL is set (DATABASE_URL or --database-url): the other "
+            "commands use that server, not this embedded one",
+            err=True,
+        )
+    return find_data_dir(config.data_dir)
 
 
 @click.group()

@@ -58,6 +58,11 @@ class _Group(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, database_url: str | None, data_dir: Path | None, verbose: bool) -> None:
     """Event-sourced commands, workers and sagas on PostgreSQL and PGMQ."""
+    if database_url is not None and not database_url.strip():
+        raise CLIError(
+            "--database-url is empty: give a PostgreSQL URL, or leave the option out "
+            "to use DATABASE_URL or the embedded server"
+        )
     ctx.obj = Overrides(database_url=database_url, data_dir=data_dir)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,

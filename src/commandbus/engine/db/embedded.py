@@ -37,6 +37,7 @@ import asyncio
 import atexit
 import fcntl
 import logging
+import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -50,7 +51,7 @@ from psycopg_pool import AsyncConnectionPool
 from commandbus.config import Config, find_data_dir
 from commandbus.engine.db import pgdata
 from commandbus.engine.db.connect import Conn, connect
-from commandbus.errors import EmbeddedDatabaseError
+from commandbus.errors import ConfigError, EmbeddedDatabaseError
 
 __all__ = [
     "Database",
@@ -67,6 +68,25 @@ log = logging.getLogger("commandbus.db")
 
 # -- resolution ---------------------------------------------------------------------------
 
+#: ``off`` forbids starting (or joining) the embedded server: a process with no
+#: database URL then fails at once (what a production set-up wants).
+EMBEDDED_SWITCH = "COMMANDBUS_EMBEDDED"
+
+
+def embedded_allowed() -> None:
+    """Raise :class:`ConfigError` if ``COMMANDBUS_EMBEDDED`` forbids the embedded server."""
+    raw = os.environ.get(EMBEDDED_SWITCH, "").strip()
+    value = raw.lower()
+    if value in ("", "1", "on", "true", "yes"):
+        return
+    if value in ("0", "off", "false", "no"):
+        raise ConfigError(
+            f"no database URL is set and {EMBEDDED_SWITCH}={raw} forbids the embedded "
+            "PostgreSQL: set DATABASE_URL"
+        )
+    raise ConfigError(f"{EMBEDDED_SWITCH} must be on or off, got {raw[:40]!r}")
+
+
 
 def resolve_database_url(url: str | None, config: Config) -> str:
     """THE database of a library object: ``url``, else ``DATABASE_URL``, else the embedded server.
@@ -81,6 +101,7 @@ def resolve_database_url(url: str | None, config: Config) -> str:
         return url
     if config.database_url:
         return config.database_url
+    embedded_allowed()
     choice = find_data_dir(config.data_dir)
     with _held_lock:
         server = _held.get(choice.path)
@@ -124,6 +145,7 @@ def open_database(
     if config.database_url:
         yield config.database_url
         return
+    embedded_allowed()
     choice = find_data_dir(config.data_dir)
     # said once: by ``announce`` when given, else logged by the server's start
     with EmbeddedServer(choice.path, why=choice.why, quiet=announce is not None) as server:
