@@ -36,7 +36,7 @@ def run_example(name: str, dsn: str) -> str:
 
 def test_every_example_says_how_to_run_it() -> None:
     names = sorted(p.name for p in EXAMPLES.glob("*.py"))
-    assert names == ["quickstart.py", "saga.py", "web_request_outbox.py"]
+    assert names == ["quickstart.py", "saga.py", "saga_quickstart.py", "web_request_outbox.py"]
     for name in names:
         text = (EXAMPLES / name).read_text()
         assert text.startswith('"""'), name
@@ -79,6 +79,15 @@ async def test_web_request_outbox(empty_dsn: str) -> None:
         assert await scalar(conn, "SELECT count(*) FROM pgmq.q_shipping") == 0
         assert await scalar(conn, "SELECT in_stock FROM outbox_example.stock") == 8
         assert await fetch(conn, "SELECT order_id FROM outbox_example.shipments") == [("A-1",)]
+
+
+def test_saga_quickstart(empty_dsn: str) -> None:
+    out = run_example("saga_quickstart.py", empty_dsn)
+    assert out.splitlines() == [
+        "released R-B",
+        "COMPLETED {'reserve': {'reservation': 'R-A'}, 'charge': {'charge': 'C-1'}}",
+        "COMPENSATED {'reserve': {'reservation': 'R-B'}}",
+    ]
 
 
 async def test_saga(empty_dsn: str) -> None:

@@ -87,7 +87,6 @@ def embedded_allowed() -> None:
     raise ConfigError(f"{EMBEDDED_SWITCH} must be on or off, got {raw[:40]!r}")
 
 
-
 def resolve_database_url(url: str | None, config: Config) -> str:
     """THE database of a library object: ``url``, else ``DATABASE_URL``, else the embedded server.
 
