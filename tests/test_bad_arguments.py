@@ -20,6 +20,7 @@ from commandbus import (
     CommandBus,
     CommandFilter,
     CommandRequest,
+    CommandStatus,
     InvalidNameError,
     NewEvent,
     PayloadError,
@@ -288,6 +289,30 @@ case(
     lambda bus: bus.troubleshooting.cancel("payments", uuid4(), reason=["r"]),
     "reason",
 )
+# an operator's reason and name stay in the append-only stream: both are bounded
+for action in ("retry", "cancel", "complete"):
+    case(
+        f"tsq.{action}-operator-long",
+        lambda bus, action=action: getattr(bus.troubleshooting, action)(
+            "payments", uuid4(), operator="o" * 201
+        ),
+        "operator must be at most 200 characters",
+    )
+case(
+    "tsq.cancel-reason-long",
+    lambda bus: bus.troubleshooting.cancel("payments", uuid4(), reason="r" * 2001),
+    "reason must be at most 2000 characters",
+)
+case(
+    "cancel_command-reason-long",
+    lambda bus: bus.cancel_command("payments", uuid4(), reason="r" * 2001),
+    "reason must be at most 2000 characters",
+)
+case(
+    "cancel_command-operator-long",
+    lambda bus: bus.cancel_command("payments", uuid4(), operator="o" * 201),
+    "operator must be at most 200 characters",
+)
 case(
     "tsq.complete-result",
     lambda bus: bus.troubleshooting.complete("payments", uuid4(), result=object()),
@@ -465,3 +490,15 @@ async def test_limits_that_fit_are_accepted(bus: CommandBus) -> None:
     assert record is not None and record.max_attempts == 2**31 - 1
     history = await bus.command_history("payments", sent.command_id)
     assert history[0].data["data"] == deep_ok
+
+
+async def test_a_reason_and_operator_at_their_limits_are_recorded(bus: CommandBus) -> None:
+    sent = (await bus.send("payments", "Charge", {}, delay=3600)).unwrap()
+    reason, operator = "r" * 2000, "o" * 200
+    status = await bus.cancel_command("payments", sent.command_id, reason=reason, operator=operator)
+    assert status is CommandStatus.PENDING  # what it was when cancelled
+    record = await bus.get_command("payments", sent.command_id)
+    assert record is not None and record.status is CommandStatus.CANCELLED
+    events = await bus.events.read_stream(f"command:payments:{sent.command_id}")
+    [event] = [e for e in events if "Cancel" in e.event_type]
+    assert (event.data["reason"], event.data["operator"]) == (reason, operator)

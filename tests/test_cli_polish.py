@@ -200,6 +200,7 @@ BAD = [
     (["projection", "rebuild", "--replace"], "add --yes"),
     (["--database-url", "nonsense", "list"], "not a valid PostgreSQL connection string"),
     (["--database-url", "", "status"], "--database-url is empty"),
+    (["cancel", UNKNOWN, "--reason", "r" * 2001], "reason must be at most 2000 characters"),
     (["--database-url", "  ", "list"], "--database-url is empty"),
 ]
 

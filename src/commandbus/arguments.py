@@ -67,19 +67,39 @@ def int_arg(value: object, name: str, *, low: int, high: int) -> int:
     return value
 
 
-def text_arg(value: object, name: str, *, empty: bool = False) -> str:
-    """A ``str`` PostgreSQL can store (no NUL character)."""
+def text_arg(value: object, name: str, *, empty: bool = False, most: int | None = None) -> str:
+    """A ``str`` PostgreSQL can store (no NUL character), of at most ``most`` characters."""
     if not isinstance(value, str):
         raise ValidationError(f"{name} must be a string, got {show(value)}")
     if not empty and not value:
         raise ValidationError(f"{name} must not be empty")
     if "\x00" in value:
         raise ValidationError(f"{name} must not contain a NUL character")
+    if most is not None and len(value) > most:
+        raise ValidationError(f"{name} must be at most {most} characters, got {len(value)}")
     return value
 
 
-def opt_text_arg(value: object, name: str, *, empty: bool = False) -> str | None:
-    return None if value is None else text_arg(value, name, empty=empty)
+def opt_text_arg(
+    value: object, name: str, *, empty: bool = False, most: int | None = None
+) -> str | None:
+    return None if value is None else text_arg(value, name, empty=empty, most=most)
+
+
+#: The longest reason an operator may give for an action (it stays in the audit stream).
+MAX_REASON = 2000
+#: The longest operator name.
+MAX_OPERATOR = 200
+
+
+def reason_arg(value: object) -> str | None:
+    """An operator's reason: text, at most :data:`MAX_REASON` characters (or None)."""
+    return opt_text_arg(value, "reason", empty=True, most=MAX_REASON)
+
+
+def operator_arg(value: object) -> str | None:
+    """Who acted: text, at most :data:`MAX_OPERATOR` characters (or None)."""
+    return opt_text_arg(value, "operator", empty=True, most=MAX_OPERATOR)
 
 
 def bool_arg(value: object, name: str) -> bool:

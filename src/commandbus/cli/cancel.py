@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from commandbus.arguments import operator_arg, reason_arg
 from commandbus.cli._common import run_with_bus
 from commandbus.cli.show import command_args, find_command
 from commandbus.engine.commands.bus import CommandBus
@@ -31,6 +32,8 @@ def cancel(
     compensates. The domain may be left out when no other domain has that id.
     """
     domain, cid = command_args(domain_or_id, command_id)
+    # checked before the command is looked up: a bad argument is the first thing said
+    reason, operator = reason_arg(reason), operator_arg(operator)
 
     async def go(bus: CommandBus) -> tuple[CommandRecord, CommandStatus]:
         record = await find_command(bus, domain, cid)

@@ -22,8 +22,10 @@ from commandbus.arguments import (
     bool_arg,
     conn_arg,
     mapping_arg,
+    operator_arg,
     opt_text_arg,
     opt_uuid_arg,
+    reason_arg,
     show,
     uuid_arg,
 )
@@ -281,8 +283,8 @@ class SagaClient:
         conn: Conn | None,
     ) -> None:
         sid = uuid_arg(saga_id, "saga_id")
-        why = opt_text_arg(reason, "reason", empty=True)
-        who = opt_text_arg(operator, "operator", empty=True)
+        why = reason_arg(reason)
+        who = operator_arg(operator)
         if conn is not None:
             conn_arg(conn)
         await self._bus.create_queues([SAGA_QUEUE])

@@ -23,7 +23,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus import event_types as ev
-from commandbus.arguments import opt_text_arg
+from commandbus.arguments import operator_arg, reason_arg
 from commandbus.engine.commands import sql as q
 from commandbus.engine.commands.envelope import REPLY_CANCELLED, reply_for
 from commandbus.engine.commands.read import to_record
@@ -153,7 +153,7 @@ class CommandCancels:
         undoes only its own work).
         """
         domain, cid = target(domain, command_id)
-        reason = opt_text_arg(reason, "reason", empty=True)
-        operator = opt_text_arg(operator, "operator", empty=True)
+        reason = reason_arg(reason)
+        operator = operator_arg(operator)
         async with borrow(self.pool, conn) as c, atomic(c):
             return await cancel_on(c, domain, cid, reason=reason, operator=operator, pool=self.pool)

@@ -21,7 +21,7 @@ import attrs
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus import event_types as ev
-from commandbus.arguments import opt_text_arg, uuid_arg
+from commandbus.arguments import operator_arg, reason_arg, uuid_arg
 from commandbus.codec import dumps
 from commandbus.engine.commands import store as command_store
 from commandbus.engine.commands.envelope import (
@@ -149,7 +149,7 @@ class TroubleshootingQueue:
     ) -> int:
         """Re-queue a TSQ command with fresh attempts; returns its new message id."""
         domain, cid = target(domain, command_id)
-        operator = opt_text_arg(operator, "operator", empty=True)
+        operator = operator_arg(operator)
         async with borrow(self._pool, conn) as c, atomic(c):
             record = await _in_tsq(c, domain, cid, "retry")
             sent, trace = await sent_event(self._events, c, domain, cid)
@@ -193,8 +193,8 @@ class TroubleshootingQueue:
     ) -> None:
         """Cancel a TSQ command for good (its reply, if any, says CANCELLED)."""
         domain, cid = target(domain, command_id)
-        reason = opt_text_arg(reason, "reason", empty=True)
-        operator = opt_text_arg(operator, "operator", empty=True)
+        reason = reason_arg(reason)
+        operator = operator_arg(operator)
         await self._finish(
             conn,
             domain,
@@ -216,7 +216,7 @@ class TroubleshootingQueue:
     ) -> None:
         """Mark a TSQ command completed by hand with ``result`` (its reply says SUCCESS)."""
         domain, cid = target(domain, command_id)
-        operator = opt_text_arg(operator, "operator", empty=True)
+        operator = operator_arg(operator)
         dumps(result, what="result")
         await self._finish(
             conn,
