@@ -56,9 +56,12 @@ class Number(_ParamType):
         option = param.opts[0] if param is not None and param.opts else "value"
         kind = "an integer" if self.integer else "a number"
         unit = f" {self.unit}" if self.unit else ""
-        refusal = CLIError(
-            f"{option} must be {kind} from {self.low:g} to {self.high:g}{unit}, got {value!r}"
+        low, high = (
+            (f"{int(self.low)}", f"{int(self.high)}")
+            if self.integer
+            else (f"{self.low:g}", f"{self.high:g}")
         )
+        refusal = CLIError(f"{option} must be {kind} from {low} to {high}{unit}, got {value!r}")
         if isinstance(value, bool):
             raise refusal
         if isinstance(value, int | float) and not isinstance(value, str):

@@ -31,14 +31,15 @@ def read_data(text: str) -> dict[str, Any]:
             raise CLIError(f"--data: cannot read {source}: {reason}") from None
     else:
         source = "--data"
+    where = "" if source == "--data" else f" ({source})"  # the option names itself
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CLIError(f"--data is not JSON ({source}): {exc}") from None
+        raise CLIError(f"--data is not JSON{where}: {exc}") from None
     except RecursionError:
-        raise CLIError(f"--data is nested too deeply ({source})") from None
+        raise CLIError(f"--data is nested too deeply{where}") from None
     if not isinstance(data, dict):
-        raise CLIError(f"--data must be a JSON object, got {type(data).__name__} ({source})")
+        raise CLIError(f"--data must be a JSON object, got {type(data).__name__}{where}")
     return data
 
 
