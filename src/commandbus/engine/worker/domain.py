@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from commandbus import event_types as ev
 from commandbus.codec import dumps
 from commandbus.engine.commands import store as command_store
-from commandbus.engine.commands.envelope import canonical_id_text, decode_command
+from commandbus.engine.commands.envelope import decode_command
 from commandbus.engine.commands.store import ReadMessage
 from commandbus.engine.db.connect import Conn, ResilientConnection, is_transient, is_unavailable
 from commandbus.engine.eventstore import store as event_store
@@ -52,7 +52,7 @@ from commandbus.errors import (
     UnknownCommandTypeError,
 )
 from commandbus.models import Command, ErrorInfo, NewEvent
-from commandbus.names import command_stream_id, quarantine_stream_id
+from commandbus.names import quarantine_stream_id
 
 log = logging.getLogger("commandbus.worker")
 
@@ -62,7 +62,6 @@ class _Attempt:
     """One delivery of a command being handled: what its outcome is recorded against."""
 
     command: Command
-    stream_id: str  # the command's stream
     number: int  # the delivery count (PGMQ's read_ct)
     version: int  # the stream version the delivery was read at
     msg_id: int
@@ -182,11 +181,8 @@ class DomainConsumer:
     async def _handle(self, command: Command, msg: ReadMessage) -> Decision | None:
         span = tracing.process(self.domain, command, attempt=msg.read_ct, msg_id=msg.msg_id)
         with span:  # current while the handler runs: what it sends is its child
-            text = canonical_id_text(msg.message.get("command_id"))
             attempt = _Attempt(
                 command=command,
-                # the message's id text when it is canonical: no formatting again
-                stream_id=command_stream_id(self.domain, text or command.command_id),
                 number=msg.read_ct,
                 version=int(msg.version or 0),
                 msg_id=msg.msg_id,
@@ -223,7 +219,6 @@ class DomainConsumer:
             prefix=a.prefix,
             kind=kind,
             err=err,
-            stream_id=a.stream_id,
         )
         a.span.outcome(decision.outcome.value, exc, kind.value)
         expected = err.traceback is None  # raised on purpose: no traceback needed
@@ -290,7 +285,6 @@ class DomainConsumer:
                 version=a.version,
                 msg_id=a.msg_id,
                 prefix=a.prefix,
-                stream_id=a.stream_id,
             )
             a.span.outcome(Outcome.COMPLETED.value)
             return success, ctx

@@ -18,7 +18,6 @@ from commandbus.engine.commands.store import Reply, Transition
 from commandbus.engine.worker.failures import ErrorKind, classify, error_info
 from commandbus.engine.worker.retry_policy import RetryPolicy
 from commandbus.models import Command, ErrorInfo, NewEvent
-from commandbus.names import command_stream_id
 
 
 def _for_reply(err: ErrorInfo) -> ErrorInfo:
@@ -94,7 +93,6 @@ class OutcomeBuilder:
         queue_op: Any,
         retry_delay: float | None = None,
         reply: Reply | None = None,
-        stream_id: str | None = None,
     ) -> Transition:
         event = NewEvent(
             event_type=event_type,
@@ -105,7 +103,6 @@ class OutcomeBuilder:
         return Transition(
             domain=command.domain,
             command_id=command.command_id,
-            stream_id=stream_id or command_stream_id(command.domain, command.command_id),
             expected_version=version,
             events=[*prefix, event],
             msg_id=msg_id,
@@ -123,16 +120,13 @@ class OutcomeBuilder:
         version: int,
         msg_id: int,
         prefix: list[NewEvent],
-        stream_id: str | None = None,
     ) -> Decision:
-        """``stream_id``: the command's stream, when the caller has it at hand."""
         return self._decide(
             Outcome.COMPLETED,
             command,
             version=version,
             msg_id=msg_id,
             prefix=prefix,
-            stream_id=stream_id,
             event_type=ev.COMMAND_COMPLETED,
             data={"attempt": attempt, "result": result},
             queue_op=self._done_op,
@@ -150,7 +144,6 @@ class OutcomeBuilder:
         prefix: list[NewEvent],
         kind: ErrorKind | None = None,
         err: ErrorInfo | None = None,
-        stream_id: str | None = None,
     ) -> Decision:
         """What an exception raised while handling (or ``kind``) does to the command.
 
@@ -162,7 +155,6 @@ class OutcomeBuilder:
             "version": version,
             "msg_id": msg_id,
             "prefix": prefix,
-            "stream_id": stream_id,
         }
         if kind is ErrorKind.BUSINESS:
             return self._decide(
