@@ -59,6 +59,7 @@ READ_COMMANDS = [
     ("trace",),
     ("projection", "verify"),
     ("status",),
+    ("db", "status"),
 ]
 
 

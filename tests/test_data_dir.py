@@ -223,6 +223,9 @@ def test_every_command_from_a_subdirectory_uses_the_projects_database(tmp_path: 
             "found from the current directory)",
             f"state: running (pid {embedded_status(data_dir).pid}, until `commandbus db stop`)",
         ]
+        as_json = json.loads(_cli(project, home, "db", "status", "--json").stdout)
+        assert as_json["state"] == "running" and as_json["until_db_stop"] is True
+        assert (as_json["pid"], as_json["url"]) == (embedded_status(data_dir).pid, url)
 
         # the library, given no URL, from yet another subdirectory: the same database
         lib = _python(
@@ -450,5 +453,13 @@ def test_db_commands_say_when_a_database_url_is_set(tmp_path: Path) -> None:
         "use that server, not this embedded one"
     ]
     assert proc.stdout.splitlines()[1] == "state: not initialised (created on first start)"
-    plain = _cli(tmp_path, home, "db", "status")
-    assert plain.stderr == ""
+    plain = _cli(tmp_path, home, "db", "status", "--json")
+    assert (plain.returncode, plain.stderr) == (3, "")
+    assert json.loads(plain.stdout) == {
+        "data_dir": str(home / ".local" / "share" / "commandbus" / "pgdata"),
+        "why": f"the per-user default: no .commandbus directory in {tmp_path} or above",
+        "state": "not initialised",
+        "pid": None,
+        "url": None,
+        "until_db_stop": False,
+    }

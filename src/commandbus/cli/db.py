@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from commandbus.cli._common import CLIError, load_config
@@ -69,11 +71,29 @@ def url(ctx: click.Context) -> None:
 
 
 @db.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.pass_context
-def status(ctx: click.Context) -> None:
+def status(ctx: click.Context, as_json: bool) -> None:
     """Show the embedded server's state; exit status 3 when it is not running."""
     choice = _data_dir(ctx)
     st = embedded_status(choice.path)
+    if as_json:
+        state = "running" if st.running else "stopped" if st.initialized else "not initialised"
+        click.echo(
+            json.dumps(
+                {
+                    "data_dir": str(st.data_dir),
+                    "why": choice.why,
+                    "state": state,
+                    "pid": st.pid,
+                    "url": st.url,
+                    "until_db_stop": st.keep_running,
+                }
+            )
+        )
+        if not st.running:
+            ctx.exit(NOT_RUNNING)
+        return
     click.echo(f"data directory: {st.data_dir} ({choice.why})")
     if not st.initialized:
         click.echo("state: not initialised (created on first start)")
