@@ -62,6 +62,11 @@ async def test_list_retry_cancel_complete_from_the_shell(dsn: str, bus: CommandB
     assert rows[0]["last_error"]["code"] == "DECLINED"
     plain = tsq(dsn, "list", "--error", "declined")
     assert plain.returncode == 0 and "3 command(s)" in plain.stderr
+    # the table of `commandbus list`: a header, then one aligned row per command
+    header, *lines = plain.stdout.splitlines()
+    assert header.split()[:4] == ["SENT", "DOMAIN", "TYPE", "STATUS"], header
+    assert len(lines) == 3 and all("IN_TROUBLESHOOTING_QUEUE" in line for line in lines)
+    assert sorted(str(i) for i in ids for line in lines if str(i) in line) == sorted(map(str, ids))
 
     assert tsq(dsn, "retry", "payments", str(ids[0]), "--operator", "ana").returncode == 0
     assert tsq(dsn, "cancel", "payments", str(ids[1]), "--reason", "dup").returncode == 0

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
 
 from commandbus.cli._common import CLIError, parse_uuid, run_with_bus
+from commandbus.cli.listing import table
 from commandbus.codec import unstructure
 from commandbus.engine.commands.read import MAX_PAGE, CommandFilter
 
@@ -47,15 +48,13 @@ def list_(
     page = run_with_bus(
         ctx, lambda bus: bus.troubleshooting.list(where, limit=limit, cursor=cursor)
     )
-    for c in page.items:
-        err: dict[str, Any] = c.last_error or {}
-        if as_json:
+    if as_json:
+        for c in page.items:
             click.echo(json.dumps(unstructure(c)))
-        else:
-            click.echo(
-                f"{c.domain}\t{c.command_id}\t{c.command_type}\tattempts={c.attempts}\t"
-                f"{err.get('code', '')}: {err.get('message', '')}"
-            )
+    else:
+        # the same table as `commandbus list`: a header, aligned columns
+        for line in table(page.items):
+            click.echo(line)
     if not as_json:
         click.echo(f"{len(page.items)} command(s) in the troubleshooting queue", err=True)
     if page.next_cursor is not None:
