@@ -35,13 +35,15 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def _cli(cwd: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real ``commandbus`` executable, run in ``cwd``."""
+def _cli(
+    cwd: Path, home: Path, *args: str, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real ``commandbus`` executable, run in ``cwd`` (``extra``: more environment)."""
     command = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "commandbus.cli"]
     return subprocess.run(
         [*command, *args],
         cwd=cwd,
-        env=_env(home),
+        env={**_env(home), **(extra or {})},
         capture_output=True,
         text=True,
         timeout=120,
@@ -377,32 +379,17 @@ def test_a_worker_logging_json_says_which_server_in_json_once(tmp_path: Path) ->
         stop_embedded(data_dir)
 
 
-def _cli_env(
-    cwd: Path, home: Path, extra: dict[str, str], *args: str
-) -> subprocess.CompletedProcess[str]:
-    command = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "commandbus.cli"]
-    return subprocess.run(
-        [*command, *args],
-        cwd=cwd,
-        env={**_env(home), **extra},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_commandbus_embedded_off_refuses_to_start_a_server(tmp_path: Path) -> None:
     """What production sets: a process with no database URL fails at once, in one line."""
     home = tmp_path / "home"
     home.mkdir()
     for value in ("off", "0", "OFF"):
-        proc = _cli_env(tmp_path, home, {"COMMANDBUS_EMBEDDED": value}, "status")
+        proc = _cli(tmp_path, home, "status", extra={"COMMANDBUS_EMBEDDED": value})
         error = _one_error(
             proc, f"COMMANDBUS_EMBEDDED={value} forbids the embedded", "DATABASE_URL"
         )
         assert proc.stderr == error + "\n"  # not even a line naming a data directory
-    bad = _cli_env(tmp_path, home, {"COMMANDBUS_EMBEDDED": "maybe"}, "list")
+    bad = _cli(tmp_path, home, "list", extra={"COMMANDBUS_EMBEDDED": "maybe"})
     _one_error(bad, "COMMANDBUS_EMBEDDED must be on or off, got 'maybe'")
     lib = subprocess.run(
         [
@@ -436,7 +423,7 @@ def test_commandbus_embedded_off_changes_nothing_with_a_database_url(
     home = tmp_path / "home"
     home.mkdir()
     extra = {"COMMANDBUS_EMBEDDED": "off", "DATABASE_URL": dsn}
-    proc = _cli_env(tmp_path, home, extra, "list", "--json")
+    proc = _cli(tmp_path, home, "list", "--json", extra=extra)
     assert proc.returncode == 0, proc.stderr
     assert (proc.stdout, proc.stderr) == ("", "")  # a fresh database: no commands
 
@@ -446,7 +433,7 @@ def test_db_commands_say_when_a_database_url_is_set(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     extra = {"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
-    proc = _cli_env(tmp_path, home, extra, "db", "status")
+    proc = _cli(tmp_path, home, "db", "status", extra=extra)
     assert proc.returncode == 3  # not running (as pg_ctl status says it)
     assert proc.stderr.splitlines() == [
         "note: a database URL is set (DATABASE_URL or --database-url): the other commands "

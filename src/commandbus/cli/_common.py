@@ -218,3 +218,23 @@ def setup_otel(otel: bool, service_name: str) -> None:
         from commandbus.engine.observability.tracing import configure_tracing
 
         configure_tracing(service_name=service_name)
+
+
+def page_options(
+    what: str,
+    largest: int,
+    cursor_help: str = "Go on after a previous page (printed when there is more).",
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--limit N`` (``what`` per page, 1 to ``largest``, 50 by default) and ``--cursor``."""
+
+    def add(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option("--cursor", help=cursor_help)(f)
+        return click.option(
+            "--limit",
+            type=click.IntRange(1, largest),
+            default=50,
+            show_default=True,
+            help=f"{what} per page (1-{largest}).",
+        )(f)
+
+    return add

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import click
 
-from commandbus.cli._common import CLIError, parse_uuid, run_with_bus
+from commandbus.cli._common import CLIError, page_options, parse_uuid, run_with_bus
 from commandbus.cli.show import when
 from commandbus.cli.timeline import error_text
 from commandbus.codec import unstructure
@@ -31,16 +31,10 @@ _ERROR_WIDTH = 60
 @click.option("--correlation-id", metavar="UUID", help="Only commands with this correlation id.")
 @click.option("--batch", "batch_id", metavar="UUID", help="Only the commands of this batch.")
 @click.option("--error", help="Only commands whose last error contains this text (any case).")
-@click.option(
-    "--limit",
-    type=click.IntRange(1, MAX_PAGE),
-    default=50,
-    show_default=True,
-    help=f"Commands per page (1-{MAX_PAGE}).",
-)
-@click.option(
-    "--cursor",
-    help="Go on after a previous page: the cursor it printed (with the same order).",
+@page_options(
+    "Commands",
+    MAX_PAGE,
+    "Go on after a previous page: the cursor it printed (with the same order).",
 )
 @click.option(
     "--oldest-first",

@@ -9,7 +9,14 @@ from typing import Any
 
 import click
 
-from commandbus.cli._common import CLIError, Duration, Number, parse_uuid, run_with_bus
+from commandbus.cli._common import (
+    CLIError,
+    Duration,
+    Number,
+    page_options,
+    parse_uuid,
+    run_with_bus,
+)
 from commandbus.cli.timeline import (
     SagaView,
     duration,
@@ -51,14 +58,7 @@ def saga() -> None:
     type=Duration(),
     help="Only sagas not ended that have not moved for this long (e.g. 5m, 1h30m, 2d).",
 )
-@click.option(
-    "--limit",
-    type=click.IntRange(1, MAX_PAGE),
-    default=50,
-    show_default=True,
-    help=f"Sagas to print (1-{MAX_PAGE}).",
-)
-@click.option("--cursor", help="Go on after a previous page (printed when there is more).")
+@page_options("Sagas", MAX_PAGE)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
 def list_(

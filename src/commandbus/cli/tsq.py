@@ -7,7 +7,7 @@ from typing import TypeVar
 
 import click
 
-from commandbus.cli._common import CLIError, parse_uuid, run_with_bus
+from commandbus.cli._common import CLIError, page_options, parse_uuid, run_with_bus
 from commandbus.cli.listing import table
 from commandbus.codec import unstructure
 from commandbus.engine.commands.read import MAX_PAGE, CommandFilter
@@ -24,14 +24,7 @@ def tsq() -> None:
 @click.option("--domain", help="Only this domain.")
 @click.option("--type", "command_type", help="Only this command type.")
 @click.option("--error", "error", help="Only commands whose last error contains this text.")
-@click.option(
-    "--limit",
-    type=click.IntRange(1, MAX_PAGE),
-    default=50,
-    show_default=True,
-    help=f"Commands per page (1-{MAX_PAGE}).",
-)
-@click.option("--cursor", help="Go on after a previous page (printed when there is more).")
+@page_options("Commands", MAX_PAGE)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
 def list_(
