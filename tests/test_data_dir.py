@@ -354,7 +354,8 @@ def test_a_worker_logging_json_says_which_server_in_json_once(tmp_path: Path) ->
         try:
             assert worker.stderr is not None
             lines: list[str] = []
-            while not any("serving domain" in line for line in lines):
+            # the command line's banner: said once the worker is ready
+            while not any("serving domain 'jobs'" in line for line in lines):
                 line = worker.stderr.readline()
                 assert line, (worker.poll(), lines)
                 lines.append(line)
@@ -389,8 +390,13 @@ def test_commandbus_embedded_off_refuses_to_start_a_server(tmp_path: Path) -> No
             proc, f"COMMANDBUS_EMBEDDED={value} forbids the embedded", "DATABASE_URL"
         )
         assert proc.stderr == error + "\n"  # not even a line naming a data directory
+    # not even `db start`, which exists to start it
+    started = _cli(tmp_path, home, "db", "start", extra={"COMMANDBUS_EMBEDDED": "off"})
+    _one_error(started, "COMMANDBUS_EMBEDDED=off forbids the embedded")
     bad = _cli(tmp_path, home, "list", extra={"COMMANDBUS_EMBEDDED": "maybe"})
-    _one_error(bad, "COMMANDBUS_EMBEDDED must be on or off, got 'maybe'")
+    _one_error(
+        bad, "COMMANDBUS_EMBEDDED must be on or off (or 1/0, true/false, yes/no), got 'maybe'"
+    )
     lib = subprocess.run(
         [
             sys.executable,

@@ -319,3 +319,34 @@ def test_a_data_directory_with_white_space_is_refused_clearly(tmp_path: Path) ->
     with pytest.raises(EmbeddedDatabaseError, match="white space"):
         start_embedded(data_dir)
     assert not (data_dir / "PG_VERSION").exists()
+
+
+def test_a_config_built_in_code_keeps_the_environments_database(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Tuning in code (Config(max_attempts=5)) must not drop DATABASE_URL for a silent
+    embedded server; a config naming a URL or a data directory is taken as it is."""
+    monkeypatch.setenv("DATABASE_URL", UNREACHABLE)
+    tuned = Config(max_attempts=5)
+    assert CommandBus(config=tuned).url == UNREACHABLE
+    assert resolve_database_url(None, tuned) == UNREACHABLE
+    with open_database(tuned) as url:
+        assert url == UNREACHABLE
+    Worker(None, _registry(), domain="payments", config=tuned)
+    # COMMANDBUS_EMBEDDED=off is about the embedded server: the URL still serves
+    monkeypatch.setenv("COMMANDBUS_EMBEDDED", "off")
+    assert resolve_database_url(None, tuned) == UNREACHABLE
+    # a config that names its own target keeps it
+    named = Config(database_url="postgresql://u@db.example/x")
+    assert resolve_database_url(None, named) == "postgresql://u@db.example/x"
+    with pytest.raises(ConfigError, match="COMMANDBUS_EMBEDDED=off forbids"):
+        resolve_database_url(None, Config(data_dir=tmp_path / "pgdata"))
+    assert not (tmp_path / "pgdata").exists()
+
+
+async def test_migrate_with_a_tuned_config_uses_the_environments_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", UNREACHABLE)
+    with pytest.raises(DatabaseUnavailableError, match=r"127\.0\.0\.1:1/ledger"):
+        await migrate(config=Config(max_attempts=5))

@@ -153,6 +153,7 @@ def test_configure_logging_takes_every_standard_level_and_nothing_else(
         (" Error ", logging.ERROR),
         (logging.CRITICAL, logging.CRITICAL),
         (0, logging.NOTSET),
+        ("notset", logging.NOTSET),
     ):
         commandbus.configure_logging(name, stream=out)
         assert logging.getLogger().level == number, name

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
@@ -25,11 +26,36 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+_errors_as_json = False
+
+
+def errors_as_json(on: bool) -> None:
+    """Whether a command's final error line is a JSON log record (``--log-format json``)."""
+    global _errors_as_json
+    _errors_as_json = on
+
+
+def error_line(message: str) -> str:
+    """The one line a failed command prints on stderr: ``error: ...``, or with
+    ``--log-format json`` a JSON record like every other line of the process."""
+    if not _errors_as_json:
+        return f"error: {message}"
+    return json.dumps(
+        {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "level": "ERROR",
+            "logger": "commandbus.cli",
+            "message": f"error: {message}",
+        },
+        ensure_ascii=False,
+    )
+
+
 class CLIError(click.ClickException):
     """A failure reported as one line on stderr: ``error: ...``."""
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True, file=file)
+        click.echo(error_line(self.format_message()), err=True, file=file)
 
 
 if TYPE_CHECKING:
@@ -135,11 +161,18 @@ class Overrides:
 
 
 def load_config(ctx: click.Context) -> Config:
-    """``Config.from_env()`` with the command line's overrides applied."""
+    """``Config.from_env()`` with the command line's overrides applied (read once per
+    command: a warning it logs, say for a deprecated variable, is said once)."""
+    meta = ctx.find_root().meta
+    cached = meta.get("commandbus.config")
+    if isinstance(cached, Config):
+        return cached
     config = Config.from_env()
     overrides = ctx.find_object(Overrides) or Overrides()
     changes = {k: v for k, v in attrs.asdict(overrides).items() if v is not None}
-    return attrs.evolve(config, **changes) if changes else config
+    config = attrs.evolve(config, **changes) if changes else config
+    meta["commandbus.config"] = config
+    return config
 
 
 @contextmanager

@@ -89,9 +89,9 @@ def coordinator(
     coordinators may run at once. Workers for the sagas' domains run apart
     ('commandbus worker').
     """
+    setup_logging(log_level, log_format)  # first: what follows logs (and fails) in it
     registry = load_sagas(app)
     config = load_config(ctx)
-    setup_logging(log_level, log_format)
     setup_otel(otel, "commandbus-coordinator")
     with database_url(ctx, logged=True) as url:
         c = Coordinator(url, registry, batch_size=batch_size, config=config)

@@ -8,7 +8,12 @@ import click
 
 from commandbus.cli._common import CLIError, load_config
 from commandbus.config import DataDirChoice, find_data_dir
-from commandbus.engine.db.embedded import embedded_status, start_embedded, stop_embedded
+from commandbus.engine.db.embedded import (
+    embedded_allowed,
+    embedded_status,
+    start_embedded,
+    stop_embedded,
+)
 
 #: Exit status of ``db status`` when the server is not running (as ``pg_ctl status``).
 NOT_RUNNING = 3
@@ -37,6 +42,7 @@ def db() -> None:
 @click.pass_context
 def start(ctx: click.Context) -> None:
     """Start the embedded server and leave it running; print its URL."""
+    embedded_allowed()  # COMMANDBUS_EMBEDDED=off: never, not even when asked here
     choice = _data_dir(ctx)
     url = start_embedded(choice.path)
     click.echo(

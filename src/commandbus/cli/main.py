@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from commandbus.cli._common import CLIError, Overrides
+from commandbus.cli._common import CLIError, Overrides, error_line
 from commandbus.cli.cancel import cancel
 from commandbus.cli.coordinator import coordinator
 from commandbus.cli.db import db
@@ -111,6 +111,6 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except click.Abort:
-        click.echo("error: aborted", err=True)
+        click.echo(error_line("aborted"), err=True)
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import Any, Protocol, TypeVar
 
-from commandbus.cli._common import CLIError
+from commandbus.cli._common import CLIError, errors_as_json
 from commandbus.engine.observability.logging import configure_logging
 
 S = TypeVar("S", covariant=True)
@@ -87,8 +87,10 @@ def _failed_import(module_name: str, exc: BaseException) -> CLIError:
 
 
 def setup_logging(level: str, log_format: str) -> None:
-    """``--log-level`` and ``--log-format``: every logger, the application's too."""
+    """``--log-level`` and ``--log-format``: every logger, the application's too (and
+    with ``json``, the command's final error line as well)."""
     configure_logging(level, json=log_format == "json")
+    errors_as_json(log_format == "json")
 
 
 class Servable(Protocol[S]):
@@ -139,7 +141,12 @@ async def serve(
         loop.add_signal_handler(sig, on_signal)
     announcing = asyncio.create_task(announce(), name="commandbus-cli-banner")
     try:
-        return await runner.run()
+        result = await runner.run()
+        if not runner.ready.is_set():
+            # a stop before it was ready (still connecting): it never served anything, and a
+            # supervisor (systemd, an orchestrator) should see that as a failure
+            raise CLIError("stopped before it was ready (connected to the database and listening)")
+        return result
     finally:
         announcing.cancel()
         await asyncio.gather(announcing, return_exceptions=True)

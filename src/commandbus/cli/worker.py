@@ -130,10 +130,10 @@ def worker(
     the correlation and command ids of the command being handled; the last one
     is a summary of what was processed.
     """
+    setup_logging(log_level, log_format)  # first: what follows logs (and fails) in it
     registry = load_registry(app)
     domains = parse_domains(domain, registry)
     config = load_config(ctx)
-    setup_logging(log_level, log_format)
     setup_otel(otel, f"commandbus-worker-{'-'.join(domains)}")
     with database_url(ctx, logged=True) as url:
         w = Worker(

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
@@ -50,6 +52,8 @@ _UNAVAILABLE: Final = ("08", "57P01", "57P02", "57P03", "57P04", "57P05", "53300
 # serialization failures and deadlocks, lock and statement timeouts, a server short
 # of resources, system errors.
 _TRANSIENT: Final = (*_UNAVAILABLE, "40", "53", "55P03", "57014", "58")
+
+_log = logging.getLogger("commandbus.db")
 
 
 def _matches(exc: BaseException, states: tuple[str, ...]) -> bool:
@@ -284,6 +288,35 @@ async def atomic(conn: Conn) -> AsyncIterator[None]:
 T = TypeVar("T")
 
 
+#: While the database stays unavailable, the retries are logged again every this many.
+_RETRIES_BETWEEN_WARNINGS = 10
+
+
+def _say_retrying(state: tenacity.RetryCallState, *, what: str, retry_for: float) -> None:
+    """Log a retry: the first one that waits for an unavailable database as a warning
+    (so an operator sees why nothing happens), then every tenth while it lasts."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    if exc is None:
+        return
+    n = state.attempt_number
+    if not is_unavailable(exc):
+        _log.info("%s: %s; trying again (attempt %d)", what, first_line(exc), n + 1)
+    elif n == 1:
+        _log.warning(
+            "%s: the database is unavailable (%s); trying again for up to %gs",
+            what,
+            first_line(exc),
+            retry_for,
+        )
+    elif n % _RETRIES_BETWEEN_WARNINGS == 0:
+        _log.warning(
+            "%s: the database is still unavailable after %.0fs (%s)",
+            what,
+            state.seconds_since_start or 0.0,
+            first_line(exc),
+        )
+
+
 async def retrying(
     fn: Callable[[], Awaitable[T]],
     *,
@@ -316,6 +349,7 @@ async def retrying(
             stop=stop,
             sleep=sleep,
             reraise=True,
+            before_sleep=functools.partial(_say_retrying, what=what, retry_for=retry_for),
         ):
             with attempt:
                 return await fn()

@@ -84,7 +84,23 @@ def embedded_allowed() -> None:
             f"no database URL is set and {EMBEDDED_SWITCH}={raw} forbids the embedded "
             "PostgreSQL: set DATABASE_URL"
         )
-    raise ConfigError(f"{EMBEDDED_SWITCH} must be on or off, got {raw[:40]!r}")
+    raise ConfigError(
+        f"{EMBEDDED_SWITCH} must be on or off (or 1/0, true/false, yes/no), got {raw[:40]!r}"
+    )
+
+
+def configured_target(config: Config) -> tuple[str | None, Path | None]:
+    """The database URL and embedded data directory ``config`` points at.
+
+    A config that names neither (``Config(max_attempts=5)``, built in code) takes
+    both from the environment, as :meth:`Config.from_env` reads them, so that
+    tuning in code never drops ``DATABASE_URL`` for a silent local database.
+    """
+    if config.database_url or config.data_dir is not None:
+        return config.database_url or None, config.data_dir
+    url = os.environ.get("DATABASE_URL", "").strip() or None
+    data_dir = os.environ.get("COMMANDBUS_DATA_DIR", "").strip()
+    return url, Path(data_dir) if data_dir else None
 
 
 def resolve_database_url(url: str | None, config: Config) -> str:
@@ -98,10 +114,11 @@ def resolve_database_url(url: str | None, config: Config) -> str:
     """
     if url is not None:
         return url
-    if config.database_url:
-        return config.database_url
+    configured, data_dir = configured_target(config)
+    if configured:
+        return configured
     embedded_allowed()
-    choice = find_data_dir(config.data_dir)
+    choice = find_data_dir(data_dir)
     with _held_lock:
         server = _held.get(choice.path)
         if server is not None and server.url is not None and pgdata.running_pid(choice.path):
@@ -141,11 +158,12 @@ def open_database(
     ``announce`` gets one line saying which embedded server is used and why
     (the command line prints it on stderr); nothing for ``DATABASE_URL``.
     """
-    if config.database_url:
-        yield config.database_url
+    configured, data_dir = configured_target(config)
+    if configured:
+        yield configured
         return
     embedded_allowed()
-    choice = find_data_dir(config.data_dir)
+    choice = find_data_dir(data_dir)
     # said once: by ``announce`` when given, else logged by the server's start
     with EmbeddedServer(choice.path, why=choice.why, quiet=announce is not None) as server:
         assert server.url is not None
@@ -172,7 +190,7 @@ class Database:
         min_size: int = 1,
         max_size: int = 10,
     ) -> None:
-        self._url = url or config.database_url
+        self._url = url or configured_target(config)[0]
         self._config = config
         self._resolved: str | None = None
         self._own_pool = pool is None

@@ -31,7 +31,11 @@ LOG_LEVELS: dict[str, int] = {
     "critical": logging.CRITICAL,
 }
 #: Other names :func:`log_level` takes (as ``logging`` does).
-_ALIASES: dict[str, int] = {"warn": logging.WARNING, "fatal": logging.CRITICAL}
+_ALIASES: dict[str, int] = {
+    "notset": logging.NOTSET,
+    "warn": logging.WARNING,
+    "fatal": logging.CRITICAL,
+}
 #: What an id attribute of a record holds when it is not known (outside a handler,
 #: outside a traced span): printed by a format that names it, never ``None``.
 UNKNOWN = "-"
