@@ -174,20 +174,24 @@ async def test_the_coordinator_logs_json_at_the_level_asked(dsn: str) -> None:
     assert "sagas completed" in records[-1]["message"]
 
 
-def test_a_worker_that_cannot_reach_its_database_says_so_and_fails_when_stopped() -> None:
-    """Not silence for minutes: a warning while it retries, JSON like every other line,
-    and a non-zero exit when it is stopped before it ever connected."""
-    dead = "postgresql://nobody@127.0.0.1:1/none"
-    proc = run_cli(
+def json_worker(app: str, dsn: str, **env: str) -> subprocess.Popen[str]:
+    """``commandbus worker --app APP --domain jobs --log-format json`` against ``dsn``."""
+    return run_cli(
         "worker",
         "--app",
-        "worker_apps:registry",
+        app,
         "--domain",
         "jobs",
         "--log-format",
         "json",
-        env={**env_for(dead), "DATABASE_URL": dead},
+        env={**env_for(dsn), **env},
     )
+
+
+def test_a_worker_that_cannot_reach_its_database_says_so_and_fails_when_stopped() -> None:
+    """Not silence for minutes: a warning while it retries, JSON like every other line,
+    and a non-zero exit when it is stopped before it ever connected."""
+    proc = json_worker("worker_apps:registry", "postgresql://nobody@127.0.0.1:1/none")
     assert proc.stderr is not None
     records: list[dict[str, Any]] = []
     while not any("unavailable" in r["message"] for r in records):
@@ -209,31 +213,13 @@ def test_a_worker_that_cannot_reach_its_database_says_so_and_fails_when_stopped(
 def test_with_json_logs_start_up_errors_and_warnings_are_json_too(dsn: str, empty_dsn: str) -> None:
     """Every stderr line of a worker run with --log-format json is a JSON record:
     a deprecation warning (once) and the start-up error that ends it."""
-    proc = run_cli(
-        "worker",
-        "--app",
-        "worker_apps:nothere",
-        "--domain",
-        "jobs",
-        "--log-format",
-        "json",
-        env={**env_for(dsn), "MAX_RETRIES": "3"},
-    )
+    proc = json_worker("worker_apps:nothere", dsn, MAX_RETRIES="3")
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
     records = [json.loads(line) for line in err.splitlines()]  # every line is JSON
     assert records[-1]["level"] == "ERROR" and records[-1]["logger"] == "commandbus.cli"
     assert records[-1]["message"].startswith("error: module 'worker_apps' has no attribute")
-    proc = run_cli(
-        "worker",
-        "--app",
-        "worker_apps:registry",
-        "--domain",
-        "jobs",
-        "--log-format",
-        "json",
-        env={**env_for(empty_dsn), "MAX_RETRIES": "3"},
-    )
+    proc = json_worker("worker_apps:registry", empty_dsn, MAX_RETRIES="3")
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
     records = [json.loads(line) for line in err.splitlines()]

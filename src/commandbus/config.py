@@ -129,18 +129,25 @@ class Config:
                 _log.warning("%s", message)
                 warnings.warn(message, DeprecationWarning, stacklevel=2)
                 kwargs["max_attempts"] = _int("MAX_RETRIES", old)
-        url = env.get("DATABASE_URL", "").strip()
+        url, data_dir = database_from_env(env)
         if url:
             kwargs["database_url"] = url
-        data_dir = env.get("COMMANDBUS_DATA_DIR", "").strip()
-        if data_dir:
-            kwargs["data_dir"] = Path(data_dir)
+        if data_dir is not None:
+            kwargs["data_dir"] = data_dir
         for var, field, parse in _NUMERIC_VARS:
             raw = env.get(var)
             if raw is None or not raw.strip():
                 continue
             kwargs[field] = parse(var, raw.strip())
         return cls(**kwargs)
+
+
+def database_from_env(environ: Mapping[str, str] | None = None) -> tuple[str | None, Path | None]:
+    """``DATABASE_URL`` and ``COMMANDBUS_DATA_DIR`` (None when unset or blank)."""
+    env = os.environ if environ is None else environ
+    url = env.get("DATABASE_URL", "").strip() or None
+    data_dir = env.get("COMMANDBUS_DATA_DIR", "").strip()
+    return url, Path(data_dir) if data_dir else None
 
 
 #: Each integer variable's range and what its top is.

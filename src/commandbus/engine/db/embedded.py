@@ -48,7 +48,7 @@ from typing import IO, Self
 import attrs
 from psycopg_pool import AsyncConnectionPool
 
-from commandbus.config import Config, find_data_dir
+from commandbus.config import Config, database_from_env, find_data_dir
 from commandbus.engine.db import pgdata
 from commandbus.engine.db.connect import Conn, connect
 from commandbus.errors import ConfigError, EmbeddedDatabaseError
@@ -98,9 +98,7 @@ def configured_target(config: Config) -> tuple[str | None, Path | None]:
     """
     if config.database_url or config.data_dir is not None:
         return config.database_url or None, config.data_dir
-    url = os.environ.get("DATABASE_URL", "").strip() or None
-    data_dir = os.environ.get("COMMANDBUS_DATA_DIR", "").strip()
-    return url, Path(data_dir) if data_dir else None
+    return database_from_env()
 
 
 def resolve_database_url(url: str | None, config: Config) -> str:
