@@ -182,9 +182,9 @@ def count_saga_transition(
     if inst is None:
         return
     inst.saga_transitions.add(
-        1, {"commandbus.saga_name": saga_name, "commandbus.saga_status": status}
+        (("commandbus.saga_name", saga_name), ("commandbus.saga_status", status))
     )
     for step, n in (compensations or {}).items():
         inst.saga_compensations.add(
-            n, {"commandbus.saga_name": saga_name, "commandbus.saga_step": step}
+            (("commandbus.saga_name", saga_name), ("commandbus.saga_step", step)), n
         )

@@ -23,7 +23,7 @@ from commandbus.engine.observability.tracing.context import (
     end_span,
     enter_span,
 )
-from commandbus.engine.observability.tracing.instruments import _Instruments
+from commandbus.engine.observability.tracing.instruments import TallyKey, _Instruments
 from commandbus.engine.observability.tracing.providers import _active
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class SendSpan:
         if inst is not None:
             for domain, command_type in self._types:
                 inst.sent.add(
-                    1, {"commandbus.domain": domain, "commandbus.command_type": command_type}
+                    (("commandbus.domain", domain), ("commandbus.command_type", command_type))
                 )
 
     def refused(self, code: str, message: str) -> None:
@@ -160,8 +160,9 @@ class ProcessSpan:
     """
 
     __slots__ = (
-        "_attributes",
+        "_command_type",
         "_context_token",
+        "_domain",
         "_error",
         "_headers",
         "_inherited_token",
@@ -191,37 +192,42 @@ class ProcessSpan:
         self._headers = command.trace_context
         self._parent: otel_context.Context | None = None
         self._start = time.perf_counter()
-        self._attributes: dict[str, AttributeValue] | None = (
-            None
-            if instruments is None
-            else {"commandbus.domain": domain, "commandbus.command_type": command.command_type}
-        )
+        self._domain = domain
+        self._command_type = command.command_type
         self._span: trace.Span | None = None
         if tracer is None:
             return
-        attributes: dict[str, AttributeValue] = {
-            "messaging.system": MESSAGING_SYSTEM,
-            "messaging.destination.name": domain,
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-            "messaging.message.id": str(msg_id),
-            "messaging.message.conversation_id": str(command.correlation_id),
-            "commandbus.domain": domain,
-            "commandbus.command_id": str(command.command_id),
-            "commandbus.command_type": command.command_type,
-            "commandbus.attempt": attempt,
-            "commandbus.max_attempts": command.max_attempts,
-        }
-        if command.saga_id is not None:
-            attributes["commandbus.saga_id"] = str(command.saga_id)
-        if command.causation_id is not None:
-            attributes["commandbus.causation_id"] = str(command.causation_id)
-        if command.batch_id is not None:
-            attributes["commandbus.batch_id"] = str(command.batch_id)
         parent = _parent(command.trace_context)
+        # What a sampler may look at goes in at the start; the rest only when the
+        # span records (a span sampled out costs no string formatting).
         span = tracer.start_span(
-            f"process {domain}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+            f"process {domain}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": MESSAGING_SYSTEM,
+                "messaging.destination.name": domain,
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "process",
+                "commandbus.domain": domain,
+                "commandbus.command_type": command.command_type,
+            },
         )
+        if span.is_recording():
+            attributes: dict[str, AttributeValue] = {
+                "messaging.message.id": str(msg_id),
+                "messaging.message.conversation_id": str(command.correlation_id),
+                "commandbus.command_id": str(command.command_id),
+                "commandbus.attempt": attempt,
+                "commandbus.max_attempts": command.max_attempts,
+            }
+            if command.saga_id is not None:
+                attributes["commandbus.saga_id"] = str(command.saga_id)
+            if command.causation_id is not None:
+                attributes["commandbus.causation_id"] = str(command.causation_id)
+            if command.batch_id is not None:
+                attributes["commandbus.batch_id"] = str(command.batch_id)
+            span.set_attributes(attributes)
         self._span = span
         self._parent = parent
 
@@ -303,17 +309,27 @@ class ProcessSpan:
         span.end()
 
     def _count(self, inst: _Instruments) -> None:
-        attributes = self._attributes
-        assert attributes is not None
         outcome = self._outcome or "unknown"
-        attributes["commandbus.outcome"] = outcome
+        domain, command_type = self._domain, self._command_type
+        key = (domain, command_type, outcome)
+        attributes = inst.duration_attributes.get(key)
+        if attributes is None:
+            attributes = inst.duration_attributes[key] = {
+                "commandbus.domain": domain,
+                "commandbus.command_type": command_type,
+                "commandbus.outcome": outcome,
+            }
         inst.duration.record(time.perf_counter() - self._start, attributes)
-        inst.processed.add(1, attributes)
+        tally: TallyKey = (
+            ("commandbus.domain", domain),
+            ("commandbus.command_type", command_type),
+            ("commandbus.outcome", outcome),
+        )
+        inst.processed.add(tally)
         if outcome in ("failed", "troubleshooting", "retried"):
-            error = dict(attributes)
             if self._error is not None:
-                error["error.type"] = _error_type(self._error)
-            (inst.retried if outcome == "retried" else inst.failed).add(1, error)
+                tally = (*tally, ("error.type", _error_type(self._error)))
+            (inst.retried if outcome == "retried" else inst.failed).add(tally)
 
 
 class _NoProcess(ProcessSpan):
