@@ -8,6 +8,8 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
+import attrs
+
 from commandbus import Compensation, Saga, SagaStatus, Step
 from saga_apps import (
     Harness,
@@ -444,3 +446,31 @@ async def test_a_saga_whose_status_row_is_gone_is_replayed_from_its_events(dsn: 
         await assert_consistent(h)
     assert rec.status is SagaStatus.COMPLETED
     assert again is not None and again.status is SagaStatus.COMPLETED
+
+
+async def test_a_stale_kept_state_is_caught_by_the_version_check_and_decided_again(
+    dsn: str,
+) -> None:
+    """The coordinator keeps the states it committed; one that went stale (here: set
+    back a version by hand, as another coordinator's transition would leave it) is
+    refused by the expected-version check, reloaded and decided again."""
+    async with running(dsn, PLAIN) as h:
+        started = await h.sagas.start_saga(
+            PLAIN, {"order_id": "k1", "behaviour": {"Charge": "gate"}}
+        )
+        await wait_for(lambda: "Charge" in h.journal.of("k1"))
+        await status_is(h, started.saga_id, SagaStatus.RUNNING, idle=True)
+        kept = h.coordinator._states.get(started.saga_id)
+        assert kept is not None  # the first step's transition was kept
+        record = await h.sagas.get_saga(started.saga_id)
+        assert record is not None and kept.version == record.version
+        h.coordinator._states.put(started.saga_id, attrs.evolve(kept, version=kept.version - 1))
+        conflicts = h.coordinator.stats.conflicts
+        h.journal.gate("k1").set()
+        rec = await final(h, started.saga_id)
+        assert h.coordinator.stats.conflicts > conflicts
+        events = await history(h, started.saga_id)
+        await assert_consistent(h)
+    assert rec.status is SagaStatus.COMPLETED
+    completed = [step for t, step in events if t == "SagaStepCompleted"]
+    assert completed == ["reserve", "charge", "ship"]  # each step once, in order

@@ -52,7 +52,7 @@ from commandbus.sagas import sql as queries
 from commandbus.sagas.decide import SAGA_QUEUE, Decider
 from commandbus.sagas.definition import Saga, SagaRegistry
 from commandbus.sagas.state import SagaState
-from commandbus.sagas.store import Loaded, Pending, commit, delete_messages, load
+from commandbus.sagas.store import KeptStates, Loaded, Pending, commit, delete_messages, load
 
 log = logging.getLogger("commandbus.coordinator")
 
@@ -60,6 +60,9 @@ log = logging.getLogger("commandbus.coordinator")
 BLOCKED_RETRY_SECONDS = 30.0
 #: Rounds of deciding again the sagas another writer moved meanwhile, per group.
 CONFLICT_ROUNDS = 8
+#: Sagas whose last committed state a coordinator keeps, to decide their next
+#: transition without reading it back (the oldest are forgotten first).
+STATE_CACHE_SIZE = 10_000
 
 
 @attrs.frozen
@@ -157,6 +160,7 @@ class Coordinator:
         )
         self._task: asyncio.Task[CoordinatorStats] | None = None
         self._warned: set[tuple[str, int]] = set()
+        self._states = KeptStates(STATE_CACHE_SIZE)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -306,8 +310,9 @@ class Coordinator:
                 bad.append(m.msg_id)
             else:
                 by_saga[saga_id].append(m)
+        loaded = self._states.take(by_saga)
         async with conn.transaction():
-            loaded = await load(conn, list(by_saga))
+            loaded.update(await load(conn, [s for s in by_saga if s not in loaded]))
             pending: list[Pending] = []
             postponed: list[int] = []
             for saga_id, items in by_saga.items():
@@ -347,6 +352,7 @@ class Coordinator:
                 await delete_messages(conn, bad)
             if postponed:
                 await self.postpone(conn, postponed, BLOCKED_RETRY_SECONDS)
+        self._states.keep(pending, passed)
         self.stats.ignored += len(bad)
         self.stats.blocked += len(postponed)
         retry: list[SagaMessage] = []

@@ -83,9 +83,10 @@ ALLOCATE_MSG_IDS: Final[LiteralString] = """
 SELECT nextval(pg_get_serial_sequence(%(table)s, 'msg_id')) FROM generate_series(1, %(n)s)
 """
 
-# The stored state of sagas, with the stream version it reflects.
+# The stored state of sagas, with the stream version it reflects and when it began.
 LOAD_STATES: Final[LiteralString] = """
-SELECT saga_id, version, state FROM commandbus.saga WHERE saga_id = ANY (%(ids)s::uuid[])
+SELECT saga_id, version, state, created_at
+  FROM commandbus.saga WHERE saga_id = ANY (%(ids)s::uuid[])
 """
 
 # The events of some saga streams (for a saga whose status row is missing), stream

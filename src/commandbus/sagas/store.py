@@ -10,7 +10,7 @@ coordinator, an operator) writes nothing at all; it is decided again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, cast
@@ -42,8 +42,9 @@ class Loaded:
 
     state: SagaState
     version: int
-    #: set only when the status row was missing and the state was replayed
+    #: when the saga began (written only if its status row has to be written afresh)
     created_at: datetime | None = None
+    #: set only when the status row was missing and the state was replayed
     ended_at: datetime | None = None
 
 
@@ -59,12 +60,54 @@ class Pending:
     ended_at: datetime | None = None
 
 
+class KeptStates:
+    """The state and version a coordinator last committed for each running saga.
+
+    A transition takes its saga's entry out (so a concurrent group never shares
+    it: states are changed in place) and :meth:`keep` puts the new state back once
+    its transaction has committed; anything else forgets it. A stale entry
+    (another coordinator moved the saga) fails the expected-version check like any
+    other race, and the saga is then loaded and decided again.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._states: dict[UUID, Loaded] = {}
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def get(self, saga_id: UUID) -> Loaded | None:
+        return self._states.get(saga_id)
+
+    def put(self, saga_id: UUID, loaded: Loaded) -> None:
+        self._states[saga_id] = loaded
+        while len(self._states) > self._size:  # the oldest first
+            del self._states[next(iter(self._states))]
+
+    def take(self, saga_ids: Iterable[UUID]) -> dict[UUID, Loaded]:
+        """The kept states of these sagas, taken out."""
+        states = self._states
+        return {s: found for s in saga_ids if (found := states.pop(s, None)) is not None}
+
+    def keep(self, pending: Sequence[Pending], passed: set[UUID]) -> None:
+        """Keep the committed states of the running sagas a transaction moved."""
+        for p in pending:
+            state = p.decider.state
+            moved = p.saga_id in passed and p.decider.events
+            if moved and state is not None and not state.status.is_final:
+                version = p.expected_version + len(p.decider.events)
+                self.put(p.saga_id, Loaded(state, version, created_at=p.created_at))
+
+
 async def load(conn: Conn, saga_ids: Sequence[UUID]) -> dict[UUID, Loaded]:
     """The stored state of these sagas (replayed from events where the row is missing)."""
     if not saga_ids:
         return {}
     cur = await conn.execute(queries.LOAD_STATES, {"ids": list(saga_ids)})
-    found = {r[0]: Loaded(from_json(r[2]), int(r[1])) for r in await cur.fetchall()}
+    found = {
+        r[0]: Loaded(from_json(r[2]), int(r[1]), created_at=r[3]) for r in await cur.fetchall()
+    }
     missing = [s for s in saga_ids if s not in found]
     if missing:
         for saga_id, row in (await replay_sagas(conn, missing)).items():
