@@ -65,7 +65,7 @@ async def test_a_pending_command_is_cancelled_with_its_message(bus: CommandBus, 
     assert await _status(bus, keep) is CommandStatus.PENDING
     history = await bus.command_history("payments", cid)
     assert [e.event_type for e in history] == ["CommandSent", "CommandCancelledByOperator"]
-    assert history[-1].data == {"reason": "dup", "operator": "ana"}
+    assert history[-1].data == {"reason": "dup", "operator": "ana", "source": "api"}
     assert history[-1].causation_id == cid
     assert await _messages(conn) == 1  # only the other command's message is left
     assert (await bus.verify_projection()).ok
@@ -189,7 +189,7 @@ async def test_a_command_in_the_tsq_is_cancelled_as_the_tsq_does(bus: CommandBus
     assert was is CommandStatus.IN_TROUBLESHOOTING_QUEUE
     history = await bus.command_history("payments", cid)
     assert history[-1].event_type == "CommandCancelledByOperator"
-    assert history[-1].data == {"reason": "refunded by hand", "operator": "bo"}
+    assert history[-1].data == {"reason": "refunded by hand", "operator": "bo", "source": "api"}
     async with bus.pool.connection() as c:
         outcomes = [r[0] for r in await fetch(c, "SELECT message->>'outcome' FROM pgmq.q_replies")]
     assert outcomes == ["TROUBLESHOOTING", "CANCELLED"]

@@ -451,7 +451,7 @@ async def test_cancel_from_the_shell(dsn: str, bus: CommandBus) -> None:
     assert out == f"cancelled payments/Charge {cid} (was PENDING)\n"
     history = await bus.command_history("payments", cid)
     assert history[-1].event_type == "CommandCancelledByOperator"
-    assert history[-1].data == {"reason": "duplicate", "operator": "ana"}
+    assert history[-1].data == {"reason": "duplicate", "operator": "ana", "source": "cli"}
 
     one_error(cli(dsn, "cancel", str(cid)), f"cannot cancel command {cid}: it is already CANCELLED")
     unknown = uuid4()

@@ -102,6 +102,17 @@ def operator_arg(value: object) -> str | None:
     return opt_text_arg(value, "operator", empty=True, most=MAX_OPERATOR)
 
 
+#: Where an operator's action came from, recorded with it (``source`` in the event).
+SOURCES = ("api", "cli", "web")
+
+
+def source_arg(value: object) -> str:
+    """Where an operator's action came from: one of :data:`SOURCES`."""
+    if value not in SOURCES:
+        raise ValidationError(f"source must be one of {', '.join(SOURCES)}, got {show(value)}")
+    return str(value)
+
+
 def bool_arg(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise ValidationError(f"{name} must be True or False, got {show(value)}")

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -189,6 +190,16 @@ def database_url(ctx: click.Context, *, logged: bool = False) -> Iterator[str]:
 
     with open_database(load_config(ctx), announce=announce) as url:
         yield url
+
+
+def os_user() -> str:
+    """Who runs this process (the operator an action is recorded for by default)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        return f"uid:{os.getuid()}"
 
 
 def parse_uuid(value: str, what: str) -> UUID:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from commandbus.arguments import operator_arg, reason_arg
-from commandbus.cli._common import run_with_bus
+from commandbus.cli._common import os_user, run_with_bus
 from commandbus.cli.show import command_args, find_command
 from commandbus.engine.commands.bus import CommandBus
 from commandbus.models import CommandRecord, CommandStatus
@@ -15,7 +15,7 @@ from commandbus.models import CommandRecord, CommandStatus
 @click.argument("domain_or_id", metavar="[DOMAIN]")
 @click.argument("command_id", metavar="ID", required=False)
 @click.option("--reason", help="Why (recorded in the event).")
-@click.option("--operator", help="Who did it (recorded in the event).")
+@click.option("--operator", help="Who did it (recorded in the event; default: your OS user).")
 @click.pass_context
 def cancel(
     ctx: click.Context,
@@ -37,7 +37,9 @@ def cancel(
 
     async def go(bus: CommandBus) -> tuple[CommandRecord, CommandStatus]:
         record = await find_command(bus, domain, cid)
-        was = await bus.cancel_command(record.domain, cid, reason=reason, operator=operator)
+        was = await bus.cancel_command(
+            record.domain, cid, reason=reason, operator=operator or os_user(), source="cli"
+        )
         return record, was
 
     record, was = run_with_bus(ctx, go)

@@ -28,6 +28,7 @@ from commandbus.cli.show import show
 from commandbus.cli.status import status
 from commandbus.cli.trace import trace
 from commandbus.cli.tsq import tsq
+from commandbus.cli.web import web
 from commandbus.cli.worker import worker
 from commandbus.errors import CommandBusError
 
@@ -94,6 +95,7 @@ _COMMANDS: tuple[click.Command, ...] = (
     status,
     trace,
     projection,
+    web,
 )
 for _command in _COMMANDS:
     cli.add_command(_command)

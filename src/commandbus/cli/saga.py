@@ -13,6 +13,7 @@ from commandbus.cli._common import (
     CLIError,
     Duration,
     Number,
+    os_user,
     page_options,
     parse_uuid,
     run_with_bus,
@@ -158,7 +159,7 @@ _CARRIED_OUT = "(a running coordinator carries it out)"
 @saga.command()
 @click.argument("saga_id")
 @click.option("--reason", help="Why (recorded in the saga's events).")
-@click.option("--operator", help="Who asks (recorded in the saga's events).")
+@click.option("--operator", help="Who asks (recorded in the saga's events; default: your OS user).")
 @click.pass_context
 def cancel(ctx: click.Context, saga_id: str, reason: str | None, operator: str | None) -> None:
     """Compensate a running saga: its completed steps are undone in reverse.
@@ -166,26 +167,36 @@ def cancel(ctx: click.Context, saga_id: str, reason: str | None, operator: str |
     Refused once the saga has ended or passed its pivot. A step's command waiting
     in the troubleshooting queue is cancelled at once.
     """
-    sid = _request(ctx, saga_id, lambda c, s: c.cancel_saga(s, reason=reason, operator=operator))
+    sid = _request(
+        ctx,
+        saga_id,
+        lambda c, s: c.cancel_saga(s, reason=reason, operator=operator or os_user(), source="cli"),
+    )
     click.echo(f"cancel of saga {sid} requested {_CARRIED_OUT}")
 
 
 @saga.command()
 @click.argument("saga_id")
 @click.option("--reason", help="Why (recorded in the saga's events).")
-@click.option("--operator", help="Who asks (recorded in the saga's events).")
+@click.option("--operator", help="Who asks (recorded in the saga's events; default: your OS user).")
 @click.pass_context
 def pause(ctx: click.Context, saga_id: str, reason: str | None, operator: str | None) -> None:
     """Hold a saga: outcomes are still recorded, nothing new is sent until resumed."""
-    sid = _request(ctx, saga_id, lambda c, s: c.pause_saga(s, reason=reason, operator=operator))
+    sid = _request(
+        ctx,
+        saga_id,
+        lambda c, s: c.pause_saga(s, reason=reason, operator=operator or os_user(), source="cli"),
+    )
     click.echo(f"pause of saga {sid} requested {_CARRIED_OUT}")
 
 
 @saga.command()
 @click.argument("saga_id")
-@click.option("--operator", help="Who asks (recorded in the saga's events).")
+@click.option("--operator", help="Who asks (recorded in the saga's events; default: your OS user).")
 @click.pass_context
 def resume(ctx: click.Context, saga_id: str, operator: str | None) -> None:
     """Let a paused saga go on (what it held back is sent)."""
-    sid = _request(ctx, saga_id, lambda c, s: c.resume_saga(s, operator=operator))
+    sid = _request(
+        ctx, saga_id, lambda c, s: c.resume_saga(s, operator=operator or os_user(), source="cli")
+    )
     click.echo(f"resume of saga {sid} requested {_CARRIED_OUT}")

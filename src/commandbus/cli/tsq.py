@@ -7,7 +7,7 @@ from typing import TypeVar
 
 import click
 
-from commandbus.cli._common import CLIError, page_options, parse_uuid, run_with_bus
+from commandbus.cli._common import CLIError, os_user, page_options, parse_uuid, run_with_bus
 from commandbus.cli.listing import table
 from commandbus.codec import unstructure
 from commandbus.engine.commands.read import MAX_PAGE, CommandFilter
@@ -57,13 +57,20 @@ def list_(
 @tsq.command()
 @click.argument("domain")
 @click.argument("command_id")
-@click.option("--operator", help="Who did it (recorded in the event).")
+@click.option("--reason", help="Why (recorded in the event).")
+@click.option("--operator", help="Who did it (recorded in the event; default: your OS user).")
 @click.pass_context
-def retry(ctx: click.Context, domain: str, command_id: str, operator: str | None) -> None:
+def retry(
+    ctx: click.Context, domain: str, command_id: str, reason: str | None, operator: str | None
+) -> None:
     """Re-queue a command with fresh attempts."""
     cid = parse_uuid(command_id, "command")
+    who = operator or os_user()
     msg_id = run_with_bus(
-        ctx, lambda bus: bus.troubleshooting.retry(domain, cid, operator=operator)
+        ctx,
+        lambda bus: bus.troubleshooting.retry(
+            domain, cid, reason=reason, operator=who, source="cli"
+        ),
     )
     click.echo(f"re-queued {cid} as message {msg_id}")
 
@@ -72,15 +79,19 @@ def retry(ctx: click.Context, domain: str, command_id: str, operator: str | None
 @click.argument("domain")
 @click.argument("command_id")
 @click.option("--reason", help="Why (recorded in the event).")
-@click.option("--operator", help="Who did it (recorded in the event).")
+@click.option("--operator", help="Who did it (recorded in the event; default: your OS user).")
 @click.pass_context
 def cancel(
     ctx: click.Context, domain: str, command_id: str, reason: str | None, operator: str | None
 ) -> None:
     """Cancel a command for good."""
     cid = parse_uuid(command_id, "command")
+    who = operator or os_user()
     run_with_bus(
-        ctx, lambda bus: bus.troubleshooting.cancel(domain, cid, reason=reason, operator=operator)
+        ctx,
+        lambda bus: bus.troubleshooting.cancel(
+            domain, cid, reason=reason, operator=who, source="cli"
+        ),
     )
     click.echo(f"cancelled {cid}")
 
@@ -95,10 +106,16 @@ def cancel(
     show_default=True,
     help="The command's result, as JSON.",
 )
-@click.option("--operator", help="Who did it (recorded in the event).")
+@click.option("--reason", help="Why (recorded in the event).")
+@click.option("--operator", help="Who did it (recorded in the event; default: your OS user).")
 @click.pass_context
 def complete(
-    ctx: click.Context, domain: str, command_id: str, result_json: str, operator: str | None
+    ctx: click.Context,
+    domain: str,
+    command_id: str,
+    result_json: str,
+    reason: str | None,
+    operator: str | None,
 ) -> None:
     """Mark a command completed by hand."""
     cid = parse_uuid(command_id, "command")
@@ -110,6 +127,8 @@ def complete(
         raise CLIError("--result is nested too deeply") from None
     run_with_bus(
         ctx,
-        lambda bus: bus.troubleshooting.complete(domain, cid, result=result, operator=operator),
+        lambda bus: bus.troubleshooting.complete(
+            domain, cid, result=result, reason=reason, operator=operator or os_user(), source="cli"
+        ),
     )
     click.echo(f"completed {cid}")

@@ -5,6 +5,14 @@ consumers' heartbeats; writes nothing. May import every layer below it (sagas,
 the engine); only the command line (and what sits above it) imports it.
 """
 
+from commandbus.monitoring.activity import (
+    IdMatch,
+    MinuteCounts,
+    Throughput,
+    bounded,
+    find_id,
+    throughput,
+)
 from commandbus.monitoring.attention import age_text
 from commandbus.monitoring.models import (
     ConsumerStatus,
@@ -20,11 +28,17 @@ from commandbus.monitoring.read import system_status
 __all__ = [
     "ConsumerStatus",
     "DomainStatus",
+    "IdMatch",
+    "MinuteCounts",
     "ProcessStatus",
     "QueueDepth",
     "SagaSummary",
     "StatusCounts",
     "SystemStatus",
+    "Throughput",
     "age_text",
+    "bounded",
+    "find_id",
     "system_status",
+    "throughput",
 ]

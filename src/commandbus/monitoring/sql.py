@@ -87,3 +87,29 @@ SELECT consumer_id, process_id, host, pid, queue, concurrency, interval_ms,
         AND last_seen_at >= now() - %(beats)s * interval_ms * interval '1 millisecond')
  ORDER BY host, pid, process_id, started_at, queue
 """
+
+# A dashboard's read transaction: every later statement gives up after %(timeout_ms)s.
+BOUNDED_TRANSACTION: Final[LiteralString] = (
+    "SELECT set_config('statement_timeout', %(timeout_ms)s::text, true)"
+)
+READ_ONLY_TRANSACTION: Final[LiteralString] = "SET TRANSACTION READ ONLY"
+
+# Outcome events per minute over the last %(minutes)s minutes (the current one
+# included), each count stopping at %(limit)s: one BRIN-narrowed range of the
+# event log per minute (0008_event_time_index), never a scan of the whole log.
+THROUGHPUT: Final[LiteralString] = """
+SELECT m.minute,
+       (SELECT count(*) FROM (SELECT 1 FROM commandbus.event e
+                               WHERE e.recorded_at >= m.minute
+                                 AND e.recorded_at < m.minute + interval '1 minute'
+                                 AND e.event_type = ANY(%(completed)s::text[])
+                               LIMIT %(limit)s) x),
+       (SELECT count(*) FROM (SELECT 1 FROM commandbus.event e
+                               WHERE e.recorded_at >= m.minute
+                                 AND e.recorded_at < m.minute + interval '1 minute'
+                                 AND e.event_type = ANY(%(failed)s::text[])
+                               LIMIT %(limit)s) x)
+  FROM generate_series(date_trunc('minute', now()) - (%(minutes)s - 1) * interval '1 minute',
+                       date_trunc('minute', now()), interval '1 minute') AS m(minute)
+ ORDER BY m.minute
+"""

@@ -14,16 +14,19 @@ from commandbus.sagas.definition import (
     SagaRegistry,
     Step,
 )
+from commandbus.sagas.preview import CancelPreview, PlannedCompensation
 from commandbus.sagas.read import SagaFilter, SagaPage, SagaRecord
 from commandbus.sagas.replay import SagaDifference, SagaVerifyReport
 from commandbus.sagas.state import SagaStatus, StepState, StepStatus
 
 __all__ = [
     "SAGA_QUEUE",
+    "CancelPreview",
     "Compensation",
     "Coordinator",
     "CoordinatorStats",
     "Parallel",
+    "PlannedCompensation",
     "Saga",
     "SagaClient",
     "SagaContext",

@@ -27,6 +27,7 @@ from commandbus.arguments import (
     opt_uuid_arg,
     reason_arg,
     show,
+    source_arg,
     uuid_arg,
 )
 from commandbus.codec import dumps, dumps_limited
@@ -46,7 +47,8 @@ from commandbus.names import saga_stream_id
 from commandbus.sagas import replay
 from commandbus.sagas import sql as q
 from commandbus.sagas.decide import SAGA_QUEUE, Decider, saga_id_for_key
-from commandbus.sagas.definition import Saga
+from commandbus.sagas.definition import Saga, SagaRegistry
+from commandbus.sagas.preview import CancelPreview, preview_cancel
 from commandbus.sagas.read import (
     SagaFilter,
     SagaPage,
@@ -245,13 +247,14 @@ class SagaClient:
         *,
         reason: str | None = None,
         operator: str | None = None,
+        source: str = "api",
         conn: Conn | None = None,
     ) -> None:
         """Compensate a running saga: the coordinator waits for the steps out, then
         compensates the completed ones in reverse. A step waiting on an operator has
         its troubleshooting-queue command cancelled now (in the same transaction).
         Refused (:class:`InvalidStateError`) once the saga ended or passed its pivot."""
-        await self._request(saga_id, "cancel", reason, operator, conn)
+        await self._request(saga_id, "cancel", reason, operator, source, conn)
 
     async def pause_saga(
         self,
@@ -259,20 +262,22 @@ class SagaClient:
         *,
         reason: str | None = None,
         operator: str | None = None,
+        source: str = "api",
         conn: Conn | None = None,
     ) -> None:
         """Hold a saga: outcomes are still recorded, nothing new is sent until resumed."""
-        await self._request(saga_id, "pause", reason, operator, conn)
+        await self._request(saga_id, "pause", reason, operator, source, conn)
 
     async def resume_saga(
         self,
         saga_id: UUID | str,
         *,
         operator: str | None = None,
+        source: str = "api",
         conn: Conn | None = None,
     ) -> None:
         """Let a paused saga go on (what it waited for is sent now)."""
-        await self._request(saga_id, "resume", None, operator, conn)
+        await self._request(saga_id, "resume", None, operator, source, conn)
 
     async def _request(
         self,
@@ -280,11 +285,13 @@ class SagaClient:
         action: str,
         reason: object,
         operator: object,
+        source: object,
         conn: Conn | None,
     ) -> None:
         sid = uuid_arg(saga_id, "saga_id")
         why = reason_arg(reason)
         who = operator_arg(operator)
+        where = source_arg(source)
         if conn is not None:
             conn_arg(conn)
         await self._bus.create_queues([SAGA_QUEUE])
@@ -312,6 +319,7 @@ class SagaClient:
                                 step.command_id,
                                 reason=why or f"saga {sid} cancelled",
                                 operator=who,
+                                source=where,
                                 conn=c,
                             )
             await c.execute(
@@ -324,10 +332,44 @@ class SagaClient:
                             "action": action,
                             "reason": why,
                             "operator": who,
+                            "source": where,
                         }
                     )
                 },
             )
+
+    async def cancel_preview(
+        self,
+        saga_id: UUID | str,
+        definitions: Saga | SagaRegistry,
+        *,
+        conn: Conn | None = None,
+    ) -> CancelPreview:
+        """What :meth:`cancel_saga` would do now: the compensations, in the order
+        the coordinator would run them (computed by the same function), and the
+        steps it would wait for or withdraw. ``definitions``: the saga's definition
+        (or a registry holding its name and version). :class:`SagaNotFoundError`
+        for an unknown saga, :class:`ValidationError` when no definition matches."""
+        sid = uuid_arg(saga_id, "saga_id")
+        if isinstance(definitions, SagaRegistry):
+            registry = definitions
+        elif isinstance(definitions, Saga):
+            registry = SagaRegistry([definitions])
+        else:
+            raise ValidationError(
+                f"definitions must be a Saga or a SagaRegistry, got {show(definitions)}"
+            )
+        async with borrow(self._bus.pool, conn) as c:
+            record = await fetch_saga(c, sid)
+        if record is None:
+            raise SagaNotFoundError(f"no saga {sid}")
+        definition = registry.get(record.name, record.definition_version)
+        if definition is None:
+            raise ValidationError(
+                f"no definition of saga {record.name!r} "
+                f"version {record.definition_version} was given"
+            )
+        return preview_cancel(definition, record.state)
 
     # -- the projection -----------------------------------------------------------------
 

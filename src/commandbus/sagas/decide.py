@@ -32,6 +32,7 @@ from commandbus.errors import InvalidStateError
 from commandbus.models import NewEvent
 from commandbus.sagas.definition import SAGA_QUEUE as SAGA_QUEUE  # re-exported here
 from commandbus.sagas.definition import DataBuilder, Saga, SagaContext
+from commandbus.sagas.preview import compensation_stages
 from commandbus.sagas.state import IN_FLIGHT, SagaState, StepStatus, apply
 
 #: Namespace of the ids derived for saga commands and idempotent starts.
@@ -95,6 +96,7 @@ class Decider:
         self._headers = dict(headers or {})
         self._on_send = on_send
         self._causation: UUID | None = None
+        self._by: dict[str, str] = {}  # an operator request's source (web, cli, api)
         # the trace context each command of this transition was sent with
         self._traces: dict[UUID, dict[str, str]] = {}
 
@@ -320,7 +322,7 @@ class Decider:
             return
         self.emit(
             ev.SAGA_CANCEL_REQUESTED,
-            {"reason": reason or "cancelled by an operator", "operator": operator},
+            {"reason": reason or "cancelled by an operator", "operator": operator, **self._by},
         )
         self.withdraw.extend(
             (s.domain, s.command_id)
@@ -334,12 +336,12 @@ class Decider:
         if st.ended is not None:
             raise InvalidStateError(f"saga {st.saga_id} is {st.ended}: it cannot be paused")
         if not st.paused:
-            self.emit(ev.SAGA_PAUSED, {"reason": reason, "operator": operator})
+            self.emit(ev.SAGA_PAUSED, {"reason": reason, "operator": operator, **self._by})
 
     def resume(self, operator: str | None = None) -> None:
         st = self._state
         if st.paused:
-            self.emit(ev.SAGA_RESUMED, {"operator": operator})
+            self.emit(ev.SAGA_RESUMED, {"operator": operator, **self._by})
         self.advance()
 
     def control(self, msg_id: int, body: Mapping[str, Any]) -> None:
@@ -348,6 +350,7 @@ class Decider:
         action = body.get("action")
         reason = body.get("reason")
         operator = body.get("operator")
+        self._by = {} if body.get("source") is None else {"source": str(body["source"])}
         try:
             if action == "cancel":
                 self.cancel(reason, operator)
@@ -458,18 +461,11 @@ class Decider:
             s.status in (StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED) for s in steps
         ):
             return  # one stage at a time, each waiting for its own outcomes
-        todo = [
-            s
-            for s in steps
-            if s.status is StepStatus.COMPLETED and saga.step(s.name).compensation is not None
-        ]
-        if not todo:
+        stages = compensation_stages(saga, st)
+        if not stages:
             self.emit(ev.SAGA_COMPENSATED, {"reason": st.reason})
             return
-        top = max(s.stage for s in todo)
-        for s in todo:
-            if s.stage != top:
-                continue
+        for s in stages[0]:
             comp = saga.step(s.name).compensation
             assert comp is not None
             domain = comp.domain or saga.step(s.name).domain

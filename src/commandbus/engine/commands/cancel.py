@@ -23,7 +23,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus import event_types as ev
-from commandbus.arguments import operator_arg, reason_arg
+from commandbus.arguments import operator_arg, reason_arg, source_arg
 from commandbus.engine.commands import sql as q
 from commandbus.engine.commands.envelope import REPLY_CANCELLED, reply_for
 from commandbus.engine.commands.read import to_record
@@ -86,6 +86,7 @@ async def cancel_on(
     *,
     reason: str | None,
     operator: str | None,
+    source: str = "api",
     pool: AsyncConnectionPool[Conn],
 ) -> CommandStatus:
     """Cancel one command on ``conn`` (in the caller's atomic block); see the module.
@@ -98,13 +99,15 @@ async def cancel_on(
     status = record.status
     if status is CommandStatus.IN_TROUBLESHOOTING_QUEUE:
         tsq = TroubleshootingQueue(pool)  # runs on conn: never borrows from the pool
-        await tsq.cancel(domain, command_id, reason=reason, operator=operator, conn=conn)
+        await tsq.cancel(
+            domain, command_id, reason=reason, operator=operator, source=source, conn=conn
+        )
         return status
     if status.is_final:
         raise InvalidStateError(f"cannot cancel command {command_id}: it is already {status.value}")
     queue_op = await _lock_message(conn, record)
     sent, trace = await sent_event(EventStore(pool), conn, domain, command_id)
-    data: dict[str, Any] = {"reason": reason, "operator": operator}
+    data: dict[str, Any] = {"reason": reason, "operator": operator, "source": source}
     await record_one(
         conn,
         Transition(
@@ -135,6 +138,7 @@ class CommandCancels:
         *,
         reason: str | None = None,
         operator: str | None = None,
+        source: str = "api",
         conn: Conn | None = None,
     ) -> CommandStatus:
         """Cancel a command that has not run yet, or waits in the troubleshooting queue.
@@ -144,9 +148,10 @@ class CommandCancels:
         is in flight: try again once that attempt has ended); its queue message is
         deleted in the same transaction, so no worker runs it afterwards. A command
         in the troubleshooting queue is cancelled as ``bus.troubleshooting.cancel``
-        does. Either way ``CommandCancelledByOperator`` records ``reason`` and
-        ``operator``, and a command with ``reply_to`` (a saga's step) gets a
-        ``CANCELLED`` reply. A command already COMPLETED, FAILED or CANCELLED is an
+        does. Either way ``CommandCancelledByOperator`` records ``reason``,
+        ``operator`` and ``source`` (``api``, ``cli`` or ``web``), and a command
+        with ``reply_to`` (a saga's step) gets a ``CANCELLED`` reply. A command
+        already COMPLETED, FAILED or CANCELLED is an
         :class:`~commandbus.errors.InvalidStateError`, an unknown one a
         :class:`~commandbus.errors.CommandNotFoundError`. Returns the status it was
         cancelled from. With ``conn=`` it joins the caller's transaction (a refusal
@@ -155,5 +160,8 @@ class CommandCancels:
         domain, cid = target(domain, command_id)
         reason = reason_arg(reason)
         operator = operator_arg(operator)
+        source = source_arg(source)
         async with borrow(self.pool, conn) as c, atomic(c):
-            return await cancel_on(c, domain, cid, reason=reason, operator=operator, pool=self.pool)
+            return await cancel_on(
+                c, domain, cid, reason=reason, operator=operator, source=source, pool=self.pool
+            )

@@ -14,14 +14,15 @@ behind it.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Literal
 from uuid import UUID
 
 import attrs
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus import event_types as ev
-from commandbus.arguments import operator_arg, reason_arg, uuid_arg
+from commandbus.arguments import int_arg, operator_arg, reason_arg, source_arg, uuid_arg
 from commandbus.codec import dumps
 from commandbus.engine.commands import store as command_store
 from commandbus.engine.commands.envelope import (
@@ -33,6 +34,7 @@ from commandbus.engine.commands.envelope import (
     trace_context,
 )
 from commandbus.engine.commands.read import (
+    MAX_PAGE,
     CommandFilter,
     fetch_command,
     fetch_page,
@@ -49,6 +51,21 @@ from commandbus.models import Command, CommandRecord, CommandStatus, NewEvent, P
 from commandbus.names import command_stream_id, validate_domain
 
 _IN_TSQ = CommandStatus.IN_TROUBLESHOOTING_QUEUE
+#: The most commands one "all matching" action may name.
+MAX_MATCHING = 10_000
+
+Action = Literal["retry", "cancel", "complete"]
+#: (domain, command id) of commands in the TSQ
+Targets = list[tuple[str, UUID]]
+
+
+@attrs.frozen(kw_only=True)
+class BulkOutcome:
+    """What an action on many TSQ commands did: each acted on, or refused and why."""
+
+    done: tuple[tuple[str, UUID], ...]
+    #: (domain, command id, why): gone from the TSQ meanwhile, unknown...
+    refused: tuple[tuple[str, UUID, str], ...]
 
 
 def target(domain: object, command_id: object) -> tuple[str, UUID]:
@@ -144,12 +161,20 @@ class TroubleshootingQueue:
         domain: str,
         command_id: UUID | str,
         *,
+        reason: str | None = None,
         operator: str | None = None,
+        source: str = "api",
         conn: Conn | None = None,
     ) -> int:
-        """Re-queue a TSQ command with fresh attempts; returns its new message id."""
+        """Re-queue a TSQ command with fresh attempts; returns its new message id.
+
+        ``operator``, ``reason`` and ``source`` (``api``, ``cli`` or ``web``) are
+        recorded in the event: who, why and from where.
+        """
         domain, cid = target(domain, command_id)
+        reason = reason_arg(reason)
         operator = operator_arg(operator)
+        source = source_arg(source)
         async with borrow(self._pool, conn) as c, atomic(c):
             record = await _in_tsq(c, domain, cid, "retry")
             sent, trace = await sent_event(self._events, c, domain, cid)
@@ -174,6 +199,8 @@ class TroubleshootingQueue:
                                 "msg_id": msg_id,
                                 "previous_msg_id": record.msg_id,
                                 "operator": operator,
+                                "reason": reason,
+                                "source": source,
                             },
                         )
                     ],
@@ -189,19 +216,21 @@ class TroubleshootingQueue:
         *,
         reason: str | None = None,
         operator: str | None = None,
+        source: str = "api",
         conn: Conn | None = None,
     ) -> None:
         """Cancel a TSQ command for good (its reply, if any, says CANCELLED)."""
         domain, cid = target(domain, command_id)
         reason = reason_arg(reason)
         operator = operator_arg(operator)
+        source = source_arg(source)
         await self._finish(
             conn,
             domain,
             cid,
             action="cancel",
             event_type=ev.COMMAND_CANCELLED_BY_OPERATOR,
-            data={"reason": reason, "operator": operator},
+            data={"reason": reason, "operator": operator, "source": source},
             outcome=REPLY_CANCELLED,
         )
 
@@ -211,12 +240,16 @@ class TroubleshootingQueue:
         command_id: UUID | str,
         *,
         result: Any = None,
+        reason: str | None = None,
         operator: str | None = None,
+        source: str = "api",
         conn: Conn | None = None,
     ) -> None:
         """Mark a TSQ command completed by hand with ``result`` (its reply says SUCCESS)."""
         domain, cid = target(domain, command_id)
+        reason = reason_arg(reason)
         operator = operator_arg(operator)
+        source = source_arg(source)
         dumps(result, what="result")
         await self._finish(
             conn,
@@ -224,10 +257,91 @@ class TroubleshootingQueue:
             cid,
             action="complete",
             event_type=ev.COMMAND_COMPLETED_BY_OPERATOR,
-            data={"result": result, "operator": operator},
+            data={"result": result, "operator": operator, "reason": reason, "source": source},
             outcome=REPLY_SUCCESS,
             result=result,
         )
+
+    async def matching(
+        self,
+        where: CommandFilter | None = None,
+        *,
+        most: int = MAX_MATCHING,
+        conn: Conn | None = None,
+    ) -> Targets:
+        """The (domain, command id) of every TSQ command matching ``where``, oldest first.
+
+        The set an "all matching" action acts on, read once (index range scans, a
+        page at a time): act on exactly these with :meth:`act_on`, after checking
+        that it is the set the operator confirmed. More than ``most`` matching is a
+        :class:`ValidationError` (narrow the filter).
+        """
+        most = int_arg(most, "most", low=1, high=1_000_000)
+        criteria = filter_arg(where)
+        found: Targets = []
+        cursor: str | None = None
+        async with borrow(self._pool, conn) as c:
+            while True:
+                page = await self.list(criteria, limit=MAX_PAGE, cursor=cursor, conn=c)
+                found.extend((r.domain, r.command_id) for r in page.items)
+                if len(found) > most:
+                    raise ValidationError(
+                        f"more than {most} commands in the troubleshooting queue match: "
+                        "narrow the filter"
+                    )
+                cursor = page.next_cursor
+                if cursor is None:
+                    return found
+
+    async def act_on(
+        self,
+        action: Action,
+        targets: Iterable[tuple[str, UUID | str]],
+        *,
+        reason: str | None = None,
+        operator: str | None = None,
+        source: str = "api",
+        result: Any = None,
+    ) -> BulkOutcome:
+        """Retry, cancel or complete (with ``result``) each of ``targets``: (domain, id).
+
+        Each command is acted on in a transaction of its own, as :meth:`retry`,
+        :meth:`cancel` or :meth:`complete` do: one that left the TSQ meanwhile (or
+        is unknown) is refused and listed in ``refused`` while the others go on, and
+        no lock is held on more than one command at a time. Arguments are checked
+        first, for all of them, before anything is written.
+        """
+        if action not in ("retry", "cancel", "complete"):
+            raise ValidationError(f"action must be retry, cancel or complete, got {action!r}")
+        if isinstance(targets, str | bytes):
+            raise ValidationError("targets must be (domain, command id) pairs, got a string")
+        checked: list[tuple[str, UUID]] = []
+        for i, item in enumerate(targets):
+            if not isinstance(item, tuple | list) or len(item) != 2:
+                raise ValidationError(f"targets[{i}] must be a (domain, command id) pair")
+            checked.append(target(item[0], item[1]))
+        reason = reason_arg(reason)
+        operator = operator_arg(operator)
+        source = source_arg(source)
+        if action == "complete":
+            dumps(result, what="result")
+        done: list[tuple[str, UUID]] = []
+        refused: list[tuple[str, UUID, str]] = []
+        for domain, cid in checked:
+            try:
+                if action == "retry":
+                    await self.retry(domain, cid, reason=reason, operator=operator, source=source)
+                elif action == "cancel":
+                    await self.cancel(domain, cid, reason=reason, operator=operator, source=source)
+                else:
+                    await self.complete(
+                        domain, cid, result=result, reason=reason, operator=operator, source=source
+                    )
+            except (InvalidStateError, CommandNotFoundError) as exc:
+                refused.append((domain, cid, exc.message))
+            else:
+                done.append((domain, cid))
+        return BulkOutcome(done=tuple(done), refused=tuple(refused))
 
     async def _finish(
         self,

@@ -1,0 +1,159 @@
+"""``commandbus web``: the dashboard (needs the ``commandbus[web]`` extra)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import signal
+import sys
+from datetime import timedelta
+from typing import Any
+
+import click
+
+from commandbus.cli._common import CLIError, Duration, Number, database_url, load_config, os_user
+
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to ``host`` keeps the server on this machine."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _modules() -> Any:
+    try:
+        import uvicorn  # noqa: F401
+
+        from commandbus import web
+    except ImportError as exc:
+        raise CLIError(
+            f"the dashboard needs the web extra ({exc.name or exc} is missing): "
+            "pip install 'commandbus[web]'"
+        ) from None
+    return web
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=Number(0, 65535, integer=True),
+    default=8080,
+    show_default=True,
+    help="Port to listen on (0: any free port).",
+)
+@click.option("--read-only", is_flag=True, help="No actions: hidden, and refused by the server.")
+@click.option(
+    "--app",
+    "app",
+    metavar="MODULE:SAGAS",
+    help="The saga definitions (as for 'commandbus coordinator'): the exact cancel preview "
+    "and the pivots.",
+)
+@click.option(
+    "--timeout",
+    "statement_timeout",
+    type=Duration(),
+    default="5s",
+    show_default=True,
+    help="The longest any query of a page may take.",
+)
+@click.pass_context
+def web(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    read_only: bool,
+    app: str | None,
+    statement_timeout: timedelta,
+) -> None:
+    """Serve the dashboard: overview, commands, sagas, troubleshooting queue, traces.
+
+    Binding to anything but localhost needs credentials: COMMANDBUS_WEB_TOKEN
+    (a bearer token; ?token=... once logs a browser in) or COMMANDBUS_WEB_USER
+    and COMMANDBUS_WEB_PASSWORD (HTTP basic auth). COMMANDBUS_JAEGER_URL links
+    sagas to their traces. Stops on SIGINT/SIGTERM.
+    """
+    web_mod = _modules()
+    try:
+        auth = web_mod.Auth.from_env(os.environ)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if not is_loopback(host) and not auth.required:
+        raise CLIError(
+            f"refusing to serve on {host}, beyond this machine, without credentials: set "
+            "COMMANDBUS_WEB_TOKEN, or COMMANDBUS_WEB_USER and COMMANDBUS_WEB_PASSWORD "
+            "(or use --host 127.0.0.1)"
+        )
+    if not timedelta(0) < statement_timeout <= timedelta(minutes=10):
+        raise CLIError("--timeout must be over 0 and at most 10m")
+    sagas = None
+    if app is not None:
+        from commandbus.cli.coordinator import load_sagas
+
+        sagas = load_sagas(app)
+    config = load_config(ctx)
+    with database_url(ctx) as url:
+        code = asyncio.run(
+            _serve(
+                web_mod,
+                url,
+                config,
+                host=host,
+                port=port,
+                read_only=read_only,
+                auth=auth,
+                sagas=sagas,
+                statement_timeout=statement_timeout,
+            )
+        )
+    ctx.exit(code)
+
+
+async def _serve(web_mod: Any, url: str, config: Any, *, host: str, port: int, **kw: Any) -> int:
+    import uvicorn
+
+    from commandbus import CommandBus
+
+    async with CommandBus(url, config=config, min_connections=1, max_connections=6) as bus:
+        app = web_mod.create_app(
+            bus,
+            jaeger_url=os.environ.get("COMMANDBUS_JAEGER_URL") or None,
+            local_user=os_user(),
+            **kw,
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        )
+        # uvicorn catches SIGINT/SIGTERM while it serves (a graceful stop), then
+        # raises them again for the handlers it found: ours do nothing, so the
+        # command ends normally (exit status 0)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _ignore)
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                await task
+                raise CLIError(f"cannot serve on {host}:{port} (is the port in use?)")
+            await asyncio.sleep(0.05)
+        bound = port
+        for s in server.servers:
+            for sock in s.sockets:
+                bound = sock.getsockname()[1]
+                break
+        shown = f"[{host}]" if ":" in host else host
+        print(f"commandbus web: serving on http://{shown}:{bound}/", flush=True)
+        await task
+    sys.stdout.flush()
+    return 0
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    """A stop signal after the server has stopped: nothing left to do."""

@@ -1,0 +1,61 @@
+"""The dashboard's saga page: the cancel preview equals the compensations that then
+run (a real coordinator and workers), shown in the order they ran."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from commandbus import SagaRegistry, SagaStatus
+from commandbus.web import create_app
+from saga_apps import final, running, status_is
+from test_sagas_operators import PLAIN
+
+CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
+
+
+async def test_cancel_preview_equals_the_compensations_that_run(dsn: str) -> None:
+    async with running(dsn, PLAIN) as h:
+        started = await h.sagas.start_saga(
+            PLAIN, {"order_id": "w1", "behaviour": {"Ship": "permanent"}}
+        )
+        sid = started.saga_id
+        await status_is(h, sid, SagaStatus.WAITING_ON_OPERATOR, idle=True)
+        app = create_app(
+            h.bus, local_user="ops", sagas=SagaRegistry([PLAIN]), jaeger_url="http://j"
+        )
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            page = await c.get(f"/sagas/{sid}")
+            assert page.status_code == 200
+            assert 'data-testid="saga-status"' in page.text and "WAITING_ON_OPERATOR" in page.text
+            steps = re.findall(r'data-testid="step" data-step="(\w+)"', page.text)
+            assert steps == ["reserve", "charge", "ship"]
+            preview = re.findall(r'data-testid="preview-compensation" data-step="(\w+)"', page.text)
+            assert preview == ["charge", "reserve"]
+            token = CSRF.search(page.text)
+            assert token is not None
+            r = await c.post(
+                f"/sagas/{sid}/cancel", data={"csrf_token": token.group(1), "reason": "fraud"}
+            )
+            assert r.status_code == 303
+            rec = await final(h, sid)
+            assert rec.status is SagaStatus.COMPENSATED
+            done = await c.get(f"/sagas/{sid}")
+            trace = await c.get(f"/trace/{rec.correlation_id}")
+        ran = re.findall(r'data-testid="compensation" data-step="(\w+)"', done.text)
+        assert ran == preview
+        assert [t for t in h.journal.of("w1") if t in ("Refund", "Release")] == [
+            "Refund",
+            "Release",
+        ]
+        history = await h.sagas.saga_history(sid)
+        cancel = next(e for e in history if e.event_type == "SagaCancelRequested")
+        assert (cancel.data["operator"], cancel.data["reason"], cancel.data["source"]) == (
+            "ops",
+            "fraud",
+            "web",
+        )
+        assert 'data-testid="cancel-saga"' not in done.text  # ended: nothing to cancel
+        assert trace.status_code == 200 and "Refund" in trace.text
