@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ("send", "batch", "drain", "latency", "memory", "sagas", "tracing")
+MODULES = ("send", "batch", "drain", "latency", "memory", "sagas", "tracing", "dashboard")
 
 for _name in MODULES:
     importlib.import_module(f"{__name__}.{_name}")
