@@ -143,6 +143,7 @@ async def fetch_page(conn: Conn, where: SagaFilter, limit: object, cursor: objec
     n = int_arg(limit, "limit", low=1, high=MAX_PAGE)
     text = opt_text_arg(cursor, "cursor")
     after_ts, after_id = _decode_cursor(text) if text else (None, None)
+    # never prepared: each filter combination wants its own plan, not a generic one
     cur = await conn.execute(
         q.LIST_SAGAS,
         {
@@ -155,6 +156,7 @@ async def fetch_page(conn: Conn, where: SagaFilter, limit: object, cursor: objec
             "after_id": after_id,
             "limit": n + 1,
         },
+        prepare=False,
     )
     rows = [to_record(r) for r in await cur.fetchall()]
     items = tuple(rows[:n])

@@ -87,7 +87,7 @@ async def _overview_context(site: Site) -> dict[str, Any]:
     # the bounded reads first: a database that went away fails them at once (the
     # snapshot would wait the pool's 30 s for a connection)
     async with bounded(site.bus, statement_timeout=site.statement_timeout) as conn:
-        tp = await throughput(site.bus, minutes=30, limit=100_000, conn=conn)
+        tp = await throughput(site.bus, minutes=30, conn=conn)
         stuck = await sagas.list_sagas(SagaFilter(stuck_for=STUCK_AFTER), limit=10, conn=conn)
         comp_failed = await sagas.list_sagas(
             SagaFilter(status=SagaStatus.COMPENSATION_FAILED), limit=10, conn=conn

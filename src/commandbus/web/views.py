@@ -36,7 +36,7 @@ def charts(tp: Throughput) -> list[Chart]:
             (
                 round(i * step, 2),
                 round(0 if peak == 0 else max(1.0, 46 * v / peak) if v else 0, 2),
-                f"{m:%H:%M} UTC: {v}{'+' if v >= tp.limit else ''}",
+                f"{m:%H:%M} UTC: {v}",
             )
             for i, (m, v) in enumerate(values)
         )

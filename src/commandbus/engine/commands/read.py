@@ -217,7 +217,9 @@ async def fetch_page(
         key, where.domain is not None, filters, after is not None, newest_first
     )
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(statement, params)
+    # never a prepared statement: a generic plan of this keyset query may scan a whole
+    # (domain, status) range (seen: 150 ms instead of 2 ms for a page 50,000 rows in)
+    await cur.execute(statement, params, prepare=False)
     rows = [to_record(r) for r in await cur.fetchall()]
     more = len(rows) > limit
     items = tuple(rows[:limit])
