@@ -30,7 +30,7 @@ from commandbus import (
     SagaStatus,
     Worker,
 )
-from commandbus.web import Auth
+from commandbus.web import Auth, create_app
 from saga_apps import final, running
 from support import FAST, wait_for
 from test_sagas_operators import PLAIN
@@ -367,3 +367,20 @@ async def test_same_site_and_cookieless_posts_are_refused_on_every_action(
             assert r.status_code == 403 and "CSRF" in message(r.text), url
     record = await bus.get_command("payments", cid)
     assert record is not None and record.status is CommandStatus.IN_TROUBLESHOOTING_QUEUE
+
+
+async def test_cookies_are_secure_when_the_dashboard_is_served_over_https(bus: CommandBus) -> None:
+    app = create_app(bus, local_user="tester", auth=Auth(token="tok-123"))
+    for base, secure in (("https://dash.example", True), ("http://testserver", False)):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=base) as c:
+            login = await c.get("/?token=tok-123")
+            assert login.status_code == 303
+            page = await c.get("/tsq")
+            assert page.status_code == 200
+        cookies = [*login.headers.get_list("set-cookie"), *page.headers.get_list("set-cookie")]
+        names = {h.split("=", 1)[0]: h.lower() for h in cookies}
+        assert set(names) >= {"cb_auth", "cb_session"}, cookies
+        for name in ("cb_auth", "cb_session"):
+            assert ("; secure" in names[name]) is secure, (base, names[name])
+            assert "httponly" in names[name] and "samesite=strict" in names[name]

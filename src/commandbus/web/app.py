@@ -89,7 +89,12 @@ class _Gate(BaseHTTPMiddleware):
             # back to this page of this server: never "//elsewhere" (an open redirect)
             back = RedirectResponse(local_path(path) + without(request.query_params, "token"), 303)
             back.set_cookie(
-                AUTH_COOKIE, guard.token_cookie(), httponly=True, samesite="strict", path="/"
+                AUTH_COOKIE,
+                guard.token_cookie(),
+                httponly=True,
+                samesite="strict",
+                path="/",
+                secure=_https(request),
             )
             return back
         who = guard.identity(request.headers.get("authorization"), request.cookies.get(AUTH_COOKIE))
@@ -127,8 +132,20 @@ class _Gate(BaseHTTPMiddleware):
             message = f"the dashboard failed ({type(exc).__name__}); its log has the details"
             response = render(request, "error.html", {"code": 500, "message": message}, 500)
         if fresh:
-            response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict", path="/")
+            response.set_cookie(
+                SESSION_COOKIE,
+                session,
+                httponly=True,
+                samesite="strict",
+                path="/",
+                secure=_https(request),
+            )
         return response
+
+
+def _https(request: Request) -> bool:
+    """Served over TLS (directly, or behind a proxy uvicorn trusts): cookies are Secure."""
+    return request.url.scheme == "https"
 
 
 def _logout(request: Request) -> Response:
