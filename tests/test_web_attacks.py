@@ -17,7 +17,7 @@ from uuid import uuid4
 
 import httpx
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 from commandbus import (
     Command,
@@ -31,6 +31,7 @@ from commandbus import (
     Worker,
 )
 from commandbus.web import Auth, create_app
+from proxy import Proxy
 from saga_apps import final, running
 from support import FAST, wait_for
 from test_sagas_operators import PLAIN
@@ -171,51 +172,14 @@ async def test_a_slow_database_gives_a_503_page_after_the_statement_timeout(
         await locker.rollback()
 
 
-class _Proxy:
-    """A TCP proxy to the database that can be cut (the database "goes away")."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.transports: list[asyncio.WriteTransport] = []
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self.transports += [writer.transport, up_writer.transport]
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except OSError:
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def cut(self) -> None:
-        self.server.close()
-        for t in self.transports:
-            t.abort()
-
-
 @asynccontextmanager
-async def _through_proxy(dsn: str, password: str) -> AsyncIterator[tuple[str, _Proxy]]:
-    params = conninfo_to_dict(dsn)
-    host = str(params.get("host") or "127.0.0.1")
-    if host.startswith("/"):
-        host = "127.0.0.1"
-    proxy = _Proxy(host, int(params.get("port") or 5432))
-    port = await proxy.start()
+async def _through_proxy(dsn: str, password: str) -> AsyncIterator[tuple[str, Proxy]]:
+    """The test database behind a proxy that can be cut, with a password in the URL."""
+    proxy = await Proxy(dsn).start()
     try:
-        yield make_conninfo(dsn, host="127.0.0.1", port=str(port), password=password), proxy
+        yield make_conninfo(proxy.url, password=password), proxy
     finally:
-        proxy.cut()
+        await proxy.close()
 
 
 async def test_a_database_gone_is_a_503_page_at_once_without_the_password(dsn: str) -> None:
@@ -230,7 +194,7 @@ async def test_a_database_gone_is_a_503_page_at_once_without_the_password(dsn: s
         confirm = await c.get(f"/tsq/confirm?action=retry&ids=payments:{uuid4()}")
         token = CSRF.search(confirm.text)
         assert token is not None
-        proxy.cut()
+        await proxy.cut()
         for url_ in ("/", "/overview/live", "/commands", "/sagas", "/tsq", "/healthz"):
             began = time.monotonic()
             r = await asyncio.wait_for(c.get(url_), 25)
