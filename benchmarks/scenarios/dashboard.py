@@ -58,6 +58,7 @@ from commandbus import (
     StreamAppend,
     Worker,
 )
+from commandbus.monitoring import list_batches
 
 TARGET_MS = 200.0
 EVENTS_PER_COMMAND = 10
@@ -275,6 +276,7 @@ async def pages(bus: CommandBus) -> dict[str, str]:
     deep = await _deep_command_cursor(bus, total // 2)
     sagas = await _scalar(bus, "SELECT count(*) FROM commandbus.saga")
     saga_deep = await _deep_saga_cursor(client, sagas // 2)
+    batches = await list_batches(bus, limit=50)
     urls = {
         "overview": "/",
         "overview (live refresh)": "/overview/live",
@@ -285,6 +287,10 @@ async def pages(bus: CommandBus) -> dict[str, str]:
         "command detail (in the TSQ)": f"/commands/{failed.domain}/{failed.command_id}",
         "command detail (completed)": f"/commands/{recent.domain}/{recent.command_id}",
         f"batch detail ({BATCH} commands)": f"/batches/{recent.batch_id}",
+        "batches, first page": "/batches",
+        "batches, next page (keyset)": (
+            f"/batches?cursor={batches.next_cursor}" if batches.next_cursor else "/batches"
+        ),
         "sagas, first page": "/sagas",
         "sagas, later page (keyset)": f"/sagas?cursor={saga_deep}" if saga_deep else "/sagas",
         "sagas, compensated": "/sagas?status=COMPENSATED",

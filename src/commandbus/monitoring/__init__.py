@@ -14,6 +14,7 @@ from commandbus.monitoring.activity import (
     throughput,
 )
 from commandbus.monitoring.attention import age_text
+from commandbus.monitoring.batches import BatchPage, list_batches
 from commandbus.monitoring.models import (
     ConsumerStatus,
     DomainStatus,
@@ -26,6 +27,7 @@ from commandbus.monitoring.models import (
 from commandbus.monitoring.read import system_status
 
 __all__ = [
+    "BatchPage",
     "ConsumerStatus",
     "DomainStatus",
     "IdMatch",
@@ -39,6 +41,7 @@ __all__ = [
     "age_text",
     "bounded",
     "find_id",
+    "list_batches",
     "system_status",
     "throughput",
 ]

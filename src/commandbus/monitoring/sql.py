@@ -114,3 +114,18 @@ SELECT m.minute, coalesce(c.completed, 0), coalesce(c.failed, 0)
        ) c USING (minute)
  ORDER BY m.minute
 """
+
+# Batches newest first, keyset-paged over (created_at, batch_id) (0009's index), each
+# with its progress counted from its commands' status rows (command_batch_idx).
+LIST_BATCHES: Final[LiteralString] = """
+SELECT b.batch_id, b.name, b.total, b.correlation_id, b.created_at,
+       coalesce((SELECT jsonb_object_agg(status, n)
+                   FROM (SELECT status, count(*) AS n FROM commandbus.command
+                          WHERE batch_id = b.batch_id GROUP BY status) s),
+                '{}'::jsonb) AS counts
+  FROM commandbus.batch b
+ WHERE %(after_ts)s::timestamptz IS NULL
+    OR (b.created_at, b.batch_id) < (%(after_ts)s::timestamptz, %(after_id)s::uuid)
+ ORDER BY b.created_at DESC, b.batch_id DESC
+ LIMIT %(limit)s
+"""

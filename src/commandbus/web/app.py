@@ -28,7 +28,7 @@ from commandbus import (
     SagaRegistry,
     ValidationError,
 )
-from commandbus.web import actions, pages
+from commandbus.web import actions, batches, pages
 from commandbus.web.render import STATIC_DIR, Site, render
 from commandbus.web.security import (
     AUTH_COOKIE,
@@ -253,6 +253,7 @@ def create_app(
         Route("/healthz", healthz),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         *pages.ROUTES,
+        *batches.ROUTES,
         *actions.ROUTES,
     ]
     handlers: dict[Any, Any] = {
