@@ -26,6 +26,25 @@ def test_a_public_bind_without_credentials_is_refused(dsn: str) -> None:
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--refresh", "0s"], "--refresh must be whole seconds"),
+        (["--refresh", "1.5s"], "--refresh must be whole seconds"),
+        (["--refresh", "2h"], "--refresh must be whole seconds"),
+        (["--refresh", "soon"], "--refresh"),
+        (["--timeout", "0s"], "--timeout must be over 0"),
+    ],
+)
+def test_bad_options_are_one_line_errors(dsn: str, args: list[str], says: str) -> None:
+    proc = run_cli("web", "--port", "0", *args, env={"DATABASE_URL": dsn})
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], err
+    assert "Traceback" not in err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -295,6 +295,38 @@ async def test_the_overview_shows_the_counts_the_database_holds(env: Env, page: 
     assert await toggle.inner_text() != before
 
 
+_HIDE = """Object.defineProperty(document, "visibilityState",
+  {configurable: true, get: function () { return "%s"; }});
+document.dispatchEvent(new Event("visibilitychange"));"""
+
+
+async def test_live_refresh_stops_while_paused_and_while_the_tab_is_hidden(
+    env: Env, page: Page
+) -> None:
+    async with dashboard(env.dsn, "--refresh", "1s") as url:
+        live: list[str] = []
+        page.on("request", lambda r: live.append(r.url) if "/overview/live" in r.url else None)
+        await page.goto(url + "/")
+
+        async def more_than(n: int) -> bool:
+            return len(live) > n
+
+        await wait_for(lambda: more_than(1), timeout=10)  # it refreshes by itself
+        toggle = page.get_by_test_id("refresh-toggle")
+        await toggle.click()  # pause
+        paused = len(live)
+        await asyncio.sleep(2.5)
+        assert len(live) == paused, "refreshed while paused"
+        await toggle.click()  # resume
+        await wait_for(lambda: more_than(paused), timeout=10)
+        await page.evaluate(_HIDE % "hidden")
+        hidden = len(live)
+        await asyncio.sleep(2.5)
+        assert len(live) == hidden, "refreshed while the tab was hidden"
+        await page.evaluate(_HIDE % "visible")
+        await wait_for(lambda: more_than(hidden), timeout=10)
+
+
 # -- the troubleshooting queue -------------------------------------------------------------------
 
 

@@ -65,6 +65,13 @@ def _modules() -> Any:
     show_default=True,
     help="The longest any query of a page may take.",
 )
+@click.option(
+    "--refresh",
+    type=Duration(),
+    default="5s",
+    show_default=True,
+    help="How often the overview refreshes itself (whole seconds, 1s to 1h).",
+)
 @click.pass_context
 def web(
     ctx: click.Context,
@@ -73,6 +80,7 @@ def web(
     read_only: bool,
     app: str | None,
     statement_timeout: timedelta,
+    refresh: timedelta,
 ) -> None:
     """Serve the dashboard: overview, commands, sagas, troubleshooting queue, traces.
 
@@ -94,6 +102,9 @@ def web(
         )
     if not timedelta(0) < statement_timeout <= timedelta(minutes=10):
         raise CLIError("--timeout must be over 0 and at most 10m")
+    seconds = refresh.total_seconds()
+    if not (1 <= seconds <= 3600 and seconds == int(seconds)):
+        raise CLIError("--refresh must be whole seconds from 1s to 1h")
     sagas = None
     if app is not None:
         from commandbus.cli.coordinator import load_sagas
@@ -112,6 +123,7 @@ def web(
                 auth=auth,
                 sagas=sagas,
                 statement_timeout=statement_timeout,
+                refresh_seconds=int(seconds),
             )
         )
     ctx.exit(code)

@@ -233,10 +233,18 @@ def create_app(
     for an action is then ``local_user``, by default the server's OS user).
     ``jaeger_url``: links each saga to its trace there. ``sagas``: the saga
     definitions, for the cancel preview and the pivot. Every query gives up after
-    ``statement_timeout``.
+    ``statement_timeout``. The overview refreshes itself every ``refresh_seconds``.
     """
     if not isinstance(bus, CommandBus):
         raise TypeError(f"bus must be a CommandBus, got {type(bus).__name__}")
+    if (
+        not isinstance(refresh_seconds, int)
+        or isinstance(refresh_seconds, bool)
+        or not 1 <= refresh_seconds <= 3600
+    ):
+        raise ValidationError(
+            f"refresh_seconds must be a whole number from 1 to 3600, got {refresh_seconds!r}"
+        )
     auth = auth or Auth()
     site = Site(
         bus=bus,
