@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final, LiteralString
 
+from commandbus.engine.commands.sql import BATCH_SELECT
+
 # The snapshot's transaction: every figure of one moment, nothing written.
 SNAPSHOT_TRANSACTION: Final[LiteralString] = (
     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
@@ -116,16 +118,13 @@ SELECT m.minute, coalesce(c.completed, 0), coalesce(c.failed, 0)
 """
 
 # Batches newest first, keyset-paged over (created_at, batch_id) (0009's index), each
-# with its progress counted from its commands' status rows (command_batch_idx).
-LIST_BATCHES: Final[LiteralString] = """
-SELECT b.batch_id, b.name, b.total, b.correlation_id, b.created_at,
-       coalesce((SELECT jsonb_object_agg(status, n)
-                   FROM (SELECT status, count(*) AS n FROM commandbus.command
-                          WHERE batch_id = b.batch_id GROUP BY status) s),
-                '{}'::jsonb) AS counts
-  FROM commandbus.batch b
+# with its progress (the engine's one batch query, BATCH_SELECT).
+LIST_BATCHES: Final[LiteralString] = (
+    BATCH_SELECT
+    + """
  WHERE %(after_ts)s::timestamptz IS NULL
     OR (b.created_at, b.batch_id) < (%(after_ts)s::timestamptz, %(after_id)s::uuid)
  ORDER BY b.created_at DESC, b.batch_id DESC
  LIMIT %(limit)s
 """
+)

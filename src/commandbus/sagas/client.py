@@ -48,7 +48,7 @@ from commandbus.sagas import replay
 from commandbus.sagas import sql as q
 from commandbus.sagas.decide import SAGA_QUEUE, Decider, saga_id_for_key
 from commandbus.sagas.definition import Saga, SagaRegistry
-from commandbus.sagas.preview import CancelPreview, preview_cancel
+from commandbus.sagas.preview import CancelPreview, cancel_refusal, preview_cancel
 from commandbus.sagas.read import (
     SagaFilter,
     SagaPage,
@@ -300,12 +300,9 @@ class SagaClient:
             if record is None:
                 raise SagaNotFoundError(f"no saga {sid}")
             state = record.state
-            if state.status.is_final:
-                raise InvalidStateError(f"saga {sid} is {state.status.value}: it has ended")
-            if action == "cancel" and state.pivoted:
-                raise InvalidStateError(
-                    f"saga {sid} is past its pivot: it only goes forward and cannot be compensated"
-                )
+            refusal = cancel_refusal(state)  # an ended saga refuses every request
+            if refusal is not None and (action == "cancel" or state.status.is_final):
+                raise InvalidStateError(f"saga {sid} {refusal}")
             if action == "resume" and state.status is not SagaStatus.PAUSED and not state.paused:
                 raise InvalidStateError(f"saga {sid} is {state.status.value}, not paused")
             if action == "cancel":

@@ -11,7 +11,18 @@ from __future__ import annotations
 import attrs
 
 from commandbus.sagas.definition import Saga
-from commandbus.sagas.state import IN_FLIGHT, SagaState, StepState, StepStatus
+from commandbus.sagas.state import SagaState, StepState, StepStatus
+
+
+def cancel_refusal(state: SagaState) -> str | None:
+    """Why cancelling the saga in ``state`` is refused now, as "is ...: why" after
+    the saga's name (None: it may be cancelled). The first half (it has ended)
+    refuses every operator request."""
+    if state.status.is_final:
+        return f"is {state.status.value}: it has ended"
+    if state.pivoted:
+        return "is past its pivot: it only goes forward and cannot be compensated"
+    return None
 
 
 def compensation_stages(saga: Saga, state: SagaState) -> list[list[StepState]]:
@@ -72,11 +83,8 @@ class CancelPreview:
 
 def preview_cancel(definition: Saga, state: SagaState) -> CancelPreview:
     """What cancelling the saga in ``state`` (of ``definition``) would run, in order."""
-    refusal: str | None = None
-    if state.status.is_final:
-        refusal = f"the saga is {state.status.value}: it has ended"
-    elif state.pivoted:
-        refusal = "the saga is past its pivot: it only goes forward and cannot be compensated"
+    why = cancel_refusal(state)
+    refusal = None if why is None else f"the saga {why}"
     stages: list[tuple[PlannedCompensation, ...]] = []
     if refusal is None:
         for group in compensation_stages(definition, state):
@@ -98,8 +106,6 @@ def preview_cancel(definition: Saga, state: SagaState) -> CancelPreview:
         stages=tuple(stages),
         waiting_for=tuple(s.name for s in state.steps.values() if s.status is StepStatus.RUNNING),
         withdrawn=tuple(
-            s.name
-            for s in state.steps.values()
-            if s.status in IN_FLIGHT and s.status is StepStatus.WAITING_ON_OPERATOR
+            s.name for s in state.steps.values() if s.status is StepStatus.WAITING_ON_OPERATOR
         ),
     )

@@ -74,9 +74,6 @@ class KeptStates:
         self._size = size
         self._states: dict[UUID, Loaded] = {}
 
-    def __len__(self) -> int:
-        return len(self._states)
-
     def get(self, saga_id: UUID) -> Loaded | None:
         return self._states.get(saga_id)
 

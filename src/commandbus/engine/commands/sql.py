@@ -424,15 +424,15 @@ SELECT vt > clock_timestamp() AS invisible, read_ct, vt
 # Whether a queue's PGMQ table exists (%(table)s: 'pgmq.q_<queue>', a validated name).
 QUEUE_TABLE_EXISTS: Final[LiteralString] = "SELECT to_regclass(%(table)s) IS NOT NULL"
 
-GET_BATCH: Final[LiteralString] = """
+# A batch and its progress by status (command_batch_idx); monitoring lists them.
+BATCH_SELECT: Final[LiteralString] = """
 SELECT b.batch_id, b.name, b.total, b.correlation_id, b.created_at,
        coalesce((SELECT jsonb_object_agg(status, n)
                    FROM (SELECT status, count(*) AS n FROM commandbus.command
                           WHERE batch_id = b.batch_id GROUP BY status) s),
                 '{}'::jsonb) AS counts
-  FROM commandbus.batch b
- WHERE b.batch_id = %(batch_id)s
-"""
+  FROM commandbus.batch b"""
+GET_BATCH: Final[LiteralString] = BATCH_SELECT + "\n WHERE b.batch_id = %(batch_id)s\n"
 
 # Every event of every command stream, stream by stream, in version order.
 # %(command_streams)s: the LIKE pattern of command stream ids.
