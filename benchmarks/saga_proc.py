@@ -118,6 +118,7 @@ async def run(args: argparse.Namespace) -> dict[str, int]:
     handlers.register(PLAIN_DOMAIN, PLAIN_COMMAND, noop)
 
     config = Config()
+    sagas = SagaRegistry([build_saga()])
     workers = [
         Worker(
             args.url,
@@ -126,12 +127,11 @@ async def run(args: argparse.Namespace) -> dict[str, int]:
             concurrency=args.concurrency,
             batch_size=args.batch_size,
             config=config,
+            sagas=sagas,  # a step's outcome moves its saga in the same transaction
         )
         for domain in DOMAINS
     ]
-    coordinator = Coordinator(
-        args.url, SagaRegistry([build_saga()]), batch_size=args.batch_size, config=config
-    )
+    coordinator = Coordinator(args.url, sagas, batch_size=args.batch_size, config=config)
     groups = _Groups(coordinator)
     # a worker records through the consumer app of each of its domains
     worker_groups = [_Groups(d) for w in workers for d in w._domains]
@@ -158,15 +158,19 @@ async def run(args: argparse.Namespace) -> dict[str, int]:
     _say("STARTED")
     results = await asyncio.gather(*tasks)
     saga_stats = results[-1]
+    # what the workers did to sagas in their outcomes' transactions
+    inline = [w._domains[0]._settings.inline.stats for w in workers]  # type: ignore[union-attr]
     return {
         "processed": sum(s.completed for s in results[:-1]),
-        "sagas": saga_stats.completed,
+        "sagas": saga_stats.completed + sum(s.completed for s in inline),  # type: ignore[attr-defined]
         "transitions": saga_stats.transitions,
+        "inline_transitions": sum(s.transitions for s in inline),  # type: ignore[attr-defined]
         "messages": saga_stats.messages,
         "conflicts": saga_stats.conflicts,
         "groups": groups.count,
         "max_group": groups.largest,
         "worker_groups": sum(g.count for g in worker_groups),
+        "inline": sum(s.inline_replies for s in results[:-1]),
     }
 
 

@@ -129,3 +129,13 @@ async def bus(dsn: str) -> AsyncIterator[CommandBus]:
 
     async with CommandBus(dsn, config=FAST) as b:
         yield b
+
+
+@pytest.fixture(params=[False, True], ids=["coordinator", "inline"])
+def saga_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Runs a saga test twice: replies moved by the coordinator, then by the workers
+    in their outcomes' transactions (``Worker(..., sagas=registry)``)."""
+    import saga_apps
+
+    monkeypatch.setattr(saga_apps, "INLINE", request.param)
+    return bool(request.param)

@@ -34,6 +34,10 @@ from commandbus import (
 from support import FAST, assert_streams_contiguous, wait_for
 
 DOMAINS = ("inventory", "payments", "shipping", "notify")
+
+#: Whether :func:`running`'s workers move sagas in their outcomes' transactions
+#: (``Worker(..., sagas=registry)``) by default; the ``saga_path`` fixture sets it.
+INLINE = False
 #: The application_name of the harness's coordinator sessions.
 COORDINATOR_APP = "test-saga-coordinator"
 
@@ -155,12 +159,16 @@ async def running(
     config: Any = FAST,
     journal: Journal | None = None,
     batch_size: int = 100,
+    inline: bool | None = None,
 ) -> AsyncIterator[Harness]:
     """Workers for every domain and ``coordinators`` coordinators, in this process.
 
-    ``coordinators=0``: workers only (replies wait in the saga queue); ``journal``:
-    one shared with an earlier harness.
+    ``coordinators=0``: workers only (replies wait in the saga queue, unless the
+    workers move the sagas themselves); ``journal``: one shared with an earlier
+    harness; ``inline``: the workers are given the saga registry (default
+    :data:`INLINE`).
     """
+    inline = INLINE if inline is None else inline
     journal = Journal() if journal is None else journal
     reg = build_handlers(journal)
     registry = SagaRegistry(definitions or (ORDER,))
@@ -168,7 +176,14 @@ async def running(
         bus = await stack.enter_async_context(CommandBus(dsn, config=config))
         workers = [
             await stack.enter_async_context(
-                Worker(dsn, reg, domain=domain, config=config, concurrency=4)
+                Worker(
+                    dsn,
+                    reg,
+                    domain=domain,
+                    config=config,
+                    concurrency=4,
+                    sagas=registry if inline else None,
+                )
             )
             for domain in DOMAINS
         ]

@@ -143,6 +143,8 @@ async def test_coordinator_and_worker_processes_run_the_demo_sagas(dsn: str) -> 
         "commandbus.cli.demo_app:handlers",
         "--domain",
         "inventory",
+        "--sagas",
+        "commandbus.cli.demo_app:sagas",
         env={"DATABASE_URL": dsn},
     )
     try:
@@ -166,9 +168,14 @@ async def test_coordinator_and_worker_processes_run_the_demo_sagas(dsn: str) -> 
         "coordinating sagas order v1 over domains inventory, payments, shipping (batch size 10)"
     )
     assert coordinator_err.count(banner) == 1, coordinator_err
-    assert "1 sagas completed, 1 compensated" in coordinator_err.splitlines()[-1]
+    # the inventory worker moved the sagas on after its steps (the declined order's
+    # last compensation, the release, ended it there); the shipping worker left the
+    # good order's end to the coordinator
+    assert "1 sagas completed, 0 compensated" in coordinator_err.splitlines()[-1]
     assert inventory_code == 0, inventory_err
     assert "serving domain 'inventory': ReleaseStock, ReserveStock" in inventory_err
+    summary = inventory_err.splitlines()[-1]
+    assert "3 saga replies acted on in the outcome's transaction" in summary, summary
 
 
 def test_coordinator_refuses_bad_apps_and_options_in_one_line(dsn: str) -> None:
@@ -192,6 +199,20 @@ def test_coordinator_refuses_bad_apps_and_options_in_one_line(dsn: str) -> None:
         (["--app", f"{app}:sagas", "--grace", "soon"], "--grace must be a number"),
     ):
         assert_one_error_line(invoke(dsn, "coordinator", *args), message)
+
+
+def test_worker_refuses_bad_sagas_in_one_line(dsn: str) -> None:
+    app = "commandbus.cli.demo_app"
+    for spec, message in (
+        ("nonsense", "--sagas must look like 'package.module:sagas'"),
+        ("no_such_module_here:sagas", "cannot import 'no_such_module_here' for --sagas"),
+        (f"{app}:handlers", "is not a SagaRegistry, a Saga or a list of Saga"),
+        (f"{app}:nothing", "has no attribute 'nothing'"),
+    ):
+        result = invoke(
+            dsn, "worker", "--app", f"{app}:handlers", "--domain", "inventory", "--sagas", spec
+        )
+        assert_one_error_line(result, message)
 
 
 def test_coordinator_on_an_unmigrated_database_is_one_line(empty_dsn: str) -> None:

@@ -10,6 +10,9 @@ from commandbus import SagaStatus
 from saga_apps import ORDER, PARALLEL, assert_consistent, running
 from support import wait_for
 
+# each test runs with the coordinator moving sagas, then with the workers doing it
+pytestmark = pytest.mark.usefixtures("saga_path")
+
 
 async def _final(h: Any, saga_id: Any, timeout: float = 20.0) -> Any:  # noqa: ASYNC109
     async def done() -> bool:

@@ -30,6 +30,9 @@ from saga_apps import (
 )
 from support import wait_for
 
+# each test runs with the coordinator moving sagas, then with the workers doing it
+pytestmark = pytest.mark.usefixtures("saga_path")
+
 
 def _order(ctx: Any) -> dict[str, Any]:
     return {"order_id": ctx.input["order_id"], "behaviour": ctx.input.get("behaviour", {})}
@@ -317,8 +320,9 @@ async def test_cancel_after_an_operator_retried_the_waiting_step(dsn: str) -> No
 
 async def test_cancel_before_the_coordinator_saw_the_tsq_notice(dsn: str) -> None:
     """The status row still says RUNNING when the operator cancels: the coordinator
-    learns of the TSQ afterwards and must withdraw the command itself."""
-    async with running(dsn, PLAIN, coordinators=0) as h:
+    learns of the TSQ afterwards and must withdraw the command itself (so the
+    workers leave the replies to it)."""
+    async with running(dsn, PLAIN, coordinators=0, inline=False) as h:
         started = await h.sagas.start_saga(
             PLAIN, {"order_id": "c3", "behaviour": {"Reserve": "permanent"}}
         )

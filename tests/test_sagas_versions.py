@@ -13,6 +13,9 @@ from commandbus import Compensation, Saga, SagaStatus, Step
 from saga_apps import assert_consistent, final, history, running
 from support import wait_for
 
+# each test runs with the coordinator moving sagas, then with the workers doing it
+pytestmark = pytest.mark.usefixtures("saga_path")
+
 
 def _order(ctx: Any) -> dict[str, Any]:
     return {"order_id": ctx.input["order_id"], "behaviour": ctx.input.get("behaviour", {})}
@@ -105,7 +108,8 @@ async def _blocked(h: Any, saga_id: Any) -> bool:
 
 
 async def test_a_coordinator_with_no_sagas_blocks_and_never_advances(dsn: str) -> None:
-    async with running(dsn, V1, coordinators=0) as h:
+    # the reply waits for a coordinator (these workers do not move the saga)
+    async with running(dsn, V1, coordinators=0, inline=False) as h:
         started = await h.sagas.start_saga(V1, {"order_id": "b1"})
         await wait_for(lambda: "Reserve" in h.journal.of("b1"))
     other = Saga("other", steps=[Step("x", domain="notify", command="Email")])

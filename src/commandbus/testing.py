@@ -13,7 +13,8 @@
 
 A :class:`Testbed` creates a database of its own on the server (``url``, else
 ``DATABASE_URL``, else the embedded PostgreSQL), migrates it, runs a worker for
-every domain of ``handlers`` and a coordinator for ``sagas``, and drops the
+every domain of ``handlers`` (given the ``sagas``, as ``Worker(..., sagas=)``) and
+a coordinator for ``sagas``, and drops the
 database when the block ends. :meth:`Testbed.advance` moves time forward for
 what waits in the queues (step timers, scheduled retries, delayed sends), so a
 test never sleeps through a timeout or a backoff.
@@ -140,6 +141,8 @@ class Testbed:
                     domain=domain,
                     config=self.config,
                     concurrency=self._concurrency,
+                    # as in production: a step's outcome moves its saga at once
+                    sagas=self.registry if len(self.registry) else None,
                 )
                 self.workers.append(await self._stack.enter_async_context(worker))
             if len(self.registry):

@@ -25,9 +25,9 @@ MAX_BATCH = 10_000
 MAX_GRACE_SECONDS = 7 * 24 * 3600
 
 
-def load_sagas(spec: str) -> SagaRegistry:
+def load_sagas(spec: str, option: str = "--app") -> SagaRegistry:
     """Import ``module:attribute``: a SagaRegistry, a Saga, or a list of Saga."""
-    found: Any = import_app(spec, "sagas")
+    found: Any = import_app(spec, "sagas", option)
     if isinstance(found, SagaRegistry):
         registry = found
     elif isinstance(found, Saga):

@@ -224,9 +224,14 @@ async def _tour(url: str) -> int:
     stock_before = dict(shop.stock)
     handlers = build_handlers(shop)
     run = uuid4()  # this run's correlation id: every saga and command of it carries it
+    registry = SagaRegistry([ORDER])
     runners: list[Servable[Any]] = [
-        *(Worker(url, handlers, domain=d, concurrency=4, config=DEMO_CONFIG) for d in DOMAINS),
-        Coordinator(url, SagaRegistry([ORDER]), config=DEMO_CONFIG),
+        # given the sagas, a worker moves an order on in its step's own transaction
+        *(
+            Worker(url, handlers, domain=d, concurrency=4, config=DEMO_CONFIG, sagas=registry)
+            for d in DOMAINS
+        ),
+        Coordinator(url, registry, config=DEMO_CONFIG),
     ]
     async with CommandBus(url, config=DEMO_CONFIG) as bus:
         sagas = SagaClient(bus)

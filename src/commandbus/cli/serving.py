@@ -20,17 +20,18 @@ S = TypeVar("S", covariant=True)
 log = logging.getLogger("commandbus.cli")
 
 
-def import_app(spec: str, what: str) -> Any:
+def import_app(spec: str, what: str, option: str = "--app") -> Any:
     """Import ``module:attribute`` (from the working directory too) and return it.
 
     ``attribute`` may be dotted (``module:app.registry``). ``what`` names the
-    expected attribute in the one-line refusals, which say whether the module is
-    missing, failed while being imported, or lacks the attribute.
+    expected attribute in the one-line refusals (about ``option``), which say
+    whether the module is missing, failed while being imported, or lacks the
+    attribute.
     """
     module_name, sep, attr = spec.partition(":")
     module_name, attr = module_name.strip(), attr.strip()
     if not sep or not module_name or not attr:
-        raise CLIError(f"--app must look like 'package.module:{what}', got {spec!r}")
+        raise CLIError(f"{option} must look like 'package.module:{what}', got {spec!r}")
     if "." not in sys.path:
         sys.path.insert(0, ".")  # an application next to where the command runs
     try:
@@ -38,12 +39,12 @@ def import_app(spec: str, what: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name is not None and _is_part_of(exc.name, module_name):
             raise CLIError(
-                f"cannot import {module_name!r} for --app: no module named {exc.name!r} "
+                f"cannot import {module_name!r} for {option}: no module named {exc.name!r} "
                 "(looked in the current directory and on the Python path)"
             ) from exc
-        raise _failed_import(module_name, exc) from exc
+        raise _failed_import(module_name, exc, option) from exc
     except Exception as exc:  # the user's module failed while being imported
-        raise _failed_import(module_name, exc) from exc
+        raise _failed_import(module_name, exc, option) from exc
     found: Any = module
     path = module_name
     for part in attr.split("."):
@@ -52,11 +53,11 @@ def import_app(spec: str, what: str) -> Any:
         except AttributeError:
             owner = f"module {path!r}" if path == module_name else repr(path)
             raise CLIError(
-                f"{owner} has no attribute {part!r} (--app {spec!r}){_close_to(part, found)}"
+                f"{owner} has no attribute {part!r} ({option} {spec!r}){_close_to(part, found)}"
             ) from None
         except Exception as exc:  # a module __getattr__ or a property that raised
             raise CLIError(
-                f"reading {part!r} of {path!r} for --app failed: {type(exc).__name__}: {exc}"
+                f"reading {part!r} of {path!r} for {option} failed: {type(exc).__name__}: {exc}"
             ) from exc
         path = f"{path}.{part}"
     return found
@@ -77,13 +78,13 @@ def _close_to(name: str, owner: object) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _failed_import(module_name: str, exc: BaseException) -> CLIError:
+def _failed_import(module_name: str, exc: BaseException, option: str) -> CLIError:
     try:
         lines = str(exc).strip().splitlines()
     except Exception:  # an exception whose __str__ raises
         lines = []
     first = f": {lines[0]}" if lines else ""
-    return CLIError(f"importing {module_name!r} for --app failed: {type(exc).__name__}{first}")
+    return CLIError(f"importing {module_name!r} for {option} failed: {type(exc).__name__}{first}")
 
 
 def setup_logging(level: str, log_format: str) -> None:

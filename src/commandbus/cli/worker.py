@@ -17,6 +17,7 @@ from commandbus.cli._common import (
     otel_option,
     setup_otel,
 )
+from commandbus.cli.coordinator import load_sagas
 from commandbus.cli.serving import import_app, serve, setup_logging
 from commandbus.config import MAX_VISIBILITY_TIMEOUT, MIN_VISIBILITY_TIMEOUT
 from commandbus.engine.worker.registry import HandlerRegistry
@@ -76,6 +77,16 @@ def banner(registry: HandlerRegistry, domains: list[str], concurrency: int) -> s
     "several in one process: one reader per domain, one shared connection pool.",
 )
 @click.option(
+    "--sagas",
+    "sagas",
+    default=None,
+    metavar="MODULE:SAGAS",
+    help="Where the sagas are (as for `commandbus coordinator --app`): a step's outcome "
+    "then moves its saga in the same transaction, one hop instead of two through the "
+    "coordinator (which must still run: timers, operators, and what the worker leaves "
+    "to it).",
+)
+@click.option(
     "--concurrency",
     type=Number(1, MAX_COUNT, integer=True),
     default=10,
@@ -116,6 +127,7 @@ def worker(
     ctx: click.Context,
     app: str,
     domain: tuple[str, ...],
+    sagas: str | None,
     concurrency: int,
     vt: float | None,
     batch_size: int,
@@ -133,6 +145,7 @@ def worker(
     setup_logging(log_level, log_format)  # first: what follows logs (and fails) in it
     registry = load_registry(app)
     domains = parse_domains(domain, registry)
+    saga_registry = None if sagas is None else load_sagas(sagas, "--sagas")
     config = load_config(ctx)
     setup_otel(otel, f"commandbus-worker-{'-'.join(domains)}")
     with database_url(ctx, logged=True) as url:
@@ -144,6 +157,7 @@ def worker(
             visibility_timeout=None if vt is None else timedelta(seconds=vt),
             batch_size=batch_size,
             config=config,
+            sagas=saga_registry,
         )
         stopping = f"stopping: in-flight handlers get {grace:g}s (again to force)"
         # the worker logs its summary when it ends

@@ -33,11 +33,7 @@ from commandbus.config import Config
 from commandbus.engine.commands.envelope import trace_context
 from commandbus.engine.db.connect import Conn, ResilientConnection
 from commandbus.engine.db.embedded import resolve_database_url
-from commandbus.engine.observability.tracing import (
-    SagaSpan,
-    configure_tracing_from_env,
-    saga_span,
-)
+from commandbus.engine.observability.tracing import configure_tracing_from_env
 from commandbus.engine.queues import sql as queue_sql
 from commandbus.engine.queues.consumer import QueueConsumer
 from commandbus.engine.queues.stopping import DEFAULT_GRACE
@@ -50,8 +46,8 @@ from commandbus.engine.queues.tables import (
 from commandbus.errors import CommandBusError, DatabaseUnavailableError, ValidationError
 from commandbus.sagas import sql as queries
 from commandbus.sagas.decide import SAGA_QUEUE, Decider
+from commandbus.sagas.deciding import decide
 from commandbus.sagas.definition import Saga, SagaRegistry
-from commandbus.sagas.state import SagaState
 from commandbus.sagas.store import KeptStates, Loaded, Pending, commit, delete_messages, load
 
 log = logging.getLogger("commandbus.coordinator")
@@ -322,27 +318,16 @@ class Coordinator:
                     bad.extend(m.msg_id for m in items)
                     continue
                 saga = self.registry.get(found.state.name, found.state.version)
-                span = saga_span(
-                    f"saga {found.state.name} transition",
-                    saga_id=saga_id,
-                    correlation_id=found.state.correlation_id,
+                decider, ok = decide(
+                    saga,
+                    found.state,
+                    self.config,
                     parent_headers=_trace(items[-1].headers),
-                    kind="consumer",
-                    saga_name=found.state.name,
-                    queue=SAGA_QUEUE,
                     message_id=items[-1].msg_id,
+                    feed=functools.partial(
+                        self._decide, saga=saga, found=found, items=items, postponed=postponed
+                    ),
                 )
-                with span:
-                    decider = Decider(
-                        saga,
-                        found.state,
-                        max_payload_bytes=self.config.max_payload_bytes,
-                        default_max_attempts=self.config.max_attempts,
-                        headers=span.headers,
-                        on_send=functools.partial(_send_span, span, found.state),
-                    )
-                    ok = self._decide(decider, saga, found, items, postponed)
-                    _describe(span, decider)
                 if ok:
                     pending.append(
                         Pending(saga_id, found.version, decider, found.created_at, found.ended_at)
@@ -368,6 +353,7 @@ class Coordinator:
     def _decide(
         self,
         decider: Decider,
+        *,
         saga: Saga | None,
         found: Loaded,
         items: list[SagaMessage],
@@ -427,50 +413,6 @@ def _saga_of(m: SagaMessage) -> UUID | None:
 
 def _trace(headers: Any) -> dict[str, str]:
     return trace_context(headers) if headers else {}
-
-
-_FAILURES = {
-    ev.SAGA_STEP_FAILED: True,  # a business failure (or an operator's cancel)
-    ev.SAGA_STEP_TIMED_OUT: False,
-    ev.SAGA_STEP_COMPENSATION_FAILED: False,
-    ev.SAGA_FAILED: True,
-}
-
-
-def _describe(span: SagaSpan, decider: Decider) -> None:
-    """What the transition did, on its span (a failed step marks it failed)."""
-    if not span.recording:
-        return
-    state = decider.state
-    span.set("commandbus.saga_events", ",".join(e.event_type for e in decider.events))
-    if state is not None:
-        span.set("commandbus.saga_status", state.status.value)
-    for e in decider.events:
-        step = e.data.get("step")
-        span.event(e.event_type, {"step": step} if isinstance(step, str) else None)
-        business = _FAILURES.get(e.event_type)
-        if business is not None and (e.event_type != ev.SAGA_STEP_TIMED_OUT or e.data.get("fails")):
-            error = e.data.get("error") or {}
-            span.fail(
-                f"{e.event_type}: {error.get('message', '')}".strip(": "),
-                error_type=str(error.get("code") or e.event_type),
-                business=business,
-            )
-
-
-def _send_span(span: SagaSpan, state: SagaState, kind: str, step: str) -> dict[str, str]:
-    """A PRODUCER span for one command a transition sends; its context goes with it."""
-    name = f"compensate {step}" if kind == "compensation" else f"send {step}"
-    with saga_span(
-        name,
-        saga_id=state.saga_id,
-        correlation_id=state.correlation_id,
-        step=step,
-        parent_headers=span.headers,
-        kind="producer",
-        saga_name=state.name,
-    ) as child:
-        return child.headers
 
 
 def _feed(decider: Decider, m: SagaMessage) -> None:

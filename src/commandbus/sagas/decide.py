@@ -4,8 +4,7 @@ A :class:`Decider` takes a saga's state and one input at a time (a start, a
 command's reply, a timer, an operator's action) and emits the events that input
 causes, plus what must commit with them: the commands to send (next steps or
 compensations), the timers to set and the queue messages to delete (the consumed
-reply, timers that can no longer fire). Each event is applied to the state as it
-is emitted, with the one fold of :mod:`commandbus.sagas.state`.
+reply, dead timers). Each event is applied to the state as it is emitted (the fold).
 """
 
 from __future__ import annotations
@@ -206,9 +205,10 @@ class Decider:
         )
         self.advance()
 
-    def reply(self, msg_id: int, body: Mapping[str, Any]) -> None:
-        """A command's outcome arrived (consumed: its message is deleted)."""
-        self.delete.append(msg_id)
+    def reply(self, msg_id: int | None, body: Mapping[str, Any]) -> None:
+        """A command's outcome arrived (consumed: its message, if any, is deleted)."""
+        if msg_id is not None:
+            self.delete.append(msg_id)
         st = self._state
         try:
             cid = UUID(str(body["command_id"]))

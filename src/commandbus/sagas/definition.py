@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 from uuid import UUID
 
 import attrs
@@ -23,6 +23,10 @@ from commandbus.arguments import MAX_INT
 from commandbus.codec import dumps
 from commandbus.errors import InvalidNameError, PayloadError, SagaDefinitionError
 from commandbus.names import validate_command_type, validate_domain
+
+if TYPE_CHECKING:
+    from commandbus.config import Config
+    from commandbus.sagas.inline import InlineTransitions
 
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,127}")
 
@@ -298,3 +302,10 @@ class SagaRegistry:
     @property
     def domains(self) -> frozenset[str]:
         return frozenset(d for s in self for d in s.domains)
+
+    def inline_replies(self, config: Config) -> InlineTransitions:
+        """What a worker given this registry (``Worker(..., sagas=registry)``) uses to
+        move its sagas in the transaction that records a step's outcome."""
+        from commandbus.sagas.inline import InlineTransitions
+
+        return InlineTransitions(self, config)

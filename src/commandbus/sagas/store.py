@@ -118,8 +118,9 @@ async def load(conn: Conn, saga_ids: Sequence[UUID]) -> dict[UUID, Loaded]:
 
 
 @lru_cache(maxsize=1)
-def _transition_statement() -> sql.Composed:
-    return sql.SQL(queries.TRANSITION).format(queue=queue_table(SAGA_QUEUE))
+def _transition_statement() -> bytes:
+    """TRANSITION, rendered once (psycopg would render it per call)."""
+    return sql.SQL(queries.TRANSITION).format(queue=queue_table(SAGA_QUEUE)).as_bytes()
 
 
 def _event_json(e: Any) -> dict[str, Any]:
@@ -218,6 +219,37 @@ async def commit(conn: Conn, pending: Sequence[Pending]) -> set[UUID]:
             for domain, command_id in p.decider.withdraw:
                 await _withdraw(conn, p.saga_id, domain, command_id)
     return passed
+
+
+async def commit_all(conn: Conn, pending: Sequence[Pending]) -> None:
+    """Record decided transitions, every one or none, in the caller's transaction.
+
+    Raises :class:`ConcurrencyError` when any saga's stream moved meanwhile (a
+    concurrent writer was first): the caller must then roll back. The saga writes
+    and the commands go out without waiting for each other, so in a psycopg
+    pipeline they cost one round trip.
+    """
+    pending = sorted((p for p in pending if p.decider.events), key=lambda p: str(p.saga_id))
+    if not pending:
+        return
+    await _allocate_timers(conn, pending)
+    cur = await conn.execute(
+        _transition_statement(),
+        {
+            "transitions": dumps([_row(p) for p in pending], what="saga transition"),
+            "saga_stream": ev.SAGA_STREAM,
+        },
+    )
+    commands = [c for p in pending for c in p.decider.commands]
+    sent = await command_store.send_commands(conn, commands) if commands else []
+    passed = {r[0] for r in await cur.fetchall()}
+    if len(passed) < len(pending) or any(msg_id is None for _d, _c, msg_id in sent):
+        raise ConcurrencyError(
+            f"{len(pending) - len(passed)} of {len(pending)} sagas moved meanwhile"
+        )
+    for p in pending:
+        for domain, command_id in p.decider.withdraw:
+            await _withdraw(conn, p.saga_id, domain, command_id)
 
 
 async def _withdraw(conn: Conn, saga_id: UUID, domain: str, command_id: UUID) -> None:

@@ -299,6 +299,14 @@ TRANSITION_TAIL: Final[LiteralString] = """
 SELECT stream_id FROM ok
 """
 
+# Replies sent on their own (replies a worker meant to act on in the outcome's
+# transaction but did not): {queue} is the reply queue's table.
+SEND_REPLIES: Final[LiteralString] = """
+INSERT INTO pgmq.{queue} (vt, message, headers)
+SELECT clock_timestamp(), r.message, r.headers
+  FROM jsonb_to_recordset(%(replies)s::jsonb) AS r(message jsonb, headers jsonb)
+"""
+
 
 # -- the status projection: reads, rebuild and verify ------------------------------------
 

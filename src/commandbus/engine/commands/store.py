@@ -186,6 +186,12 @@ def send_commands_statement(domains: tuple[str, ...]) -> sql.Composed:
     return _send_statement(domains, with_batch=False)
 
 
+@lru_cache(maxsize=256)
+def _send_query(domains: tuple[str, ...], *, with_batch: bool) -> bytes:
+    """The send statement, rendered once (psycopg would render it per call)."""
+    return _send_statement(domains, with_batch=with_batch).as_bytes()
+
+
 def _send_params(cmds: Sequence[OutgoingCommand]) -> dict[str, Any]:
     """The commands' parameters of SEND_BATCH (a batch's own are added to them)."""
     return {
@@ -235,7 +241,7 @@ async def send_many(
             "batch_created": ev.BATCH_CREATED,
         }
     )
-    cur = await conn.execute(send_batch_statement(domains), params)
+    cur = await conn.execute(_send_query(domains, with_batch=True), params)
     return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
 
 
@@ -253,7 +259,7 @@ async def send_commands(
         return []
     domains = tuple(sorted({c.domain for c in cmds}))
     params = _send_params(cmds)
-    cur = await conn.execute(send_commands_statement(domains), params)
+    cur = await conn.execute(_send_query(domains, with_batch=False), params)
     sent = {(r[0], r[1]): r[2] for r in await cur.fetchall() if r[2] is not None}
     if len(sent) != len(cmds):
         return [(c.domain, c.command_id, None) for c in cmds]
@@ -409,12 +415,16 @@ def _event_json(event: NewEvent) -> dict[str, Any]:
     }
 
 
-async def record_transitions(conn: Conn, transitions: Sequence[Transition]) -> set[str]:
+async def record_transitions(
+    conn: Conn, transitions: Sequence[Transition], *, without_replies_to: str | None = None
+) -> set[str]:
     """Record many command transitions in ONE statement.
 
     Each transition is recorded only if its stream is still at its expected version;
     the others (a duplicate delivery that lost the race, say) change nothing.
     Returns the stream ids that were recorded. Streams must be distinct.
+    ``without_replies_to``: replies to that queue are not sent (the caller acts on
+    them in the same transaction, or sends them with :func:`send_replies`).
     """
     rows: list[dict[str, Any]] = []
     op_domains: set[str] = set()
@@ -439,7 +449,7 @@ async def record_transitions(conn: Conn, transitions: Sequence[Transition]) -> s
             "new_msg_id": patch.msg_id,
             "events": [_event_json(e) for e in t.events],
         }
-        if t.reply is not None:
+        if t.reply is not None and t.reply.queue != without_replies_to:
             reply_queues.add(t.reply.queue)
             row["reply_queue"] = t.reply.queue
             row["reply"] = {"message": t.reply.message, "headers": t.reply.headers}
@@ -453,3 +463,14 @@ async def record_transitions(conn: Conn, transitions: Sequence[Transition]) -> s
         },
     )
     return {r[0] for r in await cur.fetchall()}
+
+
+async def send_replies(conn: Conn, replies: Sequence[Reply]) -> None:
+    """Send replies as messages of their queues (one statement per queue)."""
+    by_queue: dict[str, list[dict[str, Any]]] = {}
+    for r in replies:
+        by_queue.setdefault(r.queue, []).append({"message": r.message, "headers": r.headers})
+    for queue, rows in sorted(by_queue.items()):
+        await conn.execute(
+            with_queue(queries.SEND_REPLIES, queue), {"replies": dumps(rows, what="reply")}
+        )

@@ -41,6 +41,7 @@ from commandbus.engine.queues.tables import (
 )
 from commandbus.engine.worker.context import HandlerContext
 from commandbus.engine.worker.failures import ErrorKind, decisive, error_info
+from commandbus.engine.worker.inline import InlineReplies
 from commandbus.engine.worker.outcomes import Decision, Outcome, OutcomeBuilder
 from commandbus.engine.worker.recorder import Recorder
 from commandbus.engine.worker.registry import HandlerRegistry
@@ -87,6 +88,8 @@ class DomainSettings:
     reconnect_timeout: float
     #: the worker's handler pool (opened when the worker runs)
     pool: Callable[[], AsyncConnectionPool[Conn]]
+    #: replies acted on in the outcome's transaction (the sagas' transitions), if any
+    inline: InlineReplies | None = None
 
 
 class DomainConsumer:
@@ -99,7 +102,7 @@ class DomainConsumer:
         self._settings = settings
         self._vt = settings.vt_seconds
         self._outcomes = settings.outcomes
-        self._recorder = Recorder(self.stats, settings.outcomes)
+        self._recorder = Recorder(self.stats, settings.outcomes, settings.inline)
         self.consumer: QueueConsumer[ReadMessage, Decision] = QueueConsumer(
             settings.url,
             self,
@@ -130,6 +133,8 @@ class DomainConsumer:
         await ensure_schema_current(conn)
         # a worker may start before anything was sent to its domain
         await QueueRegistry().ensure(conn, self.domain)
+        if self._settings.inline is not None:
+            await self._settings.inline.prepare(conn)
         throttle_ms = await wakeup_throttle_ms(conn, self.domain)
         if throttle_ms is not None:
             self.consumer.settle_seconds = (throttle_ms + 1) / 1000

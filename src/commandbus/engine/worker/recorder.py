@@ -8,10 +8,17 @@ from collections.abc import Sequence
 import psycopg
 
 from commandbus.engine.commands import store as command_store
-from commandbus.engine.db.connect import ResilientConnection
+from commandbus.engine.commands.store import Transition
+from commandbus.engine.db.connect import Conn, ResilientConnection
+from commandbus.engine.worker.inline import InlineReplies, Taken
 from commandbus.engine.worker.outcomes import Decision, Outcome, OutcomeBuilder
 from commandbus.engine.worker.stats import WorkerStats
-from commandbus.errors import PayloadError
+from commandbus.errors import (
+    CommandBusError,
+    ConcurrencyError,
+    DatabaseUnavailableError,
+    PayloadError,
+)
 
 log = logging.getLogger("commandbus.worker")
 
@@ -23,9 +30,12 @@ class Recorder:
     with it: the group is retried one by one and the refused one goes to the TSQ.
     """
 
-    def __init__(self, stats: WorkerStats, outcomes: OutcomeBuilder) -> None:
+    def __init__(
+        self, stats: WorkerStats, outcomes: OutcomeBuilder, inline: InlineReplies | None = None
+    ) -> None:
         self._stats = stats
         self._outcomes = outcomes
+        self._inline = inline
 
     async def record(self, flusher: ResilientConnection, batch: Sequence[Decision]) -> None:
         """Record a group of decisions in ONE statement."""
@@ -38,7 +48,7 @@ class Recorder:
             seen.add(sid)
         transitions = [d.transition for d in unique]
         try:
-            ok = await flusher.run(lambda c: command_store.record_transitions(c, transitions))
+            ok = await self._record(flusher, transitions)
         except (psycopg.Error, PayloadError) as exc:
             # Not a lost connection (those are retried): one outcome the database
             # refuses must not take its group, or the worker, down with it.
@@ -54,6 +64,42 @@ class Recorder:
             self.count(d, recorded=d.transition.stream_id in ok)
         for d in clashing:
             self.count(d, recorded=False)
+
+    async def _record(
+        self, flusher: ResilientConnection, transitions: list[Transition]
+    ) -> set[str]:
+        """Record transitions; replies for :attr:`_inline` are acted on in the same
+        transaction where it can (else sent, as they would have been)."""
+        inline = self._inline
+        if inline is None or not any(
+            t.reply is not None and t.reply.queue == inline.queue for t in transitions
+        ):
+            return await flusher.run(lambda c: command_store.record_transitions(c, transitions))
+        try:
+            try:
+                ok, taken = await flusher.run(lambda c: _record_taking(c, transitions, inline))
+            except ConcurrencyError:
+                # a saga moved since this worker last saw it (its kept state is
+                # forgotten now): once more, with the sagas read afresh
+                ok, taken = await flusher.run(lambda c: _record_taking(c, transitions, inline))
+        except (psycopg.Error, CommandBusError) as exc:
+            if isinstance(exc, DatabaseUnavailableError):
+                raise
+            # a concurrent writer moved a saga first, or something refused (a saga's
+            # commands' payloads, say): the outcomes are recorded with their replies,
+            # for the coordinator to act on
+            log.log(
+                logging.INFO if isinstance(exc, ConcurrencyError) else logging.WARNING,
+                "replies to %s could not be acted on with their outcomes (%s: %s); "
+                "they are sent instead",
+                inline.queue,
+                type(exc).__name__,
+                exc,
+            )
+            return await flusher.run(lambda c: command_store.record_transitions(c, transitions))
+        taken.committed()
+        self._stats.inline_replies += len(taken.taken)
+        return ok
 
     async def _record_unrecordable(
         self, flusher: ResilientConnection, d: Decision, exc: BaseException
@@ -88,3 +134,25 @@ class Recorder:
             stats.retried += 1
         else:
             stats.troubleshooting += 1
+
+
+async def _record_taking(
+    conn: Conn, transitions: list[Transition], inline: InlineReplies
+) -> tuple[set[str], Taken]:
+    """One transaction: the outcomes, then what ``inline`` does with their replies,
+    then the replies it did not take, as messages."""
+    # in a pipeline: BEGIN goes with the outcomes, the saga writes with their commands
+    async with conn.pipeline(), conn.transaction():
+        ok = await command_store.record_transitions(
+            conn, transitions, without_replies_to=inline.queue
+        )
+        replies = [
+            t.reply
+            for t in transitions
+            if t.reply is not None and t.reply.queue == inline.queue and t.stream_id in ok
+        ]
+        taken = await inline.take(conn, replies)
+        rest = [r for i, r in enumerate(replies) if i not in taken.taken]
+        if rest:
+            await command_store.send_replies(conn, rest)
+    return ok, taken

@@ -15,6 +15,7 @@ _COUNTS = (
     "quarantined",
     "duplicate_deliveries",
     "released",
+    "inline_replies",
 )
 
 
@@ -35,6 +36,8 @@ class WorkerStats:
     #: deliveries whose outcome was not recorded because another delivery's was
     duplicate_deliveries: int = 0
     released: int = 0
+    #: replies acted on in the outcome's own transaction (saga steps moved on at once)
+    inline_replies: int = 0
     started_at: float = attrs.field(factory=time.monotonic)
     stopped_at: float | None = None
     #: each domain's stats, for a worker of several domains (else empty)
@@ -72,6 +75,8 @@ class WorkerStats:
             f"troubleshooting {self.troubleshooting}, quarantined {self.quarantined}, "
             f"duplicate deliveries {self.duplicate_deliveries}, released {self.released})"
         )
+        if self.inline_replies:
+            line += f"; {self.inline_replies} saga replies acted on in the outcome's transaction"
         if self.by_domain:
             line += "; " + ", ".join(
                 f"{d}: {s.processed} processed" for d, s in self.by_domain.items()

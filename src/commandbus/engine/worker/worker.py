@@ -24,6 +24,7 @@ from commandbus.engine.db.embedded import resolve_database_url
 from commandbus.engine.observability import tracing
 from commandbus.engine.queues.stopping import DEFAULT_GRACE, FINAL_SECONDS
 from commandbus.engine.worker.domain import DomainConsumer, DomainSettings
+from commandbus.engine.worker.inline import InlineSource
 from commandbus.engine.worker.outcomes import OutcomeBuilder
 from commandbus.engine.worker.registry import HandlerRegistry
 from commandbus.engine.worker.retry_policy import RetryPolicy
@@ -62,6 +63,12 @@ class Worker:
     Each domain has its own reader, listener and flushers, and up to
     ``concurrency`` handlers running (per domain, so a busy domain never starves
     another); the handlers of all domains share one connection pool.
+
+    ``sagas=`` (a :class:`~commandbus.sagas.SagaRegistry`): a step's outcome moves
+    its saga in the same transaction (the saga's events, its next commands), so a
+    step costs one hop instead of two through the coordinator. The coordinator
+    still runs: timers, operators' requests, and any reply the worker leaves to it
+    (a saga it does not know, one a concurrent writer moved first) are its.
     """
 
     def __init__(
@@ -78,6 +85,7 @@ class Worker:
         archive_completed: bool = False,
         reconnect_timeout: timedelta = timedelta(minutes=5),
         flushers: int = 2,
+        sagas: InlineSource | None = None,
     ) -> None:
         concurrency = int_arg(concurrency, "concurrency", low=1, high=10_000)
         flushers = int_arg(flushers, "flushers", low=1, high=16)
@@ -93,6 +101,8 @@ class Worker:
             raise ValidationError(f"registry must be a HandlerRegistry, got {registry!r:.60}")
         if config is not None and not isinstance(config, Config):
             raise ValidationError(f"config must be a Config, got {config!r:.60}")
+        if sagas is not None and not callable(getattr(sagas, "inline_replies", None)):
+            raise ValidationError(f"sagas must be a SagaRegistry, got {sagas!r:.60}")
         names = domains_arg(domain, domains)
         for name in names:
             registry.validate_for(name)
@@ -129,6 +139,7 @@ class Worker:
             poll_interval=self.config.poll_interval.total_seconds(),
             reconnect_timeout=reconnect_timeout.total_seconds(),
             pool=self._handler_pool,
+            inline=None if sagas is None else sagas.inline_replies(self.config),
         )
         self._domains = [DomainConsumer(name, settings) for name in names]
         self._ready = asyncio.Event()  # several domains: set once all are ready
