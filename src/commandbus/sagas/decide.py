@@ -138,6 +138,9 @@ class Decider:
             raise TypeError(f"a data builder returned {type(value).__name__}, not a mapping")
         return dict(value)
 
+    def _data_json(self, builder: DataBuilder) -> str:
+        return dumps_limited(self._build(builder), self._max_payload, what="saga command data")
+
     def _send(
         self,
         *,
@@ -145,7 +148,7 @@ class Decider:
         step: str,
         domain: str,
         command_type: str,
-        data: dict[str, Any],
+        data_json: str,
         max_attempts: int | None,
     ) -> OutgoingCommand:
         st = self._state
@@ -153,7 +156,6 @@ class Decider:
         cid = command_id_for(st.saga_id, st.sent)
         self._traces[cid] = trace
         attempts = self._max_attempts if max_attempts is None else max_attempts
-        data_json = dumps_limited(data, self._max_payload, what="saga command data")
         cmd = OutgoingCommand(
             domain=domain,
             command_id=cid,
@@ -414,22 +416,21 @@ class Decider:
             return
         stage = saga.stages[nxt]
         try:
-            built = [(step, self._build(step.data)) for step in stage]
-            for _step, data in built:
-                dumps_limited(data, self._max_payload, what="saga command data")
+            # each command's data, checked and serialised once
+            built = [(step, self._data_json(step.data)) for step in stage]
         except Exception as exc:
             error = _error(exc, "DATA_BUILDER_FAILED")
             error["message"] = f"building stage {saga.stage_names[nxt]!r}: {error['message']}"
             self._failed(error, "data_builder_failed")
             self.advance()
             return
-        for step, data in built:
+        for step, data_json in built:
             cmd = self._send(
                 kind="step",
                 step=step.name,
                 domain=step.domain,
                 command_type=step.command,
-                data=data,
+                data_json=data_json,
                 max_attempts=step.max_attempts,
             )
             event_data: dict[str, Any] = {
@@ -470,13 +471,12 @@ class Decider:
             assert comp is not None
             domain = comp.domain or saga.step(s.name).domain
             try:
-                data = self._build(comp.data)
                 cmd = self._send(
                     kind="compensation",
                     step=s.name,
                     domain=domain,
                     command_type=comp.command,
-                    data=data,
+                    data_json=self._data_json(comp.data),
                     max_attempts=comp.max_attempts,
                 )
             except Exception as exc:

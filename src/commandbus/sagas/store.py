@@ -21,7 +21,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus import event_types as ev
-from commandbus.codec import dumps
+from commandbus.codec import dumps_document
 from commandbus.engine.commands import store as command_store
 from commandbus.engine.commands.troubleshooting import TroubleshootingQueue
 from commandbus.engine.db.connect import Conn
@@ -200,7 +200,10 @@ async def commit(conn: Conn, pending: Sequence[Pending]) -> set[UUID]:
     if rows:
         cur = await conn.execute(
             _transition_statement(),
-            {"transitions": dumps(rows, what="saga transition"), "saga_stream": ev.SAGA_STREAM},
+            {
+                "transitions": dumps_document(rows, what="saga transition"),
+                "saga_stream": ev.SAGA_STREAM,
+            },
         )
         passed = {r[0] for r in await cur.fetchall()}
     # a transition with no event (a stale timer) only deletes its message
@@ -236,7 +239,7 @@ async def commit_all(conn: Conn, pending: Sequence[Pending]) -> None:
     cur = await conn.execute(
         _transition_statement(),
         {
-            "transitions": dumps([_row(p) for p in pending], what="saga transition"),
+            "transitions": dumps_document([_row(p) for p in pending], what="saga transition"),
             "saga_stream": ev.SAGA_STREAM,
         },
     )

@@ -16,7 +16,7 @@ import attrs
 from psycopg import sql
 
 from commandbus import event_types as ev
-from commandbus.codec import dumps
+from commandbus.codec import dumps_document
 from commandbus.engine.commands import batch_status as batch_projection
 from commandbus.engine.commands import sql as queries
 from commandbus.engine.commands.status import (
@@ -458,7 +458,7 @@ async def record_transitions(
     cur = await conn.execute(
         stmt,
         {
-            "transitions": dumps(rows, what="command transition"),
+            "transitions": dumps_document(rows, what="command transition"),
             "command_retry_scheduled": ev.COMMAND_RETRY_SCHEDULED,
         },
     )
@@ -472,5 +472,5 @@ async def send_replies(conn: Conn, replies: Sequence[Reply]) -> None:
         by_queue.setdefault(r.queue, []).append({"message": r.message, "headers": r.headers})
     for queue, rows in sorted(by_queue.items()):
         await conn.execute(
-            with_queue(queries.SEND_REPLIES, queue), {"replies": dumps(rows, what="reply")}
+            with_queue(queries.SEND_REPLIES, queue), {"replies": dumps_document(rows, what="reply")}
         )

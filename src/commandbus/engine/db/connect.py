@@ -30,9 +30,11 @@ from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus.arguments import conn_arg
+from commandbus.codec import loads
 from commandbus.errors import ConfigError, DatabaseError, DatabaseUnavailableError
 
 Conn = AsyncConnection[Any]
@@ -215,9 +217,17 @@ async def connect(url: str, *, autocommit: bool = True, prepare_threshold: int |
         other=DatabaseUnavailableError,
         hint="check DATABASE_URL and that the server is running",
     ):
-        return await psycopg.AsyncConnection.connect(
+        conn = await psycopg.AsyncConnection.connect(
             url, autocommit=autocommit, prepare_threshold=prepare_threshold, **kwargs
         )
+    await configure(conn)
+    return conn
+
+
+async def configure(conn: Conn) -> None:
+    """What every connection of commandbus gets (``configure=`` of its pools): json
+    and jsonb read by :func:`commandbus.codec.loads` (the same values, faster)."""
+    set_json_loads(loads, conn)
 
 
 async def check_connection(url: str) -> None:

@@ -50,7 +50,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from commandbus.config import Config, database_from_env, find_data_dir
 from commandbus.engine.db import pgdata
-from commandbus.engine.db.connect import Conn, connect
+from commandbus.engine.db.connect import Conn, configure, connect
 from commandbus.errors import ConfigError, EmbeddedDatabaseError
 
 __all__ = [
@@ -225,6 +225,7 @@ class Database:
                     min_size=self._sizes[0],
                     max_size=self._sizes[1],
                     kwargs={"autocommit": True},
+                    configure=configure,
                     open=False,
                 )
             if self._own_pool:

@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from commandbus.arguments import bool_arg, int_arg
 from commandbus.config import MAX_VISIBILITY_TIMEOUT, MIN_VISIBILITY_TIMEOUT, Config
-from commandbus.engine.db.connect import Conn
+from commandbus.engine.db.connect import Conn, configure
 from commandbus.engine.db.embedded import resolve_database_url
 from commandbus.engine.observability import tracing
 from commandbus.engine.queues.stopping import DEFAULT_GRACE, FINAL_SECONDS
@@ -242,6 +242,7 @@ class Worker:
             min_size=0,
             max_size=self.concurrency * len(self._domains) + 2,
             kwargs={"autocommit": True},
+            configure=configure,
             check=AsyncConnectionPool.check_connection,
             open=False,
         )
