@@ -141,8 +141,9 @@ async def _record_taking(
 ) -> tuple[set[str], Taken]:
     """One transaction: the outcomes, then what ``inline`` does with their replies,
     then the replies it did not take, as messages."""
-    # in a pipeline: BEGIN goes with the outcomes, the saga writes with their commands
-    async with conn.pipeline(), conn.transaction():
+    # (not in a psycopg pipeline: its asynchronous wait spins on a writable socket,
+    # which cost more CPU than the round trips it saves)
+    async with conn.transaction():
         ok = await command_store.record_transitions(
             conn, transitions, without_replies_to=inline.queue
         )
