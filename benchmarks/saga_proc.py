@@ -159,7 +159,9 @@ async def run(args: argparse.Namespace) -> dict[str, int]:
     results = await asyncio.gather(*tasks)
     saga_stats = results[-1]
     # what the workers did to sagas in their outcomes' transactions
-    inline = [w._domains[0]._settings.inline.stats for w in workers]  # type: ignore[union-attr]
+    # (workers given the same registry and config share one)
+    shared = {id(w._domains[0]._settings.inline): w._domains[0]._settings.inline for w in workers}
+    inline = [i.stats for i in shared.values()]  # type: ignore[union-attr]
     return {
         "processed": sum(s.completed for s in results[:-1]),
         "sagas": saga_stats.completed + sum(s.completed for s in inline),  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ import pytest
 
 from commandbus import (
     Compensation,
+    Config,
     HandlerRegistry,
     Saga,
     SagaRegistry,
@@ -195,5 +196,10 @@ def test_the_registry_gives_workers_its_own_definitions() -> None:
         ],
     )
     registry = SagaRegistry([saga])
-    inline = registry.inline_replies(__import__("commandbus").Config())
+    config = Config()
+    inline = registry.inline_replies(config)
     assert inline.queue == "commandbus_sagas" and inline.registry is registry
+    # the workers of a process share it (and the states it keeps), per config
+    assert registry.inline_replies(config) is inline
+    assert registry.inline_replies(Config()) is not inline
+    assert SagaRegistry([saga]).inline_replies(config) is not inline

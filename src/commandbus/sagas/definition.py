@@ -275,6 +275,7 @@ class SagaRegistry:
 
     def __init__(self, sagas: Iterable[Saga] = ()) -> None:
         self._by_key: dict[tuple[str, int], Saga] = {}
+        self._inline: dict[int, InlineTransitions] = {}
         for saga in sagas:
             self.register(saga)
 
@@ -305,7 +306,15 @@ class SagaRegistry:
 
     def inline_replies(self, config: Config) -> InlineTransitions:
         """What a worker given this registry (``Worker(..., sagas=registry)``) uses to
-        move its sagas in the transaction that records a step's outcome."""
+        move its sagas in the transaction that records a step's outcome.
+
+        Workers of one process given the same registry and config share one (and
+        so the saga states it keeps: the next step's worker need not read back
+        what the last one wrote).
+        """
         from commandbus.sagas.inline import InlineTransitions
 
-        return InlineTransitions(self, config)
+        found = self._inline.get(id(config))
+        if found is None or found.config is not config:
+            found = self._inline[id(config)] = InlineTransitions(self, config)
+        return found
