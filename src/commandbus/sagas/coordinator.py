@@ -27,7 +27,6 @@ import attrs
 import psycopg
 from psycopg import sql
 
-from commandbus import event_types as ev
 from commandbus.arguments import int_arg
 from commandbus.config import Config
 from commandbus.engine.commands.envelope import trace_context
@@ -46,7 +45,7 @@ from commandbus.engine.queues.tables import (
 from commandbus.errors import CommandBusError, DatabaseUnavailableError, ValidationError
 from commandbus.sagas import sql as queries
 from commandbus.sagas.decide import SAGA_QUEUE, Decider
-from commandbus.sagas.deciding import decide
+from commandbus.sagas.deciding import TransitionCounts, decide
 from commandbus.sagas.definition import Saga, SagaRegistry
 from commandbus.sagas.store import KeptStates, Loaded, Pending, commit, delete_messages, load
 
@@ -72,14 +71,10 @@ class SagaMessage:
 
 
 @attrs.define
-class CoordinatorStats:
+class CoordinatorStats(TransitionCounts):
     """What a coordinator did (counted when its transitions commit)."""
 
     messages: int = 0
-    transitions: int = 0
-    completed: int = 0
-    compensated: int = 0
-    failed: int = 0
     conflicts: int = 0
     blocked: int = 0
     ignored: int = 0
@@ -344,7 +339,7 @@ class Coordinator:
         for p in pending:
             if p.saga_id in passed or not p.decider.events:
                 if p.decider.events:
-                    self._count(p)
+                    self.stats.count(p.decider)
                 self.stats.messages += len(by_saga[p.saga_id])
             elif not set(m.msg_id for m in by_saga[p.saga_id]) <= set(postponed):
                 retry.extend(by_saga[p.saga_id])
@@ -377,17 +372,6 @@ class Coordinator:
             postponed.extend(m.msg_id for m in items)
             return False
         return True
-
-    def _count(self, p: Pending) -> None:
-        """Count a recorded transition, and the sagas it ended (once each)."""
-        self.stats.transitions += 1
-        for e in p.decider.events:
-            if e.event_type == ev.SAGA_COMPLETED:
-                self.stats.completed += 1
-            elif e.event_type == ev.SAGA_COMPENSATED:
-                self.stats.compensated += 1
-            elif e.event_type == ev.SAGA_FAILED:
-                self.stats.failed += 1
 
     def _missing(self, name: str, version: int) -> None:
         if (name, version) not in self._warned:

@@ -8,12 +8,35 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
+
 from commandbus import event_types as ev
 from commandbus.config import Config
 from commandbus.engine.observability.tracing import SagaSpan, saga_span
 from commandbus.sagas.decide import SAGA_QUEUE, Decider
 from commandbus.sagas.definition import Saga
 from commandbus.sagas.state import SagaState
+
+
+@attrs.define
+class TransitionCounts:
+    """Transitions recorded, and the sagas they ended (counted once each)."""
+
+    transitions: int = 0
+    completed: int = 0
+    compensated: int = 0
+    failed: int = 0
+
+    def count(self, decider: Decider) -> None:
+        """Count a recorded transition."""
+        self.transitions += 1
+        for e in decider.events:
+            if e.event_type == ev.SAGA_COMPLETED:
+                self.completed += 1
+            elif e.event_type == ev.SAGA_COMPENSATED:
+                self.compensated += 1
+            elif e.event_type == ev.SAGA_FAILED:
+                self.failed += 1
 
 
 def decide(

@@ -23,14 +23,13 @@ from uuid import UUID
 
 import attrs
 
-from commandbus import event_types as ev
 from commandbus.config import Config
 from commandbus.engine.commands.envelope import trace_context
 from commandbus.engine.commands.store import Reply
 from commandbus.engine.db.connect import Conn
 from commandbus.engine.queues.tables import QueueRegistry
 from commandbus.sagas.decide import SAGA_QUEUE, Decider
-from commandbus.sagas.deciding import decide
+from commandbus.sagas.deciding import TransitionCounts, decide
 from commandbus.sagas.definition import SagaRegistry
 from commandbus.sagas.store import KeptStates, Pending, commit_all, load
 
@@ -41,13 +40,9 @@ STATE_CACHE_SIZE = 10_000
 
 
 @attrs.define
-class InlineStats:
+class InlineStats(TransitionCounts):
     """What a worker's saga transitions did (counted when they commit)."""
 
-    transitions: int = 0
-    completed: int = 0
-    compensated: int = 0
-    failed: int = 0
     #: replies left to the coordinator
     left: int = 0
 
@@ -138,16 +133,8 @@ class InlineTransitions:
         stats = self.stats
         stats.left += left
         for p in pending:
-            if p.saga_id not in passed:
-                continue
-            stats.transitions += 1
-            for e in p.decider.events:
-                if e.event_type == ev.SAGA_COMPLETED:
-                    stats.completed += 1
-                elif e.event_type == ev.SAGA_COMPENSATED:
-                    stats.compensated += 1
-                elif e.event_type == ev.SAGA_FAILED:
-                    stats.failed += 1
+            if p.saga_id in passed:
+                stats.count(p.decider)
 
 
 def _feed(decider: Decider, *, saga_id: UUID, bodies: list[Reply]) -> bool:
