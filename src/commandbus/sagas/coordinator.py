@@ -45,7 +45,7 @@ from commandbus.engine.queues.tables import (
 from commandbus.errors import CommandBusError, DatabaseUnavailableError, ValidationError
 from commandbus.sagas import sql as queries
 from commandbus.sagas.decide import SAGA_QUEUE, Decider
-from commandbus.sagas.deciding import TransitionCounts, decide
+from commandbus.sagas.deciding import TransitionCounts, decide, saga_of
 from commandbus.sagas.definition import Saga, SagaRegistry
 from commandbus.sagas.store import KeptStates, Loaded, Pending, commit, delete_messages, load
 
@@ -386,13 +386,7 @@ class Coordinator:
 
 
 def _saga_of(m: SagaMessage) -> UUID | None:
-    body = m.message
-    if not isinstance(body, dict):
-        return None
-    try:
-        return UUID(str(body["saga_id"]))
-    except (KeyError, ValueError):
-        return None
+    return saga_of(m.message)
 
 
 def _trace(headers: Any) -> dict[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
+from uuid import UUID
 
 import attrs
 
@@ -16,6 +17,16 @@ from commandbus.engine.observability.tracing import SagaSpan, saga_span
 from commandbus.sagas.decide import SAGA_QUEUE, Decider
 from commandbus.sagas.definition import Saga
 from commandbus.sagas.state import SagaState
+
+
+def saga_of(body: object) -> UUID | None:
+    """The saga a saga-queue message or a reply is for (None: not a saga's)."""
+    if not isinstance(body, dict):
+        return None
+    try:
+        return UUID(str(body["saga_id"]))
+    except (KeyError, ValueError):
+        return None
 
 
 @attrs.define

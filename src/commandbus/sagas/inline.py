@@ -3,9 +3,10 @@
 A worker given the saga registry (``Worker(..., sagas=registry)``) hands the
 replies its outcomes would send to the saga queue to :class:`InlineTransitions`
 instead: each saga is decided as the coordinator would decide it (the same fold,
-decider and span) and committed by the same :func:`~commandbus.sagas.store.commit`
-(its events with the expected version, its status row, its next commands), in
-the worker's transaction. One durable hop per step instead of two.
+decider and span) and committed, all of them or none, by
+:func:`~commandbus.sagas.store.commit_all` (its events with the expected version,
+its status row, its next commands), in the worker's transaction. One durable hop
+per step instead of two.
 
 What it does not take is sent as the reply message it would have been, for the
 coordinator: a saga whose definition this process does not have, one whose status
@@ -29,7 +30,7 @@ from commandbus.engine.commands.store import Reply
 from commandbus.engine.db.connect import Conn
 from commandbus.engine.queues.tables import QueueRegistry
 from commandbus.sagas.decide import SAGA_QUEUE, Decider
-from commandbus.sagas.deciding import TransitionCounts, decide
+from commandbus.sagas.deciding import TransitionCounts, decide, saga_of
 from commandbus.sagas.definition import SagaRegistry
 from commandbus.sagas.store import KeptStates, Pending, commit_all, load
 
@@ -53,21 +54,12 @@ class _Taken:
 
     taken: frozenset[int]
     owner: InlineTransitions
+    #: the transitions committed (every one decided: the commit is all or nothing)
     pending: list[Pending] = attrs.field(factory=list)
-    passed: set[UUID] = attrs.field(factory=set)
     left: int = 0
 
     def committed(self) -> None:
-        self.owner.committed(self.pending, self.passed, self.left)
-
-
-def _saga_of(body: object) -> UUID | None:
-    if not isinstance(body, dict) or body.get("saga_id") is None:
-        return None
-    try:
-        return UUID(str(body["saga_id"]))
-    except ValueError:
-        return None
+        self.owner.committed(self.pending, self.left)
 
 
 class InlineTransitions:
@@ -92,7 +84,7 @@ class InlineTransitions:
     async def take(self, conn: Conn, replies: Sequence[Reply]) -> _Taken:
         by_saga: dict[UUID, list[int]] = {}
         for i, r in enumerate(replies):
-            saga_id = _saga_of(r.message)
+            saga_id = saga_of(r.message)
             if saga_id is not None:
                 by_saga.setdefault(saga_id, []).append(i)
         if not by_saga:
@@ -123,18 +115,15 @@ class InlineTransitions:
         # all or nothing: a saga moved meanwhile undoes the caller's transaction,
         # which is then recorded without taking any reply
         await commit_all(conn, pending)
-        passed = {p.saga_id for p in pending}
-        taken = frozenset(i for s in passed for i in by_saga[s])
-        return _Taken(taken, self, pending, passed, len(replies) - len(taken))
+        taken = frozenset(i for p in pending for i in by_saga[p.saga_id])
+        return _Taken(taken, self, pending, len(replies) - len(taken))
 
-    def committed(self, pending: list[Pending], passed: set[UUID], left: int) -> None:
+    def committed(self, pending: list[Pending], left: int) -> None:
         """The transaction of :meth:`take` committed: keep the states, count."""
-        self._states.keep(pending, passed)
-        stats = self.stats
-        stats.left += left
+        self._states.keep(pending, {p.saga_id for p in pending})
+        self.stats.left += left
         for p in pending:
-            if p.saga_id in passed:
-                stats.count(p.decider)
+            self.stats.count(p.decider)
 
 
 def _feed(decider: Decider, *, saga_id: UUID, bodies: list[Reply]) -> bool:
