@@ -713,3 +713,111 @@ async def test_a_lock_timeout_recording_in_the_handler_transaction_is_a_retried_
     events = await history(bus, sent.command_id)
     assert [t for t, _ in events] == ["CommandSent", "CommandRetryScheduled", "CommandCompleted"]
     assert events[1][1]["error"]["type"] == "LockNotAvailable"
+
+
+# -- ready comes before any work ---------------------------------------------------------------
+
+
+def slow_listeners(monkeypatch: pytest.MonkeyPatch, delays: list[float]) -> None:
+    """The listeners' connections open late (the n-th after ``delays[n]`` seconds): a
+    listener whose connection is slower than the reader's."""
+    from commandbus.engine.queues import listener
+
+    real = listener.connect
+    calls = iter(delays)
+
+    async def late(url: str) -> Any:
+        await asyncio.sleep(next(calls, 0.0))
+        return await real(url)
+
+    monkeypatch.setattr(listener, "connect", late)
+
+
+async def unread(conn: Conn, queue: str) -> int:
+    sql = "SELECT count(*) FROM pgmq.q_" + queue + " WHERE read_ct = 0"  # noqa: S608 (a test's name)
+    return int(await scalar(conn, sql))
+
+
+async def test_a_worker_reads_nothing_before_it_is_ready(
+    dsn: str, bus: CommandBus, conn: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The CLI took a stop right after the first read for a stop "before it was ready"
+    # (exit 1): the reader had read while the listener was still connecting.
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        return "ok"
+
+    for _ in range(3):
+        assert (await bus.send("payments", "Charge", {})).ok
+    slow_listeners(monkeypatch, [1.5])
+    worker = make_worker(dsn, reg)
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(1.0)  # the reader is connected long before this
+    assert not worker.ready.is_set()
+    assert await unread(conn, "payments") == 3
+    await asyncio.wait_for(worker.ready.wait(), 10)
+
+    async def done() -> bool:
+        return worker.stats.completed == 3
+
+    await wait_for(done)
+    await worker.stop()
+    assert (await task).completed == 3
+
+
+async def test_no_domain_of_a_worker_reads_before_all_are_ready(
+    dsn: str, bus: CommandBus, conn: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        return "ok"
+
+    @reg.handler("shipping", "Ship")
+    async def ship(cmd: Command, ctx: HandlerContext) -> str:
+        return "ok"
+
+    assert (await bus.send("payments", "Charge", {})).ok
+    assert (await bus.send("shipping", "Ship", {})).ok
+    slow_listeners(monkeypatch, [0.0, 1.5])  # one domain listens at once, one late
+    worker = Worker(dsn, reg, domains=["payments", "shipping"], config=FAST)
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(1.0)
+    assert not worker.ready.is_set()
+    assert (await unread(conn, "payments"), await unread(conn, "shipping")) == (1, 1)
+    await asyncio.wait_for(worker.ready.wait(), 10)
+
+    async def done() -> bool:
+        return worker.stats.completed == 2
+
+    await wait_for(done)
+    await worker.stop()
+    assert (await task).completed == 2
+
+
+async def test_a_stop_before_ready_hands_nothing_to_a_handler(
+    dsn: str, bus: CommandBus, conn: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = HandlerRegistry()
+    ran: list[Any] = []
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        ran.append(cmd.command_id)
+        return "ok"
+
+    assert (await bus.send("payments", "Charge", {})).ok
+    slow_listeners(monkeypatch, [5.0])
+    worker = make_worker(dsn, reg)
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    await worker.stop()
+    stats = await task
+    assert time.monotonic() - started < 5
+    assert (ran, stats.processed, worker.ready.is_set()) == ([], 0, False)
+    assert await unread(conn, "payments") == 1
+    assert live_worker_tasks() == []

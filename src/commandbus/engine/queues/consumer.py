@@ -134,6 +134,9 @@ class QueueConsumer(Generic[M, O]):
         self._finished = asyncio.Event()
         #: set once the consumer is connected and listening for new messages
         self.ready = asyncio.Event()
+        #: reading starts once this is set: ``ready``, unless whoever runs several
+        #: consumers as one gives them a readiness of its own
+        self.reads_after = self.ready
         #: messages made visible again by a stop
         self.released = 0
         # The reader only moves messages' visibility forward. If the server crashed
@@ -356,6 +359,19 @@ class QueueConsumer(Generic[M, O]):
 
     async def _read_loop(self) -> None:
         app = self._app
+        # Nothing is read before the listener listens (``reads_after``): ``ready`` (the
+        # CLI's banner, a supervisor's "started") then always comes before the first
+        # message is taken, and a stop before it is a stop of a consumer that never
+        # served. The wake-up set once it listens stays set: the first read is at once.
+        if not self.reads_after.is_set():
+            gate = asyncio.create_task(self.reads_after.wait(), name=f"commandbus-gate-{self.name}")
+            stop = asyncio.create_task(self._stop_event.wait(), name=f"commandbus-stop-{self.name}")
+            try:
+                await asyncio.wait({gate, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (gate, stop):
+                    t.cancel()
+                await asyncio.gather(gate, stop, return_exceptions=True)
         while not self._stopping and not self._stop_event.is_set():
             room = self._capacity - len(self._flights)
             if room < self._read_threshold and self._flights:

@@ -143,6 +143,9 @@ class Worker:
         )
         self._domains = [DomainConsumer(name, settings) for name in names]
         self._ready = asyncio.Event()  # several domains: set once all are ready
+        if len(self._domains) > 1:
+            for d in self._domains:  # and none reads before: ready comes before any work
+                d.consumer.reads_after = self._ready
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._task: asyncio.Task[WorkerStats] | None = None
 
