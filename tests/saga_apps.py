@@ -354,3 +354,7 @@ LINE = Saga(
         Step("ship", domain="shipping", command="Ship", data=_order),
     ],
 )
+
+
+#: An app with no saga definitions (``--sagas saga_apps:NO_SAGAS`` is refused).
+NO_SAGAS: list[Saga] = []

@@ -174,6 +174,7 @@ async def test_coordinator_and_worker_processes_run_the_demo_sagas(dsn: str) -> 
     assert "1 sagas completed, 0 compensated" in coordinator_err.splitlines()[-1]
     assert inventory_code == 0, inventory_err
     assert "serving domain 'inventory': ReleaseStock, ReserveStock" in inventory_err
+    assert "moves sagas order v1 in its outcomes' transactions" in inventory_err
     summary = inventory_err.splitlines()[-1]
     assert "3 saga replies acted on in the outcome's transaction" in summary, summary
 
@@ -208,6 +209,7 @@ def test_worker_refuses_bad_sagas_in_one_line(dsn: str) -> None:
         ("no_such_module_here:sagas", "cannot import 'no_such_module_here' for --sagas"),
         (f"{app}:handlers", "is not a SagaRegistry, a Saga or a list of Saga"),
         (f"{app}:nothing", "has no attribute 'nothing'"),
+        ("saga_apps:NO_SAGAS", "'saga_apps:NO_SAGAS' holds no saga definitions"),
     ):
         result = invoke(
             dsn, "worker", "--app", f"{app}:handlers", "--domain", "inventory", "--sagas", spec

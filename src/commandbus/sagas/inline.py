@@ -75,6 +75,11 @@ class InlineTransitions:
     def queue(self) -> str:
         return SAGA_QUEUE
 
+    @property
+    def what(self) -> str:
+        names = sorted(f"{s.name} v{s.version}" for s in self.registry)
+        return "sagas " + ", ".join(names) if names else "no sagas"
+
     async def prepare(self, conn: Conn) -> None:
         queues = QueueRegistry()
         await queues.ensure(conn, SAGA_QUEUE)

@@ -116,12 +116,14 @@ class DomainConsumer:
         )
 
     async def opened(self) -> None:
+        inline = self._settings.inline
         log.info(
-            "worker serving domain %s (%s) concurrency=%d vt=%.0fs",
+            "worker serving domain %s (%s) concurrency=%d vt=%.0fs%s",
             self.domain,
             ", ".join(self.registry.command_types(self.domain)),
             self._settings.concurrency,
             self._vt,
+            "" if inline is None else f"; moves {inline.what} in its outcomes' transactions",
         )
 
     # -- consumer hooks ---------------------------------------------------------------------

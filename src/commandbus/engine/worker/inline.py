@@ -41,6 +41,11 @@ class InlineReplies(Protocol):
         """The reply queue whose replies it takes."""
         ...
 
+    @property
+    def what(self) -> str:
+        """What it acts for, for the worker's start line (``sagas order v1, ...``)."""
+        ...
+
     async def prepare(self, conn: Conn) -> None:
         """Make sure what it writes to exists (called as the worker starts)."""
         ...
