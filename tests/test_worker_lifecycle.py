@@ -738,64 +738,56 @@ async def unread(conn: Conn, queue: str) -> int:
     return int(await scalar(conn, sql))
 
 
+def ok_handlers(*types: tuple[str, str]) -> HandlerRegistry:
+    reg = HandlerRegistry()
+
+    async def ok(cmd: Command, ctx: HandlerContext) -> str:
+        return "ok"
+
+    for domain, command_type in types:
+        reg.register(domain, command_type, ok)
+    return reg
+
+
+async def unread_until_ready(conn: Conn, worker: Worker, sent: dict[str, int]) -> None:
+    """Run ``worker`` (its listeners slowed): nothing is read before it is ready, then
+    everything ``sent`` (per domain) is handled."""
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(1.0)  # the readers are connected long before this
+    assert not worker.ready.is_set()
+    assert {d: await unread(conn, d) for d in sent} == sent
+    await asyncio.wait_for(worker.ready.wait(), 10)
+    total = sum(sent.values())
+
+    async def done() -> bool:
+        return worker.stats.completed == total
+
+    await wait_for(done)
+    await worker.stop()
+    assert (await task).completed == total
+
+
 async def test_a_worker_reads_nothing_before_it_is_ready(
     dsn: str, bus: CommandBus, conn: Conn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The CLI took a stop right after the first read for a stop "before it was ready"
     # (exit 1): the reader had read while the listener was still connecting.
-    reg = HandlerRegistry()
-
-    @reg.handler("payments", "Charge")
-    async def charge(cmd: Command, ctx: HandlerContext) -> str:
-        return "ok"
-
     for _ in range(3):
         assert (await bus.send("payments", "Charge", {})).ok
     slow_listeners(monkeypatch, [1.5])
-    worker = make_worker(dsn, reg)
-    task = asyncio.create_task(worker.run())
-    await asyncio.sleep(1.0)  # the reader is connected long before this
-    assert not worker.ready.is_set()
-    assert await unread(conn, "payments") == 3
-    await asyncio.wait_for(worker.ready.wait(), 10)
-
-    async def done() -> bool:
-        return worker.stats.completed == 3
-
-    await wait_for(done)
-    await worker.stop()
-    assert (await task).completed == 3
+    worker = make_worker(dsn, ok_handlers(("payments", "Charge")))
+    await unread_until_ready(conn, worker, {"payments": 3})
 
 
 async def test_no_domain_of_a_worker_reads_before_all_are_ready(
     dsn: str, bus: CommandBus, conn: Conn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reg = HandlerRegistry()
-
-    @reg.handler("payments", "Charge")
-    async def charge(cmd: Command, ctx: HandlerContext) -> str:
-        return "ok"
-
-    @reg.handler("shipping", "Ship")
-    async def ship(cmd: Command, ctx: HandlerContext) -> str:
-        return "ok"
-
     assert (await bus.send("payments", "Charge", {})).ok
     assert (await bus.send("shipping", "Ship", {})).ok
     slow_listeners(monkeypatch, [0.0, 1.5])  # one domain listens at once, one late
+    reg = ok_handlers(("payments", "Charge"), ("shipping", "Ship"))
     worker = Worker(dsn, reg, domains=["payments", "shipping"], config=FAST)
-    task = asyncio.create_task(worker.run())
-    await asyncio.sleep(1.0)
-    assert not worker.ready.is_set()
-    assert (await unread(conn, "payments"), await unread(conn, "shipping")) == (1, 1)
-    await asyncio.wait_for(worker.ready.wait(), 10)
-
-    async def done() -> bool:
-        return worker.stats.completed == 2
-
-    await wait_for(done)
-    await worker.stop()
-    assert (await task).completed == 2
+    await unread_until_ready(conn, worker, {"payments": 1, "shipping": 1})
 
 
 async def test_a_stop_before_ready_hands_nothing_to_a_handler(
