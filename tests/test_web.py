@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -21,6 +22,7 @@ from commandbus import (
     HandlerContext,
     HandlerRegistry,
     PermanentCommandError,
+    ValidationError,
     Worker,
 )
 from commandbus.web import Auth, create_app
@@ -270,3 +272,28 @@ async def test_unknown_things_are_404_pages(bus: CommandBus, path: str) -> None:
     async with client(bus) as c:
         r = await c.get(path)
     assert r.status_code == 404 and "<h1>404" in r.text
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"bus": "postgresql://x"}, "bus must be a CommandBus"),
+        ({"read_only": "yes"}, "read_only must be True or False"),
+        ({"auth": "tok-123"}, "auth must be an Auth"),
+        ({"jaeger_url": "localhost:16686"}, "jaeger_url must be an http(s) URL"),
+        ({"jaeger_url": 16686}, "jaeger_url must be a string"),
+        ({"sagas": []}, "sagas must be a SagaRegistry"),
+        ({"statement_timeout": 5}, "statement_timeout must be a timedelta"),
+        ({"statement_timeout": timedelta(0)}, "statement_timeout must be a timedelta over 0"),
+        ({"statement_timeout": timedelta(hours=1)}, "at most 10 minutes"),
+        ({"local_user": 7}, "local_user must be a string"),
+        ({"local_user": "x" * 201}, "local_user must be at most 200 characters"),
+        ({"refresh_seconds": 0}, "refresh_seconds must be a whole number"),
+    ],
+)
+async def test_create_app_refuses_bad_arguments_with_a_validation_error(
+    bus: CommandBus, kw: dict[str, Any], message: str
+) -> None:
+    args: dict[str, Any] = {"bus": bus, **kw}
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        create_app(args.pop("bus"), **args)

@@ -28,6 +28,7 @@ from commandbus import (
     SagaRegistry,
     ValidationError,
 )
+from commandbus.arguments import MAX_OPERATOR, bool_arg, opt_text_arg, show, text_arg
 from commandbus.web import actions, batches, pages
 from commandbus.web.render import STATIC_DIR, Site, render
 from commandbus.web.security import (
@@ -215,6 +216,40 @@ async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
+def _check_arguments(
+    bus: object,
+    *,
+    read_only: object,
+    auth: object,
+    jaeger_url: object,
+    sagas: object,
+    statement_timeout: object,
+    local_user: object,
+) -> None:
+    """:func:`create_app`'s arguments, each refused with a ValidationError naming it."""
+    if not isinstance(bus, CommandBus):
+        raise ValidationError(f"bus must be a CommandBus, got {show(bus)}")
+    bool_arg(read_only, "read_only")
+    if auth is not None and not isinstance(auth, Auth):
+        raise ValidationError(f"auth must be an Auth (or None), got {show(auth)}")
+    if jaeger_url is not None:
+        url = text_arg(jaeger_url, "jaeger_url", most=2000)
+        if not url.startswith(("http://", "https://")):
+            raise ValidationError(f"jaeger_url must be an http(s) URL, got {show(url)}")
+    if sagas is not None and not isinstance(sagas, SagaRegistry):
+        raise ValidationError(
+            f"sagas must be a SagaRegistry (SagaRegistry([saga, ...])), got {show(sagas)}"
+        )
+    if not isinstance(statement_timeout, timedelta) or not (
+        timedelta(0) < statement_timeout <= timedelta(minutes=10)
+    ):
+        raise ValidationError(
+            "statement_timeout must be a timedelta over 0 and at most 10 minutes, "
+            f"got {show(statement_timeout)}"
+        )
+    opt_text_arg(local_user, "local_user", empty=True, most=MAX_OPERATOR)
+
+
 def create_app(
     bus: CommandBus,
     *,
@@ -235,8 +270,15 @@ def create_app(
     definitions, for the cancel preview and the pivot. Every query gives up after
     ``statement_timeout``. The overview refreshes itself every ``refresh_seconds``.
     """
-    if not isinstance(bus, CommandBus):
-        raise TypeError(f"bus must be a CommandBus, got {type(bus).__name__}")
+    _check_arguments(
+        bus,
+        read_only=read_only,
+        auth=auth,
+        jaeger_url=jaeger_url,
+        sagas=sagas,
+        statement_timeout=statement_timeout,
+        local_user=local_user,
+    )
     if (
         not isinstance(refresh_seconds, int)
         or isinstance(refresh_seconds, bool)
