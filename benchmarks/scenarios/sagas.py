@@ -21,7 +21,9 @@ process setup (the coordinator and the other workers idle), in the same run.
   after their own warm-up, started one at a time at 20/s (``start_saga``);
   latency per saga on the server clock is ``ended_at - created_at`` of its status
   row (both are the start of their transactions, like the command's stamps).
-  N/5 of each are measured. Target: saga p50 <= 4x the command p50.
+  N/5 of each are measured. Target: saga p50 <= 4x the command p50. The log also
+  gives the median latency of each step's command, measured as the plain command's
+  (send to outcome): where a saga's time goes, step by step.
 
 A smoke run skips the VACUUM / CHECKPOINT before each phase (its figures mean
 nothing; it only keeps the code from rotting).
@@ -41,7 +43,7 @@ from psycopg import sql
 from benchmarks.core import Context, Row, ratio, scenario, settle
 from benchmarks.ops import connect
 from benchmarks.procs import WorkerProcess
-from benchmarks.saga_proc import DOMAINS, PLAIN_COMMAND, PLAIN_DOMAIN, build_saga
+from benchmarks.saga_proc import DOMAINS, PLAIN_COMMAND, PLAIN_DOMAIN, STEPS, build_saga
 from benchmarks.scenarios.latency import paced, summary
 from commandbus.engine.commands.bus import CommandBus
 from commandbus.engine.queues.tables import queue_table, wakeup_channel
@@ -75,6 +77,20 @@ COUNT_COMMANDS = (
 SAGA_LATENCIES = """
 SELECT extract(epoch FROM ended_at - created_at) * 1000
   FROM commandbus.saga WHERE status = 'COMPLETED' AND saga_id = ANY(%s)
+"""
+# Where a saga's time goes: the median of each step's command latency, measured as
+# the plain command's is (its send's transaction to its outcome's). A step's command
+# is sent in the previous step's outcome transaction (the start's, for the first).
+STEP_LATENCIES = """
+SELECT c.command_type,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM c.updated_at - e.recorded_at))
+       * 1000
+  FROM commandbus.command c
+  JOIN commandbus.event e
+    ON e.stream_id = 'command:' || c.domain || ':' || c.command_id
+   AND e.event_type = 'CommandSent'
+ WHERE c.saga_id = ANY(%s) AND c.status = 'COMPLETED'
+ GROUP BY c.command_type
 """
 COMMAND_LATENCIES = """
 SELECT extract(epoch FROM c.updated_at - e.recorded_at) * 1000
@@ -249,8 +265,9 @@ async def command_throughput(url: str, m: int, *, smoke: bool) -> tuple[float, d
 
 async def latencies(
     url: str, count: int, warmup: int, *, smoke: bool
-) -> tuple[list[float], list[float]]:
-    """Command latencies, then saga latencies, with one process: (commands, sagas)."""
+) -> tuple[list[float], list[float], dict[str, float]]:
+    """Command latencies, then saga latencies, with one process: (commands, sagas, the
+    median latency of each step's command by command type)."""
     async with open_bus(url) as bus, await connect(url) as conn:
         client = SagaClient(bus)
         await settle_unless(smoke, url)
@@ -293,12 +310,14 @@ async def latencies(
             )
             cur = await conn.execute(SAGA_LATENCIES, (ids,))
             sagas = [float(r[0]) for r in await cur.fetchall()]
+            cur = await conn.execute(STEP_LATENCIES, (ids,))
+            steps = {str(r[0]): float(r[1]) for r in await cur.fetchall()}
             await child.stop()
     if len(commands) != count:
         raise RuntimeError(f"{len(commands)} of {count} commands found completed")
     if len(sagas) != count:
         raise RuntimeError(f"{len(sagas)} of {count} sagas found completed")
-    return commands, sagas
+    return commands, sagas, steps
 
 
 # -- the scenario -------------------------------------------------------------------------
@@ -333,7 +352,7 @@ async def sagas(ctx: Context) -> list[Row]:
     )
     count, warmup = latency_counts(n, ctx.smoke)
     async with ctx.databases.fresh() as url:
-        cmd_values, saga_values = await latencies(url, count, warmup, smoke=ctx.smoke)
+        cmd_values, saga_values, step_p50 = await latencies(url, count, warmup, smoke=ctx.smoke)
     cmd_lat, saga_lat = summary(cmd_values), summary(saga_values)
     ctx.log(
         "sagas: latency "
@@ -341,6 +360,13 @@ async def sagas(ctx: Context) -> list[Row]:
             f"{k} {saga_lat[k]:.2f} ms vs {cmd_lat[k]:.2f} ms ({saga_lat[k] / cmd_lat[k]:.2f}x)"
             for k in ("p50", "p90", "p99")
         )
+    )
+    steps = {t: step_p50[t] for _s, _d, t, _u in STEPS if t in step_p50}
+    ctx.log(
+        "sagas: where a saga's time goes, p50 of each step's command (sent -> completed, "
+        "sent in the previous step's outcome transaction): "
+        + ", ".join(f"{t} {ms:.2f} ms" for t, ms in steps.items())
+        + f" (sum {sum(steps.values()):.2f} ms); the plain command's {cmd_lat['p50']:.2f} ms"
     )
     per_saga = {
         "groups_per_saga": saga_fig["groups"] / n,
@@ -389,6 +415,7 @@ async def sagas(ctx: Context) -> list[Row]:
                     "rate": RATE,
                     "saga_max": saga_lat["max"],
                     "command_max": cmd_lat["max"],
+                    **({"step_p50_ms": steps} if is_p50 else {}),
                 },
             )
         )
