@@ -813,3 +813,77 @@ async def test_a_stop_before_ready_hands_nothing_to_a_handler(
     assert (ran, stats.processed, worker.ready.is_set()) == ([], 0, False)
     assert await unread(conn, "payments") == 1
     assert live_worker_tasks() == []
+
+
+async def test_a_listener_that_cannot_connect_does_not_hold_the_queue(
+    dsn: str,
+    bus: CommandBus,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Only the listener's connection is refused (a connection limit, say): after the
+    # grace the worker serves by polling, and its listener still gets through later.
+    from commandbus.engine.queues import consumer, listener
+
+    monkeypatch.setattr(consumer, "LISTEN_GRACE_SECONDS", 0.5)
+    real = listener.connect
+    refusing = True
+
+    async def refused(url: str) -> Any:
+        if refusing:
+            raise psycopg.OperationalError("connection refused (test)")
+        return await real(url)
+
+    monkeypatch.setattr(listener, "connect", refused)
+    for _ in range(2):
+        assert (await bus.send("payments", "Charge", {})).ok
+    worker = make_worker(dsn, ok_handlers(("payments", "Charge")))
+    started = time.monotonic()
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.ready.wait(), 10)
+    assert 0.4 < time.monotonic() - started < 5
+
+    async def handled(n: int) -> bool:
+        return worker.stats.completed == n
+
+    await wait_for(lambda: handled(2))
+    assert "not listening yet (its listener cannot connect)" in caplog.text
+    refusing = False  # the listener gets through on its next try; sends wake the worker
+    assert (await bus.send("payments", "Charge", {})).ok
+    await wait_for(lambda: handled(3))
+    await worker.stop()
+    assert (await task).completed == 3
+    assert live_worker_tasks() == []
+
+
+async def test_one_domain_s_listener_that_cannot_connect_holds_no_domain(
+    dsn: str, bus: CommandBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from commandbus.engine.queues import consumer, listener
+
+    monkeypatch.setattr(consumer, "LISTEN_GRACE_SECONDS", 0.5)
+    real = listener.connect
+    calls = 0
+
+    async def one_refused(url: str) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > 1:  # the first listener connects; the other never does
+            raise psycopg.OperationalError("connection refused (test)")
+        return await real(url)
+
+    monkeypatch.setattr(listener, "connect", one_refused)
+    assert (await bus.send("payments", "Charge", {})).ok
+    assert (await bus.send("shipping", "Ship", {})).ok
+    reg = ok_handlers(("payments", "Charge"), ("shipping", "Ship"))
+    worker = Worker(dsn, reg, domains=["payments", "shipping"], config=FAST)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.ready.wait(), 10)
+
+    async def both() -> bool:
+        return worker.stats.completed == 2
+
+    await wait_for(both)
+    await worker.stop()
+    assert (await task).completed == 2
+    assert live_worker_tasks() == []

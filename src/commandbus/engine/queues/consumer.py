@@ -33,6 +33,7 @@ import collections
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Generic, TypeVar
@@ -69,6 +70,9 @@ SETTLE_SECONDS = 0.003
 #: A reader about to sleep longer than this first asks when the next delayed
 #: message is due; before a shorter sleep it does not.
 SHORT_WAIT_SECONDS = 0.01
+#: How long a consumer whose listener cannot connect waits before it reads anyway,
+#: by polling (its listener keeps trying; it is normally up in milliseconds).
+LISTEN_GRACE_SECONDS = 5.0
 
 
 @attrs.define
@@ -357,21 +361,41 @@ class QueueConsumer(Generic[M, O]):
 
     # -- reading ----------------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
-        app = self._app
-        # Nothing is read before the listener listens (``reads_after``): ``ready`` (the
-        # CLI's banner, a supervisor's "started") then always comes before the first
-        # message is taken, and a stop before it is a stop of a consumer that never
-        # served. The wake-up set once it listens stays set: the first read is at once.
-        if not self.reads_after.is_set():
+    async def _gate(self) -> None:
+        """Wait until reading may start: once ``reads_after`` is set, or a stop.
+
+        Nothing is read before the listener listens: ``ready`` (the CLI's banner, a
+        supervisor's "started") then comes before the first message is taken, and a
+        stop before it is a stop of a consumer that never served. The wake-up set
+        once it listens stays set, so the first read is at once. A listener that
+        still cannot connect after :data:`LISTEN_GRACE_SECONDS` does not hold the
+        queue: the consumer says so, counts as ready and reads by polling until
+        its listener gets through.
+        """
+        deadline = time.monotonic() + LISTEN_GRACE_SECONDS
+        while not self.reads_after.is_set() and not self._stop_event.is_set():
+            left = None if self.ready.is_set() else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                log.warning(
+                    "%s: not listening yet (its listener cannot connect); serving by "
+                    "polling every %gs until it does",
+                    self.name,
+                    self._poll,
+                )
+                self.ready.set()
+                continue
             gate = asyncio.create_task(self.reads_after.wait(), name=f"commandbus-gate-{self.name}")
             stop = asyncio.create_task(self._stop_event.wait(), name=f"commandbus-stop-{self.name}")
             try:
-                await asyncio.wait({gate, stop}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({gate, stop}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for t in (gate, stop):
                     t.cancel()
                 await asyncio.gather(gate, stop, return_exceptions=True)
+
+    async def _read_loop(self) -> None:
+        app = self._app
+        await self._gate()
         while not self._stopping and not self._stop_event.is_set():
             room = self._capacity - len(self._flights)
             if room < self._read_threshold and self._flights:
