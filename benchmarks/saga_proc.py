@@ -164,9 +164,9 @@ async def run(args: argparse.Namespace) -> dict[str, int]:
     inline = [i.stats for i in shared.values()]  # type: ignore[union-attr]
     return {
         "processed": sum(s.completed for s in results[:-1]),
-        "sagas": saga_stats.completed + sum(s.completed for s in inline),  # type: ignore[attr-defined]
+        "sagas": saga_stats.completed + sum(s.completed for s in inline),
         "transitions": saga_stats.transitions,
-        "inline_transitions": sum(s.transitions for s in inline),  # type: ignore[attr-defined]
+        "inline_transitions": sum(s.transitions for s in inline),
         "messages": saga_stats.messages,
         "conflicts": saga_stats.conflicts,
         "groups": groups.count,

@@ -89,17 +89,17 @@ def probe_library(timeline: Timeline, worker: Any) -> None:
                 timeline.stamp(key, "read_end", ended)
         return msgs
 
-    async def timed_record(conn: Any, transitions: Sequence[Any]) -> Any:
+    async def timed_record(conn: Any, transitions: Sequence[Any], **kwargs: Any) -> Any:
         started = time.time()
-        result = await record_transitions(conn, transitions)
+        result = await record_transitions(conn, transitions, **kwargs)
         ended = time.time()
         for t in transitions:
             timeline.stamp(t.command_id, "record_start", started)
             timeline.stamp(t.command_id, "record_end", ended)
         return result
 
-    store.read_batch = timed_read  # type: ignore[assignment]
-    store.record_transitions = timed_record  # type: ignore[assignment]
+    store.read_batch = timed_read
+    store.record_transitions = timed_record
 
 
 def timed(

@@ -21,6 +21,7 @@ import asyncio
 import resource
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -92,7 +93,7 @@ async def run_raw(args: argparse.Namespace) -> int:
     )
     timeline = Timeline() if args.timeline else None
 
-    async def read() -> list[Any]:
+    async def read_raw() -> list[Any]:
         cur = await conn.execute(
             "SELECT msg_id, message FROM pgmq.read("
             "queue_name => %s::text, vt => %s::integer, qty => %s::integer)",
@@ -100,12 +101,14 @@ async def run_raw(args: argparse.Namespace) -> int:
         )
         return await cur.fetchall()
 
-    async def archive(ids: list[int]) -> None:
+    async def archive_raw(ids: list[int]) -> None:
         await conn.execute(finish, (args.queue, ids))
 
+    read: Callable[..., Awaitable[Any]] = read_raw
+    archive: Callable[..., Awaitable[Any]] = archive_raw
     if timeline is not None:
-        read = timed(timeline, "read", read, lambda _args, rows: [r[0] for r in rows])
-        archive = timed(timeline, "archive", archive, lambda args, _result: args[0])
+        read = timed(timeline, "read", read_raw, lambda _args, rows: [r[0] for r in rows])
+        archive = timed(timeline, "archive", archive_raw, lambda args, _result: args[0])
     processed = 0
     async with conn:
         _say("READY")
