@@ -288,7 +288,8 @@ async def test_unknown_things_are_404_pages(bus: CommandBus, path: str) -> None:
         ({"statement_timeout": timedelta(hours=1)}, "at most 10 minutes"),
         ({"local_user": 7}, "local_user must be a string"),
         ({"local_user": "x" * 201}, "local_user must be at most 200 characters"),
-        ({"refresh_seconds": 0}, "refresh_seconds must be a whole number"),
+        ({"refresh_seconds": 0}, "refresh_seconds must be between 1 and 3600"),
+        ({"refresh_seconds": 2.5}, "refresh_seconds must be an integer"),
     ],
 )
 async def test_create_app_refuses_bad_arguments_with_a_validation_error(

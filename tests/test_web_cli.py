@@ -45,6 +45,15 @@ def test_bad_options_are_one_line_errors(dsn: str, args: list[str], says: str) -
     assert "Traceback" not in err
 
 
+def test_a_jaeger_url_that_is_no_http_url_is_one_line(dsn: str) -> None:
+    env = {"DATABASE_URL": dsn, "COMMANDBUS_JAEGER_URL": "localhost:16686"}
+    proc = run_cli("web", "--port", "0", env=env)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    lines = err.strip().splitlines()
+    assert lines == ["error: COMMANDBUS_JAEGER_URL must be an http(s) URL, got 'localhost:16686'"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

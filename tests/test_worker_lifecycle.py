@@ -718,19 +718,34 @@ async def test_a_lock_timeout_recording_in_the_handler_transaction_is_a_retried_
 # -- ready comes before any work ---------------------------------------------------------------
 
 
-def slow_listeners(monkeypatch: pytest.MonkeyPatch, delays: list[float]) -> None:
-    """The listeners' connections open late (the n-th after ``delays[n]`` seconds): a
-    listener whose connection is slower than the reader's."""
+def held_listeners(monkeypatch: pytest.MonkeyPatch, *, free: int = 0) -> asyncio.Event:
+    """Listeners' connections (after the first ``free``) wait until the event returned
+    is set: a listener slower to connect than its reader, for as long as a test likes."""
     from commandbus.engine.queues import listener
 
     real = listener.connect
-    calls = iter(delays)
+    release = asyncio.Event()
+    calls = 0
 
-    async def late(url: str) -> Any:
-        await asyncio.sleep(next(calls, 0.0))
+    async def held(url: str) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > free:
+            await release.wait()
         return await real(url)
 
-    monkeypatch.setattr(listener, "connect", late)
+    monkeypatch.setattr(listener, "connect", held)
+    return release
+
+
+async def at_the_gate(domains: int) -> None:
+    """Until every domain's reader is connected and waits to be let read."""
+
+    async def waiting() -> bool:
+        gates = [n for n in live_worker_tasks() if n.startswith("commandbus-gate-")]
+        return len(gates) == domains
+
+    await wait_for(waiting)
 
 
 async def unread(conn: Conn, queue: str) -> int:
@@ -749,13 +764,16 @@ def ok_handlers(*types: tuple[str, str]) -> HandlerRegistry:
     return reg
 
 
-async def unread_until_ready(conn: Conn, worker: Worker, sent: dict[str, int]) -> None:
-    """Run ``worker`` (its listeners slowed): nothing is read before it is ready, then
-    everything ``sent`` (per domain) is handled."""
+async def unread_until_ready(
+    conn: Conn, worker: Worker, sent: dict[str, int], release: asyncio.Event
+) -> None:
+    """Run ``worker`` (a listener held back until ``release``): nothing is read before
+    it is ready, then everything ``sent`` (per domain) is handled."""
     task = asyncio.create_task(worker.run())
-    await asyncio.sleep(1.0)  # the readers are connected long before this
+    await at_the_gate(len(sent))
     assert not worker.ready.is_set()
     assert {d: await unread(conn, d) for d in sent} == sent
+    release.set()
     await asyncio.wait_for(worker.ready.wait(), 10)
     total = sum(sent.values())
 
@@ -774,9 +792,9 @@ async def test_a_worker_reads_nothing_before_it_is_ready(
     # (exit 1): the reader had read while the listener was still connecting.
     for _ in range(3):
         assert (await bus.send("payments", "Charge", {})).ok
-    slow_listeners(monkeypatch, [1.5])
+    release = held_listeners(monkeypatch)
     worker = make_worker(dsn, ok_handlers(("payments", "Charge")))
-    await unread_until_ready(conn, worker, {"payments": 3})
+    await unread_until_ready(conn, worker, {"payments": 3}, release)
 
 
 async def test_no_domain_of_a_worker_reads_before_all_are_ready(
@@ -784,10 +802,10 @@ async def test_no_domain_of_a_worker_reads_before_all_are_ready(
 ) -> None:
     assert (await bus.send("payments", "Charge", {})).ok
     assert (await bus.send("shipping", "Ship", {})).ok
-    slow_listeners(monkeypatch, [0.0, 1.5])  # one domain listens at once, one late
+    release = held_listeners(monkeypatch, free=1)  # one domain listens at once, one late
     reg = ok_handlers(("payments", "Charge"), ("shipping", "Ship"))
     worker = Worker(dsn, reg, domains=["payments", "shipping"], config=FAST)
-    await unread_until_ready(conn, worker, {"payments": 1, "shipping": 1})
+    await unread_until_ready(conn, worker, {"payments": 1, "shipping": 1}, release)
 
 
 async def test_a_stop_before_ready_hands_nothing_to_a_handler(
@@ -802,14 +820,14 @@ async def test_a_stop_before_ready_hands_nothing_to_a_handler(
         return "ok"
 
     assert (await bus.send("payments", "Charge", {})).ok
-    slow_listeners(monkeypatch, [5.0])
+    held_listeners(monkeypatch)  # never released
     worker = make_worker(dsn, reg)
     task = asyncio.create_task(worker.run())
-    await asyncio.sleep(0.5)
+    await at_the_gate(1)
     started = time.monotonic()
     await worker.stop()
     stats = await task
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 3
     assert (ran, stats.processed, worker.ready.is_set()) == ([], 0, False)
     assert await unread(conn, "payments") == 1
     assert live_worker_tasks() == []

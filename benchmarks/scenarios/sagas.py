@@ -78,28 +78,31 @@ SAGA_LATENCIES = """
 SELECT extract(epoch FROM ended_at - created_at) * 1000
   FROM commandbus.saga WHERE status = 'COMPLETED' AND saga_id = ANY(%s)
 """
-# Where a saga's time goes: the median of each step's command latency, measured as
-# the plain command's is (its send's transaction to its outcome's). A step's command
-# is sent in the previous step's outcome transaction (the start's, for the first).
-STEP_LATENCIES = """
-SELECT c.command_type,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM c.updated_at - e.recorded_at))
-       * 1000
+# A command's latency: its outcome's transaction (updated_at) after its send's
+# (the CommandSent event's recorded_at), in ms.
+_SENT_TO_DONE = """extract(epoch FROM c.updated_at - e.recorded_at) * 1000"""
+_COMMANDS_SENT = """
   FROM commandbus.command c
   JOIN commandbus.event e
     ON e.stream_id = 'command:' || c.domain || ':' || c.command_id
    AND e.event_type = 'CommandSent'
- WHERE c.saga_id = ANY(%s) AND c.status = 'COMPLETED'
- GROUP BY c.command_type
 """
-COMMAND_LATENCIES = """
-SELECT extract(epoch FROM c.updated_at - e.recorded_at) * 1000
-  FROM commandbus.command c
-  JOIN commandbus.event e
-    ON e.stream_id = 'command:' || c.domain || ':' || c.command_id
-   AND e.event_type = 'CommandSent'
- WHERE c.domain = %s AND c.status = 'COMPLETED' AND c.command_id = ANY(%s)
-"""
+COMMAND_LATENCIES = (
+    "SELECT "
+    + _SENT_TO_DONE
+    + _COMMANDS_SENT
+    + " WHERE c.domain = %s AND c.status = 'COMPLETED' AND c.command_id = ANY(%s)"
+)
+# Where a saga's time goes: the median latency of each step's command, measured as
+# the plain command's. A step's command is sent in the previous step's outcome
+# transaction (the start's, for the first).
+STEP_LATENCIES = (
+    "SELECT c.command_type, percentile_cont(0.5) WITHIN GROUP (ORDER BY "
+    + _SENT_TO_DONE
+    + ")"
+    + _COMMANDS_SENT
+    + " WHERE c.saga_id = ANY(%s) AND c.status = 'COMPLETED' GROUP BY c.command_type"
+)
 
 
 # -- the subprocess -----------------------------------------------------------------------

@@ -102,6 +102,9 @@ def web(
         )
     if not timedelta(0) < statement_timeout <= timedelta(minutes=10):
         raise CLIError("--timeout must be over 0 and at most 10m")
+    jaeger_url = os.environ.get("COMMANDBUS_JAEGER_URL") or None
+    if jaeger_url is not None and not jaeger_url.startswith(("http://", "https://")):
+        raise CLIError(f"COMMANDBUS_JAEGER_URL must be an http(s) URL, got {jaeger_url!r}")
     seconds = refresh.total_seconds()
     if not (1 <= seconds <= 3600 and seconds == int(seconds)):
         raise CLIError("--refresh must be whole seconds from 1s to 1h")
@@ -124,6 +127,7 @@ def web(
                 sagas=sagas,
                 statement_timeout=statement_timeout,
                 refresh_seconds=int(seconds),
+                jaeger_url=jaeger_url,
             )
         )
     ctx.exit(code)
@@ -137,7 +141,6 @@ async def _serve(web_mod: Any, url: str, config: Any, *, host: str, port: int, *
     async with CommandBus(url, config=config, min_connections=1, max_connections=6) as bus:
         app = web_mod.create_app(
             bus,
-            jaeger_url=os.environ.get("COMMANDBUS_JAEGER_URL") or None,
             local_user=os_user(),
             **kw,
         )

@@ -268,7 +268,7 @@ class Coordinator:
                 msgs = await flusher.run(functools.partial(self._record, msgs=msgs))
                 if not msgs:
                     return
-                self.stats.conflicts += len({_saga_of(m) for m in msgs})
+                self.stats.conflicts += len({saga_of(m.message) for m in msgs})
         except (psycopg.Error, CommandBusError) as exc:
             if isinstance(exc, DatabaseUnavailableError):
                 raise  # the connection is gone for good: the consumer stops
@@ -276,7 +276,7 @@ class Coordinator:
             # refuses must not take its group, or the coordinator, down with it.
             sagas: dict[UUID | None, list[SagaMessage]] = defaultdict(list)
             for m in msgs:
-                sagas[_saga_of(m)].append(m)
+                sagas[saga_of(m.message)].append(m)
             if len(sagas) > 1:
                 for items in sagas.values():
                     await self._record_group(flusher, items)
@@ -295,7 +295,7 @@ class Coordinator:
         by_saga: dict[UUID, list[SagaMessage]] = defaultdict(list)
         bad: list[int] = []
         for m in msgs:
-            saga_id = _saga_of(m)
+            saga_id = saga_of(m.message)
             if saga_id is None:
                 log.error("saga queue message %s is not for a saga: %.200r", m.msg_id, m.message)
                 bad.append(m.msg_id)
@@ -383,10 +383,6 @@ class Coordinator:
                 version,
                 ", ".join(f"{s.name} v{s.version}" for s in self.registry) or "none",
             )
-
-
-def _saga_of(m: SagaMessage) -> UUID | None:
-    return saga_of(m.message)
 
 
 def _trace(headers: Any) -> dict[str, str]:

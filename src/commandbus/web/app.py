@@ -28,7 +28,7 @@ from commandbus import (
     SagaRegistry,
     ValidationError,
 )
-from commandbus.arguments import MAX_OPERATOR, bool_arg, opt_text_arg, show, text_arg
+from commandbus.arguments import MAX_OPERATOR, bool_arg, int_arg, opt_text_arg, show, text_arg
 from commandbus.web import actions, batches, pages
 from commandbus.web.render import STATIC_DIR, Site, render
 from commandbus.web.security import (
@@ -225,6 +225,7 @@ def _check_arguments(
     sagas: object,
     statement_timeout: object,
     local_user: object,
+    refresh_seconds: object,
 ) -> None:
     """:func:`create_app`'s arguments, each refused with a ValidationError naming it."""
     if not isinstance(bus, CommandBus):
@@ -248,6 +249,7 @@ def _check_arguments(
             f"got {show(statement_timeout)}"
         )
     opt_text_arg(local_user, "local_user", empty=True, most=MAX_OPERATOR)
+    int_arg(refresh_seconds, "refresh_seconds", low=1, high=3600)
 
 
 def create_app(
@@ -278,15 +280,8 @@ def create_app(
         sagas=sagas,
         statement_timeout=statement_timeout,
         local_user=local_user,
+        refresh_seconds=refresh_seconds,
     )
-    if (
-        not isinstance(refresh_seconds, int)
-        or isinstance(refresh_seconds, bool)
-        or not 1 <= refresh_seconds <= 3600
-    ):
-        raise ValidationError(
-            f"refresh_seconds must be a whole number from 1 to 3600, got {refresh_seconds!r}"
-        )
     auth = auth or Auth()
     site = Site(
         bus=bus,
