@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -269,8 +270,24 @@ async def test_saga_list_and_show_from_the_shell(dsn: str) -> None:
         await wait_status(sagas, stuck.saga_id, SagaStatus.WAITING_ON_OPERATOR)
     ids = [done.saga_id, declined.saga_id, stuck.saga_id]
 
+    header = ["SAGA", "DEFINITION", "STATUS", "CURRENT STEPS", "TIMING", "LAST ERROR"]
+
+    def cells(out: str) -> list[list[str]]:
+        """The table's rows as cells, checking the header and the columns' alignment."""
+        lines = out.splitlines()
+        starts = [lines[0].index(name) for name in header]  # where each column starts
+        spans = list(zip(starts, [*starts[1:], None], strict=True))
+        rows = [[line[a:b].strip() for a, b in spans] for line in lines]
+        assert rows[0] == header
+        for row, line in zip(rows, lines, strict=True):  # each cell padded to its column
+            rebuilt = "".join(c.ljust(b - a) for c, (a, b) in zip(row, spans[:-1], strict=False))
+            assert (rebuilt + row[-1]).rstrip() == line
+        for i, (a, b) in enumerate(spans[:-1]):  # as wide as the widest cell, two blanks
+            assert b - a == max(len(row[i]) for row in rows) + 2, (header[i], lines)
+        return rows[1:]
+
     def listed(out: str) -> list[UUID]:
-        return [UUID(line.split("\t")[0]) for line in out.splitlines()]
+        return [UUID(row[0]) for row in cells(out)] if out else []
 
     everything, completed, stuck_now, first = run_many(
         dsn,
@@ -288,15 +305,21 @@ async def test_saga_list_and_show_from_the_shell(dsn: str) -> None:
     assert everything[0] == 0, everything
     assert sorted(listed(everything[1])) == sorted(ids)
     assert everything[2] == "3 saga(s)\n"
-    line = next(x for x in everything[1].splitlines() if x.startswith(str(stuck.saga_id)))
-    fields = line.split("\t")
-    assert fields[1:4] == ["order v1", "WAITING_ON_OPERATOR", "ship"]
-    assert fields[4].startswith("idle ")
-    assert fields[5].startswith("NO_COURIER: no courier serves postcode 99999")
+    assert everything[1].splitlines()[0].split() == [
+        "SAGA", "DEFINITION", "STATUS", "CURRENT", "STEPS", "TIMING", "LAST", "ERROR"
+    ]  # fmt: skip
+    rows = {UUID(row[0]): row[1:] for row in cells(everything[1])}
+    assert rows[stuck.saga_id][:3] == ["order v1", "WAITING_ON_OPERATOR", "ship"]
+    assert rows[stuck.saga_id][3].startswith("idle ")
+    assert rows[stuck.saga_id][4].startswith("NO_COURIER: no courier serves postcode 99999")
+    assert rows[done.saga_id][1:5] == ["COMPLETED", "-", rows[done.saga_id][3], ""]
+    assert rows[done.saga_id][3].startswith("ended after ")
+    assert rows[declined.saga_id][1] == "COMPENSATED"
+    assert rows[declined.saga_id][4] == "CARD_DECLINED: card 0002 declined"
     assert "\x1b[" not in everything[1]  # no colours when stdout is not a terminal
     assert listed(completed[1]) == [done.saga_id]
     assert listed(compensated[1]) == [declined.saga_id]
-    assert version_two[:2] == (0, "")
+    assert version_two == (0, "", "0 saga(s)\n")  # nothing matches: no table, not even a header
     assert listed(stuck_now[1]) == [stuck.saga_id]  # only sagas not ended
     assert stuck_long[:2] == (0, "")
     assert len(listed(first[1])) == 1
@@ -374,6 +397,19 @@ async def test_saga_show_is_coloured_on_a_terminal(dsn: str) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "\x1b[32mCOMPLETED" in result.output  # green
+    listed = await asyncio.to_thread(
+        CliRunner().invoke,
+        cli_group,
+        ["saga", "list"],
+        env={"DATABASE_URL": dsn},
+        color=True,
+        prog_name="commandbus",
+    )
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    assert "\x1b[32mCOMPLETED" in lines[1]
+    # the colour codes take no room: the columns line up as they would uncoloured
+    assert click.unstyle(lines[1]).index("ended after") == lines[0].index("TIMING")
 
 
 def test_saga_user_errors_are_one_line(dsn: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import click
 
@@ -93,10 +93,13 @@ def list_commands(
         click.echo(f"more: --cursor {page.next_cursor}", err=True)
 
 
+def clip(text: str, width: int = _ERROR_WIDTH) -> str:
+    """``text`` cut to ``width`` characters, ending in ``...`` when cut."""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _row(r: CommandRecord) -> tuple[str, ...]:
-    error = error_text(r.last_error) if r.last_error else ""
-    if len(error) > _ERROR_WIDTH:
-        error = error[: _ERROR_WIDTH - 3] + "..."
+    error = clip(error_text(r.last_error)) if r.last_error else ""
     return (
         when(r.created_at),
         r.domain,
@@ -108,13 +111,26 @@ def _row(r: CommandRecord) -> tuple[str, ...]:
     )
 
 
+def aligned(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A header and rows as lines, each column as wide as its widest cell.
+
+    Columns are two spaces apart; trailing blanks are dropped. A cell may be
+    styled (``click.style``): its width is that of its visible text. No rows,
+    no lines (not even the header).
+    """
+    body = [tuple(row) for row in rows]
+    if not body:
+        return []
+    lines = [tuple(header), *body]
+    widths = [max(len(click.unstyle(row[i])) for row in lines) for i in range(len(header))]
+    return [
+        "  ".join(
+            cell + " " * (w - len(click.unstyle(cell))) for cell, w in zip(row, widths, strict=True)
+        ).rstrip()
+        for row in lines
+    ]
+
+
 def table(records: Sequence[CommandRecord]) -> list[str]:
     """Records as a table with a header, columns as wide as their widest cell."""
-    if not records:
-        return []
-    rows = [_COLUMNS, *(_row(r) for r in records)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-    return [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
+    return aligned(_COLUMNS, (_row(r) for r in records))

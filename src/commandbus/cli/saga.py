@@ -18,6 +18,7 @@ from commandbus.cli._common import (
     parse_uuid,
     run_with_bus,
 )
+from commandbus.cli.listing import aligned, clip
 from commandbus.cli.timeline import (
     SagaView,
     duration,
@@ -29,10 +30,11 @@ from commandbus.cli.timeline import (
 from commandbus.codec import unstructure
 from commandbus.engine.commands.bus import CommandBus
 from commandbus.sagas.client import SagaClient
-from commandbus.sagas.read import MAX_PAGE, SagaFilter, SagaPage
+from commandbus.sagas.read import MAX_PAGE, SagaFilter, SagaPage, SagaRecord
 from commandbus.sagas.state import SagaStatus
 
 MAX_INT = 2**31 - 1
+_COLUMNS = ("SAGA", "DEFINITION", "STATUS", "CURRENT STEPS", "TIMING", "LAST ERROR")
 
 
 @click.group()
@@ -91,26 +93,32 @@ def list_(
         return page, row[0]
 
     page, now = run_with_bus(ctx, look)
-    for rec in page.items:
-        if as_json:
+    if as_json:
+        for rec in page.items:
             doc = unstructure(rec)
             doc.pop("state", None)  # `saga show --json` has it
             click.echo(json.dumps(doc))
-            continue
-        if rec.ended_at is not None:
-            moved = f"ended after {duration((rec.ended_at - rec.created_at).total_seconds())}"
-        else:
-            moved = f"idle {duration((now - rec.updated_at).total_seconds())}"
-        error = f"\t{error_text(rec.last_error)}" if rec.last_error else ""
-        click.echo(
-            f"{rec.saga_id}\t{rec.name} v{rec.definition_version}\t"
-            f"{status_text(rec.status.value)}\t{','.join(rec.current_steps) or '-'}\t"
-            f"{moved}{error}"
-        )
-    if not as_json:
+    else:
+        for line in aligned(_COLUMNS, (_row(rec, now) for rec in page.items)):
+            click.echo(line)
         click.echo(f"{len(page.items)} saga(s)", err=True)
     if page.next_cursor is not None:
         click.echo(f"more: --cursor {page.next_cursor}", err=True)
+
+
+def _row(rec: SagaRecord, now: datetime) -> tuple[str, ...]:
+    if rec.ended_at is not None:
+        moved = f"ended after {duration((rec.ended_at - rec.created_at).total_seconds())}"
+    else:
+        moved = f"idle {duration((now - rec.updated_at).total_seconds())}"
+    return (
+        str(rec.saga_id),
+        f"{rec.name} v{rec.definition_version}",
+        status_text(rec.status.value),
+        ",".join(rec.current_steps) or "-",
+        moved,
+        clip(error_text(rec.last_error)) if rec.last_error else "",
+    )
 
 
 @saga.command("show")
