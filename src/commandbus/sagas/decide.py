@@ -178,7 +178,7 @@ class Decider:
                 data_json=data_json,
             ),
             headers=encode_headers(trace),
-            metadata=dumps_limited({"trace": trace} if trace else {}, 1 << 20),
+            metadata=dumps_limited({"trace": trace}, 1 << 20) if trace else "{}",
         )
         self.commands.append(cmd)
         return cmd

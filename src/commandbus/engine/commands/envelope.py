@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 from uuid import UUID
 
-from commandbus.codec import dumps
+from commandbus.codec import dumps, dumps_document
 from commandbus.engine.commands.store import Reply
 from commandbus.engine.observability.tracing import reply_headers
 from commandbus.models import Command, ErrorInfo
@@ -64,7 +64,8 @@ def encode_command(
     data_json: str,
 ) -> str:
     """A command's queue message, with ``data_json`` (already serialised) as its data."""
-    head = dumps(
+    # checked values (ids, names, an int): orjson writes what the strict encoder would
+    head = dumps_document(
         {
             "command_id": str(command_id),
             "command_type": command_type,
