@@ -17,7 +17,7 @@ from commandbus.cli._common import (
     otel_option,
     setup_otel,
 )
-from commandbus.cli.serving import import_app, serve, setup_logging
+from commandbus.cli.serving import import_app, serve, setup_logging, starting
 from commandbus.sagas.coordinator import Coordinator
 from commandbus.sagas.definition import Saga, SagaRegistry
 
@@ -89,15 +89,16 @@ def coordinator(
     coordinators may run at once. Workers for the sagas' domains run apart
     ('commandbus worker').
     """
-    setup_logging(log_level, log_format)  # first: what follows logs (and fails) in it
-    registry = load_sagas(app)
-    config = load_config(ctx)
-    setup_otel(otel, "commandbus-coordinator")
-    with database_url(ctx, logged=True) as url:
-        c = Coordinator(url, registry, batch_size=batch_size, config=config)
-        sagas = ", ".join(f"{s.name} v{s.version}" for s in registry)
-        domains = ", ".join(sorted(registry.domains))
-        banner = f"coordinating sagas {sagas} over domains {domains} (batch size {batch_size})"
-        stopping = f"stopping: recording what was decided, up to {grace:g}s (again to force)"
-        # the coordinator logs its summary when it ends
-        asyncio.run(serve(c, grace=grace, banner=banner, stopping=stopping))
+    with starting():  # from here on, a stop before it serves is a one-line error
+        setup_logging(log_level, log_format)  # first: what follows logs (and fails) in it
+        registry = load_sagas(app)
+        config = load_config(ctx)
+        setup_otel(otel, "commandbus-coordinator")
+        with database_url(ctx, logged=True) as url:
+            c = Coordinator(url, registry, batch_size=batch_size, config=config)
+            sagas = ", ".join(f"{s.name} v{s.version}" for s in registry)
+            domains = ", ".join(sorted(registry.domains))
+            banner = f"coordinating sagas {sagas} over domains {domains} (batch size {batch_size})"
+            stopping = f"stopping: recording what was decided, up to {grace:g}s (again to force)"
+            # the coordinator logs its summary when it ends
+            asyncio.run(serve(c, grace=grace, banner=banner, stopping=stopping))

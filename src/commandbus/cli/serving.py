@@ -1,6 +1,6 @@
 """What ``commandbus worker`` and ``commandbus coordinator`` share: finding the
 application (``--app module:attribute``), their logging options, and running a
-consumer until a signal."""
+consumer until a signal, and what a stop signal does before it serves."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ import importlib
 import logging
 import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any, Protocol, TypeVar
 
 from commandbus.cli._common import CLIError, errors_as_json
@@ -18,6 +22,98 @@ from commandbus.engine.observability.logging import configure_logging
 S = TypeVar("S", covariant=True)
 
 log = logging.getLogger("commandbus.cli")
+
+#: The signals that stop a long-running command (gracefully once it serves).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StoppedWhileStarting(BaseException):
+    """SIGINT or SIGTERM while a long-running command starts, raised where the
+    command was (importing the application, say) as KeyboardInterrupt is: a
+    BaseException, so the ``except Exception`` of an import does not take it.
+    :func:`starting` turns it into :func:`stopped_error`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def stopped_error(signum: int) -> CLIError:
+    """The one line of a command stopped by ``signum`` before it served (exit status 1)."""
+    return CLIError(f"stopped before it was ready ({signal.Signals(signum).name} while starting)")
+
+
+class _StartingStops:
+    """The SIGINT/SIGTERM handler of a command from its first line until it serves."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None  # the stop that came
+        self.taken_over = False  # the serving code has the signals now
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.taken_over or self.signum is not None:
+            return  # handled by what serves, or the command is ending already
+        self.signum = signum
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no event loop runs: raise where the command is
+            raise StoppedWhileStarting(signum) from None
+        # an event loop runs (the command's asyncio.run starting to serve): raised
+        # here it could land in the loop's own code; take_over_signals() stops instead
+
+
+_starting: _StartingStops | None = None
+
+
+@contextmanager
+def starting() -> Iterator[None]:
+    """The body of a long-running command (``worker``, ``coordinator``, ``web``).
+
+    From here until the serving code installs its own handlers (and calls
+    :func:`take_over_signals`), SIGINT and SIGTERM end the command at once with
+    :func:`stopped_error` (exit status 1, one line) instead of killing it silently
+    (SIGTERM's default action) or with a traceback. Once a stop came, later ones
+    are ignored while the command ends.
+    """
+    global _starting
+    if threading.current_thread() is not threading.main_thread():
+        # (called from a thread, as a test might): signals are the main thread's
+        yield
+        return
+    stops = _starting = _StartingStops()
+    previous: dict[signal.Signals, Any] = {}
+    try:
+        for sig in STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, stops)
+        yield
+    except StoppedWhileStarting as exc:
+        raise stopped_error(exc.signum) from None
+    finally:
+        stops.taken_over = True  # whatever ends the command now, no stop interrupts that
+        _starting = None
+        if stops.signum is None:  # else the command is ending on it: keep ignoring stops
+            for sig, handler in previous.items():
+                if handler is not None:  # None: not set from Python, nothing to put back
+                    signal.signal(sig, handler)
+
+
+def take_over_signals() -> int | None:
+    """Called by the serving code (in its event loop) once its own SIGINT/SIGTERM
+    handlers are installed: the stop that came since :func:`starting` and was
+    not raised (the loop was running), which it must act on at once; later calls
+    of :func:`starting`'s handler, if it is installed again, do nothing."""
+    if _starting is None:
+        return None
+    _starting.taken_over = True
+    return _starting.signum
+
+
+def _hand_back_signals() -> None:
+    """Put :func:`starting`'s handler back (it ignores stops now): a stop while the
+    command ends after serving does not kill it (the status stays its own)."""
+    if _starting is not None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _starting)
 
 
 def import_app(spec: str, what: str, option: str = "--app") -> Any:
@@ -118,7 +214,9 @@ async def serve(
     schema first: an unmigrated database is a one-line error). The first signal
     asks for a stop with ``grace`` seconds (``stopping`` says so); a second one
     forces it. These lines are log records (``commandbus.cli``), so they follow
-    ``--log-format``; the runner logs its own summary when it ends, once.
+    ``--log-format``; the runner logs its own summary when it ends, once. A stop
+    that came while the command was starting (see :func:`starting`) ends it here
+    before the runner runs.
     """
     loop = asyncio.get_running_loop()
     signals = 0
@@ -138,10 +236,14 @@ async def serve(
         if banner:
             log.info("%s", banner)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, on_signal)
-    announcing = asyncio.create_task(announce(), name="commandbus-cli-banner")
+    announcing: asyncio.Task[None] | None = None
     try:
+        early = take_over_signals()
+        if early is not None:
+            raise stopped_error(early)  # it came while starting: nothing runs
+        announcing = asyncio.create_task(announce(), name="commandbus-cli-banner")
         result = await runner.run()
         if not runner.ready.is_set():
             # a stop before it was ready (still connecting): it never served anything, and a
@@ -149,7 +251,9 @@ async def serve(
             raise CLIError("stopped before it was ready (connected to the database and listening)")
         return result
     finally:
-        announcing.cancel()
-        await asyncio.gather(announcing, return_exceptions=True)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        if announcing is not None:
+            announcing.cancel()
+            await asyncio.gather(announcing, return_exceptions=True)
+        for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+        _hand_back_signals()

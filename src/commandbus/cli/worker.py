@@ -18,7 +18,7 @@ from commandbus.cli._common import (
     setup_otel,
 )
 from commandbus.cli.coordinator import load_sagas
-from commandbus.cli.serving import import_app, serve, setup_logging
+from commandbus.cli.serving import import_app, serve, setup_logging, starting
 from commandbus.config import MAX_VISIBILITY_TIMEOUT, MIN_VISIBILITY_TIMEOUT
 from commandbus.engine.worker.registry import HandlerRegistry
 from commandbus.engine.worker.worker import Worker
@@ -142,25 +142,28 @@ def worker(
     the correlation and command ids of the command being handled; the last one
     is a summary of what was processed.
     """
-    setup_logging(log_level, log_format)  # first: what follows logs (and fails) in it
-    registry = load_registry(app)
-    domains = parse_domains(domain, registry)
-    saga_registry = None if sagas is None else load_sagas(sagas, "--sagas")
-    config = load_config(ctx)
-    setup_otel(otel, f"commandbus-worker-{'-'.join(domains)}")
-    with database_url(ctx, logged=True) as url:
-        w = Worker(
-            url,
-            registry,
-            domains=domains,
-            concurrency=concurrency,
-            visibility_timeout=None if vt is None else timedelta(seconds=vt),
-            batch_size=batch_size,
-            config=config,
-            sagas=saga_registry,
-        )
-        stopping = f"stopping: in-flight handlers get {grace:g}s (again to force)"
-        # the worker logs its summary when it ends
-        asyncio.run(
-            serve(w, grace=grace, banner=banner(registry, domains, concurrency), stopping=stopping)
-        )
+    with starting():  # from here on, a stop before it serves is a one-line error
+        setup_logging(log_level, log_format)  # first: what follows logs (and fails) in it
+        registry = load_registry(app)
+        domains = parse_domains(domain, registry)
+        saga_registry = None if sagas is None else load_sagas(sagas, "--sagas")
+        config = load_config(ctx)
+        setup_otel(otel, f"commandbus-worker-{'-'.join(domains)}")
+        with database_url(ctx, logged=True) as url:
+            w = Worker(
+                url,
+                registry,
+                domains=domains,
+                concurrency=concurrency,
+                visibility_timeout=None if vt is None else timedelta(seconds=vt),
+                batch_size=batch_size,
+                config=config,
+                sagas=saga_registry,
+            )
+            stopping = f"stopping: in-flight handlers get {grace:g}s (again to force)"
+            # the worker logs its summary when it ends
+            asyncio.run(
+                serve(
+                    w, grace=grace, banner=banner(registry, domains, concurrency), stopping=stopping
+                )
+            )
