@@ -8,14 +8,14 @@ comes there every time."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from support import run_cli
 
 TESTS = Path(__file__).parent
 
@@ -27,30 +27,37 @@ WEB = ("web", "--port", "0", "--app", "starting_apps:sagas")
 
 
 def start(dsn: str, at: str, *args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, DATABASE_URL=dsn, STARTING_AT=at, PYTHONPATH=str(TESTS))
-    env.pop("COMMANDBUS_OTEL", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "commandbus.cli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    env: dict[str, str | None] = {
+        "DATABASE_URL": dsn,
+        "STARTING_AT": at,
+        "PYTHONPATH": str(TESTS),
+        "COMMANDBUS_OTEL": None,
+    }
+    return run_cli(*args, env=env)
 
 
 def signal_when_held(proc: subprocess.Popen[str], at: str, sig: int) -> tuple[int, str, str]:
     """Wait for ``holding at AT``, send ``sig``, and return the status, stdout and stderr."""
     assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line != f"holding at {at}\n":
+        stop(proc, None)
+        raise AssertionError((line, proc.returncode))
+    code, out, err = stop(proc, sig)
+    return code, line + out, err
+
+
+def stop(proc: subprocess.Popen[str], sig: int | None) -> tuple[int, str, str]:
+    """Send ``sig`` (if any) and wait for the end; killed if it does not end."""
     try:
-        line = proc.stdout.readline()
-        assert line == f"holding at {at}\n", (line, proc.poll())
-        proc.send_signal(sig)
+        if sig is not None:
+            proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    return proc.returncode, line + out, err
+    return proc.returncode, out, err
 
 
 @pytest.mark.parametrize(
@@ -96,16 +103,14 @@ def test_the_dashboard_stopped_while_connecting_is_one_line(sig: signal.Signals)
         silent.listen()
         port = silent.getsockname()[1]
         proc = start(f"postgresql://nobody@127.0.0.1:{port}/none", "", *WEB[:3])
+        silent.settimeout(30)
         try:
-            silent.settimeout(30)
             connection, _ = silent.accept()  # it is connecting now
-            with connection:
-                proc.send_signal(sig)
-                out, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    assert proc.returncode == 1, err
+        except BaseException:
+            stop(proc, None)
+            raise
+        with connection:
+            code, out, err = stop(proc, sig)
+    assert code == 1, err
     assert err == f"error: stopped before it was ready ({sig.name} while starting)\n"
     assert out == ""
