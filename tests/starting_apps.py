@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from commandbus import Command, HandlerContext, HandlerRegistry
@@ -47,7 +48,9 @@ class _HoldingLoop(asyncio.SelectorEventLoop):
 
     held = False
 
-    def add_signal_handler(self, sig: int, callback: Any, *args: Any) -> None:
+    def add_signal_handler(  # type: ignore[override]  # the stub's TypeVarTuple form
+        self, sig: int, callback: Callable[..., object], *args: Any
+    ) -> None:
         if not self.held:
             self.held = True
             hold("loop")

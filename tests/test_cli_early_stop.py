@@ -11,6 +11,7 @@ import json
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,24 @@ def test_the_dashboard_stopped_while_connecting_is_one_line(sig: signal.Signals)
     assert code == 1, err
     assert err == f"error: stopped before it was ready ({sig.name} while starting)\n"
     assert out == ""
+
+
+def test_more_stops_while_a_served_worker_ends_leave_its_status_alone(dsn: str) -> None:
+    """A worker that served and was told to stop ends with status 0 even when the
+    stop signal keeps coming while it exits (after its handlers are gone, a
+    SIGTERM used to kill it with -15)."""
+    proc = start(dsn, "", *WORKER)
+    assert proc.stderr is not None
+    try:
+        while "commandbus.cli serving domain" not in (line := proc.stderr.readline()):
+            assert line, proc.poll()
+        while proc.poll() is None:  # SIGTERM every 10 ms until it has exited
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.01)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err

@@ -4,6 +4,7 @@ projection``, run as an operator runs them: real processes on a real database.""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import subprocess
@@ -276,14 +277,18 @@ async def test_saga_list_and_show_from_the_shell(dsn: str) -> None:
         """The table's rows as cells, checking the header and the columns' alignment."""
         lines = out.splitlines()
         starts = [lines[0].index(name) for name in header]  # where each column starts
-        spans = list(zip(starts, [*starts[1:], None], strict=True))
-        rows = [[line[a:b].strip() for a, b in spans] for line in lines]
+        widths = [b - a for a, b in itertools.pairwise(starts)]  # all but the last column
+        rows = [
+            [line[a : a + w].strip() for a, w in zip(starts, widths, strict=False)]
+            + [line[starts[-1] :].strip()]
+            for line in lines
+        ]
         assert rows[0] == header
         for row, line in zip(rows, lines, strict=True):  # each cell padded to its column
-            rebuilt = "".join(c.ljust(b - a) for c, (a, b) in zip(row, spans[:-1], strict=False))
+            rebuilt = "".join(c.ljust(w) for c, w in zip(row, widths, strict=False))
             assert (rebuilt + row[-1]).rstrip() == line
-        for i, (a, b) in enumerate(spans[:-1]):  # as wide as the widest cell, two blanks
-            assert b - a == max(len(row[i]) for row in rows) + 2, (header[i], lines)
+        for i, w in enumerate(widths):  # as wide as the widest cell, two blanks
+            assert w == max(len(row[i]) for row in rows) + 2, (header[i], lines)
         return rows[1:]
 
     def listed(out: str) -> list[UUID]:

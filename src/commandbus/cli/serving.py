@@ -89,12 +89,22 @@ def starting() -> Iterator[None]:
     except StoppedWhileStarting as exc:
         raise stopped_error(exc.signum) from None
     finally:
+        served = stops.taken_over  # the serving code had the signals: it ran
         stops.taken_over = True  # whatever ends the command now, no stop interrupts that
         _starting = None
-        if stops.signum is None:  # else the command is ending on it: keep ignoring stops
+        if stops.signum is None and not served:
+            # it ended before serving, unstopped (a start-up error; a test running
+            # it in-process): the previous handlers go back
             for sig, handler in previous.items():
                 if handler is not None:  # None: not set from Python, nothing to put back
                     signal.signal(sig, handler)
+        else:
+            # it served or was stopped, and the process is ending: further stops
+            # are ignored, at the system level (Python puts its own handlers back
+            # to the default action as it finalises, and a SIGTERM then would kill
+            # it with -15 instead of its own status)
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
 
 
 def take_over_signals() -> int | None:
