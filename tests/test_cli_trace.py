@@ -151,7 +151,7 @@ async def test_worker_with_otel_and_json_logs(dsn: str, bus: CommandBus, conn: C
             out, err = proc.communicate()
     assert proc.returncode == 0, err
     records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    assert any("serving domain jobs" in str(r.get("message")) for r in records), err
+    assert any("connected for domain jobs" in str(r.get("message")) for r in records), err
     # the console exporter printed the process span of the command, at exit
     assert '"name": "process jobs"' in out, out[-2000:]
     assert str(sent.value.correlation_id) in out

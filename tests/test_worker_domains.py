@@ -245,7 +245,8 @@ async def test_the_cli_worker_serves_several_domains_and_stops_on_sigint(
     assert "Traceback" not in err
     banner = "serving domains 'jobs': Crash, Work; 'mail': Broken, Send (concurrency 10 per domain)"
     assert err.count(banner) == 1, err
-    assert err.count("worker serving domain jobs") == err.count("worker serving domain mail") == 1
+    assert err.count("worker connected for domain jobs") == 1
+    assert err.count("worker connected for domain mail") == 1
     [summary] = [line for line in err.splitlines() if "processed in" in line]
     assert "worker jobs,mail: 1 processed" in summary and "released 1" in summary
     assert summary.endswith("; jobs: 1 processed, mail: 0 processed")

@@ -360,7 +360,7 @@ async def test_the_cli_worker_stops_on_sigint_while_its_database_is_down(
     try:
         assert proc.stderr is not None
         line = await asyncio.wait_for(proc.stderr.readline(), 20)
-        assert b"serving domain" in line, line
+        assert b"connected for domain" in line, line
         await asyncio.sleep(0.5)  # connected: reader, flushers and listener
         await proxy.cut()
         await asyncio.sleep(1.0)  # it notices and keeps trying to reconnect

@@ -118,7 +118,7 @@ class DomainConsumer:
     async def opened(self) -> None:
         inline = self._settings.inline
         log.info(
-            "worker serving domain %s (%s) concurrency=%d vt=%.0fs%s",
+            "worker connected for domain %s (%s) concurrency=%d vt=%.0fs%s",
             self.domain,
             ", ".join(self.registry.command_types(self.domain)),
             self._settings.concurrency,
