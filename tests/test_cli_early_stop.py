@@ -129,10 +129,7 @@ def test_more_stops_while_a_served_worker_ends_leave_its_status_alone(dsn: str) 
         while proc.poll() is None:  # SIGTERM every 10 ms until it has exited
             proc.send_signal(signal.SIGTERM)
             time.sleep(0.01)
-        _out, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
+        code, _out, err = stop(proc, None)
+    assert code == 0, err
     assert "Traceback" not in err
