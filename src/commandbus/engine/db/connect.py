@@ -379,9 +379,11 @@ async def retrying(
         return await fn()
     except Exception as exc:
         first = exc
-    if not is_transient(first) or (give_up is not None and give_up.is_set()):
-        _give_up(first, what)
-    if time.monotonic() - started >= retry_for:
+    if (
+        not is_transient(first)
+        or (give_up is not None and give_up.is_set())
+        or time.monotonic() - started >= retry_for
+    ):
         _give_up(first, what)
     _say_retrying(first, 1, time.monotonic() - started, what=what, retry_for=retry_for)
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -415,9 +417,7 @@ async def retrying(
             with attempt:
                 return await fn()
     except psycopg.Error as exc:
-        if not is_unavailable(exc):
-            raise
-        raise database_error(exc, f"{what}: database lost") from exc
+        _give_up(exc, what)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
