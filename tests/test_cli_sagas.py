@@ -33,6 +33,8 @@ from commandbus.cli._common import CLIError
 from commandbus.cli.coordinator import load_sagas
 from commandbus.cli.demo_app import ORDER, Shop, build_handlers
 from commandbus.cli.main import cli as cli_group
+from saga_apps import ORDER as STEERED
+from saga_apps import final, running, status_is
 from support import FAST, run_cli, wait_for
 
 DOMAINS = ("inventory", "payments", "shipping")
@@ -526,3 +528,41 @@ async def test_projection_verify_and_rebuild_cover_sagas(dsn: str, conn: Any) ->
     assert "rebuilt 1 sagas into commandbus.saga\n" in out
     code, out, err = await invoke_async(dsn, "projection", "verify")
     assert code == 0, err
+
+
+# -- commandbus saga mark-compensated -----------------------------------------------------
+
+
+async def test_mark_compensated_from_the_shell(dsn: str) -> None:
+    async with running(dsn, STEERED) as h:
+        started = await h.sagas.start_saga(
+            STEERED, {"order_id": "mc1", "behaviour": {"Ship": "business", "Refund": "business"}}
+        )
+        sid = str(started.saga_id)
+        await status_is(h, started.saga_id, SagaStatus.COMPENSATION_FAILED, idle=True)
+        refused = await invoke_async(dsn, "saga", "mark-compensated", sid, "reserve")
+        assert_one_error_line(refused, "'reserve'", "is COMPLETED, not COMPENSATION_FAILED")
+        bad = await invoke_async(dsn, "saga", "mark-compensated", "nope", "charge")
+        assert_one_error_line(bad, "not a saga id: 'nope'")
+        code, out, err = await invoke_async(
+            dsn,
+            "saga",
+            "mark-compensated",
+            sid,
+            "charge",
+            "--reason",
+            "refunded by phone",
+            "--operator",
+            "ann",
+        )
+        assert code == 0, err
+        assert out == (
+            f"step charge of saga {sid} marked compensated (a running coordinator carries it out)\n"
+        )
+        rec = await final(h, started.saga_id, timeout=10)
+    assert rec.status is SagaStatus.COMPENSATED
+    code, out, err = await invoke_async(dsn, "saga", "show", sid)
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if " charge " in x and "by hand" in x)
+    assert line.split()[1:3] == ["charge", "compensated"], line
+    assert line.endswith("by hand: refunded by phone (by ann)"), line

@@ -5,7 +5,7 @@ can be cancelled (compensated), paused and resumed."""
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -15,8 +15,10 @@ from commandbus import (
     InvalidStateError,
     Saga,
     SagaFilter,
+    SagaNotFoundError,
     SagaStatus,
     Step,
+    ValidationError,
 )
 from saga_apps import (
     Harness,
@@ -507,3 +509,148 @@ async def waiting_on_operator_after(
     target = await in_tsq(h, saga_id, command_type)
     await status_is(h, saga_id, SagaStatus.WAITING_ON_OPERATOR, idle=True)
     return target
+
+
+# -- a compensation that failed for good, settled by hand ---------------------------------------
+
+
+def _no_refund_data(ctx: Any) -> dict[str, Any]:
+    raise RuntimeError("the refund cannot be computed")
+
+
+UNBUILDABLE_REFUND = Saga(
+    "unbuildable_refund",
+    steps=[
+        Step(
+            "reserve",
+            domain="inventory",
+            command="Reserve",
+            data=_order,
+            compensation=Compensation("Release", data=_order),
+        ),
+        Step(
+            "charge",
+            domain="payments",
+            command="Charge",
+            data=_order,
+            compensation=Compensation("Refund", data=_no_refund_data),
+        ),
+        Step("ship", domain="shipping", command="Ship", data=_order),
+    ],
+)
+
+
+async def _compensated_by_hand(h: Harness, saga_id: UUID) -> dict[str, Any]:
+    events = await h.sagas.saga_history(saga_id)
+    by_hand = [
+        e.data
+        for e in events
+        if e.event_type == "SagaStepCompensated" and e.data.get("by_operator")
+    ]
+    assert len(by_hand) == 1, [e.event_type for e in events]
+    return by_hand[0]
+
+
+async def test_a_compensation_that_failed_a_business_rule_is_marked_compensated(
+    dsn: str,
+) -> None:
+    async with running(dsn, PLAIN) as h:
+        started = await h.sagas.start_saga(
+            PLAIN, {"order_id": "m1", "behaviour": {"Ship": "business", "Refund": "business"}}
+        )
+        sid = started.saga_id
+        rec = await status_is(h, sid, SagaStatus.COMPENSATION_FAILED, idle=True)
+        assert rec.current_steps == ("charge",)
+        domain, refund = await command_of(h, sid, "Refund")
+        assert await command_status(h, domain, refund) is CommandStatus.FAILED  # final
+        with pytest.raises(InvalidStateError, match="retry"):
+            await h.bus.troubleshooting.retry(domain, refund)  # nothing an operator can do there
+        assert "Release" not in h.journal.of("m1")
+        await h.sagas.mark_compensated(sid, "charge", reason="refunded by phone", operator="ann")
+        rec = await final(h, sid, timeout=10)
+        data = await _compensated_by_hand(h, sid)
+        await assert_consistent(h)
+    assert rec.status is SagaStatus.COMPENSATED
+    # the steps before it were compensated after it, in reverse order
+    assert h.journal.of("m1") == ["Reserve", "Charge", "Ship", "Refund", "Release"]
+    assert data == {
+        "step": "charge",
+        "command_id": str(refund),
+        "by_operator": True,
+        "reason": "refunded by phone",
+        "operator": "ann",
+        "source": "api",
+    }
+
+
+async def test_a_compensation_that_could_not_be_built_is_marked_compensated(dsn: str) -> None:
+    async with running(dsn, UNBUILDABLE_REFUND) as h:
+        started = await h.sagas.start_saga(
+            UNBUILDABLE_REFUND, {"order_id": "m2", "behaviour": {"Ship": "business"}}
+        )
+        sid = started.saga_id
+        await status_is(h, sid, SagaStatus.COMPENSATION_FAILED, idle=True)
+        await h.sagas.mark_compensated(sid, "charge")
+        rec = await final(h, sid, timeout=10)
+        data = await _compensated_by_hand(h, sid)
+        await assert_consistent(h)
+    assert rec.status is SagaStatus.COMPENSATED
+    assert h.journal.of("m2") == ["Reserve", "Charge", "Ship", "Release"]
+    assert data["command_id"] is None  # never sent
+    assert data["reason"] is None and data["operator"] is None
+
+
+async def test_marking_a_compensation_in_the_tsq_cancels_its_command(dsn: str) -> None:
+    async with running(dsn, PLAIN) as h:
+        started = await h.sagas.start_saga(
+            PLAIN, {"order_id": "m3", "behaviour": {"Ship": "business", "Refund": "tsq_once"}}
+        )
+        sid = started.saga_id
+        domain, refund = await in_tsq(h, sid, "Refund")
+        await status_is(h, sid, SagaStatus.COMPENSATION_FAILED, idle=True)
+        await h.sagas.mark_compensated(sid, "charge", reason="refunded by phone")
+        rec = await final(h, sid, timeout=10)
+        data = await _compensated_by_hand(h, sid)
+        cancelled = await h.bus.get_command(domain, refund)
+        await assert_consistent(h)
+    assert rec.status is SagaStatus.COMPENSATED
+    assert cancelled is not None and cancelled.status is CommandStatus.CANCELLED
+    # the refund's one attempt went to the TSQ; it was not retried
+    assert h.journal.of("m3") == ["Reserve", "Charge", "Ship", "Refund", "Release"]
+    assert data["command_id"] == str(refund)
+
+
+async def test_mark_compensated_is_refused_unless_the_compensation_failed(dsn: str) -> None:
+    async with running(dsn, PLAIN) as h:
+        failing = await h.sagas.start_saga(
+            PLAIN, {"order_id": "m4", "behaviour": {"Ship": "business", "Refund": "business"}}
+        )
+        await status_is(h, failing.saga_id, SagaStatus.COMPENSATION_FAILED, idle=True)
+        done = await h.sagas.start_saga(PLAIN, {"order_id": "m5"})
+        await final(h, done.saga_id)
+        before = await h.sagas.saga_history(failing.saga_id)
+        for step, message in (
+            ("reserve", "'reserve' of saga .* is COMPLETED, not COMPENSATION_FAILED"),
+            ("ship", "'ship' of saga .* is FAILED, not COMPENSATION_FAILED"),
+            ("nope", "has no started step 'nope'"),
+        ):
+            with pytest.raises(InvalidStateError, match=message):
+                await h.sagas.mark_compensated(failing.saga_id, step)
+        with pytest.raises(InvalidStateError, match="COMPLETED: it has ended"):
+            await h.sagas.mark_compensated(done.saga_id, "charge")
+        with pytest.raises(SagaNotFoundError):
+            await h.sagas.mark_compensated(uuid4(), "charge")
+        for bad, message in (
+            (7, "step must be a string, got 7"),
+            ("", "step must not be empty"),
+            ("x" * 129, "step must be at most 128 characters"),
+        ):
+            with pytest.raises(ValidationError, match=message):
+                await h.sagas.mark_compensated(failing.saga_id, bad)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="reason"):
+            await h.sagas.mark_compensated(failing.saga_id, "charge", reason=3)  # type: ignore[arg-type]
+        after = await h.sagas.saga_history(failing.saga_id)
+        rec = await h.sagas.get_saga(failing.saga_id)
+    # nothing was asked of the coordinator: no event, and the saga still waits
+    assert len(after) == len(before)
+    assert rec is not None and rec.status is SagaStatus.COMPENSATION_FAILED

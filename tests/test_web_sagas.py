@@ -59,3 +59,50 @@ async def test_cancel_preview_equals_the_compensations_that_run(dsn: str) -> Non
         )
         assert 'data-testid="cancel-saga"' not in done.text  # ended: nothing to cancel
         assert trace.status_code == 200 and "Refund" in trace.text
+
+
+async def test_a_failed_compensation_is_marked_compensated_from_its_page(dsn: str) -> None:
+    async with running(dsn, PLAIN) as h:
+        started = await h.sagas.start_saga(
+            PLAIN, {"order_id": "w2", "behaviour": {"Ship": "business", "Refund": "business"}}
+        )
+        sid = started.saga_id
+        await status_is(h, sid, SagaStatus.COMPENSATION_FAILED, idle=True)
+        app = create_app(h.bus, local_user="ops", sagas=SagaRegistry([PLAIN]))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            page = await c.get(f"/sagas/{sid}")
+            # the refund failed a business rule: nothing waits in the TSQ, the page
+            # offers to mark it compensated (for that step only)
+            assert 'data-testid="comp-tsq-link"' not in page.text
+            assert page.text.count('data-testid="mark-compensated"') == 1
+            assert '<input type="hidden" name="step" value="charge">' in page.text
+            token = CSRF.search(page.text)
+            assert token is not None
+            wrong = await c.post(
+                f"/sagas/{sid}/mark-compensated",
+                data={"csrf_token": token.group(1), "step": "reserve"},
+            )
+            assert wrong.status_code == 303
+            refused = await c.get(f"/sagas/{sid}")
+            assert "refused: step &#39;reserve&#39;" in refused.text, refused.text
+            r = await c.post(
+                f"/sagas/{sid}/mark-compensated",
+                data={"csrf_token": token.group(1), "step": "charge", "reason": "refunded by hand"},
+            )
+            assert r.status_code == 303
+            rec = await final(h, sid)
+            done = await c.get(f"/sagas/{sid}")
+        assert rec.status is SagaStatus.COMPENSATED
+        assert 'data-testid="mark-compensated"' not in done.text
+        assert "undone by an operator" in done.text
+        history = await h.sagas.saga_history(sid)
+    by_hand = next(
+        e for e in history if e.event_type == "SagaStepCompensated" and e.data.get("by_operator")
+    )
+    assert (by_hand.data["operator"], by_hand.data["reason"], by_hand.data["source"]) == (
+        "ops",
+        "refunded by hand",
+        "web",
+    )
+    assert h.journal.of("w2")[-1] == "Release"

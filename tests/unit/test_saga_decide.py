@@ -137,6 +137,29 @@ def test_a_failed_compensation_stops_and_an_operator_success_resumes_it() -> Non
     assert d.state is not None and d.state.status is SagaStatus.COMPENSATED
 
 
+def test_a_compensation_failed_for_good_is_marked_compensated_by_an_operator() -> None:
+    d = reply(reply(reply(start(), "a"), "b"), "c", "FAILED")
+    d = reply(d, "b", "FAILED", compensation=True)  # a business failure: final
+    assert d.state is not None and d.state.status is SagaStatus.COMPENSATION_FAILED
+    assert not sent(d)
+    d = again(d)
+    d.control(9, {"action": "mark_compensated", "step": "b", "reason": "by phone", "source": "cli"})
+    assert types(d) == ["SagaStepCompensated", "SagaStepCompensating"]
+    assert d.events[0].data["by_operator"] is True and d.events[0].data["source"] == "cli"
+    assert sent(d) == ["UndoA"] and d.delete == [9]
+    # a second request (or one for a step whose compensation did not fail) is
+    # recorded as refused and changes nothing
+    d = again(d)
+    d.control(10, {"action": "mark_compensated", "step": "b"})
+    d.control(11, {"action": "mark_compensated", "step": "zz"})
+    assert types(d) == ["SagaReplyIgnored", "SagaReplyIgnored"]
+    assert "COMPENSATED, not COMPENSATION_FAILED" in d.events[0].data["reason"]
+    assert "no started step 'zz'" in d.events[1].data["reason"]
+    assert not sent(d)
+    d = reply(d, "a", compensation=True)
+    assert d.state is not None and d.state.status is SagaStatus.COMPENSATED
+
+
 def test_stale_and_duplicate_replies_change_nothing() -> None:
     d = reply(start(), "a")
     dup = reply(d, "a")

@@ -1,4 +1,5 @@
-"""``commandbus saga``: find sagas, read one's timeline, cancel, pause or resume one."""
+"""``commandbus saga``: find sagas, read one's timeline, cancel, pause or resume one,
+or count a failed compensation as done by hand."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ _COLUMNS = ("SAGA", "DEFINITION", "STATUS", "CURRENT STEPS", "TIMING", "LAST ERR
 
 @click.group()
 def saga() -> None:
-    """List sagas, show one's timeline, and cancel, pause or resume one."""
+    """List sagas, show one's timeline, and cancel, pause or resume one (or settle a
+    failed compensation by hand)."""
 
 
 @saga.command("list")
@@ -208,3 +210,31 @@ def resume(ctx: click.Context, saga_id: str, operator: str | None) -> None:
         ctx, saga_id, lambda c, s: c.resume_saga(s, operator=operator or os_user(), source="cli")
     )
     click.echo(f"resume of saga {sid} requested {_CARRIED_OUT}")
+
+
+@saga.command("mark-compensated")
+@click.argument("saga_id")
+@click.argument("step")
+@click.option("--reason", help="What was done by hand (recorded in the saga's events).")
+@click.option(
+    "--operator", help="Who did it (recorded in the saga's events; default: your OS user)."
+)
+@click.pass_context
+def mark_compensated(
+    ctx: click.Context, saga_id: str, step: str, reason: str | None, operator: str | None
+) -> None:
+    """Count STEP's failed compensation as done by hand, so the saga goes on
+    compensating the steps before it.
+
+    For a COMPENSATION_FAILED saga whose compensation failed a business rule, was
+    cancelled before it ran, or could not be built. If the compensation's command
+    is in the troubleshooting queue it is cancelled there instead, which does the same.
+    """
+    sid = _request(
+        ctx,
+        saga_id,
+        lambda c, s: c.mark_compensated(
+            s, step, reason=reason, operator=operator or os_user(), source="cli"
+        ),
+    )
+    click.echo(f"step {step} of saga {sid} marked compensated {_CARRIED_OUT}")

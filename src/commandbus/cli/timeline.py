@@ -252,6 +252,11 @@ class _Timeline:
         elif t == ev.SAGA_STEP_WAITING_ON_OPERATOR:
             detail = f"{self.waited(e)}: {error_text(d.get('error'))} (troubleshooting queue)"
             self.add(at, step, "waiting on operator", "warn", detail)
+        elif t == ev.SAGA_STEP_COMPENSATED and d.get("by_operator"):
+            # the failed compensation's undo was done by hand (its command cancelled
+            # by an operator, or the step marked compensated)
+            detail = "by hand" + (f": {_text(d['reason'])}" if d.get("reason") else "") + _by(d)
+            self.add(at, step, "compensated", "warn", detail)
         elif t == ev.SAGA_STEP_COMPENSATED:
             self.add(at, step, "compensated", "ok", self.waited(e))
         elif t == ev.SAGA_STEP_COMPENSATION_FAILED:

@@ -28,6 +28,7 @@ from commandbus.arguments import (
     reason_arg,
     show,
     source_arg,
+    text_arg,
     uuid_arg,
 )
 from commandbus.codec import dumps, dumps_limited
@@ -42,7 +43,7 @@ from commandbus.errors import (
     SagaNotFoundError,
     ValidationError,
 )
-from commandbus.models import StoredEvent
+from commandbus.models import CommandStatus, StoredEvent
 from commandbus.names import saga_stream_id
 from commandbus.sagas import replay
 from commandbus.sagas import sql as q
@@ -57,8 +58,11 @@ from commandbus.sagas.read import (
     fetch_page,
     fetch_saga,
 )
-from commandbus.sagas.state import SagaStatus, StepStatus
+from commandbus.sagas.state import SagaState, SagaStatus, StepStatus
 from commandbus.sagas.store import Pending, commit
+
+#: The longest step name a definition accepts.
+MAX_STEP_NAME = 128
 
 
 @attrs.frozen(kw_only=True)
@@ -80,7 +84,8 @@ class StartedSaga:
 
 
 class SagaClient:
-    """Start sagas, read them, and ask the coordinator to cancel, pause or resume one.
+    """Start sagas, read them, and ask the coordinator to cancel, pause or resume one
+    (or to count a failed compensation as done by hand).
 
     Built on an open :class:`~commandbus.CommandBus` (its pool and settings):
     ``sagas = SagaClient(bus)``. Every method takes an optional ``conn=``.
@@ -279,6 +284,29 @@ class SagaClient:
         """Let a paused saga go on (what it waited for is sent now)."""
         await self._request(saga_id, "resume", None, operator, source, conn)
 
+    async def mark_compensated(
+        self,
+        saga_id: UUID | str,
+        step: str,
+        *,
+        reason: str | None = None,
+        operator: str | None = None,
+        source: str = "api",
+        conn: Conn | None = None,
+    ) -> None:
+        """The undo of ``step``, whose compensation failed for good, was done by hand:
+        the coordinator records the step as compensated (``by_operator``) and goes
+        on compensating the steps before it.
+
+        For a saga ``COMPENSATION_FAILED`` whose failed compensation no operator
+        action on its command can settle: it failed a business rule, was cancelled
+        before it ran, or its data could not be built. If the compensation's
+        command is in the troubleshooting queue it is cancelled there instead (in
+        the same transaction), which settles the step the same way. Refused
+        (:class:`InvalidStateError`) unless that step's compensation failed."""
+        step_name = text_arg(step, "step", most=MAX_STEP_NAME)
+        await self._request(saga_id, "mark_compensated", reason, operator, source, conn, step_name)
+
     async def _request(
         self,
         saga_id: object,
@@ -287,6 +315,7 @@ class SagaClient:
         operator: object,
         source: object,
         conn: Conn | None,
+        step_name: str | None = None,
     ) -> None:
         sid = uuid_arg(saga_id, "saga_id")
         why = reason_arg(reason)
@@ -305,6 +334,10 @@ class SagaClient:
                 raise InvalidStateError(f"saga {sid} {refusal}")
             if action == "resume" and state.status is not SagaStatus.PAUSED and not state.paused:
                 raise InvalidStateError(f"saga {sid} is {state.status.value}, not paused")
+            if step_name is not None and await self._settled_in_tsq(
+                c, state, step_name, why, who, where
+            ):
+                return
             if action == "cancel":
                 for step in state.steps.values():
                     if step.status is StepStatus.WAITING_ON_OPERATOR:
@@ -330,10 +363,43 @@ class SagaClient:
                             "reason": why,
                             "operator": who,
                             "source": where,
+                            **({} if step_name is None else {"step": step_name}),
                         }
                     )
                 },
             )
+
+    async def _settled_in_tsq(
+        self, c: Conn, state: SagaState, step: str, why: str | None, who: str | None, where: str
+    ) -> bool:
+        """Check that ``step``'s compensation failed; if its command is in the
+        troubleshooting queue, cancel it there (its reply settles the step as done
+        by hand) and say so."""
+        found = state.steps.get(step)
+        if found is None:
+            raise InvalidStateError(f"saga {state.saga_id} has no started step {step!r}")
+        if found.status is not StepStatus.COMPENSATION_FAILED:
+            raise InvalidStateError(
+                f"step {step!r} of saga {state.saga_id} is {found.status.value}, "
+                "not COMPENSATION_FAILED"
+            )
+        if found.compensation_id is None:
+            return False  # never sent: its data could not be built
+        cur = await c.execute(
+            q.SAGA_COMMAND, {"saga_id": state.saga_id, "command_id": found.compensation_id}
+        )
+        row = await cur.fetchone()
+        if row is None or row[1] != CommandStatus.IN_TROUBLESHOOTING_QUEUE.value:
+            return False
+        await self._bus.troubleshooting.cancel(
+            row[0],
+            found.compensation_id,
+            reason=why or f"undone by hand (saga {state.saga_id}, step {step})",
+            operator=who,
+            source=where,
+            conn=c,
+        )
+        return True
 
     async def cancel_preview(
         self,

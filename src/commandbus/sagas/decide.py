@@ -346,8 +346,41 @@ class Decider:
             self.emit(ev.SAGA_RESUMED, {"operator": operator, **self._by})
         self.advance()
 
+    def mark_compensated(
+        self, step_name: str, reason: str | None, operator: str | None = None
+    ) -> None:
+        """An operator did a failed compensation's undo by hand: the step counts as
+        compensated (``by_operator``) and the saga goes on compensating the steps
+        before it. Only for a step whose compensation failed (:class:`InvalidStateError`
+        otherwise)."""
+        st = self._state
+        if st.ended is not None:
+            raise InvalidStateError(f"saga {st.saga_id} is {st.ended}: nothing to compensate")
+        step = st.steps.get(step_name)
+        if step is None:
+            raise InvalidStateError(f"saga {st.saga_id} has no started step {step_name!r}")
+        if step.status is not StepStatus.COMPENSATION_FAILED:
+            raise InvalidStateError(
+                f"step {step_name!r} of saga {st.saga_id} is {step.status.value}, "
+                "not COMPENSATION_FAILED"
+            )
+        cid = step.compensation_id
+        self.emit(
+            ev.SAGA_STEP_COMPENSATED,
+            {
+                "step": step.name,
+                "command_id": None if cid is None else str(cid),
+                "by_operator": True,
+                "reason": reason,
+                "operator": operator,
+                **self._by,
+            },
+        )
+        self.advance()
+
     def control(self, msg_id: int, body: Mapping[str, Any]) -> None:
-        """An operator's request (cancel, pause, resume); a refused one is recorded."""
+        """An operator's request (cancel, pause, resume, mark_compensated); a refused
+        one is recorded."""
         self.delete.append(msg_id)
         action = body.get("action")
         reason = body.get("reason")
@@ -360,6 +393,8 @@ class Decider:
                 self.pause(reason, operator)
             elif action == "resume":
                 self.resume(operator)
+            elif action == "mark_compensated":
+                self.mark_compensated(str(body.get("step")), reason, operator)
             else:
                 raise InvalidStateError(f"unknown operator action {action!r}")
         except InvalidStateError as exc:

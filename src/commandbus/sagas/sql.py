@@ -129,7 +129,14 @@ DELETE_MESSAGES: Final[LiteralString] = (
     "DELETE FROM pgmq.{queue} WHERE msg_id = ANY (%(ids)s::bigint[])"
 )
 
-# An operator's request (cancel, pause, resume), for the coordinator to carry out.
+# One of a saga's commands: its domain and status (through the saga index).
+SAGA_COMMAND: Final[LiteralString] = """
+SELECT domain, status FROM commandbus.command
+ WHERE saga_id = %(saga_id)s AND command_id = %(command_id)s
+"""
+
+# An operator's request (cancel, pause, resume, mark_compensated), for the coordinator
+# to carry out.
 SEND_CONTROL: Final[LiteralString] = """
 INSERT INTO pgmq.{queue} (vt, message, headers)
 VALUES (clock_timestamp(), %(message)s::jsonb, jsonb_build_object())

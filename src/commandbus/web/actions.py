@@ -1,7 +1,8 @@
 """The operator actions (POST): TSQ retry / cancel / complete and saga cancel, pause,
-resume. The middleware has refused read-only servers and cross-site requests; each
-action checks its CSRF token, records who (the login), why and ``source="web"``,
-and answers 303 back to its page with a message."""
+resume, and marking a failed compensation as done by hand. The middleware has
+refused read-only servers and cross-site requests; each action checks its CSRF
+token, records who (the login), why and ``source="web"``, and answers 303 back to
+its page with a message."""
 
 from __future__ import annotations
 
@@ -135,11 +136,25 @@ async def _saga_action(request: Request, action: str) -> Response:
             await client.cancel_saga(sid, reason=reason, operator=who, source="web")
         elif action == "pause":
             await client.pause_saga(sid, reason=reason, operator=who, source="web")
-        else:
+        elif action == "resume":
             await client.resume_saga(sid, operator=who, source="web")
-    except (InvalidStateError, CommandNotFoundError) as exc:
+        else:
+            step = form.get("step")
+            await client.mark_compensated(
+                sid,
+                step if isinstance(step, str) else "",
+                reason=reason,
+                operator=who,
+                source="web",
+            )
+    except (InvalidStateError, CommandNotFoundError, ValidationError) as exc:
         return _back(f"/sagas/{sid}", "error", f"refused: {exc.message}")
-    done = {"cancel": "cancel", "pause": "pause", "resume": "resume"}[action]
+    done = {
+        "cancel": "cancel",
+        "pause": "pause",
+        "resume": "resume",
+        "mark_compensated": "marking the compensation as done by hand",
+    }[action]
     return _back(f"/sagas/{sid}", "ok", f"{done} requested: a running coordinator carries it out")
 
 
@@ -155,6 +170,10 @@ async def saga_resume(request: Request) -> Response:
     return await _saga_action(request, "resume")
 
 
+async def saga_mark_compensated(request: Request) -> Response:
+    return await _saga_action(request, "mark_compensated")
+
+
 async def not_allowed(request: Request) -> Response:
     return render(request, "error.html", {"code": 405, "message": "use the page's buttons"}, 405)
 
@@ -166,4 +185,5 @@ ROUTES = [
     Route("/sagas/{saga_id}/cancel", saga_cancel, methods=["POST"]),
     Route("/sagas/{saga_id}/pause", saga_pause, methods=["POST"]),
     Route("/sagas/{saga_id}/resume", saga_resume, methods=["POST"]),
+    Route("/sagas/{saga_id}/mark-compensated", saga_mark_compensated, methods=["POST"]),
 ]

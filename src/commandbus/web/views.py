@@ -127,6 +127,8 @@ class StepView:
     comp_started: datetime | None
     comp_ended: datetime | None
     comp_error: Any
+    #: the failed compensation's command waits in the troubleshooting queue
+    comp_in_tsq: bool
     left: float
     width: float
     comp_left: float | None
@@ -146,6 +148,8 @@ class CompView:
     ended: datetime | None
     by_operator: bool
     error: Any
+    #: its command waits in the troubleshooting queue (an operator can act on it there)
+    in_tsq: bool = False
 
 
 _ENDS = {ev.SAGA_STEP_COMPLETED, ev.SAGA_STEP_FAILED, ev.SAGA_STEP_TIMED_OUT}
@@ -204,7 +208,12 @@ def saga_steps(
             )
             if step not in order:
                 order.append(step)
-            c.update(status="COMPENSATION_FAILED", ended=t, error=e.data.get("error"))
+            c.update(
+                status="COMPENSATION_FAILED",
+                ended=t,
+                error=e.data.get("error"),
+                in_tsq=e.data.get("outcome") == "TROUBLESHOOTING",
+            )
     t0 = record.created_at
     last = record.ended_at or now
     span = max((last - t0).total_seconds(), 1e-3)
@@ -246,6 +255,7 @@ def saga_steps(
                 comp_started=None if comp is None else comp["started"],
                 comp_ended=None if comp is None else comp["ended"],
                 comp_error=None if comp is None else comp["error"],
+                comp_in_tsq=comp is not None and bool(comp.get("in_tsq")),
                 left=left,
                 width=width,
                 comp_left=c_left,
@@ -265,6 +275,7 @@ def saga_steps(
             ended=comps[name]["ended"],
             by_operator=comps[name]["by_operator"],
             error=comps[name]["error"],
+            in_tsq=bool(comps[name].get("in_tsq")),
         )
         for name in order
     ]
