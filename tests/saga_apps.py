@@ -84,6 +84,11 @@ def build_handlers(journal: Journal) -> HandlerRegistry:
                     journal.failed_once.add(str(cmd.command_id))
                     raise PermanentCommandError(f"{ctype} broken this once")
                 await journal.gate(order).wait()
+            if behaviour == "tsq_then_business":
+                if str(cmd.command_id) not in journal.failed_once:
+                    journal.failed_once.add(str(cmd.command_id))
+                    raise PermanentCommandError(f"{ctype} broken this once")
+                raise BusinessRuleError(f"{ctype} refused on its retry", code="REFUSED")
             if behaviour in ("gate", "gate_tsq"):
                 await journal.gate(order).wait()
             if behaviour == "gate_tsq":

@@ -617,7 +617,29 @@ async def test_marking_a_compensation_in_the_tsq_cancels_its_command(dsn: str) -
     assert cancelled is not None and cancelled.status is CommandStatus.CANCELLED
     # the refund's one attempt went to the TSQ; it was not retried
     assert h.journal.of("m3") == ["Reserve", "Charge", "Ship", "Refund", "Release"]
-    assert data["command_id"] == str(refund)
+    # the saga's own event says who and why (the request is read before the reply)
+    assert (data["command_id"], data["reason"]) == (str(refund), "refunded by phone")
+
+
+async def test_mark_compensated_is_refused_while_a_retried_compensation_runs(dsn: str) -> None:
+    async with running(dsn, PLAIN) as h:
+        started = await h.sagas.start_saga(
+            PLAIN,
+            {"order_id": "m6", "behaviour": {"Ship": "business", "Refund": "tsq_then_gate"}},
+        )
+        sid = started.saga_id
+        domain, refund = await in_tsq(h, sid, "Refund")
+        await h.bus.troubleshooting.retry(domain, refund)
+        await wait_for(lambda: h.journal.of("m6").count("Refund") == 2, timeout=10)
+        with pytest.raises(InvalidStateError, match="is PENDING again: wait for its outcome"):
+            await h.sagas.mark_compensated(sid, "charge")
+        h.journal.gate("m6").set()  # the retry succeeds: it decides
+        rec = await final(h, sid, timeout=10)
+        events = await h.sagas.saga_history(sid)
+        await assert_consistent(h)
+    assert rec.status is SagaStatus.COMPENSATED
+    assert not any(e.data.get("by_operator") for e in events)
+    assert h.journal.of("m6") == ["Reserve", "Charge", "Ship", "Refund", "Refund", "Release"]
 
 
 async def test_mark_compensated_is_refused_unless_the_compensation_failed(dsn: str) -> None:

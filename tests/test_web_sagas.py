@@ -7,10 +7,11 @@ import re
 
 import httpx
 
-from commandbus import SagaRegistry, SagaStatus
+from commandbus import CommandStatus, SagaRegistry, SagaStatus
 from commandbus.web import create_app
 from saga_apps import final, running, status_is
-from test_sagas_operators import PLAIN
+from support import wait_for
+from test_sagas_operators import PLAIN, command_of
 
 CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
 
@@ -106,3 +107,33 @@ async def test_a_failed_compensation_is_marked_compensated_from_its_page(dsn: st
         "web",
     )
     assert h.journal.of("w2")[-1] == "Release"
+
+
+async def test_the_saga_page_follows_the_compensation_command_s_own_status(dsn: str) -> None:
+    async with running(dsn, PLAIN) as h:
+        started = await h.sagas.start_saga(
+            PLAIN,
+            {"order_id": "w3", "behaviour": {"Ship": "business", "Refund": "tsq_then_business"}},
+        )
+        sid = started.saga_id
+        await status_is(h, sid, SagaStatus.COMPENSATION_FAILED, idle=True)
+        app = create_app(h.bus, local_user="ops", sagas=SagaRegistry([PLAIN]))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            in_tsq = await c.get(f"/sagas/{sid}")
+            domain, refund = await command_of(h, sid, "Refund")
+            await h.bus.troubleshooting.retry(domain, refund)
+
+            async def failed_again() -> bool:
+                rec = await h.bus.get_command(domain, refund)
+                return rec is not None and rec.status is CommandStatus.FAILED
+
+            await wait_for(failed_again, timeout=10)
+            failed = await c.get(f"/sagas/{sid}")
+    # in the TSQ: the link to it, and the button (which cancels it there too)
+    assert 'data-testid="comp-tsq-link"' in in_tsq.text
+    assert 'data-testid="mark-compensated"' in in_tsq.text
+    # its retry failed a business rule: no TSQ entry any more, only the button
+    assert 'data-testid="comp-tsq-link"' not in failed.text
+    assert "TSQ entry" not in failed.text
+    assert 'data-testid="mark-compensated"' in failed.text

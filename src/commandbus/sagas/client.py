@@ -301,9 +301,10 @@ class SagaClient:
         For a saga ``COMPENSATION_FAILED`` whose failed compensation no operator
         action on its command can settle: it failed a business rule, was cancelled
         before it ran, or its data could not be built. If the compensation's
-        command is in the troubleshooting queue it is cancelled there instead (in
-        the same transaction), which settles the step the same way. Refused
-        (:class:`InvalidStateError`) unless that step's compensation failed."""
+        command is in the troubleshooting queue it is cancelled there too, in the
+        same transaction, so that it cannot run again. Refused
+        (:class:`InvalidStateError`) unless that step's compensation failed and its
+        command is not running again (an operator retried it: its outcome decides)."""
         step_name = text_arg(step, "step", most=MAX_STEP_NAME)
         await self._request(saga_id, "mark_compensated", reason, operator, source, conn, step_name)
 
@@ -334,10 +335,9 @@ class SagaClient:
                 raise InvalidStateError(f"saga {sid} {refusal}")
             if action == "resume" and state.status is not SagaStatus.PAUSED and not state.paused:
                 raise InvalidStateError(f"saga {sid} is {state.status.value}, not paused")
-            if step_name is not None and await self._settled_in_tsq(
-                c, state, step_name, why, who, where
-            ):
-                return
+            in_tsq = None
+            if step_name is not None:
+                in_tsq = await self._failed_compensation(c, state, step_name)
             if action == "cancel":
                 for step in state.steps.values():
                     if step.status is StepStatus.WAITING_ON_OPERATOR:
@@ -368,13 +368,24 @@ class SagaClient:
                     )
                 },
             )
+            if in_tsq is not None:
+                # after the request (the coordinator reads it first, so the saga's
+                # event says who and why), the command leaves the TSQ: its reply
+                # then finds the step settled
+                await self._bus.troubleshooting.cancel(
+                    in_tsq[0],
+                    in_tsq[1],
+                    reason=why or f"undone by hand (saga {sid}, step {step_name})",
+                    operator=who,
+                    source=where,
+                    conn=c,
+                )
 
-    async def _settled_in_tsq(
-        self, c: Conn, state: SagaState, step: str, why: str | None, who: str | None, where: str
-    ) -> bool:
-        """Check that ``step``'s compensation failed; if its command is in the
-        troubleshooting queue, cancel it there (its reply settles the step as done
-        by hand) and say so."""
+    async def _failed_compensation(
+        self, c: Conn, state: SagaState, step: str
+    ) -> tuple[str, UUID] | None:
+        """Check that ``step``'s compensation failed and nothing runs it again; its
+        command (domain, id) when that waits in the troubleshooting queue."""
         found = state.steps.get(step)
         if found is None:
             raise InvalidStateError(f"saga {state.saga_id} has no started step {step!r}")
@@ -383,23 +394,20 @@ class SagaClient:
                 f"step {step!r} of saga {state.saga_id} is {found.status.value}, "
                 "not COMPENSATION_FAILED"
             )
-        if found.compensation_id is None:
-            return False  # never sent: its data could not be built
-        cur = await c.execute(
-            q.SAGA_COMMAND, {"saga_id": state.saga_id, "command_id": found.compensation_id}
-        )
+        cid = found.compensation_id
+        if cid is None:
+            return None  # never sent: its data could not be built
+        cur = await c.execute(q.SAGA_COMMAND, {"saga_id": state.saga_id, "command_id": cid})
         row = await cur.fetchone()
-        if row is None or row[1] != CommandStatus.IN_TROUBLESHOOTING_QUEUE.value:
-            return False
-        await self._bus.troubleshooting.cancel(
-            row[0],
-            found.compensation_id,
-            reason=why or f"undone by hand (saga {state.saga_id}, step {step})",
-            operator=who,
-            source=where,
-            conn=c,
+        if row is None or row[1] in (CommandStatus.FAILED.value, CommandStatus.CANCELLED.value):
+            return None
+        if row[1] == CommandStatus.IN_TROUBLESHOOTING_QUEUE.value:
+            return str(row[0]), cid
+        # an operator retried (or completed) it: its outcome is on its way to the saga
+        raise InvalidStateError(
+            f"the compensation of step {step!r} ({row[0]} command {cid}) is {row[1]} "
+            "again: wait for its outcome"
         )
-        return True
 
     async def cancel_preview(
         self,

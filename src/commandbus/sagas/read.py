@@ -163,6 +163,12 @@ async def fetch_page(conn: Conn, where: SagaFilter, limit: object, cursor: objec
     return SagaPage(items=items, next_cursor=_encode_cursor(items[-1]) if len(rows) > n else None)
 
 
+async def fetch_command_statuses(conn: Conn, saga_id: UUID) -> dict[UUID, str]:
+    """The status of each command the saga sent (steps and compensations), by id."""
+    cur = await conn.execute(q.SAGA_COMMAND_STATUSES, {"saga_id": saga_id})
+    return {r[0]: str(r[1]) for r in await cur.fetchall()}
+
+
 async def fetch_counts(conn: Conn) -> dict[str, int]:
     cur = await conn.execute(q.COUNT_BY_STATUS)
     return {r[0]: int(r[1]) for r in await cur.fetchall()}

@@ -129,10 +129,17 @@ DELETE_MESSAGES: Final[LiteralString] = (
     "DELETE FROM pgmq.{queue} WHERE msg_id = ANY (%(ids)s::bigint[])"
 )
 
-# One of a saga's commands: its domain and status (through the saga index).
+# One of a saga's commands: its domain and status (through the saga index), locked
+# against an operator's concurrent action on it until the caller's transaction ends.
 SAGA_COMMAND: Final[LiteralString] = """
 SELECT domain, status FROM commandbus.command
  WHERE saga_id = %(saga_id)s AND command_id = %(command_id)s
+   FOR SHARE
+"""
+
+# The status of each of a saga's commands (through the saga index).
+SAGA_COMMAND_STATUSES: Final[LiteralString] = """
+SELECT command_id, status FROM commandbus.command WHERE saga_id = %(saga_id)s
 """
 
 # An operator's request (cancel, pause, resume, mark_compensated), for the coordinator

@@ -26,6 +26,7 @@ from commandbus.arguments import opt_domain_arg
 from commandbus.codec import unstructure
 from commandbus.engine.observability.waterfall import build_waterfall, load_flow
 from commandbus.monitoring import bounded, find_id, system_status, throughput
+from commandbus.sagas.read import fetch_command_statuses
 from commandbus.web import views
 from commandbus.web.render import Site, render
 
@@ -310,6 +311,7 @@ async def saga(request: Request) -> Response:
         if record is None:
             raise HTTPException(404, f"no saga {sid}")
         history = await client.saga_history(sid, conn=conn)
+        commands = await fetch_command_statuses(conn, sid)
         flow = await load_flow(conn, sid)
         definition = (
             None if site.sagas is None else site.sagas.get(record.name, record.definition_version)
@@ -321,7 +323,7 @@ async def saga(request: Request) -> Response:
     if definition is not None:
         pivots = {s.name for s in definition.steps() if s.pivot}
     now = _now()
-    steps, ran = views.saga_steps(record, history, pivots, now)
+    steps, ran = views.saga_steps(record, history, pivots, now, commands)
     wf = build_waterfall(flow)
     trace_id = wf.trace_ids[0] if wf.trace_ids else None
     return render(

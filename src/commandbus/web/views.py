@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import attrs
 
-from commandbus import SagaRecord, StoredEvent
+from commandbus import CommandStatus, SagaRecord, StoredEvent
 from commandbus import event_types as ev
 from commandbus.engine.observability.waterfall import Waterfall
 from commandbus.monitoring import Throughput
@@ -129,6 +131,9 @@ class StepView:
     comp_error: Any
     #: the failed compensation's command waits in the troubleshooting queue
     comp_in_tsq: bool
+    #: its compensation failed and nothing runs it again: an operator may mark it
+    #: compensated (the undo done by hand)
+    comp_markable: bool
     left: float
     width: float
     comp_left: float | None
@@ -152,14 +157,28 @@ class CompView:
     in_tsq: bool = False
 
 
+#: A failed compensation's command in one of these states (None: never sent, or no
+#: status row) runs no more: an operator may mark the step compensated.
+_SETTLED = {
+    None,
+    CommandStatus.FAILED.value,
+    CommandStatus.CANCELLED.value,
+    CommandStatus.IN_TROUBLESHOOTING_QUEUE.value,
+}
+
 _ENDS = {ev.SAGA_STEP_COMPLETED, ev.SAGA_STEP_FAILED, ev.SAGA_STEP_TIMED_OUT}
 
 
 def saga_steps(
-    record: SagaRecord, history: list[StoredEvent], pivots: set[str], now: datetime
+    record: SagaRecord,
+    history: list[StoredEvent],
+    pivots: set[str],
+    now: datetime,
+    commands: Mapping[UUID, str],
 ) -> tuple[list[StepView], list[CompView]]:
     """The saga's steps (stage order) with their compensations, and the compensations
-    in the order they ran, from its status row and its events."""
+    in the order they ran, from its status row, its events and the status of each
+    of its commands (``commands``, by id)."""
     started: dict[str, datetime] = {}
     ended: dict[str, datetime] = {}
     waiting: dict[str, datetime] = {}
@@ -212,8 +231,14 @@ def saga_steps(
                 status="COMPENSATION_FAILED",
                 ended=t,
                 error=e.data.get("error"),
-                in_tsq=e.data.get("outcome") == "TROUBLESHOOTING",
             )
+    for c in comps.values():
+        cid = c["command_id"]
+        now_status = None if cid is None else commands.get(UUID(str(cid)))
+        c["in_tsq"] = now_status == CommandStatus.IN_TROUBLESHOOTING_QUEUE.value
+        # what an operator may mark as done by hand (SagaClient.mark_compensated):
+        # a failed compensation nothing runs again
+        c["markable"] = c["status"] == "COMPENSATION_FAILED" and now_status in _SETTLED
     t0 = record.created_at
     last = record.ended_at or now
     span = max((last - t0).total_seconds(), 1e-3)
@@ -256,6 +281,7 @@ def saga_steps(
                 comp_ended=None if comp is None else comp["ended"],
                 comp_error=None if comp is None else comp["error"],
                 comp_in_tsq=comp is not None and bool(comp.get("in_tsq")),
+                comp_markable=comp is not None and bool(comp.get("markable")),
                 left=left,
                 width=width,
                 comp_left=c_left,
