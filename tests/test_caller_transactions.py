@@ -9,6 +9,7 @@ status rows, batches) and the caller's commit keeps everything.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -278,3 +279,60 @@ async def test_a_caller_connection_with_dict_rows_works_and_keeps_its_row_factor
         assert await cur.fetchone() == {"one": 1}
     record = await bus.get_command("payments", sent.command_id)
     assert record is not None and len(batch.command_ids) == 1
+
+
+# -- a domain that has no queue yet ----------------------------------------------------------
+
+
+async def _queue_exists(observer: Conn, queue: str) -> bool:
+    cur = await observer.execute(
+        "SELECT count(*) FROM commandbus.queue WHERE queue_name = %s", (queue,)
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
+async def _send_to(bus: CommandBus, conn: Conn, domain: str, *, batch: bool) -> None:
+    if batch:
+        r = await bus.send_batch(
+            [CommandRequest(domain=domain, command_type="T", data={"i": i}) for i in range(2)],
+            conn=conn,
+        )
+    else:
+        r = await bus.send(domain, "T", {"i": 0}, reply_to=f"{domain}_replies", conn=conn)
+    assert r.ok, r
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["send", "send_batch"])
+@pytest.mark.parametrize(("autocommit", "in_tx"), MODES)
+async def test_a_new_domain_s_queue_is_created_in_the_caller_s_transaction(
+    bus: CommandBus, dsn: str, observer: Conn, autocommit: bool, in_tx: bool, batch: bool
+) -> None:
+    # (before: the queue was created and committed on a connection of the bus's own,
+    # behind the caller; and after create_domain(conn=) in the same transaction the
+    # send waited forever for the queue's creation lock, which the caller held)
+    domain = f"fresh_{'b' if batch else 's'}_{int(autocommit)}{int(in_tx)}"
+    async with caller(dsn, autocommit) as c:
+        if autocommit and not in_tx:
+            await asyncio.wait_for(_send_to(bus, c, domain, batch=batch), timeout=10)
+            assert await _queue_exists(observer, domain)
+            return
+
+        async def work(conn: Conn) -> None:
+            await bus.create_domain(domain, conn=conn)  # the caller's transaction holds it
+            await _send_to(bus, conn, domain, batch=batch)
+
+        async def op(_bus: CommandBus, conn: Conn) -> None:
+            await asyncio.wait_for(work(conn), timeout=10)
+
+        await run_in_caller(c, op, bus, in_tx=in_tx, commit=False)
+        assert not await _queue_exists(observer, domain)  # nothing committed behind it
+        if not batch:
+            assert not await _queue_exists(observer, f"{domain}_replies")
+        assert await written(observer) == NOTHING
+        await run_in_caller(c, op, bus, in_tx=in_tx, commit=True)
+        assert await _queue_exists(observer, domain)
+        assert (await written(observer))["events"] == (1 if not batch else 3)  # + the batch
+    # the committed queue serves the bus's own connections too
+    assert (await bus.send(domain, "T", {"i": 9})).ok

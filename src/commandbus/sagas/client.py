@@ -198,7 +198,7 @@ class SagaClient:
             return []
         if conn is not None:
             conn_arg(conn)
-        await self._bus.create_queues(sorted({SAGA_QUEUE, *definition.domains}))
+        await self._bus.create_queues(sorted({SAGA_QUEUE, *definition.domains}), conn=conn)
         async with borrow(self._bus.pool, conn) as c, atomic(c):
             created = await commit(c, pending)
         first: set[UUID] = set()
@@ -324,7 +324,7 @@ class SagaClient:
         where = source_arg(source)
         if conn is not None:
             conn_arg(conn)
-        await self._bus.create_queues([SAGA_QUEUE])
+        await self._bus.create_queues([SAGA_QUEUE], conn=conn)
         async with borrow(self._bus.pool, conn) as c, atomic(c):
             record = await fetch_saga(c, sid)
             if record is None:

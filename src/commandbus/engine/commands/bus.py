@@ -176,18 +176,36 @@ class CommandBus(CommandReads, CommandCancels):
         async with borrow(self.pool, conn) as c, atomic(c):
             await self.queues.ensure(c, domain, remember=False)
 
-    async def create_queues(self, queues: Sequence[str]) -> None:
-        """Create these queues now unless they exist (each in its own transaction)."""
-        await self._ensure_queues([validate_queue_name(q) for q in queues])
+    async def create_queues(self, queues: Sequence[str], *, conn: Conn | None = None) -> None:
+        """Create these queues now unless they exist (each in its own transaction;
+        with ``conn=``, in the caller's, as :meth:`create_domain` does)."""
+        if conn is not None:
+            conn_arg(conn)
+        await self._ensure_queues([validate_queue_name(q) for q in queues], conn)
 
-    async def _ensure_queues(self, queues: Sequence[str]) -> None:
-        # Queues are created in their own committed transaction, never in a caller's
-        # transaction: a rollback there must not undo a queue this process remembers.
+    async def _ensure_queues(self, queues: Sequence[str], conn: Conn | None = None) -> None:
+        """Make sure the queues exist before a statement that writes to them.
+
+        Without ``conn`` a missing queue is created on a pooled connection and
+        committed. With ``conn=`` (the caller's transaction) nothing may commit
+        behind the caller, and a queue the caller's own transaction created (and
+        holds the creation lock of) must be seen: a queue missing there is created
+        in that transaction. A queue this process remembers is one seen committed.
+        """
         missing = [q for q in queues if not self.queues.is_known(q)]
-        if missing:
-            async with borrow(self.pool, None) as c:
-                for q in missing:
+        if not missing:
+            return
+        async with borrow(self.pool, None) as c:
+            for q in missing:
+                if conn is None:
                     await self.queues.ensure(c, q)
+                else:
+                    await self.queues.remember_if_exists(c, q)
+        missing = [q for q in missing if not self.queues.is_known(q)]
+        if conn is not None and missing:
+            async with borrow(self.pool, conn) as c, atomic(c):
+                for q in missing:
+                    await self.queues.ensure(c, q, remember=False)
 
     # -- sending -----------------------------------------------------------------------
 
@@ -247,7 +265,7 @@ class CommandBus(CommandReads, CommandCancels):
             if conn is not None:
                 conn_arg(conn)
             await self._ensure_queues(
-                (out.domain,) if out.reply_to is None else (out.domain, out.reply_to)
+                (out.domain,) if out.reply_to is None else (out.domain, out.reply_to), conn
             )
             async with borrow(self.pool, conn) as c:
                 msg_id = await command_store.send_one(c, out)
@@ -373,7 +391,7 @@ class CommandBus(CommandReads, CommandCancels):
         rows: list[tuple[str, UUID, int | None, bool]] = []
         if conn is not None:
             conn_arg(conn)
-        await self._ensure_queues(sorted(queues_needed))
+        await self._ensure_queues(sorted(queues_needed), conn)
         async with borrow(self.pool, conn) as c:
             try:
                 async with atomic(c):
