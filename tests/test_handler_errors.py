@@ -41,6 +41,10 @@ Conn = psycopg.AsyncConnection[Any]
 # -- what an exception means (no database) -------------------------------------------------
 
 
+class Oddity(BaseException):
+    """Not an Exception: what a handler should never raise, but may."""
+
+
 @pytest.mark.parametrize(
     ("exc", "kind"),
     [
@@ -51,6 +55,9 @@ Conn = psycopg.AsyncConnection[Any]
         (ModuleNotFoundError("No module named 'nope'"), ErrorKind.PROGRAMMING),
         (AssertionError(), ErrorKind.PROGRAMMING),
         (NotImplementedError(), ErrorKind.PROGRAMMING),
+        (SystemExit(3), ErrorKind.PROGRAMMING),
+        (KeyboardInterrupt(), ErrorKind.PROGRAMMING),
+        (Oddity("a BaseException of the user's own"), ErrorKind.TRANSIENT),
         (ValueError("bad"), ErrorKind.TRANSIENT),
         (KeyError("k"), ErrorKind.TRANSIENT),
         (ConnectionError("lost"), ErrorKind.TRANSIENT),
@@ -279,6 +286,71 @@ async def test_an_unexpected_error_is_retried_with_its_traceback_logged(
     retried, moved = worker_records(caplog)
     assert retried.levelno == logging.WARNING and retried.exc_info is not None
     assert moved.levelno == logging.ERROR and moved.exc_info is not None
+
+
+async def test_a_handler_raising_what_is_not_an_exception_fails_only_its_attempt(
+    dsn: str, bus: CommandBus
+) -> None:
+    # (before: SystemExit and KeyboardInterrupt ended the worker's process, losing
+    # the outcomes of other handlers not yet recorded; another BaseException killed
+    # its runner task and the message waited out its visibility timeout)
+    reg = HandlerRegistry()
+    raised: dict[str, BaseException] = {
+        "exit": SystemExit(3),
+        "interrupt": KeyboardInterrupt(),
+        "oddity": Oddity("odd"),
+    }
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        what = cmd.data["raise"]
+        if what == "nothing":
+            await asyncio.sleep(0.2)  # still running when the others raise
+            return "charged"
+        raise raised[what]
+
+    ids = {}
+    for what in (*raised, "nothing"):
+        ids[what] = (
+            (await bus.send("payments", "Charge", {"raise": what}, max_attempts=2))
+            .unwrap()
+            .command_id
+        )
+
+    async def all_final() -> bool:
+        for cid in ids.values():
+            rec = await bus.get_command("payments", cid)
+            if rec is None or not (rec.status.is_final or rec.status.value.startswith("IN_")):
+                return False
+        return True
+
+    async with Worker(dsn, reg, domain="payments", config=FAST, concurrency=8) as worker:
+        await wait_for(all_final, timeout=20)
+        # it is still serving
+        again = (await bus.send("payments", "Charge", {"raise": "nothing"})).unwrap()
+
+        async def served() -> bool:
+            rec = await bus.get_command("payments", again.command_id)
+            return rec is not None and rec.status is CommandStatus.COMPLETED
+
+        await wait_for(served, timeout=10)
+        assert worker.stats.completed == 2
+    records = {w: await bus.get_command("payments", cid) for w, cid in ids.items()}
+    assert records["nothing"] is not None and records["nothing"].status is CommandStatus.COMPLETED
+    for what, typ, status in (
+        ("exit", "SystemExit", CommandStatus.IN_TROUBLESHOOTING_QUEUE),
+        ("interrupt", "KeyboardInterrupt", CommandStatus.IN_TROUBLESHOOTING_QUEUE),
+        ("oddity", "Oddity", CommandStatus.IN_TROUBLESHOOTING_QUEUE),
+    ):
+        rec = records[what]
+        assert rec is not None and rec.status is status, (what, rec)
+        assert rec.last_error is not None and rec.last_error["type"] == typ
+    history = await bus.command_history("payments", ids["oddity"])
+    # the oddity is unknown: retried once (its attempts were 2), then the TSQ
+    assert [e.event_type for e in history][1:] == [
+        "CommandRetryScheduled",
+        "CommandMovedToTroubleshootingQueue",
+    ]
 
 
 async def test_a_programming_error_in_a_task_of_the_handler_is_one_too(

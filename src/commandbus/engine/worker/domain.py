@@ -303,7 +303,10 @@ class DomainConsumer:
             # a cancellation raised inside the handler (an inner task was
             # cancelled): an ordinary failed attempt
             return self._failure(a, exc), None
-        except Exception as exc:
+        except BaseException as exc:
+            # whatever the handler raised, SystemExit and KeyboardInterrupt too: it
+            # is this attempt's failure, not the worker's (nothing else it holds
+            # may be lost, and the message must not wait out its vt)
             await ctx.finish(commit=False)
             return self._failure(a, exc), None
 
