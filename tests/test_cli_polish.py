@@ -191,6 +191,10 @@ BAD = [
     (["tsq", "cancel", "payments", "x"], "not a command id"),
     (["tsq", "complete", "payments", UNKNOWN, "--result", "{"], "--result is not JSON"),
     (["tsq", "complete", "payments", UNKNOWN, "--result", "[" * 5000], "nested too deeply"),
+    # longer than Python reads an integer (4300 digits): was a traceback
+    (["send", "payments", "Charge", "--data", '{"a": ' + "1" * 5000 + "}"], "--data is not JSON"),
+    (["tsq", "complete", "payments", UNKNOWN, "--result", "1" * 5000], "--result is not JSON"),
+    (["tsq", "complete", "payments", UNKNOWN, "--result", "@/"], "--result: cannot read /"),
     (["saga", "list", "--status", "nope"], "status must be one of"),
     (["saga", "list", "--cursor", "x"], "invalid page cursor"),
     (["saga", "show", "x"], "not a saga id"),

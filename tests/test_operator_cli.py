@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -40,7 +41,9 @@ def show(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
     return cli(dsn, "show", *args)
 
 
-async def test_list_retry_cancel_complete_from_the_shell(dsn: str, bus: CommandBus) -> None:
+async def test_list_retry_cancel_complete_from_the_shell(
+    dsn: str, bus: CommandBus, tmp_path: Path
+) -> None:
     reg = HandlerRegistry()
 
     @reg.handler("payments", "Charge")
@@ -70,7 +73,9 @@ async def test_list_retry_cancel_complete_from_the_shell(dsn: str, bus: CommandB
 
     assert tsq(dsn, "retry", "payments", str(ids[0]), "--operator", "ana").returncode == 0
     assert tsq(dsn, "cancel", "payments", str(ids[1]), "--reason", "dup").returncode == 0
-    done = tsq(dsn, "complete", "payments", str(ids[2]), "--result", '{"refund": 12}')
+    result_file = tmp_path / "result.json"
+    result_file.write_text('{"refund": 12}')  # as --data takes one
+    done = tsq(dsn, "complete", "payments", str(ids[2]), "--result", f"@{result_file}")
     assert done.returncode == 0, done.stderr
 
     statuses = {i: (await bus.get_command("payments", i)) for i in ids}

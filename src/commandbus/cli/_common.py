@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import re
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -200,6 +201,31 @@ def os_user() -> str:
         return getpass.getuser()
     except (OSError, KeyError):  # no login name and no passwd entry (some containers)
         return f"uid:{os.getuid()}"
+
+
+def read_json(text: str, option: str) -> Any:
+    """The JSON value of ``option``: given inline, or ``@FILE`` (its contents), or
+    ``-`` (standard input). Anything unreadable is one :class:`CLIError` line."""
+    if text == "-":
+        source = "standard input"
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        path = Path(text[1:])
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise CLIError(f"{option}: cannot read {source}: {reason}") from None
+    else:
+        source = option
+    where = "" if source == option else f" ({source})"  # the option names itself
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise CLIError(f"{option} is nested too deeply{where}") from None
+    except ValueError as exc:  # not JSON, or an integer too long to read
+        raise CLIError(f"{option} is not JSON{where}: {exc}") from None
 
 
 def parse_uuid(value: str, what: str) -> UUID:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import click
 
-from commandbus.cli._common import CLIError, Duration, Number, parse_uuid, run_with_bus
+from commandbus.cli._common import (
+    CLIError,
+    Duration,
+    Number,
+    parse_uuid,
+    read_json,
+    run_with_bus,
+)
 from commandbus.results import Failure
 
 MAX_INT = 2**31 - 1
@@ -18,29 +22,15 @@ MAX_INT = 2**31 - 1
 
 def read_data(text: str) -> dict[str, Any]:
     """``--data``: a JSON object, or ``@FILE`` (its contents), or ``-`` (standard input)."""
-    if text == "-":
-        source = "standard input"
-        text = sys.stdin.read()
-    elif text.startswith("@"):
-        path = Path(text[1:])
-        source = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise CLIError(f"--data: cannot read {source}: {reason}") from None
-    else:
-        source = "--data"
-    where = "" if source == "--data" else f" ({source})"  # the option names itself
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CLIError(f"--data is not JSON{where}: {exc}") from None
-    except RecursionError:
-        raise CLIError(f"--data is nested too deeply{where}") from None
+    data = read_json(text, "--data")
     if not isinstance(data, dict):
+        where = "" if not text.startswith("@") and text != "-" else f" ({_source(text)})"
         raise CLIError(f"--data must be a JSON object, got {type(data).__name__}{where}")
     return data
+
+
+def _source(text: str) -> str:
+    return "standard input" if text == "-" else text[1:]
 
 
 @click.command()

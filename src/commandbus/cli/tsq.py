@@ -7,7 +7,7 @@ from typing import TypeVar
 
 import click
 
-from commandbus.cli._common import CLIError, os_user, page_options, parse_uuid, run_with_bus
+from commandbus.cli._common import os_user, page_options, parse_uuid, read_json, run_with_bus
 from commandbus.cli.listing import table
 from commandbus.codec import unstructure
 from commandbus.engine.commands.read import MAX_PAGE, CommandFilter
@@ -104,7 +104,7 @@ def cancel(
     "result_json",
     default="null",
     show_default=True,
-    help="The command's result, as JSON.",
+    help="The command's result, as JSON, or @FILE (its contents), or - (standard input).",
 )
 @click.option("--reason", help="Why (recorded in the event).")
 @click.option("--operator", help="Who did it (recorded in the event; default: your OS user).")
@@ -119,12 +119,7 @@ def complete(
 ) -> None:
     """Mark a command completed by hand."""
     cid = parse_uuid(command_id, "command")
-    try:
-        result = json.loads(result_json)
-    except json.JSONDecodeError as exc:
-        raise CLIError(f"--result is not JSON: {exc}") from None
-    except RecursionError:
-        raise CLIError("--result is nested too deeply") from None
+    result = read_json(result_json, "--result")
     run_with_bus(
         ctx,
         lambda bus: bus.troubleshooting.complete(
