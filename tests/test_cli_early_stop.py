@@ -3,15 +3,19 @@ application, checking it, starting its event loop, connecting): exit status 1
 and one line, ``stopped before it was ready``, never a silent death by the
 signal (status 143) or a traceback. The commands are held at each point by
 ``starting_apps`` (or a server that accepts and never answers), so the signal
-comes there every time."""
+comes there every time. The same holds for any command while the command line
+itself is being imported (held there by ``holding_cli``)."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -133,3 +137,124 @@ def test_more_stops_while_a_served_worker_ends_leave_its_status_alone(dsn: str) 
         code, _out, err = stop(proc, None)
     assert code == 0, err
     assert "Traceback" not in err
+
+
+# -- while the command line itself is imported (commandbus.cli.entry) ----------------------
+
+#: Never connected to: these commands are stopped before they use a database.
+NOWHERE = "postgresql://nobody@127.0.0.1:1/none"
+
+
+def start_held(*args: str, swallows: bool = False) -> subprocess.Popen[str]:
+    """``python -m commandbus.cli ARGS``, held while it imports commandbus.cli.main."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COMMANDBUS_OTEL", "STARTING_AT")}
+    env.update(DATABASE_URL=NOWHERE, PYTHONPATH=str(TESTS), STARTING_AT="import")
+    if swallows:
+        env["HOLDING_SWALLOWS"] = "1"
+    return subprocess.Popen(
+        [sys.executable, str(TESTS / "holding_cli.py"), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "sig"),
+    [
+        (WORKER, signal.SIGTERM),
+        (WORKER, signal.SIGINT),
+        (COORDINATOR, signal.SIGTERM),
+        (WEB, signal.SIGINT),
+        (("list",), signal.SIGINT),
+        (("list",), signal.SIGTERM),
+        (("--help",), signal.SIGINT),
+    ],
+    ids=lambda v: v[0] if isinstance(v, tuple) else getattr(v, "name", v),
+)
+def test_a_stop_while_the_command_line_is_imported_is_one_line(
+    args: tuple[str, ...], sig: signal.Signals
+) -> None:
+    code, out, err = signal_when_held(start_held(*args), "cli import", sig)
+    assert code == 1, (code, err)
+    assert err == f"error: stopped before it was ready ({sig.name} while starting)\n"
+    assert out == "holding at cli import\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "sig"),
+    [(WORKER, signal.SIGTERM), (WEB, signal.SIGINT), (("list",), signal.SIGINT)],
+    ids=lambda v: v[0] if isinstance(v, tuple) else getattr(v, "name", v),
+)
+def test_a_stop_swallowed_while_starting_ends_the_command_as_it_begins(
+    args: tuple[str, ...], sig: signal.Signals
+) -> None:
+    """The stop's exception was swallowed by what ran then: the command line goes
+    on, and the stop ends the command where it takes the signals over
+    (starting(): before the application is imported, which would print ``holding
+    at import``; any other command: as it begins)."""
+    code, out, err = signal_when_held(start_held(*args, swallows=True), "cli import", sig)
+    assert code == 1, (code, err)
+    assert err == f"error: stopped before it was ready ({sig.name} while starting)\n"
+    assert out == "holding at cli import\n"
+
+
+def test_a_stop_swallowed_before_help_is_said_after_it() -> None:
+    code, out, err = signal_when_held(
+        start_held("--help", swallows=True), "cli import", signal.SIGTERM
+    )
+    assert code == 1, (code, err)
+    assert err == "error: stopped before it was ready (SIGTERM while starting)\n"
+    assert out.startswith("holding at cli import\nUsage: commandbus ")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_short_command_stops_as_before_once_it_runs(sig: signal.Signals) -> None:
+    """``commandbus list`` got the handlers from before back as it began: held while
+    it connects (a server that accepts and never answers), SIGTERM kills it as
+    the system does, SIGINT aborts it (``error: aborted``)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        proc = run_cli("list", env={"DATABASE_URL": f"postgresql://nobody@127.0.0.1:{port}/none"})
+        silent.settimeout(30)
+        try:
+            connection, _ = silent.accept()  # it is connecting now
+        except BaseException:
+            stop(proc, None)
+            raise
+        with connection:
+            code, out, err = stop(proc, sig)
+    if sig == signal.SIGTERM:
+        assert (code, out, err) == (-signal.SIGTERM, "", "")
+    else:
+        assert code == 1, err
+        assert err.splitlines()[-1] == "error: aborted", err
+        assert "Traceback" not in err
+
+
+def test_the_command_line_starts_from_its_light_entry() -> None:
+    """The console script and ``python -m commandbus.cli`` run commandbus.cli.entry,
+    which installs its handlers before anything heavy is imported."""
+    [script] = entry_points(group="console_scripts", name="commandbus")
+    assert script.value == "commandbus.cli.entry:main"
+    assert (
+        (TESTS.parent / "src/commandbus/cli/__main__.py")
+        .read_text()
+        .endswith("from commandbus.cli.entry import main\n\nmain()\n")
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, commandbus.cli.entry; print(*sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    heavy = [m for m in loaded if m.split(".")[0] in ("click", "psycopg", "asyncio", "typing")]
+    assert heavy == [], heavy
+    assert [m for m in loaded if m.startswith("commandbus")] == [
+        "commandbus",
+        "commandbus.cli",
+        "commandbus.cli.entry",
+    ]

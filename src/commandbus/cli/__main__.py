@@ -1,5 +1,5 @@
-"""``python -m commandbus.cli``."""
+"""``python -m commandbus.cli``: the same as the ``commandbus`` console script."""
 
-from commandbus.cli.main import main
+from commandbus.cli.entry import main
 
 main()

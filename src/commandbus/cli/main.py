@@ -19,6 +19,7 @@ from commandbus.cli.cancel import cancel
 from commandbus.cli.coordinator import coordinator
 from commandbus.cli.db import db
 from commandbus.cli.demo import demo
+from commandbus.cli.entry import hand_back
 from commandbus.cli.listing import list_commands
 from commandbus.cli.migrate import migrate
 from commandbus.cli.projection import projection
@@ -59,6 +60,10 @@ class _Group(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, database_url: str | None, data_dir: Path | None, verbose: bool) -> None:
     """Event-sourced commands, workers and sagas on PostgreSQL and PGMQ."""
+    if ctx.invoked_subcommand not in _SERVING:
+        # it stops as it always did (SIGINT: 'error: aborted'); a long-running command
+        # keeps the start-up handling of commandbus.cli.entry until starting()
+        hand_back()
     if database_url is not None and not database_url.strip():
         raise CLIError(
             "--database-url is empty: give a PostgreSQL URL, or leave the option out "
@@ -99,6 +104,10 @@ _COMMANDS: tuple[click.Command, ...] = (
 )
 for _command in _COMMANDS:
     cli.add_command(_command)
+
+#: The long-running commands: SIGINT/SIGTERM before they serve end them with one
+#: line (commandbus.cli.serving.starting, from the process's start on).
+_SERVING = frozenset(command.name for command in (worker, coordinator, web))
 
 
 def main() -> None:

@@ -17,34 +17,26 @@ from types import FrameType
 from typing import Any, Protocol, TypeVar
 
 from commandbus.cli._common import CLIError, errors_as_json
+from commandbus.cli.entry import STOP_SIGNALS as STOP_SIGNALS
+from commandbus.cli.entry import StoppedWhileStarting as StoppedWhileStarting
+from commandbus.cli.entry import stopped_message, take_over
 from commandbus.engine.observability.logging import configure_logging
 
 S = TypeVar("S", covariant=True)
 
 log = logging.getLogger("commandbus.cli")
 
-#: The signals that stop a long-running command (gracefully once it serves).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class StoppedWhileStarting(BaseException):
-    """SIGINT or SIGTERM while a long-running command starts, raised where the
-    command was (importing the application, say) as KeyboardInterrupt is: a
-    BaseException, so the ``except Exception`` of an import does not take it.
-    :func:`starting` turns it into :func:`stopped_error`."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
+# STOP_SIGNALS and StoppedWhileStarting are commandbus.cli.entry's, which handles
+# the stops from the command line's first line until starting() takes them over.
 
 
 def stopped_error(signum: int) -> CLIError:
     """The one line of a command stopped by ``signum`` before it served (exit status 1)."""
-    return CLIError(f"stopped before it was ready ({signal.Signals(signum).name} while starting)")
+    return CLIError(stopped_message(signum))
 
 
 class _StartingStops:
-    """The SIGINT/SIGTERM handler of a command from its first line until it serves."""
+    """The SIGINT/SIGTERM handler of a command from :func:`starting` until it serves."""
 
     def __init__(self) -> None:
         self.signum: int | None = None  # the stop that came
@@ -73,7 +65,10 @@ def starting() -> Iterator[None]:
     :func:`take_over_signals`), SIGINT and SIGTERM end the command at once with
     :func:`stopped_error` (exit status 1, one line) instead of killing it silently
     (SIGTERM's default action) or with a traceback. Once a stop came, later ones
-    are ignored while the command ends.
+    are ignored while the command ends. It takes over from the command line's
+    own start-up handling (:mod:`commandbus.cli.entry`), which did the same from
+    the process's start: a stop that one took and that did not end the command
+    (something swallowed its exception) ends it here, before the body runs.
     """
     global _starting
     if threading.current_thread() is not threading.main_thread():
@@ -85,6 +80,12 @@ def starting() -> Iterator[None]:
     try:
         for sig in STOP_SIGNALS:
             previous[sig] = signal.signal(sig, stops)
+        early = take_over()  # the command line's start-up handler, replaced just now
+        if early is not None:
+            previous = dict(early.previous)  # what goes back is what was there before it
+            if early.signum is not None:
+                stops.signum = early.signum
+                raise StoppedWhileStarting(early.signum)
         yield
     except StoppedWhileStarting as exc:
         raise stopped_error(exc.signum) from None
