@@ -24,6 +24,10 @@ from commandbus import (
     InvalidNameError,
     NewEvent,
     PayloadError,
+    PayloadTooLargeError,
+    Saga,
+    SagaClient,
+    Step,
     StreamAppend,
     ValidationError,
 )
@@ -502,3 +506,28 @@ async def test_a_reason_and_operator_at_their_limits_are_recorded(bus: CommandBu
     events = await bus.events.read_stream(f"command:payments:{sent.command_id}")
     [event] = [e for e in events if "Cancel" in e.event_type]
     assert (event.data["reason"], event.data["operator"]) == (reason, operator)
+
+
+async def test_a_batch_too_large_for_one_statement_is_refused_before_anything_is_sent(
+    bus: CommandBus, conn: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL refuses a statement over 1 GB by closing the connection (it read as
+    # a retryable DatabaseUnavailableError) and a jsonb over 256 MB with a raw
+    # psycopg error: the limit is checked first (lowered here, not to send 300 MB)
+    from commandbus.engine.commands import bus as bus_module
+    from commandbus.sagas import client as saga_client
+
+    monkeypatch.setattr(bus_module, "MAX_STATEMENT_JSON_BYTES", 20_000)
+    monkeypatch.setattr(saga_client, "MAX_STATEMENT_JSON_BYTES", 20_000)
+    before = await scalar(conn, STREAMS)
+    requests = [
+        CommandRequest(domain="payments", command_type="Charge", data={"pad": "x" * 1000})
+        for _ in range(30)
+    ]
+    with pytest.raises(PayloadTooLargeError, match=r"the batch's 30 commands hold .* in parts"):
+        await bus.send_batch(requests)
+    assert (await bus.send_batch(requests[:10])).ok  # in parts it goes
+    saga = Saga("big", steps=[Step("a", domain="payments", command="Charge")])
+    with pytest.raises(PayloadTooLargeError, match=r"the inputs of 10 sagas .* in parts"):
+        await SagaClient(bus).start_sagas(saga, [{"pad": "y" * 1000}] * 10)
+    assert await scalar(conn, STREAMS) == before + 11  # the 10 commands and their batch

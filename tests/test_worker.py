@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import attrs
 import psycopg
 import pytest
 
@@ -505,6 +506,28 @@ async def test_results_postgres_cannot_store_are_refused_cleanly(dsn: str, bus: 
 
     with pytest.raises(PayloadError, match="NUL"):
         await bus.send("payments", "Charge", {"bad": "\x00"})
+
+
+async def test_a_result_larger_than_max_payload_bytes_is_refused(dsn: str, bus: CommandBus) -> None:
+    # a result goes into the command's events, its reply and its saga's state: it is
+    # capped like command data (before: a 50 MB result was stored)
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> Any:
+        return "r" * cmd.data["size"]
+
+    small = (await bus.send("payments", "Charge", {"size": 900})).unwrap()
+    big = (await bus.send("payments", "Charge", {"size": 5000})).unwrap()
+    config = attrs.evolve(FAST, max_payload_bytes=1000)
+    async with Worker(dsn, reg, domain="payments", config=config):
+        await until_status(bus, small.command_id, CommandStatus.COMPLETED)
+        await until_status(bus, big.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
+    rb = await bus.get_command("payments", big.command_id)
+    assert rb is not None and rb.last_error is not None and rb.result is None
+    assert rb.last_error["type"] == "PermanentCommandError"
+    assert "handler result" in rb.last_error["message"]
+    assert "1000" in rb.last_error["message"], rb.last_error
 
 
 async def test_completions_are_grouped_into_few_transactions(

@@ -52,6 +52,12 @@ def dumps(value: Any, *, what: str = "data") -> str:
     return text
 
 
+#: The most JSON one statement carries in one document or one array: PostgreSQL
+#: refuses a jsonb value over 256 MB (and a message over 1 GB, closing the
+#: connection), so a batch of commands, or of sagas started at once, must stay under.
+MAX_STATEMENT_JSON_BYTES = 268_435_455
+
+
 def dumps_document(value: Any, *, what: str = "data") -> str:
     """:func:`dumps` for a document the library builds around values :func:`dumps`
     already accepted (a transition's rows, say): the same JSON, several times

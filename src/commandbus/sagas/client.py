@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import attrs
+import psycopg
 from psycopg import sql
 
 from commandbus.arguments import (
@@ -31,7 +32,7 @@ from commandbus.arguments import (
     text_arg,
     uuid_arg,
 )
-from commandbus.codec import dumps, dumps_limited
+from commandbus.codec import MAX_STATEMENT_JSON_BYTES, dumps, dumps_limited
 from commandbus.engine.commands.bus import CommandBus
 from commandbus.engine.db.connect import Conn, atomic, borrow
 from commandbus.engine.observability.logging import correlation_id_var
@@ -40,6 +41,7 @@ from commandbus.engine.queues.tables import queue_table
 from commandbus.errors import (
     CommandNotFoundError,
     InvalidStateError,
+    PayloadTooLargeError,
     SagaNotFoundError,
     ValidationError,
 )
@@ -149,6 +151,7 @@ class SagaClient:
         pending: list[Pending] = []
         seen: set[UUID] = set()
         ids: list[UUID] = []
+        size = 0  # of the inputs: each is written about three times (event, state, step)
         for i, item in enumerate(starts):
             if isinstance(item, SagaStart):
                 start = item
@@ -159,13 +162,13 @@ class SagaClient:
                     f"starts[{i}] must be a SagaStart or the input mapping, got {show(item)}"
                 )
             # as stored: the first step is built from the same input as the later ones
-            data = json.loads(
-                dumps_limited(
-                    dict(mapping_arg(start.input, "input")),
-                    config.max_payload_bytes,
-                    what="saga input",
-                )
+            text = dumps_limited(
+                dict(mapping_arg(start.input, "input")),
+                config.max_payload_bytes,
+                what="saga input",
             )
+            data = json.loads(text)
+            size += len(text)
             key = opt_text_arg(start.idempotency_key, "idempotency_key")
             sid = opt_uuid_arg(start.saga_id, "saga_id")
             if sid is None:
@@ -196,11 +199,23 @@ class SagaClient:
             pending.append(Pending(sid, 0, decider))
         if not ids:
             return []
+        if 3 * size > MAX_STATEMENT_JSON_BYTES:
+            raise PayloadTooLargeError(
+                f"the inputs of {len(pending)} sagas hold {size / 2**20:,.0f} MB; starting "
+                f"them writes each about three times, and one call takes at most "
+                f"{MAX_STATEMENT_JSON_BYTES // 2**20} MB: start them in parts"
+            )
         if conn is not None:
             conn_arg(conn)
         await self._bus.create_queues(sorted({SAGA_QUEUE, *definition.domains}), conn=conn)
-        async with borrow(self._bus.pool, conn) as c, atomic(c):
-            created = await commit(c, pending)
+        try:
+            async with borrow(self._bus.pool, conn) as c, atomic(c):
+                created = await commit(c, pending)
+        except psycopg.errors.ProgramLimitExceeded as exc:  # (a guard, should the above miss)
+            raise PayloadTooLargeError(
+                f"{len(pending)} sagas are too large to start in one call "
+                f"({exc.diag.message_primary}): start them in parts"
+            ) from None
         first: set[UUID] = set()
         out = []
         for sid in ids:

@@ -17,7 +17,7 @@ from commandbus.arguments import (
     opt_text_arg,
     uuid_arg,
 )
-from commandbus.codec import dumps
+from commandbus.codec import MAX_STATEMENT_JSON_BYTES, dumps
 from commandbus.config import Config
 from commandbus.engine.commands import replay
 from commandbus.engine.commands import store as command_store
@@ -31,7 +31,7 @@ from commandbus.engine.eventstore.store import EventStore
 from commandbus.engine.observability import tracing
 from commandbus.engine.observability.logging import correlation_id_var
 from commandbus.engine.queues.tables import QueueRegistry
-from commandbus.errors import DuplicateCommandError, ValidationError
+from commandbus.errors import DuplicateCommandError, PayloadTooLargeError, ValidationError
 from commandbus.models import BatchResult, CommandRequest, SendResult
 from commandbus.names import (
     batch_stream_id,
@@ -358,6 +358,12 @@ class CommandBus(CommandReads, CommandCancels):
                 )
             except ValidationError as exc:
                 raise type(exc)(f"commands[{i}]: {exc.message}", details=exc.details) from None
+        total = sum(len(o.message) for o in outs)
+        if total > MAX_STATEMENT_JSON_BYTES:
+            raise PayloadTooLargeError(
+                f"the batch's {len(outs)} commands hold {total / 2**20:,.0f} MB of data; "
+                f"one call takes at most {MAX_STATEMENT_JSON_BYTES // 2**20} MB: send it in parts"
+            )
         span.describe(
             domains=[o.domain for o in outs],
             correlation_id=corr,

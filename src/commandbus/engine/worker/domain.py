@@ -22,7 +22,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus import event_types as ev
-from commandbus.codec import dumps
+from commandbus.codec import dumps_limited
 from commandbus.engine.commands import store as command_store
 from commandbus.engine.commands.envelope import decode_command
 from commandbus.engine.commands.store import ReadMessage
@@ -88,6 +88,9 @@ class DomainSettings:
     reconnect_timeout: float
     #: the worker's handler pool (opened when the worker runs)
     pool: Callable[[], AsyncConnectionPool[Conn]]
+    #: the largest handler result recorded (MAX_PAYLOAD_BYTES, as for command data):
+    #: a result goes into the command's events, its reply and its saga's state
+    max_result_bytes: int
     #: replies acted on in the outcome's transaction (the sagas' transitions), if any
     inline: InlineReplies | None = None
 
@@ -282,7 +285,8 @@ class DomainConsumer:
             try:
                 result = await handler(command, ctx)
                 if result is not None and not isinstance(result, int | bool):
-                    dumps(result, what="handler result")  # refuse it here, not in the flush
+                    # refuse it here, not in the flush
+                    dumps_limited(result, self._settings.max_result_bytes, what="handler result")
             except PayloadError as exc:
                 raise PermanentCommandError(str(exc)) from exc
             success = self._outcomes.success(

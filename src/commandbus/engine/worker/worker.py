@@ -139,6 +139,7 @@ class Worker:
             poll_interval=self.config.poll_interval.total_seconds(),
             reconnect_timeout=reconnect_timeout.total_seconds(),
             pool=self._handler_pool,
+            max_result_bytes=self.config.max_payload_bytes,
             inline=None if sagas is None else sagas.inline_replies(self.config),
         )
         self._domains = [DomainConsumer(name, settings) for name in names]
