@@ -379,6 +379,24 @@ async def test_a_pivot_that_succeeds_after_a_cancel_overtakes_it(dsn: str) -> No
     assert done.data["cancel_overtaken"] is True
 
 
+async def test_a_second_cancel_is_refused(dsn: str) -> None:
+    async with running(dsn, PLAIN) as h:
+        started = await h.sagas.start_saga(
+            PLAIN, {"order_id": "c7", "behaviour": {"Reserve": "gate"}}
+        )
+        sid = started.saga_id
+        await wait_for(lambda: "Reserve" in h.journal.of("c7"))
+        await h.sagas.cancel_saga(sid, reason="first")
+        await status_is(h, sid, SagaStatus.COMPENSATING, idle=True)
+        with pytest.raises(InvalidStateError, match="is being cancelled already"):
+            await h.sagas.cancel_saga(sid, reason="second")
+        h.journal.gate("c7").set()
+        rec = await final(h, sid)
+        events = await h.sagas.saga_history(sid)
+    assert rec.status is SagaStatus.COMPENSATED
+    assert [e.event_type for e in events].count("SagaCancelRequested") == 1
+
+
 async def test_cancel_is_refused_once_ended(dsn: str) -> None:
     async with running(dsn, PLAIN) as h:
         started = await h.sagas.start_saga(PLAIN, {"order_id": "c5"})
@@ -401,7 +419,8 @@ async def test_pause_records_outcomes_but_sends_nothing_until_resumed(dsn: str) 
         await wait_for(lambda: "Reserve" in h.journal.of("p1"))
         await h.sagas.pause_saga(sid, reason="fraud check", operator="carol")
         await status_is(h, sid, SagaStatus.PAUSED, idle=True)
-        await h.sagas.pause_saga(sid)  # again: nothing more happens
+        with pytest.raises(InvalidStateError, match="is paused already"):
+            await h.sagas.pause_saga(sid)  # again: refused, nothing more happens
         h.journal.gate("p1").set()
 
         async def reserved() -> bool:

@@ -248,6 +248,24 @@ def test_a_stale_timer_is_only_deleted() -> None:
     assert t.events == [] and t.delete == [42]
 
 
+def test_a_second_pause_or_cancel_is_recorded_as_refused() -> None:
+    # two operators asked at once: the client let both through, the saga says so
+    d = again(start())
+    d.control(1, {"action": "pause", "reason": "check"})
+    d.control(2, {"action": "pause"})
+    d.control(3, {"action": "cancel"})
+    d.control(4, {"action": "cancel"})
+    assert types(d) == [
+        "SagaPaused",
+        "SagaReplyIgnored",
+        "SagaCancelRequested",
+        "SagaReplyIgnored",
+    ]
+    assert d.events[1].data["reason"].endswith("is paused already")
+    assert d.events[3].data["reason"].endswith("is being cancelled already")
+    assert d.delete == [1, 2, 3, 4]
+
+
 def test_a_data_builder_that_raises_fails_the_step_and_compensates() -> None:
     def boom(ctx: Any) -> dict[str, Any]:
         raise KeyError("missing")

@@ -321,7 +321,7 @@ class Decider:
                 "compensated"
             )
         if st.cancelled:
-            return
+            raise InvalidStateError(f"saga {st.saga_id} is being cancelled already")
         self.emit(
             ev.SAGA_CANCEL_REQUESTED,
             {"reason": reason or "cancelled by an operator", "operator": operator, **self._by},
@@ -337,8 +337,9 @@ class Decider:
         st = self._state
         if st.ended is not None:
             raise InvalidStateError(f"saga {st.saga_id} is {st.ended}: it cannot be paused")
-        if not st.paused:
-            self.emit(ev.SAGA_PAUSED, {"reason": reason, "operator": operator, **self._by})
+        if st.paused:
+            raise InvalidStateError(f"saga {st.saga_id} is paused already")
+        self.emit(ev.SAGA_PAUSED, {"reason": reason, "operator": operator, **self._by})
 
     def resume(self, operator: str | None = None) -> None:
         st = self._state
