@@ -137,3 +137,24 @@ async def test_the_saga_page_follows_the_compensation_command_s_own_status(dsn: 
     assert 'data-testid="comp-tsq-link"' not in failed.text
     assert "TSQ entry" not in failed.text
     assert 'data-testid="mark-compensated"' in failed.text
+
+
+async def test_a_saga_being_cancelled_offers_no_second_cancel(dsn: str) -> None:
+    async with running(dsn, PLAIN) as h:
+        started = await h.sagas.start_saga(
+            PLAIN, {"order_id": "w4", "behaviour": {"Reserve": "gate"}}
+        )
+        sid = started.saga_id
+        await wait_for(lambda: "Reserve" in h.journal.of("w4"))
+        app = create_app(h.bus, local_user="ops", sagas=SagaRegistry([PLAIN]))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            before = await c.get(f"/sagas/{sid}")
+            await h.sagas.cancel_saga(sid)
+            await status_is(h, sid, SagaStatus.COMPENSATING, idle=True)
+            during = await c.get(f"/sagas/{sid}")
+            h.journal.gate("w4").set()
+            await final(h, sid)
+    assert 'data-testid="cancel-saga"' in before.text
+    assert 'data-testid="cancel-saga"' not in during.text  # it would be refused
+    assert 'data-testid="pause-saga"' in during.text  # the rest stays
