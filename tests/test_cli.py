@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -46,6 +48,15 @@ def test_help_everywhere(args: tuple[str, ...]) -> None:
     result = invoke(*args, "--help", env={"MAX_ATTEMPTS": "broken"})  # help needs no config
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Usage: commandbus")
+
+
+def test_commandbus_alone_prints_its_help() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "commandbus.cli"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: commandbus") and "saga" in proc.stdout
+    assert proc.stderr == ""
 
 
 def test_version() -> None:

@@ -163,6 +163,10 @@ async def test_rebuild_replace_asks_first(dsn: str, bus: CommandBus, conn: objec
 #: Bad invocations, each refused in one line: (arguments, text the line says).
 BAD = [
     (["nosuch"], "No such command 'nosuch'"),
+    # a group without its command names them (it printed the group's whole help)
+    (["show"], "missing command: commandbus show batch|command (see"),
+    (["--database-url", "not a url", "list"], "--database-url is not a valid PostgreSQL"),
+    (["saga"], "missing command: commandbus saga cancel|list|mark-compensated|pause|"),
     (["list", "--status", "done"], "--status must be one of"),
     (["list", "--limit", "0"], "'--limit'"),
     (["list", "--cursor", "x"], "invalid page cursor"),
@@ -196,6 +200,7 @@ BAD = [
     (["tsq", "complete", "payments", UNKNOWN, "--result", "1" * 5000], "--result is not JSON"),
     (["tsq", "complete", "payments", UNKNOWN, "--result", "@/"], "--result: cannot read /"),
     (["saga", "list", "--status", "nope"], "status must be one of"),
+    (["saga", "list", "--name", "a b"], "name must be a saga name"),  # (was: 0 sagas)
     (["saga", "list", "--cursor", "x"], "invalid page cursor"),
     (["saga", "show", "x"], "not a saga id"),
     (["saga", "cancel", UNKNOWN], f"no saga {UNKNOWN}"),

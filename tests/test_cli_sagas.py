@@ -307,6 +307,11 @@ async def test_saga_list_and_show_from_the_shell(dsn: str) -> None:
         dsn, "saga", "list", "--status", "COMPENSATED", "--name", "order", "--version", "1"
     )
     version_two = await invoke_async(dsn, "saga", "list", "--version", "2")
+    # a saga's correlation id is its own id unless given (named as in 'commandbus list')
+    by_correlation = await invoke_async(
+        dsn, "saga", "list", "--correlation-id", str(declined.saga_id)
+    )
+    assert listed(by_correlation[1]) == [declined.saga_id], by_correlation
     stuck_long = await invoke_async(dsn, "saga", "list", "--stuck-for", "1h30m")
     as_json = await invoke_async(dsn, "saga", "list", "--json")
     assert everything[0] == 0, everything

@@ -142,6 +142,11 @@ BAD_DEFINITIONS: list[Any] = [
         lambda: Saga("s", steps=[step(timeout=timedelta(0))]),
         ["timeout", "positive"],
     ),
+    (
+        "timeout past 100 years",  # (its timer was set for the year 4764)
+        lambda: Saga("s", steps=[step(timeout=timedelta(days=999_999))]),
+        ["timeout", "at most 36525 days"],
+    ),
     ("max_attempts 0", lambda: Saga("s", steps=[step(max_attempts=0)]), ["max_attempts", "0"]),
     (
         "max_attempts a bool",
@@ -233,6 +238,8 @@ BAD_CALLS: list[Any] = [
     ("filter: bad status", lambda s: s.list_sagas(SagaFilter(status="DONE")), ["status"]),
     ("filter: stuck_for", lambda s: s.list_sagas(SagaFilter(stuck_for=5)), ["stuck_for"]),
     ("filter: version", lambda s: s.list_sagas(SagaFilter(version=0)), ["version"]),
+    ("filter: name no saga has", lambda s: s.list_sagas(SagaFilter(name="a b")), ["saga name"]),
+    ("mark: step", lambda s: s.mark_compensated(SAGA_ID, 5), ["step must be a string"]),
     ("cancel: bad id", lambda s: s.cancel_saga("x"), ["saga_id"]),
     ("cancel: reason", lambda s: s.cancel_saga(SAGA_ID, reason=5), ["reason"]),
     ("pause: operator", lambda s: s.pause_saga(SAGA_ID, operator=[]), ["operator"]),

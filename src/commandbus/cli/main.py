@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from commandbus.cli._common import CLIError, Overrides, error_line
 from commandbus.cli.cancel import cancel
@@ -69,6 +71,15 @@ def cli(ctx: click.Context, database_url: str | None, data_dir: Path | None, ver
             "--database-url is empty: give a PostgreSQL URL, or leave the option out "
             "to use DATABASE_URL or the embedded server"
         )
+    if database_url is not None:
+        try:
+            conninfo_to_dict(database_url)
+        except psycopg.ProgrammingError as exc:
+            # said here: the library's message names DATABASE_URL, not the option
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise CLIError(
+                f"--database-url is not a valid PostgreSQL connection string: {first}"
+            ) from None
     ctx.obj = Overrides(database_url=database_url, data_dir=data_dir)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -116,7 +127,16 @@ def main() -> None:
         rv = cli.main(prog_name="commandbus", standalone_mode=False)
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        message = exc.format_message()
+        if isinstance(exc, click.exceptions.NoArgsIsHelpError) and exc.ctx is not None:
+            if exc.ctx.parent is None:  # 'commandbus' alone: what it can do
+                click.echo(exc.ctx.get_help())
+                sys.exit(0)
+            # a group given no command: name its commands, not the whole help text
+            group = exc.ctx.command
+            names = "|".join(group.list_commands(exc.ctx)) if isinstance(group, click.Group) else ""
+            message = f"missing command: {exc.ctx.command_path} {names}".rstrip()
+        click.echo(f"error: {message}{hint}", err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()

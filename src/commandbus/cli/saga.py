@@ -57,7 +57,12 @@ def saga() -> None:
     type=Number(1, MAX_INT, integer=True),
     help="Only sagas started with this definition version.",
 )
-@click.option("--correlation", "correlation", help="Only sagas with this correlation id.")
+@click.option(
+    "--correlation-id",
+    "--correlation",
+    "correlation",
+    help="Only sagas with this correlation id (as 'commandbus list --correlation-id').",
+)
 @click.option(
     "--stuck-for",
     type=Duration(),

@@ -19,7 +19,7 @@ from uuid import UUID
 
 import attrs
 
-from commandbus.arguments import MAX_INT
+from commandbus.arguments import MAX_DELAY, MAX_INT
 from commandbus.codec import dumps
 from commandbus.errors import InvalidNameError, PayloadError, SagaDefinitionError
 from commandbus.names import validate_command_type, validate_domain
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from commandbus.config import Config
     from commandbus.sagas.inline import InlineTransitions
 
-_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,127}")
+#: What a saga, step or group name may be (the saga filter checks names with it too).
+NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,127}")
 
 #: The queue every saga command replies to, and where saga timers wait (no domain).
 SAGA_QUEUE = "commandbus_sagas"
@@ -51,7 +52,7 @@ DataBuilder: TypeAlias = Mapping[str, Any] | Callable[[SagaContext], Mapping[str
 
 
 def _check_name(value: object, what: str) -> str:
-    if not isinstance(value, str) or _NAME_RE.fullmatch(value) is None:
+    if not isinstance(value, str) or NAME_RE.fullmatch(value) is None:
         raise SagaDefinitionError(
             f"invalid {what} {value!r}: use 1-128 characters, letters, digits and "
             "'_', '.', ':', '-', starting with a letter"
@@ -213,10 +214,13 @@ class Saga:
         if not isinstance(step.pivot, bool):
             raise SagaDefinitionError(f"{where}: pivot must be a bool, got {step.pivot!r}")
         if step.timeout is not None and (
-            not isinstance(step.timeout, timedelta) or step.timeout <= timedelta(0)
+            not isinstance(step.timeout, timedelta)
+            or step.timeout <= timedelta(0)
+            or step.timeout > MAX_DELAY
         ):
             raise SagaDefinitionError(
-                f"{where}: timeout must be a positive timedelta or None, got {step.timeout!r}"
+                f"{where}: timeout must be a positive timedelta of at most {MAX_DELAY.days} "
+                f"days, or None; got {step.timeout!r}"
             )
         if step.pivot and step.timeout is not None:
             # a pivot that timed out (the saga compensates) but then succeeds could

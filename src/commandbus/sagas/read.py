@@ -13,6 +13,7 @@ from commandbus.arguments import int_arg, opt_text_arg, opt_uuid_arg, show
 from commandbus.engine.db.connect import Conn
 from commandbus.errors import ValidationError
 from commandbus.sagas import sql as q
+from commandbus.sagas.definition import NAME_RE
 from commandbus.sagas.state import SagaState, SagaStatus, StepState, from_json
 
 #: The most sagas one page holds.
@@ -74,7 +75,14 @@ def _version(value: object) -> int | None:
 
 
 def _name(value: object) -> str | None:
-    return opt_text_arg(value, "name")
+    name = opt_text_arg(value, "name")
+    if name is not None and NAME_RE.fullmatch(name) is None:
+        # no saga can have it: say so rather than find nothing
+        raise ValidationError(
+            f"name must be a saga name (1-128 letters, digits, '_', '.', ':' or '-', "
+            f"starting with a letter), got {show(value)}"
+        )
+    return name
 
 
 def _correlation(value: object) -> UUID | None:
