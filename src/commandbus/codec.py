@@ -35,14 +35,56 @@ _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
+def _json_key(key: Any) -> str:
+    """The object key JSON writes for a dict key (as :mod:`json` converts it)."""
+    if isinstance(key, str):
+        return key
+    if key is True or key is False or key is None:
+        return {True: "true", False: "false", None: "null"}[key]
+    if isinstance(key, float):
+        return float.__repr__(key)
+    return int.__repr__(key)  # the only other keys json accepts
+
+
+def _clashing_keys(value: Any) -> str | None:
+    """Two keys of one mapping that become the same JSON key (``1`` and ``"1"``): one
+    would silently replace the other. Only called when orjson saw a key that is not
+    a ``str`` (or something else it does not write), so the common case never walks."""
+    pending = [value]
+    while pending:
+        v = pending.pop()
+        if isinstance(v, dict):
+            if not all(type(k) is str for k in v):
+                seen: dict[str, Any] = {}
+                for k in v:
+                    j = _json_key(k)
+                    if j in seen:
+                        return f"keys {seen[j]!r} and {k!r}, which are both {j!r} in JSON"
+                    seen[j] = k
+            pending.extend(v.values())
+        elif isinstance(v, list | tuple):
+            pending.extend(v)
+    return None
+
+
 def dumps(value: Any, *, what: str = "data") -> str:
-    """Serialise ``value`` to compact JSON or raise :class:`PayloadError`."""
+    """Serialise ``value`` to compact JSON or raise :class:`PayloadError`.
+
+    Keys that are not strings become strings as :mod:`json` writes them (``1`` is
+    ``"1"``); two keys of one mapping that would become the same are refused, as
+    one would be lost."""
     try:
         text = _encoder.encode(value)
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"{what} is not JSON-serialisable: {exc}") from None
     except RecursionError:
         raise PayloadError(f"{what} is nested too deeply to serialise") from None
+    try:
+        orjson.dumps(value)  # (fast; refuses any key that is not a str)
+    except (TypeError, RecursionError):
+        clash = _clashing_keys(value)
+        if clash is not None:
+            raise PayloadError(f"{what} has {clash}: one would be lost") from None
     if "\\u0000" in text and _NUL.search(text):
         raise PayloadError(f"{what} contains a NUL character, which PostgreSQL jsonb cannot store")
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from uuid import uuid4
 
 import pytest
@@ -61,6 +63,26 @@ def test_dumps_refuses_what_jsonb_cannot_store() -> None:
         with pytest.raises(PayloadError):
             dumps(bad)
     assert dumps({"s": "a\\u0000b"}) == '{"s":"a\\\\u0000b"}'  # an escaped backslash is fine
+
+
+@pytest.mark.parametrize(
+    ("value", "clash"),
+    [
+        ({1: "a", "1": "b"}, "keys 1 and '1'"),
+        ({"x": [{"y": {1.5: 1, "1.5": 2}}]}, "keys 1.5 and '1.5'"),
+        ({None: 1, "null": 2}, "keys None and 'null'"),
+        ({False: 1, "false": 2}, "keys False and 'false'"),
+    ],
+)
+def test_dumps_refuses_two_keys_that_json_makes_one(value: object, clash: str) -> None:
+    # jsonb keeps the last of two equal keys: the other one would be lost unseen
+    with pytest.raises(PayloadError, match=f"data has {re.escape(clash)}, which are both"):
+        dumps(value)
+
+
+def test_dumps_writes_other_keys_as_json_does() -> None:
+    value = {1: "a", 2.5: "b", None: "c", "s": {3: [{"t": 10**30}]}}
+    assert dumps(value) == json.dumps(value, separators=(",", ":"))
 
 
 def test_dumps_limited_counts_bytes() -> None:
