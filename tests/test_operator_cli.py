@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from commandbus import (
     Command,
@@ -72,7 +72,8 @@ async def test_list_retry_cancel_complete_from_the_shell(
     assert sorted(str(i) for i in ids for line in lines if str(i) in line) == sorted(map(str, ids))
 
     assert tsq(dsn, "retry", "payments", str(ids[0]), "--operator", "ana").returncode == 0
-    assert tsq(dsn, "cancel", "payments", str(ids[1]), "--reason", "dup").returncode == 0
+    # the domain may be left out, as for `commandbus cancel` and `show command`
+    assert tsq(dsn, "cancel", str(ids[1]), "--reason", "dup").returncode == 0
     result_file = tmp_path / "result.json"
     result_file.write_text('{"refund": 12}')  # as --data takes one
     done = tsq(dsn, "complete", "payments", str(ids[2]), "--result", f"@{result_file}")
@@ -90,6 +91,9 @@ async def test_list_retry_cancel_complete_from_the_shell(
     assert "Traceback" not in again.stderr
     bad_id = tsq(dsn, "retry", "payments", "not-a-uuid")
     assert bad_id.returncode != 0 and "not a command id" in bad_id.stderr
+    unknown = uuid4()
+    nowhere = tsq(dsn, "retry", str(unknown))
+    assert nowhere.returncode == 1 and f"no command {unknown} in any domain" in nowhere.stderr
     bad_json = tsq(dsn, "complete", "payments", str(ids[0]), "--result", "{oops")
     assert bad_json.returncode != 0 and "--result is not JSON" in bad_json.stderr
 
