@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -103,19 +104,7 @@ def test_with_json_logs_the_line_is_json(dsn: str) -> None:
 def test_the_dashboard_stopped_while_connecting_is_one_line(sig: signal.Signals) -> None:
     """``commandbus web`` connects in its event loop, before uvicorn takes the signals:
     held there by a server that accepts the connection and never answers."""
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen()
-        port = silent.getsockname()[1]
-        proc = start(f"postgresql://nobody@127.0.0.1:{port}/none", "", *WEB[:3])
-        silent.settimeout(30)
-        try:
-            connection, _ = silent.accept()  # it is connecting now
-        except BaseException:
-            stop(proc, None)
-            raise
-        with connection:
-            code, out, err = stop(proc, sig)
+    code, out, err = stopped_while_connecting(lambda url: start(url, "", *WEB[:3]), sig)
     assert code == 1, err
     assert err == f"error: stopped before it was ready ({sig.name} while starting)\n"
     assert out == ""
@@ -143,6 +132,26 @@ def test_more_stops_while_a_served_worker_ends_leave_its_status_alone(dsn: str) 
 
 #: Never connected to: these commands are stopped before they use a database.
 NOWHERE = "postgresql://nobody@127.0.0.1:1/none"
+
+
+def stopped_while_connecting(
+    begin: Callable[[str], subprocess.Popen[str]], sig: signal.Signals
+) -> tuple[int, str, str]:
+    """Start a command (``begin(url)``) against a server that accepts its connection
+    and never answers, and send ``sig`` once it is connecting."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        proc = begin(f"postgresql://nobody@127.0.0.1:{port}/none")
+        silent.settimeout(30)
+        try:
+            connection, _ = silent.accept()  # it is connecting now
+        except BaseException:
+            stop(proc, None)
+            raise
+        with connection:
+            return stop(proc, sig)
 
 
 def start_held(*args: str, swallows: bool = False) -> subprocess.Popen[str]:
@@ -214,19 +223,9 @@ def test_a_short_command_stops_as_before_once_it_runs(sig: signal.Signals) -> No
     """``commandbus list`` got the handlers from before back as it began: held while
     it connects (a server that accepts and never answers), SIGTERM kills it as
     the system does, SIGINT aborts it (``error: aborted``)."""
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen()
-        port = silent.getsockname()[1]
-        proc = run_cli("list", env={"DATABASE_URL": f"postgresql://nobody@127.0.0.1:{port}/none"})
-        silent.settimeout(30)
-        try:
-            connection, _ = silent.accept()  # it is connecting now
-        except BaseException:
-            stop(proc, None)
-            raise
-        with connection:
-            code, out, err = stop(proc, sig)
+    code, out, err = stopped_while_connecting(
+        lambda url: run_cli("list", env={"DATABASE_URL": url}), sig
+    )
     if sig == signal.SIGTERM:
         assert (code, out, err) == (-signal.SIGTERM, "", "")
     else:

@@ -533,32 +533,6 @@ async def waiting_on_operator_after(
 # -- a compensation that failed for good, settled by hand ---------------------------------------
 
 
-def _no_refund_data(ctx: Any) -> dict[str, Any]:
-    raise RuntimeError("the refund cannot be computed")
-
-
-UNBUILDABLE_REFUND = Saga(
-    "unbuildable_refund",
-    steps=[
-        Step(
-            "reserve",
-            domain="inventory",
-            command="Reserve",
-            data=_order,
-            compensation=Compensation("Release", data=_order),
-        ),
-        Step(
-            "charge",
-            domain="payments",
-            command="Charge",
-            data=_order,
-            compensation=Compensation("Refund", data=_no_refund_data),
-        ),
-        Step("ship", domain="shipping", command="Ship", data=_order),
-    ],
-)
-
-
 async def _compensated_by_hand(h: Harness, saga_id: UUID) -> dict[str, Any]:
     events = await h.sagas.saga_history(saga_id)
     by_hand = [
@@ -600,23 +574,6 @@ async def test_a_compensation_that_failed_a_business_rule_is_marked_compensated(
         "operator": "ann",
         "source": "api",
     }
-
-
-async def test_a_compensation_that_could_not_be_built_is_marked_compensated(dsn: str) -> None:
-    async with running(dsn, UNBUILDABLE_REFUND) as h:
-        started = await h.sagas.start_saga(
-            UNBUILDABLE_REFUND, {"order_id": "m2", "behaviour": {"Ship": "business"}}
-        )
-        sid = started.saga_id
-        await status_is(h, sid, SagaStatus.COMPENSATION_FAILED, idle=True)
-        await h.sagas.mark_compensated(sid, "charge")
-        rec = await final(h, sid, timeout=10)
-        data = await _compensated_by_hand(h, sid)
-        await assert_consistent(h)
-    assert rec.status is SagaStatus.COMPENSATED
-    assert h.journal.of("m2") == ["Reserve", "Charge", "Ship", "Release"]
-    assert data["command_id"] is None  # never sent
-    assert data["reason"] is None and data["operator"] is None
 
 
 async def test_marking_a_compensation_in_the_tsq_cancels_its_command(dsn: str) -> None:

@@ -418,8 +418,19 @@ async def test_a_compensation_that_cannot_be_built_is_compensation_failed(dsn: s
         )
         rec = await status_is(h, started.saga_id, SagaStatus.COMPENSATION_FAILED, idle=True)
         await assert_consistent(h)
+        # no command to act on: an operator who did the refund by hand says so
+        await h.sagas.mark_compensated(started.saga_id, "charge")
+        done = await final(h, started.saga_id, timeout=10)
+        by_hand = [
+            e.data
+            for e in await h.sagas.saga_history(started.saga_id)
+            if e.event_type == "SagaStepCompensated" and e.data.get("by_operator")
+        ]
+        await assert_consistent(h)
     assert error(rec)["code"] == "DATA_BUILDER_FAILED"
-    assert h.journal.of("b4") == ["Reserve", "Charge", "Ship"]
+    assert done.status is SagaStatus.COMPENSATED
+    assert h.journal.of("b4") == ["Reserve", "Charge", "Ship", "Release"]
+    assert len(by_hand) == 1 and by_hand[0]["command_id"] is None  # never sent
 
 
 # -- a missing status row ----------------------------------------------------------------------

@@ -51,7 +51,12 @@ from commandbus.sagas import replay
 from commandbus.sagas import sql as q
 from commandbus.sagas.decide import SAGA_QUEUE, Decider, saga_id_for_key
 from commandbus.sagas.definition import Saga, SagaRegistry
-from commandbus.sagas.preview import CancelPreview, cancel_refusal, preview_cancel
+from commandbus.sagas.preview import (
+    CancelPreview,
+    cancel_refusal,
+    failed_compensation,
+    preview_cancel,
+)
 from commandbus.sagas.read import (
     SagaFilter,
     SagaPage,
@@ -405,15 +410,7 @@ class SagaClient:
     ) -> tuple[str, UUID] | None:
         """Check that ``step``'s compensation failed and nothing runs it again; its
         command (domain, id) when that waits in the troubleshooting queue."""
-        found = state.steps.get(step)
-        if found is None:
-            raise InvalidStateError(f"saga {state.saga_id} has no started step {step!r}")
-        if found.status is not StepStatus.COMPENSATION_FAILED:
-            raise InvalidStateError(
-                f"step {step!r} of saga {state.saga_id} is {found.status.value}, "
-                "not COMPENSATION_FAILED"
-            )
-        cid = found.compensation_id
+        cid = failed_compensation(state, step).compensation_id
         if cid is None:
             return None  # never sent: its data could not be built
         cur = await c.execute(q.SAGA_COMMAND, {"saga_id": state.saga_id, "command_id": cid})

@@ -31,7 +31,7 @@ from commandbus.errors import InvalidStateError
 from commandbus.models import NewEvent
 from commandbus.sagas.definition import SAGA_QUEUE as SAGA_QUEUE  # re-exported here
 from commandbus.sagas.definition import DataBuilder, Saga, SagaContext
-from commandbus.sagas.preview import compensation_stages
+from commandbus.sagas.preview import compensation_stages, failed_compensation
 from commandbus.sagas.state import IN_FLIGHT, SagaState, StepStatus, apply
 
 #: Namespace of the ids derived for saga commands and idempotent starts.
@@ -357,14 +357,7 @@ class Decider:
         st = self._state
         if st.ended is not None:
             raise InvalidStateError(f"saga {st.saga_id} is {st.ended}: nothing to compensate")
-        step = st.steps.get(step_name)
-        if step is None:
-            raise InvalidStateError(f"saga {st.saga_id} has no started step {step_name!r}")
-        if step.status is not StepStatus.COMPENSATION_FAILED:
-            raise InvalidStateError(
-                f"step {step_name!r} of saga {st.saga_id} is {step.status.value}, "
-                "not COMPENSATION_FAILED"
-            )
+        step = failed_compensation(st, step_name)
         cid = step.compensation_id
         self.emit(
             ev.SAGA_STEP_COMPENSATED,

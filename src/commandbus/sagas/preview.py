@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import attrs
 
+from commandbus.errors import InvalidStateError
 from commandbus.sagas.definition import Saga
 from commandbus.sagas.state import SagaState, StepState, StepStatus
 
@@ -23,6 +24,21 @@ def cancel_refusal(state: SagaState) -> str | None:
     if state.pivoted:
         return "is past its pivot: it only goes forward and cannot be compensated"
     return None
+
+
+def failed_compensation(state: SagaState, step: str) -> StepState:
+    """The step ``step`` whose compensation failed, that an operator may mark
+    compensated; :class:`InvalidStateError` saying why not otherwise (the client
+    checks a request with it, the decider checks it again when it carries it out)."""
+    found = state.steps.get(step)
+    if found is None:
+        raise InvalidStateError(f"saga {state.saga_id} has no started step {step!r}")
+    if found.status is not StepStatus.COMPENSATION_FAILED:
+        raise InvalidStateError(
+            f"step {step!r} of saga {state.saga_id} is {found.status.value}, "
+            "not COMPENSATION_FAILED"
+        )
+    return found
 
 
 def compensation_stages(saga: Saga, state: SagaState) -> list[list[StepState]]:
