@@ -181,6 +181,8 @@ class Coordinator:
         finally:
             self.stats.stopped_at = time.monotonic()
         log.info("%s", self.stats.summary())
+        if self._consumer.exit is not None:
+            raise self._consumer.exit  # raised by a data builder, after a graceful stop
         return self.stats
 
     async def __aenter__(self) -> Coordinator:

@@ -97,6 +97,7 @@ class QueueConsumer(Generic[M, O]):
         poll_interval: float,
         reconnect_timeout: float,
         heartbeat_interval: float | None = None,
+        stop_all: Callable[[], None] | None = None,
     ) -> None:
         """``heartbeat_interval``: seconds between beats (default: ``HEARTBEAT_SECONDS``, 10)."""
         self._url = url
@@ -143,6 +144,11 @@ class QueueConsumer(Generic[M, O]):
         self.reads_after = self.ready
         #: messages made visible again by a stop
         self.released = 0
+        #: what a handler raised to end the process (SystemExit, KeyboardInterrupt),
+        #: for the owner to raise once everything stopped (see :meth:`_run_backlog`)
+        self.exit: SystemExit | KeyboardInterrupt | None = None
+        # stops whatever runs this consumer (the whole worker), else this consumer
+        self._stop_all = stop_all or self.request_stop
         # The reader only moves messages' visibility forward. If the server crashed
         # before a read's commit reached disk, those messages would just become
         # visible again early: a redelivery, which a version-checked outcome
@@ -484,6 +490,16 @@ class QueueConsumer(Generic[M, O]):
             self._busy += 1
             try:
                 outcome = await self._app.handle(flight.msg)
+            except (KeyboardInterrupt, SystemExit) as exc:
+                # raised in a handler: sys.exit(), a signal handler's exit, a second
+                # Ctrl-C under asyncio.run. The process is to end, not the message to
+                # fail: everything stops gracefully (what finished is recorded, this
+                # message is handed back with the rest) and the owner raises it then
+                if self.exit is None:
+                    self.exit = exc
+                    log.warning("%s: a handler raised %s; stopping", self.name, type(exc).__name__)
+                self._stop_all()
+                return
             except Exception:
                 # e.g. the database went away while recording: the message comes
                 # back after its visibility timeout (and counts as a delivery)

@@ -91,6 +91,8 @@ class DomainSettings:
     #: the largest handler result recorded (MAX_PAYLOAD_BYTES, as for command data):
     #: a result goes into the command's events, its reply and its saga's state
     max_result_bytes: int
+    #: stops the whole worker (every domain), for a handler that ends the process
+    stop_worker: Callable[[], None]
     #: replies acted on in the outcome's transaction (the sagas' transitions), if any
     inline: InlineReplies | None = None
 
@@ -116,6 +118,7 @@ class DomainConsumer:
             flushers=settings.flushers,
             poll_interval=settings.poll_interval,
             reconnect_timeout=settings.reconnect_timeout,
+            stop_all=settings.stop_worker,
         )
 
     async def opened(self) -> None:
@@ -307,10 +310,15 @@ class DomainConsumer:
             # a cancellation raised inside the handler (an inner task was
             # cancelled): an ordinary failed attempt
             return self._failure(a, exc), None
+        except (KeyboardInterrupt, SystemExit):
+            # the process is to end (the consumer stops everything gracefully, then
+            # raises it): not this command's failure
+            await ctx.finish(commit=False)
+            raise
         except BaseException as exc:
-            # whatever the handler raised, SystemExit and KeyboardInterrupt too: it
-            # is this attempt's failure, not the worker's (nothing else it holds
-            # may be lost, and the message must not wait out its vt)
+            # whatever else the handler raised, a BaseException of its own too: this
+            # attempt's failure, not the worker's (nothing else it holds may be lost,
+            # and the message must not wait out its vt)
             await ctx.finish(commit=False)
             return self._failure(a, exc), None
 

@@ -6,9 +6,7 @@ The kinds (see :class:`ErrorKind`):
 * ``permanent``: a :class:`~commandbus.errors.PermanentCommandError` or another
   library error that retrying cannot fix; the troubleshooting queue at once.
 * ``programming_error``: a mistake in the code (:data:`PROGRAMMING_ERRORS`: a
-  ``TypeError`` from a wrong call, an ``AttributeError``, a ``NameError``..., and
-  a ``SystemExit`` or ``KeyboardInterrupt`` a handler raised: it may not end the
-  worker's process).
+  ``TypeError`` from a wrong call, an ``AttributeError``, a ``NameError``...).
   Running the same code on the same command again fails the same way, so it
   goes to the troubleshooting queue at once, with its traceback; fix the code,
   then retry it from there. A handler that knows better raises
@@ -59,10 +57,6 @@ PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (
     AssertionError,
     NotImplementedError,
     SyntaxError,
-    # raised by a handler (sys.exit(), a stray KeyboardInterrupt): the worker's
-    # own stops come as signals and cancellations, never through a handler
-    SystemExit,
-    KeyboardInterrupt,
 )
 
 

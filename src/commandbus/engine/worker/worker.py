@@ -140,6 +140,7 @@ class Worker:
             reconnect_timeout=reconnect_timeout.total_seconds(),
             pool=self._handler_pool,
             max_result_bytes=self.config.max_payload_bytes,
+            stop_worker=self.request_stop,
             inline=None if sagas is None else sagas.inline_replies(self.config),
         )
         self._domains = [DomainConsumer(name, settings) for name in names]
@@ -262,6 +263,9 @@ class Worker:
             self._stopped()
         stats = self.stats
         log.info("%s", stats.summary())  # a failed start says why instead
+        ended = next((d.consumer.exit for d in self._domains if d.consumer.exit), None)
+        if ended is not None:
+            raise ended  # a handler's SystemExit or KeyboardInterrupt, after a graceful stop
         return stats
 
     # -- internals --------------------------------------------------------------------------
