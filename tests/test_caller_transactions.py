@@ -306,12 +306,11 @@ async def _send_to(bus: CommandBus, conn: Conn, domain: str, *, batch: bool) -> 
 
 @pytest.mark.parametrize("batch", [False, True], ids=["send", "send_batch"])
 @pytest.mark.parametrize(("autocommit", "in_tx"), MODES)
-async def test_a_new_domain_s_queue_is_created_in_the_caller_s_transaction(
+async def test_a_domain_created_in_the_caller_s_transaction_takes_its_sends(
     bus: CommandBus, dsn: str, observer: Conn, autocommit: bool, in_tx: bool, batch: bool
 ) -> None:
-    # (before: the queue was created and committed on a connection of the bus's own,
-    # behind the caller; and after create_domain(conn=) in the same transaction the
-    # send waited forever for the queue's creation lock, which the caller held)
+    # (before: after create_domain(conn=) the send waited forever for the queue's
+    # creation lock, which the caller's transaction held)
     domain = f"fresh_{'b' if batch else 's'}_{int(autocommit)}{int(in_tx)}"
     async with caller(dsn, autocommit) as c:
         if autocommit and not in_tx:
@@ -327,12 +326,39 @@ async def test_a_new_domain_s_queue_is_created_in_the_caller_s_transaction(
             await asyncio.wait_for(work(conn), timeout=10)
 
         await run_in_caller(c, op, bus, in_tx=in_tx, commit=False)
-        assert not await _queue_exists(observer, domain)  # nothing committed behind it
-        if not batch:
-            assert not await _queue_exists(observer, f"{domain}_replies")
+        assert not await _queue_exists(observer, domain)  # the caller's, rolled back
         assert await written(observer) == NOTHING
+        if not batch:
+            # a queue the send needed is created on its own and committed (empty)
+            assert await _queue_exists(observer, f"{domain}_replies")
         await run_in_caller(c, op, bus, in_tx=in_tx, commit=True)
         assert await _queue_exists(observer, domain)
         assert (await written(observer))["events"] == (1 if not batch else 3)  # + the batch
     # the committed queue serves the bus's own connections too
     assert (await bus.send(domain, "T", {"i": 9})).ok
+
+
+async def test_new_domains_in_open_caller_transactions_never_block_other_senders(
+    bus: CommandBus, dsn: str, observer: Conn
+) -> None:
+    # (the queue is created on a connection of the bus's own and committed at once:
+    # created in a caller's transaction, its creation lock was held until that ended,
+    # so a send outside it waited, two REPEATABLE READ callers failed to serialize,
+    # and two callers creating two domains in opposite orders deadlocked)
+    async with caller(dsn, False) as a, caller(dsn, False) as b:
+        for c in (a, b):
+            await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            await c.execute("INSERT INTO public.orders VALUES (%s)", (uuid4(),))
+
+        async def both() -> None:
+            assert (await bus.send("new_x", "T", {}, conn=a)).ok
+            assert (await bus.send("new_y", "T", {}, conn=b)).ok
+            assert (await bus.send("new_x", "T", {}, conn=b)).ok  # the other's new domain
+            assert (await bus.send("new_y", "T", {}, conn=a)).ok
+            assert (await bus.send("new_x", "T", {})).ok  # and no caller at all
+
+        await asyncio.wait_for(both(), timeout=10)
+        await a.commit()
+        await b.rollback()
+    assert await _queue_exists(observer, "new_x") and await _queue_exists(observer, "new_y")
+    assert (await written(observer))["events"] == 3  # a's two and the one of its own

@@ -30,7 +30,7 @@ from commandbus.engine.db.embedded import Database
 from commandbus.engine.eventstore.store import EventStore
 from commandbus.engine.observability import tracing
 from commandbus.engine.observability.logging import correlation_id_var
-from commandbus.engine.queues.tables import QueueRegistry
+from commandbus.engine.queues.tables import QueueRegistry, queue_exists
 from commandbus.errors import DuplicateCommandError, PayloadTooLargeError, ValidationError
 from commandbus.models import BatchResult, CommandRequest, SendResult
 from commandbus.names import (
@@ -177,8 +177,9 @@ class CommandBus(CommandReads, CommandCancels):
             await self.queues.ensure(c, domain, remember=False)
 
     async def create_queues(self, queues: Sequence[str], *, conn: Conn | None = None) -> None:
-        """Create these queues now unless they exist (each in its own transaction;
-        with ``conn=``, in the caller's, as :meth:`create_domain` does)."""
+        """Create these queues now unless they exist, each in a transaction of its own
+        (``conn=``: the caller's transaction, which may have created some already, is
+        looked at first; see :meth:`_ensure_queues`)."""
         if conn is not None:
             conn_arg(conn)
         await self._ensure_queues([validate_queue_name(q) for q in queues], conn)
@@ -186,26 +187,23 @@ class CommandBus(CommandReads, CommandCancels):
     async def _ensure_queues(self, queues: Sequence[str], conn: Conn | None = None) -> None:
         """Make sure the queues exist before a statement that writes to them.
 
-        Without ``conn`` a missing queue is created on a pooled connection and
-        committed. With ``conn=`` (the caller's transaction) nothing may commit
-        behind the caller, and a queue the caller's own transaction created (and
-        holds the creation lock of) must be seen: a queue missing there is created
-        in that transaction. A queue this process remembers is one seen committed.
+        A missing queue is created on a pooled connection and committed at once:
+        an empty queue holds no data, and creating it in a caller's transaction
+        would hold its creation lock until that commits (other senders would wait,
+        and two such transactions could deadlock). With ``conn=``, a queue the
+        caller's own transaction created (``create_domain(conn=)``) is seen there
+        first: creating it elsewhere would wait forever for the caller's lock.
         """
         missing = [q for q in queues if not self.queues.is_known(q)]
         if not missing:
             return
-        async with borrow(self.pool, None) as c:
-            for q in missing:
-                if conn is None:
-                    await self.queues.ensure(c, q)
-                else:
-                    await self.queues.remember_if_exists(c, q)
-        missing = [q for q in missing if not self.queues.is_known(q)]
-        if conn is not None and missing:
-            async with borrow(self.pool, conn) as c, atomic(c):
+        if conn is not None:
+            async with borrow(self.pool, conn) as c:
+                missing = [q for q in missing if not await queue_exists(c, q)]
+        if missing:
+            async with borrow(self.pool, None) as c:
                 for q in missing:
-                    await self.queues.ensure(c, q, remember=False)
+                    await self.queues.ensure(c, q)
 
     # -- sending -----------------------------------------------------------------------
 

@@ -69,6 +69,12 @@ def queue_of_channel(channel: str) -> str | None:
         return None
 
 
+async def queue_exists(conn: Conn, queue: str) -> bool:
+    """Whether ``conn`` sees ``queue`` (its own transaction's uncommitted one too)."""
+    cur = await conn.execute(queue_sql.QUEUE_EXISTS, {"queue": queue})
+    return await cur.fetchone() is not None
+
+
 class QueueRegistry:
     """Creates queues on first use and remembers, per process, which exist."""
 
@@ -78,13 +84,6 @@ class QueueRegistry:
 
     def is_known(self, queue: str) -> bool:
         return queue in self._known
-
-    async def remember_if_exists(self, conn: Conn, queue: str) -> None:
-        """Take ``queue`` as existing if ``conn`` (not in a transaction that created
-        it) sees it."""
-        cur = await conn.execute(queue_sql.QUEUE_EXISTS, {"queue": queue})
-        if await cur.fetchone() is not None:
-            self._known.add(queue)
 
     async def ensure(self, conn: Conn, queue: str, *, remember: bool = True) -> None:
         """Create ``queue`` (PGMQ tables, wake-up trigger) unless it exists.
