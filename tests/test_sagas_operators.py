@@ -379,7 +379,7 @@ async def test_a_pivot_that_succeeds_after_a_cancel_overtakes_it(dsn: str) -> No
     assert done.data["cancel_overtaken"] is True
 
 
-async def test_a_second_cancel_is_refused(dsn: str) -> None:
+async def test_a_second_cancel_is_recorded_as_refused(dsn: str) -> None:
     async with running(dsn, PLAIN) as h:
         started = await h.sagas.start_saga(
             PLAIN, {"order_id": "c7", "behaviour": {"Reserve": "gate"}}
@@ -388,13 +388,51 @@ async def test_a_second_cancel_is_refused(dsn: str) -> None:
         await wait_for(lambda: "Reserve" in h.journal.of("c7"))
         await h.sagas.cancel_saga(sid, reason="first")
         await status_is(h, sid, SagaStatus.COMPENSATING, idle=True)
-        with pytest.raises(InvalidStateError, match="is being cancelled already"):
-            await h.sagas.cancel_saga(sid, reason="second")
+        await h.sagas.cancel_saga(sid, reason="second")  # (before: silently nothing)
+        await wait_for(lambda: _has_event(h, sid, "SagaReplyIgnored"))
         h.journal.gate("c7").set()
         rec = await final(h, sid)
         events = await h.sagas.saga_history(sid)
     assert rec.status is SagaStatus.COMPENSATED
     assert [e.event_type for e in events].count("SagaCancelRequested") == 1
+    refused = next(e for e in events if e.event_type == "SagaReplyIgnored")
+    assert refused.data["action"] == "cancel"
+    assert refused.data["reason"].endswith("is being cancelled already")
+
+
+async def _has_event(h: Harness, saga_id: UUID, event_type: str) -> bool:
+    return any(e.event_type == event_type for e in await h.sagas.saga_history(saga_id))
+
+
+async def test_resume_then_pause_at_once_both_apply(dsn: str) -> None:
+    # the status row still says PAUSED while the resume is on its way: the pause
+    # is not refused for that, and the coordinator applies them in that order (one
+    # flusher per saga: with two, the pause could be decided first and refused)
+    async with running(dsn, PLAIN) as h:
+        started = await h.sagas.start_saga(
+            PLAIN, {"order_id": "c8", "behaviour": {"Reserve": "gate"}}
+        )
+        sid = started.saga_id
+        await wait_for(lambda: "Reserve" in h.journal.of("c8"))
+        await h.sagas.pause_saga(sid)
+        await status_is(h, sid, SagaStatus.PAUSED, idle=True)
+        await h.sagas.resume_saga(sid)
+        await h.sagas.pause_saga(sid, reason="again")
+
+        async def paused_twice() -> bool:
+            events = await h.sagas.saga_history(sid)
+            return [e.event_type for e in events].count("SagaPaused") == 2
+
+        await wait_for(paused_twice)
+        events = await h.sagas.saga_history(sid)
+        rec = await status_is(h, sid, SagaStatus.PAUSED, idle=True)
+        h.journal.gate("c8").set()
+        await h.sagas.resume_saga(sid)
+        await final(h, sid)
+    types = [e.event_type for e in events]
+    assert types[-3:] == ["SagaPaused", "SagaResumed", "SagaPaused"]
+    assert events[-1].data["reason"] == "again"
+    assert rec.current_steps == ("reserve",)
 
 
 async def test_cancel_is_refused_once_ended(dsn: str) -> None:
@@ -419,8 +457,7 @@ async def test_pause_records_outcomes_but_sends_nothing_until_resumed(dsn: str) 
         await wait_for(lambda: "Reserve" in h.journal.of("p1"))
         await h.sagas.pause_saga(sid, reason="fraud check", operator="carol")
         await status_is(h, sid, SagaStatus.PAUSED, idle=True)
-        with pytest.raises(InvalidStateError, match="is paused already"):
-            await h.sagas.pause_saga(sid)  # again: refused, nothing more happens
+        await h.sagas.pause_saga(sid)  # again: recorded as refused, nothing more happens
         h.journal.gate("p1").set()
 
         async def reserved() -> bool:
@@ -439,6 +476,8 @@ async def test_pause_records_outcomes_but_sends_nothing_until_resumed(dsn: str) 
     assert h.journal.of("p1") == ["Reserve", "Charge", "Ship"]
     types = [e.event_type for e in events]
     assert types.count("SagaPaused") == 1 and types.count("SagaResumed") == 1
+    refused = next(e for e in events if e.event_type == "SagaReplyIgnored")
+    assert refused.data["action"] == "pause" and "paused already" in refused.data["reason"]
     pause = events[types.index("SagaPaused")]
     assert pause.data["reason"] == "fraud check" and pause.data["operator"] == "carol"
     assert events[types.index("SagaResumed")].data["operator"] == "carol"

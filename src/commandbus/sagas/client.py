@@ -355,10 +355,6 @@ class SagaClient:
                 raise InvalidStateError(f"saga {sid} {refusal}")
             if action == "resume" and state.status is not SagaStatus.PAUSED and not state.paused:
                 raise InvalidStateError(f"saga {sid} is {state.status.value}, not paused")
-            if action == "pause" and state.paused:
-                raise InvalidStateError(f"saga {sid} is paused already")
-            if action == "cancel" and state.cancelled:
-                raise InvalidStateError(f"saga {sid} is being cancelled already")
             in_tsq = None
             if step_name is not None:
                 in_tsq = await self._failed_compensation(c, state, step_name)

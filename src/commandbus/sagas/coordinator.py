@@ -148,6 +148,9 @@ class Coordinator:
             flushers=flushers,
             poll_interval=self.config.poll_interval.total_seconds(),
             reconnect_timeout=reconnect_timeout.total_seconds(),
+            # a saga's messages are decided by one flusher, in the order they were
+            # read: an operator's resume then pause is never applied pause first
+            order_key=lambda m: saga_of(m.message),
         )
         self._task: asyncio.Task[CoordinatorStats] | None = None
         self._warned: set[tuple[str, int]] = set()

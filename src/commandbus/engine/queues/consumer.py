@@ -34,7 +34,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from datetime import timedelta
 from typing import Generic, TypeVar
 
@@ -98,6 +98,7 @@ class QueueConsumer(Generic[M, O]):
         reconnect_timeout: float,
         heartbeat_interval: float | None = None,
         stop_all: Callable[[], None] | None = None,
+        order_key: Callable[[O], Hashable] | None = None,
     ) -> None:
         """``heartbeat_interval``: seconds between beats (default: ``HEARTBEAT_SECONDS``, 10)."""
         self._url = url
@@ -118,8 +119,15 @@ class QueueConsumer(Generic[M, O]):
         self._runners: set[asyncio.Task[None]] = set()
         self._busy = 0  # runners inside a handler right now
         self._flights: dict[int, _Flight[M]] = {}
-        # outcomes waiting to be recorded; ``None`` is a flusher's stop sentinel
-        self._outcomes: asyncio.Queue[tuple[O, _Flight[M]] | None] = asyncio.Queue()
+        # Outcomes waiting to be recorded, per flusher; ``None`` is a flusher's stop
+        # sentinel. Without ``order_key`` the flushers share one queue; with it, the
+        # outcomes of one key go to one flusher, so they are recorded in the order
+        # they were handled (a saga's requests, say), never by two flushers at once.
+        shared: asyncio.Queue[tuple[O, _Flight[M]] | None] = asyncio.Queue()
+        self._order_key = order_key
+        self._outcome_queues = (
+            [shared] * flushers if order_key is None else [asyncio.Queue() for _ in range(flushers)]
+        )
         self._room = asyncio.Event()
         self._wake = asyncio.Event()
         #: seconds after a NOTIFY-woken read to look once more (the app may set it)
@@ -305,8 +313,8 @@ class QueueConsumer(Generic[M, O]):
                 )
                 await end_tasks(self._runners, f"{self.name} handler", ())
                 # 3. flushers record what finished, then end on their sentinel
-                for _ in self._flush_tasks:
-                    self._outcomes.put_nowait(None)
+                for queue in self._outcome_queues[: len(self._flush_tasks)]:
+                    queue.put_nowait(None)  # one each (the shared queue: one per flusher)
                 if self._flush_tasks:
                     _, late = await asyncio.wait(
                         self._flush_tasks, timeout=self._deadline.left() + FINAL_SECONDS
@@ -315,7 +323,7 @@ class QueueConsumer(Generic[M, O]):
                         log.warning(
                             "%s: could not record %d outcomes in time; their messages come back",
                             self.name,
-                            self._outcomes.qsize(),
+                            self._unrecorded(),
                         )
                     await end_tasks(late, f"{self.name} flusher", self._flushers)
                 for task in self._flush_tasks:
@@ -510,16 +518,26 @@ class QueueConsumer(Generic[M, O]):
             if outcome is None:
                 self._forget(flight)
             else:
-                self._outcomes.put_nowait((outcome, flight))
+                self._outcome_queue(outcome).put_nowait((outcome, flight))
             handled += 1
             if handled % 32 == 0:
                 await asyncio.sleep(0)  # let the reader and flushers run
 
     # -- recording --------------------------------------------------------------------------
 
+    def _unrecorded(self) -> int:
+        """Outcomes still waiting to be recorded (each queue counted once)."""
+        return sum(q.qsize() for q in {id(q): q for q in self._outcome_queues}.values())
+
+    def _outcome_queue(self, outcome: O) -> asyncio.Queue[tuple[O, _Flight[M]] | None]:
+        queues = self._outcome_queues
+        if self._order_key is None or len(queues) == 1:
+            return queues[0]
+        return queues[hash(self._order_key(outcome)) % len(queues)]
+
     async def _flush_loop(self, i: int) -> None:
         """Record queued outcomes, a group at a time, until this flusher's stop sentinel."""
-        queue = self._outcomes
+        queue = self._outcome_queues[i]
         flusher = self._flushers[i]
         while True:
             item = await queue.get()
