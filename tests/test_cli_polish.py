@@ -199,6 +199,7 @@ BAD = [
     (["send", "payments", "Charge", "--data", '{"a": ' + "1" * 5000 + "}"], "--data is not JSON"),
     (["tsq", "complete", "payments", UNKNOWN, "--result", "1" * 5000], "--result is not JSON"),
     (["tsq", "complete", "payments", UNKNOWN, "--result", "@/"], "--result: cannot read /"),
+    (["send", "payments", "Charge", "--data", '{"a": 1, "a": 2}'], "the key 'a' is given twice"),
     (["saga", "list", "--status", "nope"], "status must be one of"),
     (["saga", "list", "--name", "a b"], "name must be a saga name"),  # (was: 0 sagas)
     (["saga", "list", "--cursor", "x"], "invalid page cursor"),

@@ -515,14 +515,17 @@ async def test_a_result_larger_than_max_payload_bytes_is_refused(dsn: str, bus: 
 
     @reg.handler("payments", "Charge")
     async def charge(cmd: Command, ctx: HandlerContext) -> Any:
-        return "r" * cmd.data["size"]
+        size = cmd.data["size"]
+        return int("7" * -size) if size < 0 else "r" * size  # an int of 4001 digits too
 
     small = (await bus.send("payments", "Charge", {"size": 900})).unwrap()
     big = (await bus.send("payments", "Charge", {"size": 5000})).unwrap()
+    long_int = (await bus.send("payments", "Charge", {"size": -4001})).unwrap()
     config = attrs.evolve(FAST, max_payload_bytes=1000)
     async with Worker(dsn, reg, domain="payments", config=config):
         await until_status(bus, small.command_id, CommandStatus.COMPLETED)
         await until_status(bus, big.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
+        await until_status(bus, long_int.command_id, CommandStatus.IN_TROUBLESHOOTING_QUEUE)
     rb = await bus.get_command("payments", big.command_id)
     assert rb is not None and rb.last_error is not None and rb.result is None
     assert rb.last_error["type"] == "PermanentCommandError"

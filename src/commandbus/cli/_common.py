@@ -203,6 +203,18 @@ def os_user() -> str:
         return f"uid:{os.getuid()}"
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object of the JSON read: a key given twice is refused (one would be lost)."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise ValueError(f"the key {key!r} is given twice")
+            seen.add(key)
+    return obj
+
+
 def read_json(text: str, option: str) -> Any:
     """The JSON value of ``option``: given inline, or ``@FILE`` (its contents), or
     ``-`` (standard input). Anything unreadable is one :class:`CLIError` line."""
@@ -221,7 +233,7 @@ def read_json(text: str, option: str) -> Any:
         source = option
     where = "" if source == option else f" ({source})"  # the option names itself
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise CLIError(f"{option} is nested too deeply{where}") from None
     except ValueError as exc:  # not JSON, or an integer too long to read

@@ -287,7 +287,9 @@ class DomainConsumer:
         try:
             try:
                 result = await handler(command, ctx)
-                if result is not None and not isinstance(result, int | bool):
+                if result is not None and not (
+                    isinstance(result, int) and -(2**63) <= result < 2**63  # (bool too)
+                ):
                     # refuse it here, not in the flush
                     dumps_limited(result, self._settings.max_result_bytes, what="handler result")
             except PayloadError as exc:
