@@ -221,6 +221,49 @@ async def test_graceful_stop_returns_as_soon_as_handlers_finish(dsn: str, bus: C
     assert live_worker_tasks() == []
 
 
+async def test_a_stop_during_a_read_hands_back_what_the_read_took(
+    dsn: str, bus: CommandBus, conn: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stop that cancelled the reader after its statement had run on the server but
+    # before the rows reached the worker left those messages invisible until their
+    # vt (found by an adversarial review: a stopped coordinator's batch waited 30 s).
+    # The read's result is delayed here, after the real statement, to hold that moment.
+    from commandbus.engine.worker.domain import DomainConsumer
+
+    real_read = DomainConsumer.read
+    reading = asyncio.Event()
+
+    async def slow_read(self: DomainConsumer, c: Any, qty: int) -> Any:
+        msgs = await real_read(self, c, qty)
+        if msgs:
+            reading.set()
+            await asyncio.sleep(0.2)  # the rows are taken; the worker has not seen them
+        return msgs
+
+    monkeypatch.setattr(DomainConsumer, "read", slow_read)
+    reg = HandlerRegistry()
+    reg.register("payments", "Charge", _noop)
+    worker = make_worker(dsn, reg)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.ready.wait(), 10)
+    for _ in range(5):
+        (await bus.send("payments", "Charge", {})).unwrap()
+    await asyncio.wait_for(reading.wait(), 10)
+    t0 = time.monotonic()
+    await worker.stop(timeout=timedelta(seconds=5))
+    await task
+    assert time.monotonic() - t0 < 2.0
+    invisible = await scalar(
+        conn, "SELECT count(*) FROM pgmq.q_payments WHERE vt > clock_timestamp() + interval '1s'"
+    )
+    assert invisible == 0  # handed back at once (or handled), none held for the vt
+    assert live_worker_tasks() == []
+
+
+async def _noop(cmd: Command, ctx: HandlerContext) -> None:
+    return None
+
+
 async def test_cancelling_run_stops_gracefully_and_leaves_no_task(
     dsn: str, bus: CommandBus, conn: Conn
 ) -> None:

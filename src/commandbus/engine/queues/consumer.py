@@ -70,6 +70,10 @@ SETTLE_SECONDS = 0.003
 #: A reader about to sleep longer than this first asks when the next delayed
 #: message is due; before a shorter sleep it does not.
 SHORT_WAIT_SECONDS = 0.01
+
+#: How long a stop lets a read under way finish (the reader then registers what it
+#: took, and the stop hands it back) before it cancels it.
+READ_GRACE_SECONDS = 0.5
 #: How long a consumer whose listener cannot connect waits before it reads anyway,
 #: by polling (its listener keeps trying; it is normally up in milliseconds).
 LISTEN_GRACE_SECONDS = 5.0
@@ -305,7 +309,12 @@ class QueueConsumer(Generic[M, O]):
         while True:
             try:
                 # 1. nothing new is read; reconnect attempts have given up (a
-                #    statement hung on a silent server is cut off with its connection)
+                #    statement hung on a silent server is cut off with its connection).
+                #    A read under way may finish first: cancelled mid-statement, the
+                #    messages it took would stay invisible until their vt
+                reading = [t for t in self._tasks[:1] if not t.done()]
+                if reading:
+                    await asyncio.wait(reading, timeout=READ_GRACE_SECONDS)
                 await end_tasks(self._tasks, f"{self.name} reader", self._reader_connections())
                 # 2. running handlers get until the deadline
                 await self._deadline.wait(
