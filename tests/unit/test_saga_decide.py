@@ -248,22 +248,27 @@ def test_a_stale_timer_is_only_deleted() -> None:
     assert t.events == [] and t.delete == [42]
 
 
-def test_a_second_pause_or_cancel_is_recorded_as_refused() -> None:
+def test_a_pause_cancel_or_resume_that_no_longer_applies_is_recorded_as_refused() -> None:
     # two operators asked at once: the client let both through, the saga says so
     d = again(start())
     d.control(1, {"action": "pause", "reason": "check"})
     d.control(2, {"action": "pause"})
     d.control(3, {"action": "cancel"})
     d.control(4, {"action": "cancel"})
+    d.control(5, {"action": "resume"})
+    d.control(6, {"action": "resume"})
     assert types(d) == [
         "SagaPaused",
         "SagaReplyIgnored",
         "SagaCancelRequested",
         "SagaReplyIgnored",
+        "SagaResumed",
+        "SagaReplyIgnored",
     ]
     assert d.events[1].data["reason"].endswith("is paused already")
     assert d.events[3].data["reason"].endswith("is being cancelled already")
-    assert d.delete == [1, 2, 3, 4]
+    assert d.events[5].data["reason"].endswith("not paused")  # (before: nothing at all)
+    assert d.delete == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_data_builder_that_raises_fails_the_step_and_compensates() -> None:

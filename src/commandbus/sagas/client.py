@@ -65,7 +65,7 @@ from commandbus.sagas.read import (
     fetch_page,
     fetch_saga,
 )
-from commandbus.sagas.state import SagaState, SagaStatus, StepStatus
+from commandbus.sagas.state import SagaState, StepStatus
 from commandbus.sagas.store import Pending, commit
 
 #: The longest step name a definition accepts.
@@ -88,6 +88,16 @@ class StartedSaga:
 
     saga_id: UUID
     created: bool
+
+
+async def _requests_on_their_way(conn: Conn, saga_id: UUID) -> bool:
+    """Whether operators' requests for the saga wait in the saga queue (read by a
+    coordinator or not, not carried out yet)."""
+    cur = await conn.execute(
+        sql.SQL(q.PENDING_CONTROL).format(queue=queue_table(SAGA_QUEUE)), {"saga_id": str(saga_id)}
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
 
 
 class SagaClient:
@@ -353,8 +363,16 @@ class SagaClient:
             refusal = cancel_refusal(state)  # an ended saga refuses every request
             if refusal is not None and (action == "cancel" or state.status.is_final):
                 raise InvalidStateError(f"saga {sid} {refusal}")
-            if action == "resume" and state.status is not SagaStatus.PAUSED and not state.paused:
-                raise InvalidStateError(f"saga {sid} is {state.status.value}, not paused")
+            if not await _requests_on_their_way(c, sid):
+                # the status row is the whole story: a request that cannot apply is
+                # refused now (else the coordinator decides, after those before it,
+                # and records one that no longer applies as refused)
+                if action == "resume" and not state.paused:
+                    raise InvalidStateError(f"saga {sid} is {state.status.value}, not paused")
+                if action == "pause" and state.paused:
+                    raise InvalidStateError(f"saga {sid} is paused already")
+                if action == "cancel" and state.cancelled:
+                    raise InvalidStateError(f"saga {sid} is being cancelled already")
             in_tsq = None
             if step_name is not None:
                 in_tsq = await self._failed_compensation(c, state, step_name)

@@ -343,8 +343,9 @@ class Decider:
 
     def resume(self, operator: str | None = None) -> None:
         st = self._state
-        if st.paused:
-            self.emit(ev.SAGA_RESUMED, {"operator": operator, **self._by})
+        if not st.paused:
+            raise InvalidStateError(f"saga {st.saga_id} is {st.status.value}, not paused")
+        self.emit(ev.SAGA_RESUMED, {"operator": operator, **self._by})
         self.advance()
 
     def mark_compensated(

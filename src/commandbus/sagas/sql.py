@@ -142,6 +142,13 @@ SAGA_COMMAND_STATUSES: Final[LiteralString] = """
 SELECT command_id, status FROM commandbus.command WHERE saga_id = %(saga_id)s
 """
 
+# Whether operators' requests for a saga wait in the saga queue (a scan of the saga
+# queue, which holds only what is not decided yet: for an operator's action).
+PENDING_CONTROL: Final[LiteralString] = """
+SELECT EXISTS (SELECT 1 FROM pgmq.{queue}
+                WHERE message->>'kind' = 'control' AND message->>'saga_id' = %(saga_id)s)
+"""
+
 # An operator's request (cancel, pause, resume, mark_compensated), for the coordinator
 # to carry out.
 SEND_CONTROL: Final[LiteralString] = """
