@@ -362,3 +362,33 @@ async def test_new_domains_in_open_caller_transactions_never_block_other_senders
         await b.rollback()
     assert await _queue_exists(observer, "new_x") and await _queue_exists(observer, "new_y")
     assert (await written(observer))["events"] == 3  # a's two and the one of its own
+
+
+async def test_two_callers_creating_domains_in_opposite_orders_get_a_clear_error(
+    bus: CommandBus, dsn: str, observer: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each caller's transaction holds the creation of its own new domain; each then
+    # sends to the other's. The bus's own connections wait on locks held by callers
+    # that wait on the bus: no cycle PostgreSQL can see. It waited forever (found by
+    # an adversarial review); the wait is bounded now, and says why.
+    from commandbus.engine.commands import bus as bus_module
+
+    monkeypatch.setattr(bus_module, "QUEUE_CREATION_WAIT_MS", 300)
+    async with caller(dsn, False) as a, caller(dsn, False) as b:
+        await bus.create_domain("mine_a", conn=a)
+        await bus.create_domain("mine_b", conn=b)
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                bus.send("mine_b", "T", {}, conn=a),
+                bus.send("mine_a", "T", {}, conn=b),
+                return_exceptions=True,
+            ),
+            timeout=10,
+        )
+        for r in results:
+            assert isinstance(r, ConcurrencyError), r
+            assert "is being created by a transaction that did not end in 0.3 s" in str(r)
+        await a.rollback()
+        await b.commit()
+    assert await _queue_exists(observer, "mine_b") and not await _queue_exists(observer, "mine_a")
+    assert (await bus.send("mine_a", "T", {})).ok  # created now, nothing in the way

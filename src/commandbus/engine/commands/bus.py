@@ -45,6 +45,10 @@ class _Rollback(Exception):
     """Raised inside a transaction block to undo it."""
 
 
+#: How long creating a queue waits for another transaction creating it too.
+QUEUE_CREATION_WAIT_MS = 10_000
+
+
 class CommandBus(CommandReads, CommandCancels):
     """Sends commands to their domain's PGMQ queue, recording each as an event.
 
@@ -203,7 +207,9 @@ class CommandBus(CommandReads, CommandCancels):
         if missing:
             async with borrow(self.pool, None) as c:
                 for q in missing:
-                    await self.queues.ensure(c, q)
+                    # bounded: a caller's open transaction may be creating it, and may
+                    # itself wait for this call (two callers, two new domains)
+                    await self.queues.ensure(c, q, lock_wait_ms=QUEUE_CREATION_WAIT_MS)
 
     # -- sending -----------------------------------------------------------------------
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Final, LiteralString
 
+import psycopg
 from psycopg import sql
 
 from commandbus.engine.db.connect import Conn
 from commandbus.engine.queues import sql as queue_sql
-from commandbus.errors import InvalidNameError
+from commandbus.errors import ConcurrencyError, InvalidNameError
 from commandbus.names import validate_queue_name
 
 #: At most one wake-up NOTIFY per queue per this many milliseconds (counted at commit).
@@ -85,11 +86,16 @@ class QueueRegistry:
     def is_known(self, queue: str) -> bool:
         return queue in self._known
 
-    async def ensure(self, conn: Conn, queue: str, *, remember: bool = True) -> None:
+    async def ensure(
+        self, conn: Conn, queue: str, *, remember: bool = True, lock_wait_ms: int | None = None
+    ) -> None:
         """Create ``queue`` (PGMQ tables, wake-up trigger) unless it exists.
 
         ``remember=False`` when ``conn`` is in a transaction that may yet roll back:
-        the queue is then not taken as existing by later calls.
+        the queue is then not taken as existing by later calls. ``lock_wait_ms``
+        bounds the wait for another transaction creating the same queue (on a
+        connection of the library's own: the caller's settings are never touched);
+        past it, :class:`~commandbus.errors.ConcurrencyError`.
         """
         validate_queue_name(queue)
         if queue in self._known:
@@ -97,7 +103,17 @@ class QueueRegistry:
         cur = await conn.execute(queue_sql.QUEUE_EXISTS, {"queue": queue})
         if await cur.fetchone() is None:
             async with conn.transaction():
-                await conn.execute(queue_sql.QUEUE_LOCK, {"queue": queue})
+                if lock_wait_ms is not None:
+                    await conn.execute(_LOCK_WAIT, {"ms": f"{lock_wait_ms}ms"})
+                try:
+                    await conn.execute(queue_sql.QUEUE_LOCK, {"queue": queue})
+                except psycopg.errors.LockNotAvailable:
+                    waited = "in time" if lock_wait_ms is None else f"in {lock_wait_ms / 1000:g} s"
+                    raise ConcurrencyError(
+                        f"queue {queue!r} is being created by a transaction that did not "
+                        f"end {waited} (create_domain(conn=) in a transaction still open?): "
+                        "try again once it has"
+                    ) from None
                 cur = await conn.execute(queue_sql.QUEUE_EXISTS, {"queue": queue})
                 if await cur.fetchone() is None:
                     await conn.execute(queue_sql.CREATE_QUEUE, {"queue": queue})
@@ -114,6 +130,9 @@ class QueueRegistry:
 _INSTALL_WAKEUP: Final[LiteralString] = (
     "SELECT commandbus.install_queue_wakeup(%(queue)s, %(throttle_ms)s)"
 )
+# For this transaction only (set_config(..., true) is SET LOCAL).
+_LOCK_WAIT: Final[LiteralString] = "SELECT set_config('lock_timeout', %(ms)s, true)"
+
 _REGISTER_QUEUE: Final[LiteralString] = (
     "INSERT INTO commandbus.queue (queue_name) VALUES (%(queue)s) ON CONFLICT DO NOTHING"
 )
