@@ -137,8 +137,13 @@ def test_no_project_and_no_home_is_a_config_error(tmp_path: Path) -> None:
 
 def test_nonsense_database_urls_are_one_line(tmp_path: Path) -> None:
     for args in (("migrate",), ("demo",)):
+        # the line names where the URL came from: the option, or the variable
         proc = _cli(tmp_path, tmp_path, "--database-url", "nonsense", *args)
-        _one_error(proc, "DATABASE_URL is not a valid PostgreSQL connection string")
+        _one_error(proc, "--database-url is not a valid PostgreSQL connection string")
+        assert proc.stderr.count("\n") == 1
+        proc = _cli(tmp_path, tmp_path, *args, extra={"DATABASE_URL": "nonsense"})
+        line = _one_error(proc, "DATABASE_URL is not a valid PostgreSQL connection string")
+        assert "--database-url" not in line
         assert proc.stderr.count("\n") == 1
 
 
