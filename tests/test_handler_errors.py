@@ -495,3 +495,57 @@ async def test_a_failed_attempt_logs_with_the_commands_ids(
     rows = await fetch(conn, "SELECT last_error FROM commandbus.command")
     blocked = {"type": "PermanentCommandError", "code": "BLOCKED", "message": "card blocked"}
     assert rows == [(blocked,)]
+
+
+async def test_a_saga_data_builder_that_ends_the_process_stops_the_coordinator_gracefully(
+    dsn: str, bus: CommandBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a data builder runs while the coordinator records (in a flusher, not a
+    # handler): its sys.exit() ended the event loop at once (found by an
+    # adversarial review); now the same graceful stop as a handler's
+    from commandbus import Coordinator, Saga, SagaClient, SagaRegistry, SagaStatus, Step
+
+    def ends(ctx: Any) -> dict[str, Any]:
+        raise SystemExit(4)
+
+    saga = Saga(
+        "ending",
+        steps=[
+            Step("first", domain="payments", command="Charge"),
+            Step("second", domain="payments", command="Charge", data=ends),
+        ],
+    )
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        return "charged"
+
+    started = await SagaClient(bus).start_saga(saga, {})
+    caplog.set_level(logging.WARNING, logger="commandbus")
+
+    def run_in_own_loop() -> BaseException | None:
+        async def main() -> None:
+            async with Worker(dsn, reg, domain="payments", config=FAST):
+                await Coordinator(dsn, SagaRegistry([saga]), config=FAST).run()
+
+        try:
+            asyncio.run(main())
+        except (SystemExit, KeyboardInterrupt) as exc:
+            return exc
+        return None
+
+    raised = await asyncio.wait_for(asyncio.to_thread(run_in_own_loop), timeout=30)
+    assert isinstance(raised, SystemExit) and raised.code == 4
+    rec = await SagaClient(bus).get_saga(started.saga_id)
+    assert rec is not None and rec.status is SagaStatus.RUNNING  # nothing decided or failed
+    async with bus.pool.connection() as c:
+        cur = await c.execute(
+            "SELECT count(*) FILTER (WHERE vt <= clock_timestamp() + interval '1s'), count(*)"
+            " FROM pgmq.q_commandbus_sagas"
+        )
+        visible, total = await cur.fetchone() or (0, 0)
+    assert (visible, total) == (1, 1)  # the step's reply, handed back at once
+    said = [r.getMessage() for r in caplog.records if r.name == "commandbus.consumer"]
+    assert "coordinator: code run while recording raised SystemExit; stopping" in said
+    assert not [m for m in said if "flusher failed" in m]  # (before: the loop ended at once)

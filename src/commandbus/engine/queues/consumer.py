@@ -512,10 +512,7 @@ class QueueConsumer(Generic[M, O]):
                 # Ctrl-C under asyncio.run. The process is to end, not the message to
                 # fail: everything stops gracefully (what finished is recorded, this
                 # message is handed back with the rest) and the owner raises it then
-                if self.exit is None:
-                    self.exit = exc
-                    log.warning("%s: a handler raised %s; stopping", self.name, type(exc).__name__)
-                self._stop_all()
+                self._ending(exc, "a handler")
                 return
             except Exception:
                 # e.g. the database went away while recording: the message comes
@@ -562,11 +559,25 @@ class QueueConsumer(Generic[M, O]):
                 group.append(more)
             # if recording fails, the group's messages stay held: the stop that
             # follows hands them back at once
-            await self._app.record(flusher, [(o, f.msg) for o, f in group])
+            try:
+                await self._app.record(flusher, [(o, f.msg) for o, f in group])
+            except (KeyboardInterrupt, SystemExit) as exc:
+                # raised by code recording runs (a saga's data builder): as in a
+                # handler, a graceful stop; this group is handed back, not recorded
+                self._ending(exc, "code run while recording")
+                return
             for _o, flight in group:
                 self._forget(flight)
             if last:
                 return
+
+    def _ending(self, exc: KeyboardInterrupt | SystemExit, where: str) -> None:
+        """The process is to end (``exc``, raised by ``where``): stop everything
+        gracefully; the owner raises ``exc`` once stopped (:attr:`exit`)."""
+        if self.exit is None:
+            self.exit = exc
+            log.warning("%s: %s raised %s; stopping", self.name, where, type(exc).__name__)
+        self._stop_all()
 
     def _forget(self, flight: _Flight[M]) -> None:
         self._flights.pop(flight.msg.msg_id, None)
