@@ -356,6 +356,9 @@ class SagaClient:
             conn_arg(conn)
         await self._bus.create_queues([SAGA_QUEUE], conn=conn)
         async with borrow(self._bus.pool, conn) as c, atomic(c):
+            # first: a request carried out commits with the saga's row and leaves the
+            # queue, so if none is on its way now, the row read next shows them all
+            on_their_way = await _requests_on_their_way(c, sid)
             record = await fetch_saga(c, sid)
             if record is None:
                 raise SagaNotFoundError(f"no saga {sid}")
@@ -363,7 +366,7 @@ class SagaClient:
             refusal = cancel_refusal(state)  # an ended saga refuses every request
             if refusal is not None and (action == "cancel" or state.status.is_final):
                 raise InvalidStateError(f"saga {sid} {refusal}")
-            if not await _requests_on_their_way(c, sid):
+            if not on_their_way:
                 # the status row is the whole story: a request that cannot apply is
                 # refused now (else the coordinator decides, after those before it,
                 # and records one that no longer applies as refused)
