@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
@@ -321,6 +322,20 @@ async def _status_is(bus: CommandBus, command_id: UUID, status: CommandStatus) -
     return rec is not None and rec.status is status
 
 
+async def what_ends_its_own_loop(main: Callable[[], Awaitable[None]]) -> BaseException | None:
+    """Run ``main`` in an event loop of its own (a thread): a SystemExit or
+    KeyboardInterrupt leaves the loop it is raised in. What ended it, if either."""
+
+    def run() -> BaseException | None:
+        try:
+            asyncio.run(main())
+        except (SystemExit, KeyboardInterrupt) as exc:
+            return exc
+        return None
+
+    return await asyncio.wait_for(asyncio.to_thread(run), timeout=30)
+
+
 @pytest.mark.parametrize("ending", [SystemExit(3), KeyboardInterrupt()], ids=repr)
 async def test_a_handler_that_ends_the_process_stops_the_worker_gracefully_first(
     dsn: str, bus: CommandBus, ending: BaseException
@@ -343,18 +358,10 @@ async def test_a_handler_that_ends_the_process_stops_the_worker_gracefully_first
     ending_cmd = (await bus.send("payments", "Charge", {"end": True})).unwrap()
     other = (await bus.send("payments", "Charge", {"end": False})).unwrap()
 
-    def run_in_own_loop() -> BaseException | None:
-        # SystemExit and KeyboardInterrupt leave the event loop they are raised in
-        async def main() -> None:
-            await Worker(dsn, reg, domain="payments", config=FAST, concurrency=4).run()
+    async def main() -> None:
+        await Worker(dsn, reg, domain="payments", config=FAST, concurrency=4).run()
 
-        try:
-            asyncio.run(main())
-        except (SystemExit, KeyboardInterrupt) as exc:
-            return exc
-        return None
-
-    raised = await asyncio.wait_for(asyncio.to_thread(run_in_own_loop), timeout=30)
+    raised = await what_ends_its_own_loop(main)
     assert raised is ending  # raised once the worker had stopped
     done = await bus.get_command("payments", other.command_id)
     assert done is not None and done.status is CommandStatus.COMPLETED
@@ -524,18 +531,11 @@ async def test_a_saga_data_builder_that_ends_the_process_stops_the_coordinator_g
     started = await SagaClient(bus).start_saga(saga, {})
     caplog.set_level(logging.WARNING, logger="commandbus")
 
-    def run_in_own_loop() -> BaseException | None:
-        async def main() -> None:
-            async with Worker(dsn, reg, domain="payments", config=FAST):
-                await Coordinator(dsn, SagaRegistry([saga]), config=FAST).run()
+    async def main() -> None:
+        async with Worker(dsn, reg, domain="payments", config=FAST):
+            await Coordinator(dsn, SagaRegistry([saga]), config=FAST).run()
 
-        try:
-            asyncio.run(main())
-        except (SystemExit, KeyboardInterrupt) as exc:
-            return exc
-        return None
-
-    raised = await asyncio.wait_for(asyncio.to_thread(run_in_own_loop), timeout=30)
+    raised = await what_ends_its_own_loop(main)
     assert isinstance(raised, SystemExit) and raised.code == 4
     rec = await SagaClient(bus).get_saga(started.saga_id)
     assert rec is not None and rec.status is SagaStatus.RUNNING  # nothing decided or failed

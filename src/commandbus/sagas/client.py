@@ -50,12 +50,13 @@ from commandbus.names import saga_stream_id
 from commandbus.sagas import replay
 from commandbus.sagas import sql as q
 from commandbus.sagas.decide import SAGA_QUEUE, Decider, saga_id_for_key
-from commandbus.sagas.definition import Saga, SagaRegistry
+from commandbus.sagas.definition import MAX_NAME_CHARS, Saga, SagaRegistry
 from commandbus.sagas.preview import (
     CancelPreview,
     cancel_refusal,
     failed_compensation,
     preview_cancel,
+    request_refusal,
 )
 from commandbus.sagas.read import (
     SagaFilter,
@@ -67,9 +68,6 @@ from commandbus.sagas.read import (
 )
 from commandbus.sagas.state import SagaState, StepStatus
 from commandbus.sagas.store import Pending, commit
-
-#: The longest step name a definition accepts.
-MAX_STEP_NAME = 128
 
 
 @attrs.frozen(kw_only=True)
@@ -335,7 +333,7 @@ class SagaClient:
         same transaction, so that it cannot run again. Refused
         (:class:`InvalidStateError`) unless that step's compensation failed and its
         command is not running again (an operator retried it: its outcome decides)."""
-        step_name = text_arg(step, "step", most=MAX_STEP_NAME)
+        step_name = text_arg(step, "step", most=MAX_NAME_CHARS)
         await self._request(saga_id, "mark_compensated", reason, operator, source, conn, step_name)
 
     async def _request(
@@ -366,16 +364,11 @@ class SagaClient:
             refusal = cancel_refusal(state)  # an ended saga refuses every request
             if refusal is not None and (action == "cancel" or state.status.is_final):
                 raise InvalidStateError(f"saga {sid} {refusal}")
-            if not on_their_way:
-                # the status row is the whole story: a request that cannot apply is
-                # refused now (else the coordinator decides, after those before it,
-                # and records one that no longer applies as refused)
-                if action == "resume" and not state.paused:
-                    raise InvalidStateError(f"saga {sid} is {state.status.value}, not paused")
-                if action == "pause" and state.paused:
-                    raise InvalidStateError(f"saga {sid} is paused already")
-                if action == "cancel" and state.cancelled:
-                    raise InvalidStateError(f"saga {sid} is being cancelled already")
+            # the status row is the whole story when no request is on its way: one
+            # that cannot apply is refused now (else the coordinator decides, after
+            # those before it, and records one that no longer applies as refused)
+            if not on_their_way and (why_not := request_refusal(state, action)) is not None:
+                raise InvalidStateError(why_not)
             in_tsq = None
             if step_name is not None:
                 in_tsq = await self._failed_compensation(c, state, step_name)

@@ -31,7 +31,7 @@ from commandbus.errors import InvalidStateError
 from commandbus.models import NewEvent
 from commandbus.sagas.definition import SAGA_QUEUE as SAGA_QUEUE  # re-exported here
 from commandbus.sagas.definition import DataBuilder, Saga, SagaContext
-from commandbus.sagas.preview import compensation_stages, failed_compensation
+from commandbus.sagas.preview import compensation_stages, failed_compensation, request_refusal
 from commandbus.sagas.state import IN_FLIGHT, SagaState, StepStatus, apply
 
 #: Namespace of the ids derived for saga commands and idempotent starts.
@@ -320,8 +320,8 @@ class Decider:
                 f"saga {st.saga_id} is past its pivot: it only goes forward and cannot be "
                 "compensated"
             )
-        if st.cancelled:
-            raise InvalidStateError(f"saga {st.saga_id} is being cancelled already")
+        if (why := request_refusal(st, "cancel")) is not None:
+            raise InvalidStateError(why)
         self.emit(
             ev.SAGA_CANCEL_REQUESTED,
             {"reason": reason or "cancelled by an operator", "operator": operator, **self._by},
@@ -337,14 +337,14 @@ class Decider:
         st = self._state
         if st.ended is not None:
             raise InvalidStateError(f"saga {st.saga_id} is {st.ended}: it cannot be paused")
-        if st.paused:
-            raise InvalidStateError(f"saga {st.saga_id} is paused already")
+        if (why := request_refusal(st, "pause")) is not None:
+            raise InvalidStateError(why)
         self.emit(ev.SAGA_PAUSED, {"reason": reason, "operator": operator, **self._by})
 
     def resume(self, operator: str | None = None) -> None:
         st = self._state
-        if not st.paused:
-            raise InvalidStateError(f"saga {st.saga_id} is {st.status.value}, not paused")
+        if (why := request_refusal(st, "resume")) is not None:
+            raise InvalidStateError(why)
         self.emit(ev.SAGA_RESUMED, {"operator": operator, **self._by})
         self.advance()
 

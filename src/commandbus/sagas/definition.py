@@ -28,8 +28,10 @@ if TYPE_CHECKING:
     from commandbus.config import Config
     from commandbus.sagas.inline import InlineTransitions
 
+#: The longest saga, step or group name.
+MAX_NAME_CHARS = 128
 #: What a saga, step or group name may be (the saga filter checks names with it too).
-NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,127}")
+NAME_RE = re.compile(rf"[A-Za-z][A-Za-z0-9_.:-]{{0,{MAX_NAME_CHARS - 1}}}")
 
 #: The queue every saga command replies to, and where saga timers wait (no domain).
 SAGA_QUEUE = "commandbus_sagas"

@@ -26,6 +26,19 @@ def cancel_refusal(state: SagaState) -> str | None:
     return None
 
 
+def request_refusal(state: SagaState, action: str) -> str | None:
+    """Why an operator's ``pause``, ``resume`` or ``cancel`` does not apply to the
+    saga in ``state`` (None: it does). The client refuses with it at once when no
+    request is on its way; the decider records a request it refuses with it."""
+    if action == "pause" and state.paused:
+        return f"saga {state.saga_id} is paused already"
+    if action == "resume" and not state.paused:
+        return f"saga {state.saga_id} is {state.status.value}, not paused"
+    if action == "cancel" and state.cancelled:
+        return f"saga {state.saga_id} is being cancelled already"
+    return None
+
+
 def failed_compensation(state: SagaState, step: str) -> StepState:
     """The step ``step`` whose compensation failed, that an operator may mark
     compensated; :class:`InvalidStateError` saying why not otherwise (the client
