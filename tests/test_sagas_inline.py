@@ -35,6 +35,7 @@ from saga_apps import (
     history,
     pending_messages,
     running,
+    status_is,
 )
 from support import wait_for
 
@@ -176,6 +177,49 @@ async def test_a_failing_saga_write_undoes_only_the_sagas_part(
         async with coordinating(h.bus.url, ORDER):
             rec = await final(h, started.saga_id)
         assert rec.status is SagaStatus.COMPLETED
+        await assert_consistent(h)
+
+
+async def test_a_saga_moved_behind_the_workers_back_is_decided_again(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker keeps the state of each saga it moved; a pause carried out meanwhile
+    by the coordinator makes that state stale. The next step's outcome, the saga's
+    transition and next command, sent together, are undone by the saga's version
+    check (``commandbus.all_applied``), and the group is recorded again statement by
+    statement with the saga read afresh: the step is completed, the saga stays
+    paused and nothing is sent twice."""
+    caplog.set_level(logging.INFO, "commandbus.worker")
+    async with running(dsn, ORDER, coordinators=0, inline=True) as h:
+        started = await h.sagas.start_saga(
+            ORDER, {"order_id": "w9", "behaviour": {"Charge": "gate"}}
+        )
+        sid = started.saga_id
+        await wait_for(lambda: _step_completed(h, sid, "reserve"), timeout=10)
+        async with coordinating(h.bus.url, ORDER):  # the charge waits in its handler
+            await h.sagas.pause_saga(sid, reason="stale state test")
+            await status_is(h, sid, SagaStatus.PAUSED)
+        assert "could not be recorded at once" not in caplog.text
+        h.journal.gate("w9").set()
+        await wait_for(lambda: _step_completed(h, sid, "charge"), timeout=10)
+        assert "a group could not be recorded at once" in caplog.text
+        assert "saga transitions applied; the group is undone" in caplog.text
+        assert sum(w.stats.inline_replies for w in h.workers) == 2
+        rec = await h.sagas.get_saga(sid)
+        assert rec is not None and rec.status is SagaStatus.PAUSED
+        assert [c[1:] for c in await commands_of(h, sid)] == [
+            ("Reserve", "COMPLETED"),
+            ("Charge", "COMPLETED"),
+        ]
+        async with coordinating(h.bus.url, ORDER):
+            await h.sagas.resume_saga(sid)
+            rec = await final(h, sid)
+        assert rec.status is SagaStatus.COMPLETED
+        assert [c[1:] for c in await commands_of(h, sid)] == [
+            ("Reserve", "COMPLETED"),
+            ("Charge", "COMPLETED"),
+            ("Ship", "COMPLETED"),
+        ]
         await assert_consistent(h)
 
 

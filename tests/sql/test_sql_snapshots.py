@@ -43,6 +43,14 @@ CASES: dict[str, Callable[[], sql.Composed]] = {
     "send_commands_2_domains": lambda: command_store.send_commands_statement(
         ("payments", "shipments")
     ),
+    # a worker moving sagas in one round trip: each statement applies in full or
+    # undoes the whole script (commandbus.all_applied)
+    "record_all_applied_1_domain": lambda: command_store.transition_statement(
+        ("payments",), (), all_applied=True
+    ),
+    "send_commands_all_applied_2_domains": lambda: command_store.send_commands_statement(
+        ("payments", "shipments"), all_applied=True
+    ),
 }
 
 

@@ -67,7 +67,7 @@ from commandbus.sagas.read import (
     fetch_saga,
 )
 from commandbus.sagas.state import SagaState, StepStatus
-from commandbus.sagas.store import Pending, commit
+from commandbus.sagas.store import Pending, commit, commit_at_once
 
 
 @attrs.frozen(kw_only=True)
@@ -222,8 +222,13 @@ class SagaClient:
             conn_arg(conn)
         await self._bus.create_queues(sorted({SAGA_QUEUE, *definition.domains}), conn=conn)
         try:
-            async with borrow(self._bus.pool, conn) as c, atomic(c):
-                created = await commit(c, pending)
+            async with borrow(self._bus.pool, conn) as c:
+                # in one round trip if it can (the usual case: new sagas, a connection
+                # of its own); otherwise statement by statement, which tells what exists
+                created = await commit_at_once(c, pending)
+                if created is None:
+                    async with atomic(c):
+                        created = await commit(c, pending)
         except psycopg.errors.ProgramLimitExceeded as exc:  # (a guard, should the above miss)
             raise PayloadTooLargeError(
                 f"{len(pending)} sagas are too large to start in one call "

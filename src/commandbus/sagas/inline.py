@@ -29,10 +29,11 @@ from commandbus.engine.commands.envelope import trace_context
 from commandbus.engine.commands.store import Reply
 from commandbus.engine.db.connect import Conn
 from commandbus.engine.queues.tables import QueueRegistry
+from commandbus.engine.worker.inline import Planned
 from commandbus.sagas.decide import SAGA_QUEUE, Decider
 from commandbus.sagas.deciding import TransitionCounts, decide, saga_of
 from commandbus.sagas.definition import SagaRegistry
-from commandbus.sagas.store import KeptStates, Pending, commit_all, load
+from commandbus.sagas.store import KeptStates, Pending, commit_all, commit_all_statements, load
 
 log = logging.getLogger("commandbus.worker")
 
@@ -87,13 +88,36 @@ class InlineTransitions:
             await queues.ensure(conn, domain)
 
     async def take(self, conn: Conn, replies: Sequence[Reply]) -> _Taken:
+        by_saga, pending = await self._decide(conn, replies)
+        # all or nothing: a saga moved meanwhile undoes the caller's transaction,
+        # which is then recorded without taking any reply
+        await commit_all(conn, pending)
+        return self._taken(replies, by_saga, pending)
+
+    async def plan(self, conn: Conn, replies: Sequence[Reply]) -> Planned | None:
+        by_saga, pending = await self._decide(conn, replies)
+        statements = await commit_all_statements(conn, pending)
+        if statements is None:
+            return None  # the states taken out are read again by take()
+        return statements, self._taken(replies, by_saga, pending)
+
+    def _taken(
+        self, replies: Sequence[Reply], by_saga: dict[UUID, list[int]], pending: list[Pending]
+    ) -> _Taken:
+        taken = frozenset(i for p in pending for i in by_saga[p.saga_id])
+        return _Taken(taken, self, pending, len(replies) - len(taken))
+
+    async def _decide(
+        self, conn: Conn, replies: Sequence[Reply]
+    ) -> tuple[dict[UUID, list[int]], list[Pending]]:
+        """The transitions the replies cause (by saga: the indexes of its replies)."""
         by_saga: dict[UUID, list[int]] = {}
         for i, r in enumerate(replies):
             saga_id = saga_of(r.message)
             if saga_id is not None:
                 by_saga.setdefault(saga_id, []).append(i)
         if not by_saga:
-            return _Taken(frozenset(), self, left=len(replies))
+            return by_saga, []
         loaded = self._states.take(by_saga)
         missing = [s for s in by_saga if s not in loaded]
         if missing:
@@ -117,11 +141,7 @@ class InlineTransitions:
             )
             if ok:
                 pending.append(Pending(saga_id, found.version, decider, found.created_at))
-        # all or nothing: a saga moved meanwhile undoes the caller's transaction,
-        # which is then recorded without taking any reply
-        await commit_all(conn, pending)
-        taken = frozenset(i for p in pending for i in by_saga[p.saga_id])
-        return _Taken(taken, self, pending, len(replies) - len(taken))
+        return by_saga, pending
 
     def committed(self, pending: list[Pending], left: int) -> None:
         """The transaction of :meth:`take` committed: keep the states, count."""

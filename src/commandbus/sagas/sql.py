@@ -69,12 +69,22 @@ _TRANSITION_TAIL: Final[LiteralString] = """, ok AS (
            coalesce(t.headers, jsonb_build_object())
       FROM ok, jsonb_to_recordset(ok.timers)
            AS t(msg_id bigint, seconds float8, message jsonb, headers jsonb)
-)
-SELECT saga_id FROM ok
-"""
+)"""
 
 TRANSITION: Final[LiteralString] = (
-    _TRANSITION_INPUT + append_with_expected_version(all_or_nothing=False) + _TRANSITION_TAIL
+    _TRANSITION_INPUT
+    + append_with_expected_version(all_or_nothing=False)
+    + _TRANSITION_TAIL
+    + "\nSELECT saga_id FROM ok\n"
+)
+
+# TRANSITION when every saga must be recorded (for a script: commandbus.all_applied
+# raises, undoing the whole transaction, otherwise); one row, the number recorded.
+TRANSITION_ALL_APPLIED: Final[LiteralString] = (
+    _TRANSITION_INPUT
+    + append_with_expected_version(all_or_nothing=False)
+    + _TRANSITION_TAIL
+    + "\nSELECT commandbus.all_applied(count(*), %(expected_rows)s, 'saga transitions') FROM ok\n"
 )
 
 # Message ids for new timers, drawn from the saga queue's own identity sequence so

@@ -17,7 +17,9 @@ from typing import Any, cast
 from uuid import UUID
 
 import attrs
+import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus import event_types as ev
@@ -25,6 +27,7 @@ from commandbus.codec import dumps_document
 from commandbus.engine.commands import store as command_store
 from commandbus.engine.commands.troubleshooting import TroubleshootingQueue
 from commandbus.engine.db.connect import Conn
+from commandbus.engine.db.script import Script, not_all_applied
 from commandbus.engine.queues.tables import queue_table
 from commandbus.errors import CommandNotFoundError, ConcurrencyError, InvalidStateError
 from commandbus.names import saga_stream_id
@@ -117,10 +120,12 @@ async def load(conn: Conn, saga_ids: Sequence[UUID]) -> dict[UUID, Loaded]:
     return found
 
 
-@lru_cache(maxsize=1)
-def _transition_statement() -> bytes:
-    """TRANSITION, rendered once (psycopg would render it per call)."""
-    return sql.SQL(queries.TRANSITION).format(queue=queue_table(SAGA_QUEUE)).as_bytes()
+@lru_cache(maxsize=2)
+def _transition_statement(all_applied: bool = False) -> bytes:
+    """TRANSITION (or TRANSITION_ALL_APPLIED), rendered once (psycopg would render it
+    per call)."""
+    query = queries.TRANSITION_ALL_APPLIED if all_applied else queries.TRANSITION
+    return sql.SQL(query).format(queue=queue_table(SAGA_QUEUE)).as_bytes()
 
 
 def _event_json(e: Any) -> dict[str, Any]:
@@ -253,6 +258,58 @@ async def commit_all(conn: Conn, pending: Sequence[Pending]) -> None:
     for p in pending:
         for domain, command_id in p.decider.withdraw:
             await _withdraw(conn, p.saga_id, domain, command_id)
+
+
+async def commit_all_statements(
+    conn: Conn, pending: Sequence[Pending]
+) -> list[tuple[bytes, dict[str, Any]]] | None:
+    """:func:`commit_all` as statements for a :class:`~commandbus.engine.db.script.Script`
+    (each fails, undoing the script, unless it applies in full); the timers' message
+    ids are drawn now. None when it cannot go that way (a cancelled saga's commands
+    to withdraw from the troubleshooting queue)."""
+    pending = sorted((p for p in pending if p.decider.events), key=lambda p: str(p.saga_id))
+    if not pending:
+        return []
+    if any(p.decider.withdraw for p in pending):
+        return None
+    await _allocate_timers(conn, pending)
+    statements = [
+        (
+            _transition_statement(all_applied=True),
+            {
+                "transitions": dumps_document([_row(p) for p in pending], what="saga transition"),
+                "saga_stream": ev.SAGA_STREAM,
+                "expected_rows": len(pending),
+            },
+        )
+    ]
+    commands = [c for p in pending for c in p.decider.commands]
+    if commands:
+        statements.append(command_store.send_commands_all_applied(commands))
+    return statements
+
+
+async def commit_at_once(conn: Conn, pending: Sequence[Pending]) -> set[UUID] | None:
+    """:func:`commit_all` in ONE round trip, as a transaction of its own (see
+    :class:`~commandbus.engine.db.script.Script`): the sagas recorded, or None when
+    that did not happen (a saga exists or moved meanwhile, a command exists, the
+    connection is in a transaction); nothing is written then and the caller goes the
+    ordinary way, with :func:`commit`."""
+    if not conn.autocommit or conn.info.transaction_status != TransactionStatus.IDLE:
+        return None
+    statements = await commit_all_statements(conn, pending)
+    if statements is None:
+        return None
+    script = Script()
+    for query, params in statements:
+        script.add(query, params)
+    try:
+        await script.run(conn)
+    except psycopg.Error as exc:
+        if not_all_applied(exc):
+            return None
+        raise
+    return {p.saga_id for p in pending if p.decider.events}
 
 
 async def _withdraw(conn: Conn, saga_id: UUID, domain: str, command_id: UUID) -> None:

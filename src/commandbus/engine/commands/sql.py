@@ -117,10 +117,19 @@ SEND_BATCH_TAIL: Final[LiteralString] = """, evt AS (
                                          'msg_id', msg_id),
            correlation_id, causation_id, metadata
       FROM go{batch_event}
-){batch}
+){batch}"""
+
+# The result of SEND_BATCH: each command, its message id if sent and whether it is new.
+SEND_BATCH_RESULT: Final[LiteralString] = """
 SELECT input.domain, input.command_id, go.msg_id,
        (input.domain, input.command_id) IN (SELECT domain, command_id FROM proj) AS is_new
   FROM input LEFT JOIN go USING (domain, command_id)
+"""
+
+# SEND_BATCH's result when every command must be sent (commandbus.all_applied raises,
+# undoing the transaction, otherwise): one row, the number sent.
+SEND_BATCH_ALL_APPLIED: Final[LiteralString] = """
+SELECT commandbus.all_applied(count(*), %(expected_commands)s, 'commands sent') FROM go
 """
 
 # The batch's BatchCreated event, among the events inserted.
@@ -297,6 +306,12 @@ TRANSITION_REPLY: Final[LiteralString] = """, {cte} AS (
 
 TRANSITION_TAIL: Final[LiteralString] = """
 SELECT stream_id FROM ok
+"""
+
+# TRANSITION_TAIL when every transition must be recorded (commandbus.all_applied
+# raises, undoing the transaction, otherwise): one row, the number recorded.
+TRANSITION_ALL_APPLIED: Final[LiteralString] = """
+SELECT commandbus.all_applied(count(*), %(expected_rows)s, 'command outcomes') FROM ok
 """
 
 # Replies sent on their own (replies a worker meant to act on in the outcome's

@@ -144,8 +144,11 @@ def _next_msg_ids(domains: tuple[str, ...]) -> sql.Composable:
 
 
 @lru_cache(maxsize=512)
-def _send_statement(domains: tuple[str, ...], *, with_batch: bool) -> sql.Composed:
-    """SEND_BATCH for commands of these (sorted) domains, with or without a batch."""
+def _send_statement(
+    domains: tuple[str, ...], *, with_batch: bool, all_applied: bool = False
+) -> sql.Composed:
+    """SEND_BATCH for commands of these (sorted) domains, with or without a batch;
+    ``all_applied``: it fails unless every command is sent (for a :class:`Script`)."""
     empty = sql.SQL("")
     parts: list[sql.Composable] = [
         sql.SQL(queries.SEND_BATCH_HEAD).format(
@@ -173,6 +176,9 @@ def _send_statement(domains: tuple[str, ...], *, with_batch: bool) -> sql.Compos
             batch=batch_row if with_batch else empty,
         )
     )
+    parts.append(
+        sql.SQL(queries.SEND_BATCH_ALL_APPLIED if all_applied else queries.SEND_BATCH_RESULT)
+    )
     return sql.Composed(parts)
 
 
@@ -181,15 +187,16 @@ def send_batch_statement(domains: tuple[str, ...]) -> sql.Composed:
     return _send_statement(domains, with_batch=True)
 
 
-def send_commands_statement(domains: tuple[str, ...]) -> sql.Composed:
-    """The statement of :func:`send_commands` for commands of these (sorted) domains."""
-    return _send_statement(domains, with_batch=False)
+def send_commands_statement(domains: tuple[str, ...], *, all_applied: bool = False) -> sql.Composed:
+    """The statement of :func:`send_commands` for commands of these (sorted) domains
+    (of :func:`send_commands_all_applied` with ``all_applied``)."""
+    return _send_statement(domains, with_batch=False, all_applied=all_applied)
 
 
 @lru_cache(maxsize=256)
-def _send_query(domains: tuple[str, ...], *, with_batch: bool) -> bytes:
+def _send_query(domains: tuple[str, ...], *, with_batch: bool, all_applied: bool = False) -> bytes:
     """The send statement, rendered once (psycopg would render it per call)."""
-    return _send_statement(domains, with_batch=with_batch).as_bytes()
+    return _send_statement(domains, with_batch=with_batch, all_applied=all_applied).as_bytes()
 
 
 def _send_params(cmds: Sequence[OutgoingCommand]) -> dict[str, Any]:
@@ -264,6 +271,13 @@ async def send_commands(
     if len(sent) != len(cmds):
         return [(c.domain, c.command_id, None) for c in cmds]
     return [(c.domain, c.command_id, sent[c.domain, c.command_id]) for c in cmds]
+
+
+def send_commands_all_applied(cmds: Sequence[OutgoingCommand]) -> tuple[bytes, dict[str, Any]]:
+    """:func:`send_commands` for a :class:`~commandbus.engine.db.script.Script`: the
+    statement fails (undoing the script) unless every command is new."""
+    domains = tuple(sorted({c.domain for c in cmds}))
+    return _send_query(domains, with_batch=False, all_applied=True), _send_params(cmds)
 
 
 async def read_batch(conn: Conn, domain: str, *, qty: int, vt_seconds: float) -> list[ReadMessage]:
@@ -360,9 +374,12 @@ _NO_PATCH = Patch()
 
 
 @lru_cache(maxsize=512)
-def transition_statement(domains: tuple[str, ...], replies: tuple[str, ...]) -> sql.Composed:
+def transition_statement(
+    domains: tuple[str, ...], replies: tuple[str, ...], *, all_applied: bool = False
+) -> sql.Composed:
     """The statement of :func:`record_transitions`: queue actions on ``domains``, replies
-    into ``replies`` (both sorted)."""
+    into ``replies`` (both sorted); ``all_applied``: it fails unless every transition
+    is recorded (for a :class:`~commandbus.engine.db.script.Script`)."""
     parts: list[sql.Composable] = [sql.SQL(queries.TRANSITION_HEAD)]
     for i, domain in enumerate(domains):
         literal = sql.Literal(domain)
@@ -384,14 +401,18 @@ def transition_statement(domains: tuple[str, ...], replies: tuple[str, ...]) -> 
                 reply_queue=sql.Literal(queue),
             )
         )
-    parts.append(sql.SQL(queries.TRANSITION_TAIL))
+    parts.append(
+        sql.SQL(queries.TRANSITION_ALL_APPLIED if all_applied else queries.TRANSITION_TAIL)
+    )
     return sql.Composed(parts)
 
 
 @lru_cache(maxsize=512)
-def _transition_query(domains: tuple[str, ...], replies: tuple[str, ...]) -> bytes:
+def _transition_query(
+    domains: tuple[str, ...], replies: tuple[str, ...], *, all_applied: bool = False
+) -> bytes:
     """:func:`transition_statement`, rendered once (psycopg would render it per call)."""
-    return transition_statement(domains, replies).as_bytes()
+    return transition_statement(domains, replies, all_applied=all_applied).as_bytes()
 
 
 def _patch(events: Sequence[NewEvent]) -> Patch:
@@ -426,6 +447,22 @@ async def record_transitions(
     ``without_replies_to``: replies to that queue are not sent (the caller acts on
     them in the same transaction, or sends them with :func:`send_replies`).
     """
+    query, params = _record_transitions(transitions, without_replies_to, all_applied=False)
+    cur = await conn.execute(query, params)
+    return {r[0] for r in await cur.fetchall()}
+
+
+def record_transitions_all_applied(
+    transitions: Sequence[Transition], *, without_replies_to: str | None = None
+) -> tuple[bytes, dict[str, Any]]:
+    """:func:`record_transitions` for a :class:`~commandbus.engine.db.script.Script`:
+    the statement fails (undoing the script) unless every transition is recorded."""
+    return _record_transitions(transitions, without_replies_to, all_applied=True)
+
+
+def _record_transitions(
+    transitions: Sequence[Transition], without_replies_to: str | None, *, all_applied: bool
+) -> tuple[bytes, dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     op_domains: set[str] = set()
     reply_queues: set[str] = set()
@@ -454,23 +491,30 @@ async def record_transitions(
             row["reply_queue"] = t.reply.queue
             row["reply"] = {"message": t.reply.message, "headers": t.reply.headers}
         rows.append(row)
-    stmt = _transition_query(tuple(sorted(op_domains)), tuple(sorted(reply_queues)))
-    cur = await conn.execute(
-        stmt,
-        {
-            "transitions": dumps_document(rows, what="command transition"),
-            "command_retry_scheduled": ev.COMMAND_RETRY_SCHEDULED,
-        },
+    stmt = _transition_query(
+        tuple(sorted(op_domains)), tuple(sorted(reply_queues)), all_applied=all_applied
     )
-    return {r[0] for r in await cur.fetchall()}
+    params: dict[str, Any] = {
+        "transitions": dumps_document(rows, what="command transition"),
+        "command_retry_scheduled": ev.COMMAND_RETRY_SCHEDULED,
+    }
+    if all_applied:
+        params["expected_rows"] = len(rows)
+    return stmt, params
 
 
 async def send_replies(conn: Conn, replies: Sequence[Reply]) -> None:
     """Send replies as messages of their queues (one statement per queue)."""
+    for query, params in send_replies_statements(replies):
+        await conn.execute(query, params)
+
+
+def send_replies_statements(replies: Sequence[Reply]) -> list[tuple[sql.Composed, dict[str, Any]]]:
+    """The statements of :func:`send_replies`."""
     by_queue: dict[str, list[dict[str, Any]]] = {}
     for r in replies:
         by_queue.setdefault(r.queue, []).append({"message": r.message, "headers": r.headers})
-    for queue, rows in sorted(by_queue.items()):
-        await conn.execute(
-            with_queue(queries.SEND_REPLIES, queue), {"replies": dumps_document(rows, what="reply")}
-        )
+    return [
+        (with_queue(queries.SEND_REPLIES, queue), {"replies": dumps_document(rows, what="reply")})
+        for queue, rows in sorted(by_queue.items())
+    ]

@@ -12,12 +12,13 @@ saga package implements it (the worker never imports it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from commandbus.config import Config
 from commandbus.engine.commands.store import Reply
 from commandbus.engine.db.connect import Conn
+from commandbus.engine.db.script import Query
 
 
 class Taken(Protocol):
@@ -31,6 +32,12 @@ class Taken(Protocol):
     def committed(self) -> None:
         """Called once the transaction that took them has committed."""
         ...
+
+
+#: What :meth:`InlineReplies.plan` returns: the statements that act on the replies
+#: (for a :class:`~commandbus.engine.db.script.Script`, each failing unless it applies
+#: in full) and what they take once committed.
+Planned = tuple[Sequence[tuple[Query, Mapping[str, Any] | None]], Taken]
 
 
 class InlineReplies(Protocol):
@@ -52,6 +59,11 @@ class InlineReplies(Protocol):
 
     async def take(self, conn: Conn, replies: Sequence[Reply]) -> Taken:
         """Act on what it can of ``replies`` in the caller's open transaction."""
+        ...
+
+    async def plan(self, conn: Conn, replies: Sequence[Reply]) -> Planned | None:
+        """What :meth:`take` would do, as statements to run at once with the outcomes,
+        assuming they are all recorded (``conn`` is only read; None: not this way)."""
         ...
 
 

@@ -10,6 +10,7 @@ import psycopg
 from commandbus.engine.commands import store as command_store
 from commandbus.engine.commands.store import Transition
 from commandbus.engine.db.connect import Conn, ResilientConnection
+from commandbus.engine.db.script import Script, not_all_applied
 from commandbus.engine.worker.inline import InlineReplies, Taken
 from commandbus.engine.worker.outcomes import Decision, Outcome, OutcomeBuilder
 from commandbus.engine.worker.stats import WorkerStats
@@ -77,7 +78,10 @@ class Recorder:
             return await flusher.run(lambda c: command_store.record_transitions(c, transitions))
         try:
             try:
-                ok, taken = await flusher.run(lambda c: _record_taking(c, transitions, inline))
+                done = await flusher.run(lambda c: _record_at_once(c, transitions, inline))
+                if done is None:  # a saga moved meanwhile, say: once more, step by step
+                    done = await flusher.run(lambda c: _record_taking(c, transitions, inline))
+                ok, taken = done
             except ConcurrencyError:
                 # a saga moved since this worker last saw it (its kept state is
                 # forgotten now): once more, with the sagas read afresh
@@ -134,6 +138,40 @@ class Recorder:
             stats.retried += 1
         else:
             stats.troubleshooting += 1
+
+
+async def _record_at_once(
+    conn: Conn, transitions: list[Transition], inline: InlineReplies
+) -> tuple[set[str], Taken] | None:
+    """What :func:`_record_taking` does, in ONE round trip: the outcomes, what
+    ``inline`` does with their replies and the replies it does not take, sent as one
+    script (one transaction, see :class:`Script`) whose statements each apply in full
+    or undo it all. None when that did not happen: a saga or a command moved
+    meanwhile, or ``inline`` cannot plan these replies; nothing is written then."""
+    replies = [
+        t.reply for t in transitions if t.reply is not None and t.reply.queue == inline.queue
+    ]
+    planned = await inline.plan(conn, replies)
+    if planned is None:
+        return None
+    statements, taken = planned
+    script = Script()
+    script.add(
+        *command_store.record_transitions_all_applied(transitions, without_replies_to=inline.queue)
+    )
+    for statement in statements:
+        script.add(*statement)
+    rest = [r for i, r in enumerate(replies) if i not in taken.taken]
+    for statement in command_store.send_replies_statements(rest):
+        script.add(*statement)
+    try:
+        await script.run(conn)
+    except psycopg.Error as exc:
+        if not_all_applied(exc):
+            log.info("a group could not be recorded at once (%s); recorded step by step", exc)
+            return None
+        raise
+    return {t.stream_id for t in transitions}, taken
 
 
 async def _record_taking(

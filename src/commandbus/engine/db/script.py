@@ -1,0 +1,66 @@
+"""Several statements in one round trip, as one transaction.
+
+A :class:`Script` sends its statements in a psycopg pipeline with a single
+synchronisation point at the end: on an idle autocommit connection PostgreSQL
+runs everything before that point as ONE implicit transaction, committed after
+the last statement and rolled back entirely if any statement fails (the
+statements after a failed one are skipped). The statements stay prepared and
+their parameters bound on the server. It is for paths whose latency is a chain
+of round trips (BEGIN, a few statements, COMMIT) that depend only on what was
+decided beforehand. Statements that must apply in full end with
+``commandbus.all_applied`` (migration 0010), whose SQLSTATE is
+:data:`NOT_ALL_APPLIED`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+
+from commandbus.engine.db.connect import Conn
+
+#: SQLSTATE raised by ``commandbus.all_applied`` when a statement did not apply in full
+NOT_ALL_APPLIED = "CB409"
+
+Query = bytes | sql.SQL | sql.Composed
+
+
+def not_all_applied(exc: BaseException) -> bool:
+    """Whether ``exc`` is a script undone by ``commandbus.all_applied``."""
+    return isinstance(exc, psycopg.Error) and exc.sqlstate == NOT_ALL_APPLIED
+
+
+class Script:
+    """Statements to send at once; :meth:`run` returns each one's rows."""
+
+    def __init__(self) -> None:
+        self._statements: list[tuple[Query, Mapping[str, Any] | None]] = []
+
+    def __len__(self) -> int:
+        return len(self._statements)
+
+    def add(self, query: Query, params: Mapping[str, Any] | None = None) -> int:
+        """Add a statement; returns its index in :meth:`run`'s result."""
+        self._statements.append((query, params))
+        return len(self._statements) - 1
+
+    async def run(self, conn: Conn) -> list[list[tuple[Any, ...]]]:
+        """Run the statements as one transaction (``conn`` must be idle, autocommit)."""
+        if not conn.autocommit or conn.info.transaction_status != TransactionStatus.IDLE:
+            raise RuntimeError("a script runs on an idle autocommit connection only")
+        cursors = []
+        try:
+            # one Sync, when the pipeline ends: the statements form one transaction
+            async with conn.pipeline():
+                for query, params in self._statements:
+                    cur = conn.cursor()
+                    cursors.append(cur)
+                    await cur.execute(query, params)
+            return [await c.fetchall() if c.description is not None else [] for c in cursors]
+        finally:
+            for c in cursors:
+                await c.close()
