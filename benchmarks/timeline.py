@@ -69,14 +69,14 @@ class _StampedEvent(asyncio.Event):
 
 def probe_library(timeline: Timeline, worker: Any) -> None:
     """Stamp a commandbus worker's wake-ups, reads and outcome statements."""
-    from commandbus.engine.commands import store
+    from commandbus.engine.commands import recording, store
 
     # each consumer's wake-up event: its listener sets it for each NOTIFY
     for domain in worker._domains:
         consumer = domain.consumer
         consumer._wake = consumer._listener._wake = _StampedEvent(timeline.wakeups)
     read_batch = store.read_batch
-    record_transitions = store.record_transitions
+    record_transitions = recording.record_transitions
 
     async def timed_read(*args: Any, **kwargs: Any) -> Any:
         started = time.time()
@@ -99,7 +99,7 @@ def probe_library(timeline: Timeline, worker: Any) -> None:
         return result
 
     store.read_batch = timed_read
-    store.record_transitions = timed_record
+    recording.record_transitions = timed_record
 
 
 def timed(

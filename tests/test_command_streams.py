@@ -26,7 +26,7 @@ from commandbus import (
     PermanentCommandError,
     Worker,
 )
-from commandbus.engine.commands import store as command_store
+from commandbus.engine.commands import recording
 from commandbus.engine.commands.store import Transition
 from support import FAST, assert_streams_contiguous, scalar, wait_for
 
@@ -142,12 +142,10 @@ async def test_without_its_status_row_a_command_is_recorded_at_its_last_events_v
         )
 
     for stale in (0, 2):
-        assert await command_store.record_transitions(conn, [completion(stale)]) == set()
-    assert await command_store.record_transitions(conn, [completion(1)]) == {
-        stream_of(sent.command_id)
-    }
+        assert await recording.record_transitions(conn, [completion(stale)]) == set()
+    assert await recording.record_transitions(conn, [completion(1)]) == {stream_of(sent.command_id)}
     # a second delivery's outcome, read at the same version, is not recorded
-    assert await command_store.record_transitions(conn, [completion(1)]) == set()
+    assert await recording.record_transitions(conn, [completion(1)]) == set()
     history = [e.event_type for e in await bus.command_history("payments", sent.command_id)]
     assert history == ["CommandSent", "CommandCompleted"]
     assert await bus.events.stream_version(stream_of(sent.command_id)) == 2

@@ -121,7 +121,7 @@ async def test_verify_reports_every_difference_and_rebuild_repairs(
 
 
 async def test_projection_never_moves_backwards(bus: CommandBus, conn: Conn) -> None:
-    from commandbus.engine.commands import store as command_store
+    from commandbus.engine.commands import recording
     from commandbus.engine.commands.store import Transition
     from commandbus.models import NewEvent
 
@@ -132,7 +132,7 @@ async def test_projection_never_moves_backwards(bus: CommandBus, conn: Conn) -> 
         expected_version=1,
         events=[NewEvent(event_type="CommandCompleted", data={"attempt": 1, "result": 1})],
     )
-    assert await command_store.record_transitions(conn, [done])
+    assert await recording.record_transitions(conn, [done])
     # a stale transition (same expected version) records nothing and changes nothing
     stale = Transition(
         domain="payments",
@@ -146,7 +146,7 @@ async def test_projection_never_moves_backwards(bus: CommandBus, conn: Conn) -> 
         ],
     )
     results = await asyncio.gather(
-        command_store.record_transitions(conn, [stale]),
+        recording.record_transitions(conn, [stale]),
     )
     assert results == [set()]
     record = await bus.get_command("payments", sent.command_id)
@@ -265,6 +265,7 @@ async def test_the_read_reports_a_command_whose_status_row_is_missing(
     bus: CommandBus, conn: Conn
 ) -> None:
     """The version, attempts and status read are the command's, row or no row."""
+    from commandbus.engine.commands import recording
     from commandbus.engine.commands import store as command_store
     from commandbus.engine.commands.store import Transition
     from commandbus.models import NewEvent
@@ -290,7 +291,7 @@ async def test_the_read_reports_a_command_whose_status_row_is_missing(
     moved = NewEvent(
         event_type="CommandMovedToTroubleshootingQueue", data={"attempt": 2, "error": error}
     )
-    recorded = await command_store.record_transitions(
+    recorded = await recording.record_transitions(
         conn,
         [
             Transition(

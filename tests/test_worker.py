@@ -24,6 +24,7 @@ from commandbus import (
     TransientCommandError,
     Worker,
 )
+from commandbus.engine.commands import recording
 from commandbus.engine.commands import store as command_store
 from commandbus.errors import HandlerRegistrationError
 from support import FAST, fetch, scalar, wait_for
@@ -287,7 +288,7 @@ async def test_a_losing_duplicate_delivery_rolls_back_its_handler_writes(
         from commandbus.models import NewEvent
 
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as other:
-            recorded = await command_store.record_transitions(
+            recorded = await recording.record_transitions(
                 other,
                 [
                     Transition(

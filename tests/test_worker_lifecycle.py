@@ -884,9 +884,9 @@ async def test_a_listener_that_cannot_connect_does_not_hold_the_queue(
 ) -> None:
     # Only the listener's connection is refused (a connection limit, say): after the
     # grace the worker serves by polling, and its listener still gets through later.
-    from commandbus.engine.queues import consumer, listener
+    from commandbus.engine.queues import listener
 
-    monkeypatch.setattr(consumer, "LISTEN_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(listener, "LISTEN_GRACE_SECONDS", 0.5)
     real = listener.connect
     refusing = True
 
@@ -920,9 +920,9 @@ async def test_a_listener_that_cannot_connect_does_not_hold_the_queue(
 async def test_one_domain_s_listener_that_cannot_connect_holds_no_domain(
     dsn: str, bus: CommandBus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from commandbus.engine.queues import consumer, listener
+    from commandbus.engine.queues import listener
 
-    monkeypatch.setattr(consumer, "LISTEN_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(listener, "LISTEN_GRACE_SECONDS", 0.5)
     real = listener.connect
     calls = 0
 

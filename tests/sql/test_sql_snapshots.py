@@ -25,6 +25,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from commandbus.engine.commands import recording
 from commandbus.engine.commands import store as command_store
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -32,8 +33,8 @@ UPDATE = os.environ.get("UPDATE_SQL_SNAPSHOTS") == "1"
 
 CASES: dict[str, Callable[[], sql.Composed]] = {
     # recording outcomes (record_transitions)
-    "record_1_domain": lambda: command_store.transition_statement(("payments",), ()),
-    "record_2_domains_and_a_reply_queue": lambda: command_store.transition_statement(
+    "record_1_domain": lambda: recording.transition_statement(("payments",), ()),
+    "record_2_domains_and_a_reply_queue": lambda: recording.transition_statement(
         ("payments", "shipments"), ("replies",)
     ),
     # send_batch (send_many)
@@ -45,7 +46,7 @@ CASES: dict[str, Callable[[], sql.Composed]] = {
     ),
     # a worker moving sagas in one round trip: each statement applies in full or
     # undoes the whole script (commandbus.all_applied)
-    "record_all_applied_1_domain": lambda: command_store.transition_statement(
+    "record_all_applied_1_domain": lambda: recording.transition_statement(
         ("payments",), (), all_applied=True
     ),
     "send_commands_all_applied_2_domains": lambda: command_store.send_commands_statement(

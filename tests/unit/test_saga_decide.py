@@ -18,7 +18,8 @@ from commandbus import (
     Step,
     StepStatus,
 )
-from commandbus.sagas.decide import Decider, command_id_for
+from commandbus.sagas.decide import Decider
+from commandbus.sagas.outgoing import command_id_for
 from commandbus.sagas.state import from_json, to_json
 
 A = Step("a", domain="da", command="A", compensation=Compensation("UndoA"))

@@ -49,8 +49,9 @@ from commandbus.models import CommandStatus, StoredEvent
 from commandbus.names import saga_stream_id
 from commandbus.sagas import replay
 from commandbus.sagas import sql as q
-from commandbus.sagas.decide import SAGA_QUEUE, Decider, saga_id_for_key
+from commandbus.sagas.decide import SAGA_QUEUE, Decider
 from commandbus.sagas.definition import MAX_NAME_CHARS, Saga, SagaRegistry
+from commandbus.sagas.outgoing import saga_id_for_key
 from commandbus.sagas.preview import (
     CancelPreview,
     cancel_refusal,

@@ -9,12 +9,9 @@ reply, dead timers). Each event is applied to the state as it is emitted (the fo
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
-
-import attrs
 
 from commandbus import event_types as ev
 from commandbus.codec import dumps_limited
@@ -23,43 +20,15 @@ from commandbus.engine.commands.envelope import (
     REPLY_FAILED,
     REPLY_SUCCESS,
     REPLY_TROUBLESHOOTING,
-    encode_command,
-    encode_headers,
 )
 from commandbus.engine.commands.store import OutgoingCommand
 from commandbus.errors import InvalidStateError
 from commandbus.models import NewEvent
 from commandbus.sagas.definition import SAGA_QUEUE as SAGA_QUEUE  # re-exported here
 from commandbus.sagas.definition import DataBuilder, Saga, SagaContext
+from commandbus.sagas.outgoing import Timer, command_id_for, saga_command
 from commandbus.sagas.preview import compensation_stages, failed_compensation, request_refusal
 from commandbus.sagas.state import IN_FLIGHT, SagaState, StepStatus, apply
-
-#: Namespace of the ids derived for saga commands and idempotent starts.
-SAGA_NAMESPACE = UUID("6f1c1d2e-6a53-4c55-9a43-2f8c9d7b1e01")
-
-
-def command_id_for(saga_id: UUID, n: int) -> UUID:
-    """The id of a saga's ``n``-th command: the same on every replay of a decision."""
-    return uuid.uuid5(SAGA_NAMESPACE, f"{saga_id}/{n}")
-
-
-def saga_id_for_key(name: str, key: str) -> UUID:
-    """The saga id an idempotency key stands for (per saga name)."""
-    return uuid.uuid5(SAGA_NAMESPACE, f"key/{name}/{key}")
-
-
-@attrs.frozen(kw_only=True)
-class Timer:
-    """A step's durable timer: a delayed message to the saga queue."""
-
-    step: str
-    command_id: UUID
-    seconds: float
-    #: the SagaStepStarted event's data, where the timer's message id goes
-    event_data: dict[str, Any]
-    #: the W3C context of the step's send, which the timer's message carries (so a
-    #: timeout joins the saga's trace)
-    trace: dict[str, str] = attrs.field(factory=dict)
 
 
 def _error(exc: BaseException, code: str) -> dict[str, str]:
@@ -155,30 +124,16 @@ class Decider:
         trace = self._headers if self._on_send is None else dict(self._on_send(kind, step))
         cid = command_id_for(st.saga_id, st.sent)
         self._traces[cid] = trace
-        attempts = self._max_attempts if max_attempts is None else max_attempts
-        cmd = OutgoingCommand(
-            domain=domain,
+        cmd = saga_command(
+            saga_id=st.saga_id,
             command_id=cid,
+            domain=domain,
             command_type=command_type,
             correlation_id=st.correlation_id,
             causation_id=self._causation,
-            reply_to=SAGA_QUEUE,
-            saga_id=st.saga_id,
-            max_attempts=attempts,
-            delay_seconds=0.0,
-            message=encode_command(
-                command_id=cid,
-                command_type=command_type,
-                correlation_id=st.correlation_id,
-                causation_id=self._causation,
-                reply_to=SAGA_QUEUE,
-                saga_id=st.saga_id,
-                batch_id=None,
-                max_attempts=attempts,
-                data_json=data_json,
-            ),
-            headers=encode_headers(trace),
-            metadata=dumps_limited({"trace": trace}, 1 << 20) if trace else "{}",
+            max_attempts=self._max_attempts if max_attempts is None else max_attempts,
+            data_json=data_json,
+            trace=trace,
         )
         self.commands.append(cmd)
         return cmd

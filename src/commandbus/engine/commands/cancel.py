@@ -38,6 +38,7 @@ from commandbus.engine.commands.troubleshooting import (
 )
 from commandbus.engine.db.connect import Conn, atomic, borrow
 from commandbus.engine.eventstore.store import EventStore
+from commandbus.engine.queues import sql as queue_sql
 from commandbus.engine.queues.tables import with_queue
 from commandbus.errors import CommandNotFoundError, InvalidStateError
 from commandbus.models import CommandRecord, CommandStatus
@@ -60,11 +61,13 @@ async def _lock_message(conn: Conn, record: CommandRecord) -> QueueOp:
     if record.msg_id is None:
         return "none"
     table = f"pgmq.q_{validate_queue_name(record.domain)}"
-    cur = await conn.execute(q.QUEUE_TABLE_EXISTS, {"table": table})
+    cur = await conn.execute(queue_sql.QUEUE_TABLE_EXISTS, {"table": table})
     row = await cur.fetchone()
     if row is None or not row[0]:
         return "none"
-    cur = await conn.execute(with_queue(q.LOCK_MESSAGE, record.domain), {"msg_id": record.msg_id})
+    cur = await conn.execute(
+        with_queue(queue_sql.LOCK_MESSAGE, record.domain), {"msg_id": record.msg_id}
+    )
     message = await cur.fetchone()
     if message is None:
         return "none"

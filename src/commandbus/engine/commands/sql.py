@@ -126,8 +126,7 @@ SELECT input.domain, input.command_id, go.msg_id,
   FROM input LEFT JOIN go USING (domain, command_id)
 """
 
-# SEND_BATCH's result when every command must be sent (commandbus.all_applied raises,
-# undoing the transaction, otherwise): one row, the number sent.
+# SEND_BATCH's result when every command must be sent (else all_applied raises).
 SEND_BATCH_ALL_APPLIED: Final[LiteralString] = """
 SELECT commandbus.all_applied(count(*), %(expected_commands)s, 'commands sent') FROM go
 """
@@ -308,18 +307,9 @@ TRANSITION_TAIL: Final[LiteralString] = """
 SELECT stream_id FROM ok
 """
 
-# TRANSITION_TAIL when every transition must be recorded (commandbus.all_applied
-# raises, undoing the transaction, otherwise): one row, the number recorded.
+# TRANSITION_TAIL when every transition must be recorded (else all_applied raises).
 TRANSITION_ALL_APPLIED: Final[LiteralString] = """
 SELECT commandbus.all_applied(count(*), %(expected_rows)s, 'command outcomes') FROM ok
-"""
-
-# Replies sent on their own (replies a worker meant to act on in the outcome's
-# transaction but did not): {queue} is the reply queue's table.
-SEND_REPLIES: Final[LiteralString] = """
-INSERT INTO pgmq.{queue} (vt, message, headers)
-SELECT clock_timestamp(), r.message, r.headers
-  FROM jsonb_to_recordset(%(replies)s::jsonb) AS r(message jsonb, headers jsonb)
 """
 
 
@@ -434,18 +424,6 @@ SELECT c.*
 # An operator's cancel of a command waiting to run: its status row, locked (the
 # order a worker's outcome takes its locks in: status row, then queue message).
 LOCK_COMMAND: Final[LiteralString] = GET_COMMAND + " FOR UPDATE"
-
-# ... then its queue message, locked: a reader skips it from here on (SKIP LOCKED),
-# and a read that took it first has committed (the row is re-read after the wait).
-LOCK_MESSAGE: Final[LiteralString] = """
-SELECT vt > clock_timestamp() AS invisible, read_ct, vt
-  FROM pgmq.{queue}
- WHERE msg_id = %(msg_id)s
-   FOR UPDATE
-"""
-
-# Whether a queue's PGMQ table exists (%(table)s: 'pgmq.q_<queue>', a validated name).
-QUEUE_TABLE_EXISTS: Final[LiteralString] = "SELECT to_regclass(%(table)s) IS NOT NULL"
 
 # A batch and its progress by status (command_batch_idx); monitoring lists them.
 BATCH_SELECT: Final[LiteralString] = """

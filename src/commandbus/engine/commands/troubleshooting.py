@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from commandbus import event_types as ev
 from commandbus.arguments import int_arg, operator_arg, reason_arg, source_arg, uuid_arg
 from commandbus.codec import dumps
-from commandbus.engine.commands import store as command_store
+from commandbus.engine.commands import recording
 from commandbus.engine.commands.envelope import (
     REPLY_CANCELLED,
     REPLY_SUCCESS,
@@ -103,7 +103,7 @@ def command_of(record: CommandRecord, sent: dict[str, Any], trace: dict[str, str
 
 async def record_one(conn: Conn, transition: Transition, action: str) -> None:
     """Record an operator's transition; InvalidStateError if the command moved meanwhile."""
-    ok = await command_store.record_transitions(conn, [transition])
+    ok = await recording.record_transitions(conn, [transition])
     if not ok:
         raise InvalidStateError(
             f"cannot {action} command {transition.command_id}: it changed meanwhile"

@@ -12,8 +12,7 @@ Shape of a running consumer (every task is named and owned):
   in-memory backlog one after the other and calls ``handle``; what it returns
   (an outcome) is queued for recording, ``None`` means the message is done.
 * ``flusher`` tasks (each with its own connection): each takes every outcome
-  queued so far and hands the group to ``record``, so throughput is not one
-  commit per message, and one group commits while the next is being built.
+  queued so far and hands the group to ``record`` (:mod:`.flushing`).
 * ``listener``: LISTENs for the queue's wake-up channel.
 * ``heartbeat``: keeps the consumer's row in ``commandbus.heartbeat`` fresh
   (:mod:`~commandbus.engine.queues.heartbeat`); it beats on through a stop's
@@ -33,16 +32,14 @@ import collections
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from datetime import timedelta
 from typing import Generic, TypeVar
 
-import attrs
-
 from commandbus.arguments import delay_arg
 from commandbus.engine.db.connect import Conn, ResilientConnection, retrying
 from commandbus.engine.queues.app import ConsumerApp, M, O
+from commandbus.engine.queues.flushing import Flight, Flushers
 from commandbus.engine.queues.heartbeat import Heartbeat
 from commandbus.engine.queues.listener import Listener
 from commandbus.engine.queues.stopping import (
@@ -74,15 +71,6 @@ SHORT_WAIT_SECONDS = 0.01
 #: How long a stop lets a read under way finish (the reader then registers what it
 #: took, and the stop hands it back) before it cancels it.
 READ_GRACE_SECONDS = 0.5
-#: How long a consumer whose listener cannot connect waits before it reads anyway,
-#: by polling (its listener keeps trying; it is normally up in milliseconds).
-LISTEN_GRACE_SECONDS = 5.0
-
-
-@attrs.define
-class _Flight(Generic[M]):
-    msg: M  # a message between read and done
-    started: bool = False
 
 
 class QueueConsumer(Generic[M, O]):
@@ -119,19 +107,10 @@ class QueueConsumer(Generic[M, O]):
         self._capacity = max(2 * batch_size, concurrency + batch_size)
         self._read_threshold = max(1, min(batch_size, self._capacity // 2))
 
-        self._backlog: collections.deque[_Flight[M]] = collections.deque()
+        self._backlog: collections.deque[Flight[M]] = collections.deque()
         self._runners: set[asyncio.Task[None]] = set()
         self._busy = 0  # runners inside a handler right now
-        self._flights: dict[int, _Flight[M]] = {}
-        # Outcomes waiting to be recorded, per flusher; ``None`` is a flusher's stop
-        # sentinel. Without ``order_key`` the flushers share one queue; with it, the
-        # outcomes of one key go to one flusher, so they are recorded in the order
-        # they were handled (a saga's requests, say), never by two flushers at once.
-        shared: asyncio.Queue[tuple[O, _Flight[M]] | None] = asyncio.Queue()
-        self._order_key = order_key
-        self._outcome_queues = (
-            [shared] * flushers if order_key is None else [asyncio.Queue() for _ in range(flushers)]
-        )
+        self._flights: dict[int, Flight[M]] = {}
         self._room = asyncio.Event()
         self._wake = asyncio.Event()
         #: seconds after a NOTIFY-woken read to look once more (the app may set it)
@@ -172,12 +151,17 @@ class QueueConsumer(Generic[M, O]):
             setup=("SET synchronous_commit = off",),
             give_up=self._stop_event,
         )
-        self._flushers = [
-            ResilientConnection(url, what=f"{name} flusher", retry_for=reconnect_timeout)
-            for _ in range(flushers)
-        ]
+        self._flushing: Flushers[M, O] = Flushers(
+            url,
+            app,
+            name=name,
+            count=flushers,
+            reconnect_timeout=reconnect_timeout,
+            order_key=order_key,
+            done=self._forget,
+            ending=self._ending,
+        )
         self._tasks: list[asyncio.Task[None]] = []
-        self._flush_tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()  # set whenever nothing is in flight
         self._listener = Listener(
             url,
@@ -246,8 +230,7 @@ class QueueConsumer(Generic[M, O]):
 
         async def connect_all() -> None:
             await self._reader.run(self._app.prepare)
-            for flusher in self._flushers:
-                await flusher.open()
+            await self._flushing.open()
 
         start = asyncio.create_task(connect_all(), name=f"commandbus-start-{self.name}")
         stopper = asyncio.create_task(self._stop_event.wait(), name=f"commandbus-stop-{self.name}")
@@ -256,7 +239,8 @@ class QueueConsumer(Generic[M, O]):
         finally:
             stopper.cancel()
             if not start.done():
-                await end_tasks([start], f"{self.name} start", [self._reader, *self._flushers])
+                held = [self._reader, *self._flushing.connections]
+                await end_tasks([start], f"{self.name} start", held)
         if start.cancelled() or (self._stop_event.is_set() and start.exception() is not None):
             if not start.cancelled():
                 start.exception()  # retrieved: a stop's doing
@@ -271,16 +255,13 @@ class QueueConsumer(Generic[M, O]):
             asyncio.create_task(self._read_loop(), name=f"commandbus-reader-{n}"),
             asyncio.create_task(self._listener.run(), name=f"commandbus-listener-{n}"),
         ]
-        self._flush_tasks = [
-            asyncio.create_task(self._flush_loop(i), name=f"commandbus-flusher-{n}-{i}")
-            for i in range(len(self._flushers))
-        ]
+        flushing = self._flushing.start()
         # not among the reader's tasks: it beats on while a stop drains the handlers
         beat = self._heartbeat.start()
         stopper = asyncio.create_task(self._stop_event.wait(), name=f"commandbus-stop-{n}")
         try:
             done, _ = await asyncio.wait(
-                {stopper, beat, *self._tasks, *self._flush_tasks},
+                {stopper, beat, *self._tasks, *flushing},
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
@@ -322,22 +303,7 @@ class QueueConsumer(Generic[M, O]):
                 )
                 await end_tasks(self._runners, f"{self.name} handler", ())
                 # 3. flushers record what finished, then end on their sentinel
-                for queue in self._outcome_queues[: len(self._flush_tasks)]:
-                    queue.put_nowait(None)  # one each (the shared queue: one per flusher)
-                if self._flush_tasks:
-                    _, late = await asyncio.wait(
-                        self._flush_tasks, timeout=self._deadline.left() + FINAL_SECONDS
-                    )
-                    if late:
-                        log.warning(
-                            "%s: could not record %d outcomes in time; their messages come back",
-                            self.name,
-                            self._unrecorded(),
-                        )
-                    await end_tasks(late, f"{self.name} flusher", self._flushers)
-                for task in self._flush_tasks:
-                    if task.done() and not task.cancelled() and task.exception() is not None:
-                        log.error("%s: flusher failed: %r", self.name, task.exception())
+                await self._flushing.stop(self._deadline.left() + FINAL_SECONDS)
                 return cancelled
             except asyncio.CancelledError:
                 cancelled = True
@@ -370,7 +336,7 @@ class QueueConsumer(Generic[M, O]):
         )
         if released:
             self.released += len(left)
-        for held in (self._reader, *self._flushers):
+        for held in (self._reader, *self._flushing.connections):
             with contextlib.suppress(Exception):
                 await held.close()
 
@@ -384,41 +350,9 @@ class QueueConsumer(Generic[M, O]):
 
     # -- reading ----------------------------------------------------------------------------
 
-    async def _gate(self) -> None:
-        """Wait until reading may start: once ``reads_after`` is set, or a stop.
-
-        Nothing is read before the listener listens: ``ready`` (the CLI's banner, a
-        supervisor's "started") then comes before the first message is taken, and a
-        stop before it is a stop of a consumer that never served. The wake-up set
-        once it listens stays set, so the first read is at once. A listener that
-        still cannot connect after :data:`LISTEN_GRACE_SECONDS` does not hold the
-        queue: the consumer says so, counts as ready and reads by polling until
-        its listener gets through.
-        """
-        deadline = time.monotonic() + LISTEN_GRACE_SECONDS
-        while not self.reads_after.is_set() and not self._stop_event.is_set():
-            left = None if self.ready.is_set() else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                log.warning(
-                    "%s: not listening yet (its listener cannot connect); serving by "
-                    "polling every %gs until it does",
-                    self.name,
-                    self._poll,
-                )
-                self.ready.set()
-                continue
-            gate = asyncio.create_task(self.reads_after.wait(), name=f"commandbus-gate-{self.name}")
-            stop = asyncio.create_task(self._stop_event.wait(), name=f"commandbus-stop-{self.name}")
-            try:
-                await asyncio.wait({gate, stop}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for t in (gate, stop):
-                    t.cancel()
-                await asyncio.gather(gate, stop, return_exceptions=True)
-
     async def _read_loop(self) -> None:
         app = self._app
-        await self._gate()
+        await self._listener.gate(self.reads_after, poll=self._poll)
         while not self._stopping and not self._stop_event.is_set():
             room = self._capacity - len(self._flights)
             if room < self._read_threshold and self._flights:
@@ -432,7 +366,7 @@ class QueueConsumer(Generic[M, O]):
             if self._stop_event.is_set():
                 # read after stop was requested: hand them straight back
                 for m in msgs:
-                    self._flights[m.msg_id] = _Flight(msg=m)
+                    self._flights[m.msg_id] = Flight(msg=m)
                 return
             suspect = next((m for m in msgs if app.suspect(m)), None)
             if suspect is not None:
@@ -458,7 +392,7 @@ class QueueConsumer(Generic[M, O]):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
     def _dispatch(self, msg: M) -> None:
-        flight = _Flight(msg=msg)
+        flight = Flight(msg=msg)
         self._flights[msg.msg_id] = flight
         self._backlog.append(flight)
 
@@ -524,52 +458,12 @@ class QueueConsumer(Generic[M, O]):
             if outcome is None:
                 self._forget(flight)
             else:
-                self._outcome_queue(outcome).put_nowait((outcome, flight))
+                self._flushing.put(outcome, flight)
             handled += 1
             if handled % 32 == 0:
                 await asyncio.sleep(0)  # let the reader and flushers run
 
-    # -- recording --------------------------------------------------------------------------
-
-    def _unrecorded(self) -> int:
-        """Outcomes still waiting to be recorded (each queue counted once)."""
-        return sum(q.qsize() for q in {id(q): q for q in self._outcome_queues}.values())
-
-    def _outcome_queue(self, outcome: O) -> asyncio.Queue[tuple[O, _Flight[M]] | None]:
-        queues = self._outcome_queues
-        if self._order_key is None or len(queues) == 1:
-            return queues[0]
-        return queues[hash(self._order_key(outcome)) % len(queues)]
-
-    async def _flush_loop(self, i: int) -> None:
-        """Record queued outcomes, a group at a time, until this flusher's stop sentinel."""
-        queue = self._outcome_queues[i]
-        flusher = self._flushers[i]
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
-            group = [item]
-            last = False
-            while not queue.empty():
-                more = queue.get_nowait()
-                if more is None:  # one sentinel per flusher: take only our own
-                    last = True
-                    break
-                group.append(more)
-            # if recording fails, the group's messages stay held: the stop that
-            # follows hands them back at once
-            try:
-                await self._app.record(flusher, [(o, f.msg) for o, f in group])
-            except (KeyboardInterrupt, SystemExit) as exc:
-                # raised by code recording runs (a saga's data builder): as in a
-                # handler, a graceful stop; this group is handed back, not recorded
-                self._ending(exc, "code run while recording")
-                return
-            for _o, flight in group:
-                self._forget(flight)
-            if last:
-                return
+    # -- ending -----------------------------------------------------------------------------
 
     def _ending(self, exc: KeyboardInterrupt | SystemExit, where: str) -> None:
         """The process is to end (``exc``, raised by ``where``): stop everything
@@ -579,7 +473,7 @@ class QueueConsumer(Generic[M, O]):
             log.warning("%s: %s raised %s; stopping", self.name, where, type(exc).__name__)
         self._stop_all()
 
-    def _forget(self, flight: _Flight[M]) -> None:
+    def _forget(self, flight: Flight[M]) -> None:
         self._flights.pop(flight.msg.msg_id, None)
         if not self._flights:
             self._idle.set()

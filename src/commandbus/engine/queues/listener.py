@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import psycopg
@@ -12,6 +13,10 @@ from commandbus.engine.db.connect import Conn, connect
 from commandbus.errors import DatabaseUnavailableError
 
 log = logging.getLogger("commandbus.consumer")
+
+#: How long a consumer whose listener cannot connect waits before it reads anyway,
+#: by polling (its listener keeps trying; it is normally up in milliseconds).
+LISTEN_GRACE_SECONDS = 5.0
 
 
 class Listener:
@@ -44,6 +49,39 @@ class Listener:
         self.conn: Conn | None = None
         #: a NOTIFY arrived (the reader clears it when it reads)
         self.notified = False
+
+    async def gate(self, reads_after: asyncio.Event, *, poll: float) -> None:
+        """Wait until the consumer may read: once ``reads_after`` is set, or a stop.
+
+        Nothing is read before this listener listens: ``ready`` (the CLI's banner, a
+        supervisor's "started") then comes before the first message is taken, and a
+        stop before it is a stop of a consumer that never served. The wake-up set
+        once it listens stays set, so the first read is at once. A listener that
+        still cannot connect after :data:`LISTEN_GRACE_SECONDS` does not hold the
+        queue: the consumer says so, counts as ready and reads by polling (every
+        ``poll`` seconds) until its listener gets through.
+        """
+        what = self._what
+        deadline = time.monotonic() + LISTEN_GRACE_SECONDS
+        while not reads_after.is_set() and not self._stop.is_set():
+            left = None if self._ready.is_set() else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                log.warning(
+                    "%s: not listening yet (its listener cannot connect); serving by "
+                    "polling every %gs until it does",
+                    what,
+                    poll,
+                )
+                self._ready.set()
+                continue
+            gate = asyncio.create_task(reads_after.wait(), name=f"commandbus-gate-{what}")
+            stop = asyncio.create_task(self._stop.wait(), name=f"commandbus-stop-{what}")
+            try:
+                await asyncio.wait({gate, stop}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (gate, stop):
+                    t.cancel()
+                await asyncio.gather(gate, stop, return_exceptions=True)
 
     async def run(self) -> None:
         while True:

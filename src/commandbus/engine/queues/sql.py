@@ -105,3 +105,24 @@ SELECT count(*),
   FROM pgmq.{queue}
  WHERE vt <= now()
 """
+
+# A command's queue message, locked (an operator's action, after the command's row):
+# a reader skips it from here on (SKIP LOCKED), and a read that took it first has
+# committed (the row is re-read after the wait).
+LOCK_MESSAGE: Final[LiteralString] = """
+SELECT vt > clock_timestamp() AS invisible, read_ct, vt
+  FROM pgmq.{queue}
+ WHERE msg_id = %(msg_id)s
+   FOR UPDATE
+"""
+
+# Whether a queue's PGMQ table exists (%(table)s: 'pgmq.q_<queue>', a validated name).
+QUEUE_TABLE_EXISTS: Final[LiteralString] = "SELECT to_regclass(%(table)s) IS NOT NULL"
+
+# Replies sent on their own (replies a worker meant to act on in the outcome's
+# transaction but did not): {queue} is the reply queue's table.
+SEND_REPLIES: Final[LiteralString] = """
+INSERT INTO pgmq.{queue} (vt, message, headers)
+SELECT clock_timestamp(), r.message, r.headers
+  FROM jsonb_to_recordset(%(replies)s::jsonb) AS r(message jsonb, headers jsonb)
+"""

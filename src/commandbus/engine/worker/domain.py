@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from commandbus import event_types as ev
 from commandbus.codec import dumps_limited
+from commandbus.engine.commands import recording
 from commandbus.engine.commands import store as command_store
 from commandbus.engine.commands.envelope import decode_command
 from commandbus.engine.commands.store import ReadMessage
@@ -341,7 +342,7 @@ class DomainConsumer:
             return self._failure(a, exc)
         _annotate(a, decision)
         try:
-            ok = await command_store.record_transitions(conn, [decision.transition])
+            ok = await recording.record_transitions(conn, [decision.transition])
         except BaseException as exc:
             with contextlib.suppress(psycopg.Error):
                 await ctx.finish(commit=False)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from commandbus.engine.commands import store as command_store
+from commandbus.engine.commands import recording
 from commandbus.engine.commands.store import Transition
 from commandbus.engine.db.connect import Conn, ResilientConnection
 from commandbus.engine.db.script import Script, not_all_applied
@@ -75,7 +75,7 @@ class Recorder:
         if inline is None or not any(
             t.reply is not None and t.reply.queue == inline.queue for t in transitions
         ):
-            return await flusher.run(lambda c: command_store.record_transitions(c, transitions))
+            return await flusher.run(lambda c: recording.record_transitions(c, transitions))
         try:
             try:
                 done = await flusher.run(lambda c: _record_at_once(c, transitions, inline))
@@ -100,7 +100,7 @@ class Recorder:
                 type(exc).__name__,
                 exc,
             )
-            return await flusher.run(lambda c: command_store.record_transitions(c, transitions))
+            return await flusher.run(lambda c: recording.record_transitions(c, transitions))
         taken.committed()
         self._stats.inline_replies += len(taken.taken)
         return ok
@@ -113,9 +113,7 @@ class Recorder:
         log.error("outcome of command %s could not be recorded: %s", t.command_id, exc)
         fallback = self._outcomes.unrecordable(t, exc)
         try:
-            ok = await flusher.run(
-                lambda c: command_store.record_transitions(c, [fallback.transition])
-            )
+            ok = await flusher.run(lambda c: recording.record_transitions(c, [fallback.transition]))
             self.count(fallback, recorded=t.stream_id in ok)
         except psycopg.Error:
             log.exception("command %s: not even its failure could be recorded", t.command_id)
@@ -157,12 +155,12 @@ async def _record_at_once(
     statements, taken = planned
     script = Script()
     script.add(
-        *command_store.record_transitions_all_applied(transitions, without_replies_to=inline.queue)
+        *recording.record_transitions_all_applied(transitions, without_replies_to=inline.queue)
     )
     for statement in statements:
         script.add(*statement)
     rest = [r for i, r in enumerate(replies) if i not in taken.taken]
-    for statement in command_store.send_replies_statements(rest):
+    for statement in recording.send_replies_statements(rest):
         script.add(*statement)
     try:
         await script.run(conn)
@@ -182,9 +180,7 @@ async def _record_taking(
     # (not in a psycopg pipeline: its asynchronous wait spins on a writable socket,
     # which cost more CPU than the round trips it saves)
     async with conn.transaction():
-        ok = await command_store.record_transitions(
-            conn, transitions, without_replies_to=inline.queue
-        )
+        ok = await recording.record_transitions(conn, transitions, without_replies_to=inline.queue)
         replies = [
             t.reply
             for t in transitions
@@ -193,5 +189,5 @@ async def _record_taking(
         taken = await inline.take(conn, replies)
         rest = [r for i, r in enumerate(replies) if i not in taken.taken]
         if rest:
-            await command_store.send_replies(conn, rest)
+            await recording.send_replies(conn, rest)
     return ok, taken
