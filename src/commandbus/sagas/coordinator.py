@@ -5,9 +5,10 @@ requests wait there too. The coordinator is a
 :class:`~commandbus.engine.queues.consumer.QueueConsumer` over that queue (the
 same reader, wake-ups, grouped recording and staged stop as a worker): a group of
 messages is decided saga by saga (:class:`~commandbus.sagas.decide.Decider`) and
-committed in ONE transaction of a constant number of statements
-(:func:`~commandbus.sagas.store.commit`). Several coordinators may run at once: a
-saga another one moved meanwhile is reloaded and decided again.
+committed in ONE transaction of a constant number of statements: usually in one
+round trip (:func:`~commandbus.sagas.store.commit_at_once`), else statement by
+statement (:func:`~commandbus.sagas.store.commit`). Several coordinators may run
+at once: a saga another one moved meanwhile is reloaded and decided again.
 """
 
 from __future__ import annotations
@@ -47,7 +48,15 @@ from commandbus.sagas import sql as queries
 from commandbus.sagas.decide import SAGA_QUEUE, Decider
 from commandbus.sagas.deciding import TransitionCounts, decide, saga_of
 from commandbus.sagas.definition import Saga, SagaRegistry
-from commandbus.sagas.store import KeptStates, Loaded, Pending, commit, delete_messages, load
+from commandbus.sagas.store import (
+    KeptStates,
+    Loaded,
+    Pending,
+    commit,
+    commit_at_once,
+    delete_messages,
+    load,
+)
 
 log = logging.getLogger("commandbus.coordinator")
 
@@ -307,36 +316,21 @@ class Coordinator:
             else:
                 by_saga[saga_id].append(m)
         loaded = self._states.take(by_saga)
-        async with conn.transaction():
-            loaded.update(await load(conn, [s for s in by_saga if s not in loaded]))
-            pending: list[Pending] = []
-            postponed: list[int] = []
-            for saga_id, items in by_saga.items():
-                found = loaded.get(saga_id)
-                if found is None:
-                    log.error("no saga %s: dropping %d messages for it", saga_id, len(items))
-                    bad.extend(m.msg_id for m in items)
-                    continue
-                saga = self.registry.get(found.state.name, found.state.version)
-                decider, ok = decide(
-                    saga,
-                    found.state,
-                    self.config,
-                    parent_headers=_trace(items[-1].headers),
-                    message_id=items[-1].msg_id,
-                    feed=functools.partial(
-                        self._decide, saga=saga, found=found, items=items, postponed=postponed
-                    ),
-                )
-                if ok:
-                    pending.append(
-                        Pending(saga_id, found.version, decider, found.created_at, found.ended_at)
-                    )
-            passed = await commit(conn, pending)
-            if bad:
-                await delete_messages(conn, bad)
-            if postponed:
-                await self.postpone(conn, postponed, BLOCKED_RETRY_SECONDS)
+        # read first: in the usual case (every saga decided, none moved meanwhile) the
+        # transitions then go in one round trip, as one transaction (commit_at_once)
+        loaded.update(await load(conn, [s for s in by_saga if s not in loaded]))
+        postponed: list[int] = []
+        pending = self._decide_group(by_saga, loaded, bad, postponed)
+        passed = None
+        if not bad and not postponed and all(p.decider.events for p in pending):
+            passed = await commit_at_once(conn, pending)
+        if passed is None:
+            async with conn.transaction():
+                passed = await commit(conn, pending)
+                if bad:
+                    await delete_messages(conn, bad)
+                if postponed:
+                    await self.postpone(conn, postponed, BLOCKED_RETRY_SECONDS)
         self._states.keep(pending, passed)
         self.stats.ignored += len(bad)
         self.stats.blocked += len(postponed)
@@ -349,6 +343,39 @@ class Coordinator:
             elif not set(m.msg_id for m in by_saga[p.saga_id]) <= set(postponed):
                 retry.extend(by_saga[p.saga_id])
         return sorted(retry, key=lambda m: m.msg_id)
+
+    def _decide_group(
+        self,
+        by_saga: dict[UUID, list[SagaMessage]],
+        loaded: dict[UUID, Loaded],
+        bad: list[int],
+        postponed: list[int],
+    ) -> list[Pending]:
+        """Decide each saga's messages; those of a missing saga join ``bad``, those that
+        wait (no definition, a deciding error) ``postponed``."""
+        pending: list[Pending] = []
+        for saga_id, items in by_saga.items():
+            found = loaded.get(saga_id)
+            if found is None:
+                log.error("no saga %s: dropping %d messages for it", saga_id, len(items))
+                bad.extend(m.msg_id for m in items)
+                continue
+            saga = self.registry.get(found.state.name, found.state.version)
+            decider, ok = decide(
+                saga,
+                found.state,
+                self.config,
+                parent_headers=_trace(items[-1].headers),
+                message_id=items[-1].msg_id,
+                feed=functools.partial(
+                    self._decide, saga=saga, found=found, items=items, postponed=postponed
+                ),
+            )
+            if ok:
+                pending.append(
+                    Pending(saga_id, found.version, decider, found.created_at, found.ended_at)
+                )
+        return pending
 
     def _decide(
         self,

@@ -300,6 +300,8 @@ async def commit_at_once(conn: Conn, pending: Sequence[Pending]) -> set[UUID] | 
     statements = await commit_all_statements(conn, pending)
     if statements is None:
         return None
+    if not statements:
+        return set()
     script = Script()
     for query, params in statements:
         script.add(query, params)
@@ -307,6 +309,7 @@ async def commit_at_once(conn: Conn, pending: Sequence[Pending]) -> set[UUID] | 
         await script.run(conn)
     except psycopg.Error as exc:
         if not_all_applied(exc):
+            log.debug("saga transitions not committed at once (%s); one by one now", exc)
             return None
         raise
     return {p.saga_id for p in pending if p.decider.events}
