@@ -177,8 +177,8 @@ async def _record_taking(
 ) -> tuple[set[str], Taken]:
     """One transaction: the outcomes, then what ``inline`` does with their replies,
     then the replies it did not take, as messages."""
-    # (not in a psycopg pipeline: its asynchronous wait spins on a writable socket,
-    # which cost more CPU than the round trips it saves)
+    # statement by statement: which outcomes were recorded decides which replies are
+    # acted on, and which sagas moved decides what goes to the coordinator instead
     async with conn.transaction():
         ok = await recording.record_transitions(conn, transitions, without_replies_to=inline.queue)
         replies = [
