@@ -301,3 +301,39 @@ async def test_every_step_sees_the_input_as_stored(dsn: str) -> None:
     assert rec is not None and rec.state.input == {"items": [1, 2], "7": "seven"}
     assert len(sent) == 2 and sent[0] == sent[1], sent
     assert sent[0]["keys"] == ["str", "str"] and sent[0]["items"] == "list"
+
+
+async def test_starts_go_on_after_a_repeated_key_on_one_pooled_connection(dsn: str) -> None:
+    """A repeated key undoes the one-round-trip start (its saga exists), which is then
+    made statement by statement. The connection it ran on keeps working: new starts
+    on it succeed, before and after psycopg prepares the statements (6th use)."""
+    async with CommandBus(dsn, min_connections=1, max_connections=1) as bus:
+        sagas = SagaClient(bus)
+        for i in range(5):
+            started = await sagas.start_saga(ORDER, {"order_id": f"a{i}"}, idempotency_key=f"a{i}")
+            assert started.created
+        for _ in range(3):  # a client retrying its request
+            again = await sagas.start_saga(ORDER, {"order_id": "a0"}, idempotency_key="a0")
+            assert not again.created
+        for i in range(20):
+            assert (await sagas.start_saga(ORDER, {"order_id": f"b{i}"})).created
+        assert (await sagas.status_counts())["RUNNING"] == 25
+
+
+async def test_starts_on_the_callers_connection_never_touch_its_prepared_statements(
+    dsn: str,
+) -> None:
+    """With ``conn=`` a start goes statement by statement (never the one-round-trip
+    way, whose failure resets the connection's prepared statements): the caller's own
+    prepared statement survives repeated keys."""
+    async with CommandBus(dsn) as bus:
+        sagas = SagaClient(bus)
+        await bus.create_queues(["inventory", "commandbus_sagas"])
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
+            await c.execute("PREPARE callers_own AS SELECT 42")
+            await sagas.start_saga(ORDER, {"order_id": "k"}, idempotency_key="k", conn=c)
+            for _ in range(8):
+                await sagas.start_saga(ORDER, {"order_id": "k"}, idempotency_key="k", conn=c)
+            assert (await sagas.start_saga(ORDER, {"order_id": "new"}, conn=c)).created
+            cur = await c.execute("EXECUTE callers_own")
+            assert await cur.fetchone() == (42,)

@@ -7,6 +7,7 @@ ends with ``commandbus.all_applied``, which undoes everything when it did not.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import psycopg
@@ -101,3 +102,59 @@ async def test_a_script_refuses_a_connection_inside_a_transaction(dsn: str) -> N
             with pytest.raises(RuntimeError, match="idle autocommit connection only"):
                 await script.run(c)
         assert await script.run(c) == [[(1,)]]
+
+
+@pytest.mark.parametrize("threshold", [0, 5], ids=["prepared-at-once", "prepared-on-6th-use"])
+async def test_failed_scripts_leave_the_prepared_statements_in_line(
+    dsn: str, threshold: int
+) -> None:
+    """In an aborted pipeline psycopg counts a skipped statement as prepared (the server
+    never saw it) and forgets the failed one (the server keeps it). A script resets
+    both sides after a failure: the same statements keep working on that connection,
+    and the server holds no more prepared statements than there are statements."""
+    async with await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, prepare_threshold=threshold
+    ) as c:
+        await _table(c)
+
+        def script(i: int, expected: int) -> Script:
+            s = Script()
+            s.add("INSERT INTO public.script_t VALUES (%(i)s)", {"i": i})
+            s.add("SELECT commandbus.all_applied(%(a)s, %(e)s, 'rows')", {"a": 1, "e": expected})
+            s.add("INSERT INTO public.script_t VALUES (%(i)s + 1000)", {"i": i})
+            return s
+
+        for i in range(12):
+            if i % 3 == 2:  # every third one is undone
+                with pytest.raises(psycopg.Error) as info:
+                    await script(i, 2).run(c)
+                assert not_all_applied(info.value)
+            else:
+                await script(i, 1).run(c)
+        for i in range(20, 30):
+            await script(i, 1).run(c)
+        cur = await c.execute("SELECT count(*) FROM pg_prepared_statements")
+        row = await cur.fetchone()
+        assert row is not None and row[0] <= 4
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
+        done = await _rows(c)
+    kept = [i for i in range(12) if i % 3 != 2] + list(range(20, 30))
+    assert done == sorted(kept + [i + 1000 for i in kept])
+
+
+async def test_a_script_cancelled_midway_closes_its_connection(dsn: str) -> None:
+    """Cancelled while the server runs it, a script writes nothing, and its connection
+    (whose prepared statements are then unknown) is closed for its owner to replace."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
+        await _table(c)
+        script = Script()
+        script.add("INSERT INTO public.script_t VALUES (1)")
+        script.add("SELECT pg_sleep(5)")
+        task = asyncio.create_task(script.run(c))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert c.closed
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as other:
+        assert await _rows(other) == []

@@ -224,9 +224,10 @@ class SagaClient:
         await self._bus.create_queues(sorted({SAGA_QUEUE, *definition.domains}), conn=conn)
         try:
             async with borrow(self._bus.pool, conn) as c:
-                # in one round trip if it can (the usual case: new sagas, a connection
-                # of its own); otherwise statement by statement, which tells what exists
-                created = await commit_at_once(c, pending)
+                # on a connection of its own, in one round trip if it can (the usual
+                # case: new sagas); otherwise statement by statement, which tells
+                # what exists (and never touches the state of a caller's connection)
+                created = None if conn is not None else await commit_at_once(c, pending)
                 if created is None:
                     async with atomic(c):
                         created = await commit(c, pending)

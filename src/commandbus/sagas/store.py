@@ -291,10 +291,10 @@ async def commit_all_statements(
 
 async def commit_at_once(conn: Conn, pending: Sequence[Pending]) -> set[UUID] | None:
     """:func:`commit_all` in ONE round trip, as a transaction of its own (see
-    :class:`~commandbus.engine.db.script.Script`): the sagas recorded, or None when
-    that did not happen (a saga exists or moved meanwhile, a command exists, the
-    connection is in a transaction); nothing is written then and the caller goes the
-    ordinary way, with :func:`commit`."""
+    :class:`~commandbus.engine.db.script.Script`; ``conn`` is one of the library's
+    own, idle): the sagas recorded, or None when that did not happen (a saga exists
+    or moved meanwhile, a command exists); nothing is written then and the caller
+    goes the ordinary way, with :func:`commit`."""
     if not conn.autocommit or conn.info.transaction_status != TransactionStatus.IDLE:
         return None
     statements = await commit_all_statements(conn, pending)

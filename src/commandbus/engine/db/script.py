@@ -7,7 +7,9 @@ the last statement and rolled back entirely if any statement fails (the
 statements after a failed one are skipped). The statements stay prepared and
 their parameters bound on the server. It is for paths whose latency is a chain
 of round trips (BEGIN, a few statements, COMMIT) that depend only on what was
-decided beforehand. Statements that must apply in full end with
+decided beforehand; run it only on the library's own connections (after a
+failure it resets the connection's prepared statements, see :func:`_resync`).
+Statements that must apply in full end with
 ``commandbus.all_applied`` (migration 0010), whose SQLSTATE is
 :data:`NOT_ALL_APPLIED`.
 """
@@ -61,6 +63,41 @@ class Script:
                     cursors.append(cur)
                     await cur.execute(query, params)
             return [await c.fetchall() if c.description is not None else [] for c in cursors]
+        except BaseException as exc:
+            await _resync(conn, exc)
+            raise
         finally:
             for c in cursors:
                 await c.close()
+
+
+async def _resync(conn: Conn, exc: BaseException) -> None:
+    """Bring psycopg's prepared statements and the server's back in line after a
+    script that did not complete.
+
+    After an aborted pipeline outside an explicit transaction, psycopg's bookkeeping
+    is off both ways (it resets it only on a ROLLBACK): a statement skipped after the
+    failure may count as prepared although the server never saw it (its next use
+    fails: "prepared statement ... does not exist"), and the failed one is forgotten
+    by psycopg but kept by the server (a leak per failure). So psycopg's side is
+    emptied and then the server's (``DEALLOCATE ALL``): every statement is prepared
+    afresh on its next use. Where that cannot be done, and on a connection the script
+    was cancelled on (its state is unknown), the connection is closed instead: a
+    pool or a :class:`ResilientConnection` replaces it.
+    """
+    if conn.closed or conn.broken:
+        return
+    # psycopg's own bookkeeping (private: if it is ever gone, the connection is closed)
+    clear: Any = getattr(getattr(conn, "_prepared", None), "clear", None)
+    if (
+        isinstance(exc, psycopg.Error)
+        and conn.info.transaction_status == TransactionStatus.IDLE
+        and callable(clear)
+    ):
+        try:
+            clear()
+            await conn.execute("DEALLOCATE ALL", prepare=False)
+            return
+        except psycopg.Error:
+            pass  # closed below
+    await conn.close()
