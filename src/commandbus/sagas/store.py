@@ -17,7 +17,6 @@ from typing import Any, cast
 from uuid import UUID
 
 import attrs
-import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
@@ -27,7 +26,8 @@ from commandbus.codec import dumps_document
 from commandbus.engine.commands import store as command_store
 from commandbus.engine.commands.troubleshooting import TroubleshootingQueue
 from commandbus.engine.db.connect import Conn
-from commandbus.engine.db.script import Script, not_all_applied
+from commandbus.engine.db.script import Script, run_all_applied
+from commandbus.engine.eventstore.store import event_json
 from commandbus.engine.queues.tables import queue_table
 from commandbus.errors import CommandNotFoundError, ConcurrencyError, InvalidStateError
 from commandbus.names import saga_stream_id
@@ -128,16 +128,6 @@ def _transition_statement(all_applied: bool = False) -> bytes:
     return sql.SQL(query).format(queue=queue_table(SAGA_QUEUE)).as_bytes()
 
 
-def _event_json(e: Any) -> dict[str, Any]:
-    return {
-        "type": e.event_type,
-        "data": e.data,
-        "corr": None if e.correlation_id is None else str(e.correlation_id),
-        "caus": None if e.causation_id is None else str(e.causation_id),
-        "meta": e.metadata or None,
-    }
-
-
 async def _allocate_timers(conn: Conn, pending: Sequence[Pending]) -> None:
     timers = [(p, t) for p in pending for t in p.decider.timers]
     if not timers:
@@ -166,7 +156,7 @@ def _row(p: Pending) -> dict[str, Any]:
         "stream_id": saga_stream_id(p.saga_id),
         "expected": p.expected_version,
         "new_version": p.expected_version + len(d.events),
-        "events": [_event_json(e) for e in d.events],
+        "events": [event_json(e) for e in d.events],
         "ended": state.status.is_final,
         "created_at": None if p.created_at is None else p.created_at.isoformat(),
         "ended_at": None if p.ended_at is None else p.ended_at.isoformat(),
@@ -305,13 +295,9 @@ async def commit_at_once(conn: Conn, pending: Sequence[Pending]) -> set[UUID] | 
     script = Script()
     for query, params in statements:
         script.add(query, params)
-    try:
-        await script.run(conn)
-    except psycopg.Error as exc:
-        if not_all_applied(exc):
-            log.debug("saga transitions not committed at once (%s); one by one now", exc)
-            return None
-        raise
+    if (undone := await run_all_applied(script, conn)) is not None:
+        log.debug("saga transitions not committed at once (%s); one by one now", undone)
+        return None
     return {p.saga_id for p in pending if p.decider.events}
 
 

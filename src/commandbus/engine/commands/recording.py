@@ -16,6 +16,7 @@ from commandbus.engine.commands import sql as queries
 from commandbus.engine.commands.status import Patch, merge, patch_for
 from commandbus.engine.commands.store import Reply, Transition, archive_move
 from commandbus.engine.db.connect import Conn
+from commandbus.engine.eventstore.store import event_json
 from commandbus.engine.queues import sql as queue_sql
 from commandbus.engine.queues.tables import queue_table, with_queue
 from commandbus.models import NewEvent
@@ -76,16 +77,6 @@ def _patch(events: Sequence[NewEvent]) -> Patch:
     return result
 
 
-def _event_json(event: NewEvent) -> dict[str, Any]:
-    return {
-        "type": event.event_type,
-        "data": event.data,
-        "corr": None if event.correlation_id is None else str(event.correlation_id),
-        "caus": None if event.causation_id is None else str(event.causation_id),
-        "meta": event.metadata or None,
-    }
-
-
 async def record_transitions(
     conn: Conn, transitions: Sequence[Transition], *, without_replies_to: str | None = None
 ) -> set[str]:
@@ -134,7 +125,7 @@ def _record_transitions(
             "last_error": patch.last_error,
             "result": patch.result,
             "new_msg_id": patch.msg_id,
-            "events": [_event_json(e) for e in t.events],
+            "events": [event_json(e) for e in t.events],
         }
         if t.reply is not None and t.reply.queue != without_replies_to:
             reply_queues.add(t.reply.queue)

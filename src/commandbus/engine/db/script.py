@@ -71,6 +71,18 @@ class Script:
                 await c.close()
 
 
+async def run_all_applied(script: Script, conn: Conn) -> str | None:
+    """Run ``script``: None when it committed, or why ``commandbus.all_applied`` undid
+    it (nothing is written then). Any other error comes through."""
+    try:
+        await script.run(conn)
+    except psycopg.Error as exc:
+        if not_all_applied(exc):
+            return exc.diag.message_primary or str(exc)
+        raise
+    return None
+
+
 async def _resync(conn: Conn, exc: BaseException) -> None:
     """Bring psycopg's prepared statements and the server's back in line after a
     script that did not complete.

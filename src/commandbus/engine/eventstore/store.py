@@ -72,6 +72,18 @@ class EventColumns:
         }
 
 
+def event_json(event: NewEvent) -> dict[str, Any]:
+    """An event as the statements that record transitions read it, one element of a
+    JSON array (``jsonb_to_recordset(...) AS (type, data, corr, caus, meta)``)."""
+    return {
+        "type": event.event_type,
+        "data": event.data,
+        "corr": None if event.correlation_id is None else str(event.correlation_id),
+        "caus": None if event.causation_id is None else str(event.causation_id),
+        "meta": event.metadata or None,
+    }
+
+
 def stored_event(row: dict[str, Any]) -> StoredEvent:
     return structure(row, StoredEvent)
 

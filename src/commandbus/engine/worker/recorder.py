@@ -10,7 +10,7 @@ import psycopg
 from commandbus.engine.commands import recording
 from commandbus.engine.commands.store import Transition
 from commandbus.engine.db.connect import Conn, ResilientConnection
-from commandbus.engine.db.script import Script, not_all_applied
+from commandbus.engine.db.script import Script, run_all_applied
 from commandbus.engine.worker.inline import InlineReplies, Taken
 from commandbus.engine.worker.outcomes import Decision, Outcome, OutcomeBuilder
 from commandbus.engine.worker.stats import WorkerStats
@@ -162,13 +162,9 @@ async def _record_at_once(
     rest = [r for i, r in enumerate(replies) if i not in taken.taken]
     for statement in recording.send_replies_statements(rest):
         script.add(*statement)
-    try:
-        await script.run(conn)
-    except psycopg.Error as exc:
-        if not_all_applied(exc):
-            log.info("a group could not be recorded at once (%s); recorded step by step", exc)
-            return None
-        raise
+    if (undone := await run_all_applied(script, conn)) is not None:
+        log.info("a group could not be recorded at once (%s); recorded step by step", undone)
+        return None
     return {t.stream_id for t in transitions}, taken
 
 
