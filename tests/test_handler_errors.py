@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
@@ -549,3 +550,98 @@ async def test_a_saga_data_builder_that_ends_the_process_stops_the_coordinator_g
     said = [r.getMessage() for r in caplog.records if r.name == "commandbus.consumer"]
     assert "coordinator: code run while recording raised SystemExit; stopping" in said
     assert not [m for m in said if "flusher failed" in m]  # (before: the loop ended at once)
+
+
+@pytest.mark.parametrize("ending", [SystemExit(3), KeyboardInterrupt()], ids=repr)
+async def test_a_handler_that_ends_the_process_interrupts_an_async_with_block(
+    dsn: str, bus: CommandBus, ending: BaseException
+) -> None:
+    # Run in ``async with Worker(...)``, the SystemExit ended the event loop from
+    # the worker's task: the block went on until the loop stopped under it, and
+    # what the code around it held open (a bus, here) was left open. Now the block
+    # is interrupted, the ``async with`` raises it, and the code around unwinds.
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        raise ending
+
+    sent = (await bus.send("payments", "Charge", {})).unwrap()
+    seen: list[str] = []
+    unhandled: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: unhandled.append(ctx))
+        outer = CommandBus(dsn, config=FAST)
+        try:
+            async with outer, Worker(dsn, reg, domain="payments", config=FAST, concurrency=2):
+                await asyncio.sleep(30)
+                seen.append("the block went on")
+        except BaseException as exc:
+            seen.append(f"raised by the async with: {type(exc).__name__}")
+            seen.append(f"the bus around it still open: {_still_open(outer)}")
+            raise
+
+    started = time.monotonic()
+    raised = await what_ends_its_own_loop(main)
+    assert raised is ending
+    assert time.monotonic() - started < 10
+    assert seen == [
+        f"raised by the async with: {type(ending).__name__}",
+        "the bus around it still open: False",
+    ]
+    assert unhandled == []
+    back = await bus.get_command("payments", sent.command_id)
+    assert back is not None and back.status is CommandStatus.PENDING  # handed back
+
+
+def _still_open(bus: CommandBus) -> bool:
+    try:
+        return not bus.pool.closed
+    except RuntimeError:  # "not open"
+        return False
+
+
+async def test_a_data_builder_that_ends_the_process_interrupts_a_coordinator_block(
+    dsn: str, bus: CommandBus
+) -> None:
+    from commandbus import Coordinator, Saga, SagaClient, SagaRegistry, Step
+
+    def ends(ctx: Any) -> dict[str, Any]:
+        raise SystemExit(5)
+
+    saga = Saga(
+        "ending_block",
+        steps=[
+            Step("first", domain="payments", command="Charge"),
+            Step("second", domain="payments", command="Charge", data=ends),
+        ],
+    )
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        return "charged"
+
+    await SagaClient(bus).start_saga(saga, {})
+    unhandled: list[dict[str, Any]] = []
+    seen: list[str] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: unhandled.append(ctx))
+        try:
+            async with (
+                Worker(dsn, reg, domain="payments", config=FAST),
+                Coordinator(dsn, SagaRegistry([saga]), config=FAST),
+            ):
+                await asyncio.sleep(30)
+        except BaseException as exc:
+            seen.append(f"raised by the async with: {exc!r}")
+            raise
+
+    started = time.monotonic()
+    raised = await what_ends_its_own_loop(main)
+    assert isinstance(raised, SystemExit) and raised.code == 5
+    assert time.monotonic() - started < 10
+    assert seen == ["raised by the async with: SystemExit(5)"]
+    assert unhandled == []

@@ -35,6 +35,7 @@ from commandbus.engine.db.connect import Conn, ResilientConnection
 from commandbus.engine.db.embedded import resolve_database_url
 from commandbus.engine.observability.tracing import configure_tracing_from_env
 from commandbus.engine.queues import sql as queue_sql
+from commandbus.engine.queues.block import BlockRun
 from commandbus.engine.queues.consumer import QueueConsumer
 from commandbus.engine.queues.stopping import DEFAULT_GRACE
 from commandbus.engine.queues.tables import (
@@ -161,7 +162,7 @@ class Coordinator:
             # read: an operator's resume then pause is never applied pause first
             order_key=lambda m: saga_of(m.message),
         )
-        self._task: asyncio.Task[CoordinatorStats] | None = None
+        self._block: BlockRun | None = None
         self._warned: set[tuple[str, int]] = set()
         self._states = KeptStates(STATE_CACHE_SIZE)
 
@@ -198,29 +199,14 @@ class Coordinator:
         return self.stats
 
     async def __aenter__(self) -> Coordinator:
-        task = asyncio.create_task(self.run(), name="commandbus-coordinator")
-        self._task = task
-        ready = asyncio.create_task(self.ready.wait(), name="commandbus-coordinator-ready")
-        try:
-            await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            self.request_stop(0)
-            await asyncio.gather(task, return_exceptions=True)
-            raise
-        finally:
-            ready.cancel()
-            await asyncio.gather(ready, return_exceptions=True)
-        if task.done():
-            self._task = None
-            task.result()
+        self._block = BlockRun("commandbus-coordinator")
+        await self._block.enter(self.run, self.ready, lambda: self.request_stop(0))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self.request_stop()
-        await task
+        block, self._block = self._block, None
+        if block is not None:
+            await block.exit(self.request_stop)
 
     async def _opened(self) -> None:
         log.info(

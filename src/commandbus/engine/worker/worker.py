@@ -22,6 +22,7 @@ from commandbus.config import MAX_VISIBILITY_TIMEOUT, MIN_VISIBILITY_TIMEOUT, Co
 from commandbus.engine.db.connect import Conn, configure
 from commandbus.engine.db.embedded import resolve_database_url
 from commandbus.engine.observability import tracing
+from commandbus.engine.queues.block import BlockRun
 from commandbus.engine.queues.stopping import DEFAULT_GRACE, FINAL_SECONDS
 from commandbus.engine.worker.domain import DomainConsumer, DomainSettings
 from commandbus.engine.worker.inline import InlineSource
@@ -149,7 +150,7 @@ class Worker:
             for d in self._domains:  # and none reads before: ready comes before any work
                 d.consumer.reads_after = self._ready
         self._pool: AsyncConnectionPool[Conn] | None = None
-        self._task: asyncio.Task[WorkerStats] | None = None
+        self._block: BlockRun | None = None
 
     # -- public lifecycle -------------------------------------------------------------------
 
@@ -193,30 +194,17 @@ class Worker:
 
         The block starts once the worker is connected and listening; a start-up
         failure (say :class:`~commandbus.errors.SchemaNotReadyError`) is raised here.
+        A handler's SystemExit or KeyboardInterrupt stops the worker gracefully,
+        interrupts the block and is raised by the ``async with``.
         """
-        task = asyncio.create_task(self.run(), name=f"commandbus-worker-{self.domain}")
-        self._task = task
-        ready = asyncio.create_task(self.ready.wait(), name=f"commandbus-ready-{self.domain}")
-        try:
-            await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            self.request_stop(0)
-            await asyncio.gather(task, return_exceptions=True)
-            raise
-        finally:
-            ready.cancel()
-            await asyncio.gather(ready, return_exceptions=True)
-        if task.done():
-            self._task = None
-            task.result()  # raises what stopped it
+        self._block = BlockRun(f"commandbus-worker-{self.domain}")
+        await self._block.enter(self.run, self.ready, lambda: self.request_stop(0))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self.request_stop()
-        await task
+        block, self._block = self._block, None
+        if block is not None:
+            await block.exit(self.request_stop)
 
     async def run(self) -> WorkerStats:
         """Run until :meth:`stop` (or a signal, via the CLI); returns the stats.
