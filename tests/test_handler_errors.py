@@ -645,3 +645,24 @@ async def test_a_data_builder_that_ends_the_process_interrupts_a_coordinator_blo
     assert time.monotonic() - started < 10
     assert seen == ["raised by the async with: SystemExit(5)"]
     assert unhandled == []
+
+
+async def test_a_worker_runs_for_one_async_with_block_at_a_time(dsn: str) -> None:
+    # entering it again refused, and the first block still stops it at its end
+    # (before, the second entry replaced the first's task: the worker ran on)
+    reg = HandlerRegistry()
+
+    @reg.handler("payments", "Charge")
+    async def charge(cmd: Command, ctx: HandlerContext) -> str:
+        return "charged"
+
+    worker = Worker(dsn, reg, domain="payments", config=FAST)
+    async with worker:
+        with pytest.raises(RuntimeError, match="already running for an async with block"):
+            async with worker:
+                pass
+    assert [
+        t.get_name()
+        for t in asyncio.all_tasks()
+        if t.get_name().startswith("commandbus-") and not t.done()
+    ] == []

@@ -199,6 +199,8 @@ class Coordinator:
         return self.stats
 
     async def __aenter__(self) -> Coordinator:
+        if self._block is not None and self._block.entered:
+            raise RuntimeError("already running for an async with block")
         self._block = BlockRun("commandbus-coordinator")
         await self._block.enter(self.run, self.ready, lambda: self.request_stop(0))
         return self

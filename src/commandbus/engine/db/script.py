@@ -54,14 +54,9 @@ class Script:
         """Run the statements as one transaction (``conn`` must be idle, autocommit)."""
         if not conn.autocommit or conn.info.transaction_status != TransactionStatus.IDLE:
             raise RuntimeError("a script runs on an idle autocommit connection only")
-        cursors = []
+        cursors: list[psycopg.AsyncCursor[Any]] = []
         try:
-            # one Sync, when the pipeline ends: the statements form one transaction
-            async with conn.pipeline():
-                for query, params in self._statements:
-                    cur = conn.cursor()
-                    cursors.append(cur)
-                    await cur.execute(query, params)
+            await self._send(conn, cursors)
             return [await c.fetchall() if c.description is not None else [] for c in cursors]
         except BaseException as exc:
             await _resync(conn, exc)
@@ -69,6 +64,31 @@ class Script:
         finally:
             for c in cursors:
                 await c.close()
+
+    async def _send(self, conn: Conn, cursors: list[psycopg.AsyncCursor[Any]]) -> None:
+        """The pipeline, with one Sync when it ends: the statements form one transaction.
+
+        A failure the server reports while statements are still being sent ends the
+        sending, and the pipeline is left normally: leaving it with an exception
+        would log psycopg's "error ignored terminating" warning at every undone
+        script. The statement's own error is raised, not the "pipeline aborted" of
+        the statements skipped after it.
+        """
+        first: psycopg.Error | None = None
+        try:
+            async with conn.pipeline():
+                for query, params in self._statements:
+                    cur = conn.cursor()
+                    cursors.append(cur)
+                    try:
+                        await cur.execute(query, params)
+                    except psycopg.Error as exc:
+                        first = exc
+                        break
+        except psycopg.Error as exc:
+            raise first or exc from None
+        if first is not None:
+            raise first
 
 
 async def run_all_applied(script: Script, conn: Conn) -> str | None:

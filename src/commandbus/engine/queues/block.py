@@ -20,7 +20,12 @@ from typing import Any
 
 
 class BlockRun:
-    """The task of a consumer run for an ``async with`` block; see the module docstring."""
+    """The task of a consumer run for an ``async with`` block; see the module docstring.
+
+    Only the task that entered the block is interrupted, and only while the block's
+    own code runs: during the entry and the exit that task is already waiting on
+    the consumer, and raises what ended it there.
+    """
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -28,8 +33,14 @@ class BlockRun:
         self._owner: asyncio.Task[Any] | None = None
         #: what ``run()`` raised to end the process, for the ``async with`` to raise
         self._exit: SystemExit | KeyboardInterrupt | None = None
+        #: the block's own code runs (between the entry and the exit)
+        self._inside = False
         #: whether the block's task was cancelled to say so
         self._interrupted = False
+
+    @property
+    def entered(self) -> bool:
+        return self._task is not None
 
     async def enter(
         self,
@@ -38,29 +49,34 @@ class BlockRun:
         stop_now: Callable[[], None],
     ) -> None:
         """Start ``run()`` and wait until ``ready`` (or until it ended: its error)."""
+        if self._task is not None:
+            raise RuntimeError(f"{self._name} is already running for a block")
         self._owner = asyncio.current_task()
         task = asyncio.create_task(self._run(run), name=self._name)
         self._task = task
         waiting = asyncio.create_task(ready.wait(), name=f"{self._name}-ready")
         try:
-            await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException as exc:
+            try:
+                await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+        except BaseException:
+            # cancelled (or interrupted) while starting: stop at once and wait
             stop_now()
             await asyncio.gather(task, return_exceptions=True)
             self._task = None
-            if isinstance(exc, asyncio.CancelledError):
-                self._raise_exit()
+            self._raise_exit()  # the process ends: that comes first
             raise
-        finally:
-            waiting.cancel()
-            await asyncio.gather(waiting, return_exceptions=True)
         if task.done():
             self._task = None
             task.result()  # raises what stopped it
             self._raise_exit()
+        self._inside = True
 
     async def exit(self, request_stop: Callable[[], None]) -> None:
         """Stop gracefully and wait; raise what ended the process, if anything did."""
+        self._inside = False
         task, self._task = self._task, None
         if task is None:
             return
@@ -70,18 +86,19 @@ class BlockRun:
         except asyncio.CancelledError:
             if not self._interrupted:
                 raise
-            await asyncio.wait({task})  # (it is ending: it cancelled this block)
+            # this block's own interruption, delivered late: the task is ending
+            await asyncio.wait({task})
         self._raise_exit()
 
     async def _run(self, run: Callable[[], Awaitable[Any]]) -> Any:
         try:
             return await run()
         except (SystemExit, KeyboardInterrupt) as exc:
-            # raised in this task it would end the event loop: the block is
-            # interrupted instead, and its ``async with`` raises it
+            # raised in this task it would end the event loop: the ``async with``
+            # raises it instead, interrupting the block's code if that is running
             self._exit = exc
             owner = self._owner
-            if owner is not None and not owner.done():
+            if self._inside and owner is not None and not owner.done():
                 self._interrupted = True
                 owner.cancel()
             return None

@@ -197,6 +197,8 @@ class Worker:
         A handler's SystemExit or KeyboardInterrupt stops the worker gracefully,
         interrupts the block and is raised by the ``async with``.
         """
+        if self._block is not None and self._block.entered:
+            raise RuntimeError("already running for an async with block")
         self._block = BlockRun(f"commandbus-worker-{self.domain}")
         await self._block.enter(self.run, self.ready, lambda: self.request_stop(0))
         return self
