@@ -505,16 +505,13 @@ async def test_a_failed_attempt_logs_with_the_commands_ids(
     assert rows == [(blocked,)]
 
 
-async def test_a_saga_data_builder_that_ends_the_process_stops_the_coordinator_gracefully(
-    dsn: str, bus: CommandBus, caplog: pytest.LogCaptureFixture
-) -> None:
-    # a data builder runs while the coordinator records (in a flusher, not a
-    # handler): its sys.exit() ended the event loop at once (found by an
-    # adversarial review); now the same graceful stop as a handler's
-    from commandbus import Coordinator, Saga, SagaClient, SagaRegistry, SagaStatus, Step
+def _saga_ending_in_its_second_step(code: int) -> tuple[Any, HandlerRegistry]:
+    """A saga whose second step's data builder raises SystemExit(code), and handlers
+    for its steps: the builder runs while recording (in a flusher, not a handler)."""
+    from commandbus import Saga, Step
 
     def ends(ctx: Any) -> dict[str, Any]:
-        raise SystemExit(4)
+        raise SystemExit(code)
 
     saga = Saga(
         "ending",
@@ -529,6 +526,18 @@ async def test_a_saga_data_builder_that_ends_the_process_stops_the_coordinator_g
     async def charge(cmd: Command, ctx: HandlerContext) -> str:
         return "charged"
 
+    return saga, reg
+
+
+async def test_a_saga_data_builder_that_ends_the_process_stops_the_coordinator_gracefully(
+    dsn: str, bus: CommandBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a data builder runs while the coordinator records (in a flusher, not a
+    # handler): its sys.exit() ended the event loop at once (found by an
+    # adversarial review); now the same graceful stop as a handler's
+    from commandbus import Coordinator, SagaClient, SagaRegistry, SagaStatus
+
+    saga, reg = _saga_ending_in_its_second_step(4)
     started = await SagaClient(bus).start_saga(saga, {})
     caplog.set_level(logging.WARNING, logger="commandbus")
 
@@ -605,24 +614,9 @@ def _still_open(bus: CommandBus) -> bool:
 async def test_a_data_builder_that_ends_the_process_interrupts_a_coordinator_block(
     dsn: str, bus: CommandBus
 ) -> None:
-    from commandbus import Coordinator, Saga, SagaClient, SagaRegistry, Step
+    from commandbus import Coordinator, SagaClient, SagaRegistry
 
-    def ends(ctx: Any) -> dict[str, Any]:
-        raise SystemExit(5)
-
-    saga = Saga(
-        "ending_block",
-        steps=[
-            Step("first", domain="payments", command="Charge"),
-            Step("second", domain="payments", command="Charge", data=ends),
-        ],
-    )
-    reg = HandlerRegistry()
-
-    @reg.handler("payments", "Charge")
-    async def charge(cmd: Command, ctx: HandlerContext) -> str:
-        return "charged"
-
+    saga, reg = _saga_ending_in_its_second_step(5)
     await SagaClient(bus).start_saga(saga, {})
     unhandled: list[dict[str, Any]] = []
     seen: list[str] = []
@@ -658,7 +652,9 @@ async def test_a_worker_runs_for_one_async_with_block_at_a_time(dsn: str) -> Non
 
     worker = Worker(dsn, reg, domain="payments", config=FAST)
     async with worker:
-        with pytest.raises(RuntimeError, match="already running for an async with block"):
+        with pytest.raises(
+            RuntimeError, match="commandbus-worker-payments is already running for an async with"
+        ):
             async with worker:
                 pass
     assert [

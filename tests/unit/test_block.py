@@ -150,4 +150,6 @@ def test_one_block_at_a_time() -> None:
         async with block:
             await block.block.enter(block.stand_in.run, block.stand_in.ready, lambda: None)
 
-    assert outcome(main) == "RuntimeError('stand-in is already running for a block') cancelling=0"
+    assert outcome(main) == (
+        "RuntimeError('stand-in is already running for an async with block') cancelling=0"
+    )

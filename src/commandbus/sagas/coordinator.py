@@ -162,7 +162,7 @@ class Coordinator:
             # read: an operator's resume then pause is never applied pause first
             order_key=lambda m: saga_of(m.message),
         )
-        self._block: BlockRun | None = None
+        self._block = BlockRun("commandbus-coordinator")
         self._warned: set[tuple[str, int]] = set()
         self._states = KeptStates(STATE_CACHE_SIZE)
 
@@ -199,16 +199,11 @@ class Coordinator:
         return self.stats
 
     async def __aenter__(self) -> Coordinator:
-        if self._block is not None and self._block.entered:
-            raise RuntimeError("already running for an async with block")
-        self._block = BlockRun("commandbus-coordinator")
         await self._block.enter(self.run, self.ready, lambda: self.request_stop(0))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        block, self._block = self._block, None
-        if block is not None:
-            await block.exit(self.request_stop)
+        await self._block.exit(self.request_stop)
 
     async def _opened(self) -> None:
         log.info(

@@ -8,8 +8,7 @@ from uuid import UUID
 
 import attrs
 
-from commandbus.codec import dumps_limited
-from commandbus.engine.commands.envelope import encode_command, encode_headers
+from commandbus.engine.commands.outgoing import assembled
 from commandbus.engine.commands.store import OutgoingCommand
 from commandbus.sagas.definition import SAGA_QUEUE
 
@@ -40,7 +39,7 @@ def saga_command(
     trace: dict[str, str],
 ) -> OutgoingCommand:
     """A command of a saga, ready to insert: its replies go to the saga queue."""
-    return OutgoingCommand(
+    return assembled(
         domain=domain,
         command_id=command_id,
         command_type=command_type,
@@ -48,21 +47,11 @@ def saga_command(
         causation_id=causation_id,
         reply_to=SAGA_QUEUE,
         saga_id=saga_id,
+        batch_id=None,
         max_attempts=max_attempts,
         delay_seconds=0.0,
-        message=encode_command(
-            command_id=command_id,
-            command_type=command_type,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            reply_to=SAGA_QUEUE,
-            saga_id=saga_id,
-            batch_id=None,
-            max_attempts=max_attempts,
-            data_json=data_json,
-        ),
-        headers=encode_headers(trace),
-        metadata=dumps_limited({"trace": trace}, 1 << 20) if trace else "{}",
+        data_json=data_json,
+        trace=trace,
     )
 
 

@@ -145,6 +145,15 @@ async def _allocate_timers(conn: Conn, pending: Sequence[Pending]) -> None:
             step.timer_msg_id = msg_id
 
 
+def _transition_params(pending: Sequence[Pending], **more: Any) -> dict[str, Any]:
+    """The parameters of TRANSITION for these transitions (each with events)."""
+    return {
+        "transitions": dumps_document([_row(p) for p in pending], what="saga transition"),
+        "saga_stream": ev.SAGA_STREAM,
+        **more,
+    }
+
+
 def _row(p: Pending) -> dict[str, Any]:
     d = p.decider
     state = d.state
@@ -190,16 +199,10 @@ async def commit(conn: Conn, pending: Sequence[Pending]) -> set[UUID]:
     if not pending:
         return set()
     await _allocate_timers(conn, pending)
-    rows = [_row(p) for p in pending if p.decider.events]
+    moving = [p for p in pending if p.decider.events]
     passed: set[UUID] = set()
-    if rows:
-        cur = await conn.execute(
-            _transition_statement(),
-            {
-                "transitions": dumps_document(rows, what="saga transition"),
-                "saga_stream": ev.SAGA_STREAM,
-            },
-        )
+    if moving:
+        cur = await conn.execute(_transition_statement(), _transition_params(moving))
         passed = {r[0] for r in await cur.fetchall()}
     # a transition with no event (a stale timer) only deletes its message
     quiet = [m for p in pending if not p.decider.events for m in p.decider.delete]
@@ -231,13 +234,7 @@ async def commit_all(conn: Conn, pending: Sequence[Pending]) -> None:
     if not pending:
         return
     await _allocate_timers(conn, pending)
-    cur = await conn.execute(
-        _transition_statement(),
-        {
-            "transitions": dumps_document([_row(p) for p in pending], what="saga transition"),
-            "saga_stream": ev.SAGA_STREAM,
-        },
-    )
+    cur = await conn.execute(_transition_statement(), _transition_params(pending))
     commands = [c for p in pending for c in p.decider.commands]
     sent = await command_store.send_commands(conn, commands) if commands else []
     passed = {r[0] for r in await cur.fetchall()}
@@ -266,11 +263,7 @@ async def commit_all_statements(
     statements = [
         (
             _transition_statement(all_applied=True),
-            {
-                "transitions": dumps_document([_row(p) for p in pending], what="saga transition"),
-                "saga_stream": ev.SAGA_STREAM,
-                "expected_rows": len(pending),
-            },
+            _transition_params(pending, expected_rows=len(pending)),
         )
     ]
     commands = [c for p in pending for c in p.decider.commands]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from uuid import UUID, uuid4
 
 from commandbus.arguments import (
@@ -92,7 +93,8 @@ class OutgoingRenderer:
         saga = opt_uuid_arg(saga_id, "saga_id")
         limit = self._config.max_payload_bytes
         data_json = dumps_limited(dict(payload), limit, what="command data")
-        message = encode_command(
+        return assembled(
+            domain=dom,
             command_id=cid,
             command_type=ctype,
             correlation_id=corr,
@@ -101,19 +103,50 @@ class OutgoingRenderer:
             saga_id=saga,
             batch_id=batch_id,
             max_attempts=attempts,
-            data_json=data_json,
-        )
-        return OutgoingCommand(
-            domain=dom,
-            command_id=cid,
-            command_type=ctype,
-            correlation_id=corr,
-            causation_id=caus,
-            reply_to=reply,
-            saga_id=saga,
-            max_attempts=attempts,
             delay_seconds=delay_s,
-            message=message,
-            headers=encode_headers(trace),
-            metadata=dumps({"trace": trace}) if trace else "{}",
+            data_json=data_json,
+            trace=trace,
         )
+
+
+def assembled(
+    *,
+    domain: str,
+    command_id: UUID,
+    command_type: str,
+    correlation_id: UUID,
+    causation_id: UUID | None,
+    reply_to: str | None,
+    saga_id: UUID | None,
+    batch_id: UUID | None,
+    max_attempts: int,
+    delay_seconds: float,
+    data_json: str,
+    trace: Mapping[str, str],
+) -> OutgoingCommand:
+    """A command ready to insert, from values already checked: its queue message
+    (the one wire format), trace headers and event metadata."""
+    return OutgoingCommand(
+        domain=domain,
+        command_id=command_id,
+        command_type=command_type,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        reply_to=reply_to,
+        saga_id=saga_id,
+        max_attempts=max_attempts,
+        delay_seconds=delay_seconds,
+        message=encode_command(
+            command_id=command_id,
+            command_type=command_type,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            reply_to=reply_to,
+            saga_id=saga_id,
+            batch_id=batch_id,
+            max_attempts=max_attempts,
+            data_json=data_json,
+        ),
+        headers=encode_headers(trace),
+        metadata=dumps({"trace": dict(trace)}) if trace else "{}",
+    )

@@ -38,10 +38,6 @@ class BlockRun:
         #: whether the block's task was cancelled to say so
         self._interrupted = False
 
-    @property
-    def entered(self) -> bool:
-        return self._task is not None
-
     async def enter(
         self,
         run: Callable[[], Awaitable[Any]],
@@ -50,7 +46,7 @@ class BlockRun:
     ) -> None:
         """Start ``run()`` and wait until ``ready`` (or until it ended: its error)."""
         if self._task is not None:
-            raise RuntimeError(f"{self._name} is already running for a block")
+            raise RuntimeError(f"{self._name} is already running for an async with block")
         self._owner = asyncio.current_task()
         task = asyncio.create_task(self._run(run), name=self._name)
         self._task = task

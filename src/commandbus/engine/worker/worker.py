@@ -150,7 +150,7 @@ class Worker:
             for d in self._domains:  # and none reads before: ready comes before any work
                 d.consumer.reads_after = self._ready
         self._pool: AsyncConnectionPool[Conn] | None = None
-        self._block: BlockRun | None = None
+        self._block = BlockRun(f"commandbus-worker-{self.domain}")
 
     # -- public lifecycle -------------------------------------------------------------------
 
@@ -197,16 +197,11 @@ class Worker:
         A handler's SystemExit or KeyboardInterrupt stops the worker gracefully,
         interrupts the block and is raised by the ``async with``.
         """
-        if self._block is not None and self._block.entered:
-            raise RuntimeError("already running for an async with block")
-        self._block = BlockRun(f"commandbus-worker-{self.domain}")
         await self._block.enter(self.run, self.ready, lambda: self.request_stop(0))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        block, self._block = self._block, None
-        if block is not None:
-            await block.exit(self.request_stop)
+        await self._block.exit(self.request_stop)
 
     async def run(self) -> WorkerStats:
         """Run until :meth:`stop` (or a signal, via the CLI); returns the stats.
