@@ -52,6 +52,10 @@ CASES: dict[str, Callable[[], sql.Composed]] = {
     "send_commands_all_applied_2_domains": lambda: command_store.send_commands_statement(
         ("payments", "shipments"), all_applied=True
     ),
+    # a saga's next commands, those of one domain claimed for a consumer of this process
+    "send_commands_claiming_1_of_2_domains": lambda: command_store.send_commands_statement(
+        ("payments", "shipments"), all_applied=True, claimed=("shipments",)
+    ),
 }
 
 

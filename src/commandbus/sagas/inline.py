@@ -29,6 +29,7 @@ from commandbus.engine.commands.envelope import trace_context
 from commandbus.engine.commands.store import Reply
 from commandbus.engine.db.connect import Conn
 from commandbus.engine.queues.tables import QueueRegistry
+from commandbus.engine.worker.handoff import Claims
 from commandbus.engine.worker.inline import Planned
 from commandbus.sagas.decide import SAGA_QUEUE, Decider
 from commandbus.sagas.deciding import TransitionCounts, decide, saga_of
@@ -94,9 +95,11 @@ class InlineTransitions:
         await commit_all(conn, pending)
         return self._taken(replies, by_saga, pending)
 
-    async def plan(self, conn: Conn, replies: Sequence[Reply]) -> Planned | None:
+    async def plan(
+        self, conn: Conn, replies: Sequence[Reply], claims: Claims | None = None
+    ) -> Planned | None:
         by_saga, pending = await self._decide(conn, replies)
-        statements = await commit_all_statements(conn, pending)
+        statements = await commit_all_statements(conn, pending, claims)
         if statements is None:
             return None  # the states taken out are read again by take()
         return statements, self._taken(replies, by_saga, pending)

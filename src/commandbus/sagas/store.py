@@ -29,6 +29,7 @@ from commandbus.engine.db.connect import Conn
 from commandbus.engine.db.script import Script, run_all_applied
 from commandbus.engine.eventstore.store import event_json
 from commandbus.engine.queues.tables import queue_table
+from commandbus.engine.worker.handoff import Claims
 from commandbus.errors import CommandNotFoundError, ConcurrencyError, InvalidStateError
 from commandbus.names import saga_stream_id
 from commandbus.sagas import sql as queries
@@ -248,12 +249,13 @@ async def commit_all(conn: Conn, pending: Sequence[Pending]) -> None:
 
 
 async def commit_all_statements(
-    conn: Conn, pending: Sequence[Pending]
+    conn: Conn, pending: Sequence[Pending], claims: Claims | None = None
 ) -> list[tuple[bytes, dict[str, Any]]] | None:
     """:func:`commit_all` as statements for a :class:`~commandbus.engine.db.script.Script`
     (each fails, undoing the script, unless it applies in full); the timers' message
     ids are drawn now. None when it cannot go that way (a cancelled saga's commands
-    to withdraw from the troubleshooting queue)."""
+    to withdraw from the troubleshooting queue). ``claims``: the commands to domains
+    this process serves are claimed for them as they are sent."""
     pending = sorted((p for p in pending if p.decider.events), key=lambda p: str(p.saga_id))
     if not pending:
         return []
@@ -268,7 +270,10 @@ async def commit_all_statements(
     ]
     commands = [c for p in pending for c in p.decider.commands]
     if commands:
-        statements.append(command_store.send_commands_all_applied(commands))
+        granted = None if claims is None else claims.claim(commands)
+        if granted and claims is not None:
+            claims.statement = len(statements)
+        statements.append(command_store.send_commands_all_applied(commands, granted))
     return statements
 
 

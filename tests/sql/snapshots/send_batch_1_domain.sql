@@ -28,8 +28,10 @@ WITH input AS (
      WHERE (SELECT count(*) FROM proj) = %(expected_commands)s
        AND EXISTS (SELECT 1 FROM created)
 ), "msg_0" AS (
-    INSERT INTO pgmq."q_payments" (msg_id, vt, message, headers) OVERRIDING SYSTEM VALUE
-    SELECT go.msg_id, clock_timestamp() + go.delay * interval '1 second', go.message, go.headers
+    INSERT INTO pgmq."q_payments" (msg_id, vt, read_ct, last_read_at, message, headers)
+    OVERRIDING SYSTEM VALUE
+    SELECT go.msg_id, clock_timestamp() + go.delay * interval '1 second', 0,
+           NULL, go.message, go.headers
       FROM go WHERE go.domain = 'payments'
 ), evt AS (
     INSERT INTO commandbus.event

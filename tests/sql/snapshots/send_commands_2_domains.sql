@@ -22,12 +22,16 @@ WITH input AS (
       FROM input JOIN proj USING (domain, command_id)
      WHERE (SELECT count(*) FROM proj) = %(expected_commands)s
 ), "msg_0" AS (
-    INSERT INTO pgmq."q_payments" (msg_id, vt, message, headers) OVERRIDING SYSTEM VALUE
-    SELECT go.msg_id, clock_timestamp() + go.delay * interval '1 second', go.message, go.headers
+    INSERT INTO pgmq."q_payments" (msg_id, vt, read_ct, last_read_at, message, headers)
+    OVERRIDING SYSTEM VALUE
+    SELECT go.msg_id, clock_timestamp() + go.delay * interval '1 second', 0,
+           NULL, go.message, go.headers
       FROM go WHERE go.domain = 'payments'
 ), "msg_1" AS (
-    INSERT INTO pgmq."q_shipments" (msg_id, vt, message, headers) OVERRIDING SYSTEM VALUE
-    SELECT go.msg_id, clock_timestamp() + go.delay * interval '1 second', go.message, go.headers
+    INSERT INTO pgmq."q_shipments" (msg_id, vt, read_ct, last_read_at, message, headers)
+    OVERRIDING SYSTEM VALUE
+    SELECT go.msg_id, clock_timestamp() + go.delay * interval '1 second', 0,
+           NULL, go.message, go.headers
       FROM go WHERE go.domain = 'shipments'
 ), evt AS (
     INSERT INTO commandbus.event

@@ -32,6 +32,7 @@ from commandbus.arguments import (
     uuid_arg,
 )
 from commandbus.codec import structure
+from commandbus.engine.commands import list_sql as lq
 from commandbus.engine.commands import sql as q
 from commandbus.engine.db.connect import Conn, borrow
 from commandbus.engine.eventstore.store import EventStore
@@ -127,30 +128,30 @@ def _decode_cursor(cursor: str, newest_first: bool) -> _Key:
 def _list_statement(
     key: str | None, one_domain: bool, filters: tuple[str, ...], after: bool, newest_first: bool
 ) -> sql.Composed:
-    """The listing statement for the criteria given (see ``LIST_*`` in ``sql.py``)."""
-    order = sql.SQL(q.LIST_DESC if newest_first else q.LIST_ASC)
+    """The listing statement for the criteria given (see ``LIST_*`` in ``list_sql.py``)."""
+    order = sql.SQL(lq.LIST_DESC if newest_first else lq.LIST_ASC)
     keyset: sql.Composable = sql.SQL("")
     if after:
-        keyset = sql.SQL(q.LIST_KEYSET).format(cmp=sql.SQL("<" if newest_first else ">"))
+        keyset = sql.SQL(lq.LIST_KEYSET).format(cmp=sql.SQL("<" if newest_first else ">"))
     where = sql.SQL("").join(sql.SQL(_FILTERS[f]) for f in filters)
     if key is not None:
-        return sql.SQL(q.LIST_KEYED).format(
+        return sql.SQL(lq.LIST_KEYED).format(
             key=sql.SQL(_KEYS[key]), where=where, after=keyset, order=order
         )
-    domains = q.LIST_ONE_DOMAIN if one_domain else q.LIST_EVERY_DOMAIN
-    return sql.SQL(q.LIST_MERGED).format(
+    domains = lq.LIST_ONE_DOMAIN if one_domain else lq.LIST_EVERY_DOMAIN
+    return sql.SQL(lq.LIST_MERGED).format(
         domains=sql.SQL(domains), where=where, after=keyset, order=order
     )
 
 
-_KEYS = {"correlation_id": q.LIST_KEY_CORRELATION, "batch_id": q.LIST_KEY_BATCH}
+_KEYS = {"correlation_id": lq.LIST_KEY_CORRELATION, "batch_id": lq.LIST_KEY_BATCH}
 _FILTERS = {
-    "domain": q.LIST_DOMAIN,
-    "status": q.LIST_STATUS,
-    "command_type": q.LIST_TYPE,
-    "correlation_id": q.LIST_CORRELATION,
-    "batch_id": q.LIST_BATCH,
-    "error": q.LIST_ERROR,
+    "domain": lq.LIST_DOMAIN,
+    "status": lq.LIST_STATUS,
+    "command_type": lq.LIST_TYPE,
+    "correlation_id": lq.LIST_CORRELATION,
+    "batch_id": lq.LIST_BATCH,
+    "error": lq.LIST_ERROR,
 }
 
 
@@ -229,7 +230,7 @@ async def fetch_page(
 async def fetch_by_id(conn: Conn, command_id: UUID) -> list[CommandRecord]:
     """The commands with this id, in every domain (usually one), by domain."""
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(q.FIND_COMMANDS, {"command_id": command_id})
+    await cur.execute(lq.FIND_COMMANDS, {"command_id": command_id})
     return [to_record(r) for r in await cur.fetchall()]
 
 

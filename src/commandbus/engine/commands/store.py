@@ -6,7 +6,7 @@ one connection to several of them puts them in one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Literal
@@ -27,6 +27,8 @@ from commandbus.engine.queues.tables import (
     archive_table,
     next_msg_id,
     queue_table,
+    wakeup_channel,
+    wakeup_setting,
     with_queue,
 )
 from commandbus.models import NewEvent
@@ -141,10 +143,16 @@ def _next_msg_ids(domains: tuple[str, ...]) -> sql.Composable:
 
 @lru_cache(maxsize=512)
 def _send_statement(
-    domains: tuple[str, ...], *, with_batch: bool, all_applied: bool = False
+    domains: tuple[str, ...],
+    *,
+    with_batch: bool,
+    all_applied: bool = False,
+    claimed: tuple[str, ...] = (),
 ) -> sql.Composed:
     """SEND_BATCH for commands of these (sorted) domains, with or without a batch;
-    ``all_applied``: it fails unless every command is sent (for a :class:`Script`)."""
+    ``all_applied``: it fails unless every command is sent (for a :class:`Script`);
+    ``claimed`` (with ``all_applied``): the domains whose messages are claimed as
+    they are sent, each for ``%(claim_<its index in domains>)s`` seconds."""
     empty = sql.SQL("")
     parts: list[sql.Composable] = [
         sql.SQL(queries.SEND_BATCH_HEAD).format(
@@ -154,12 +162,25 @@ def _send_statement(
             batch_created=sql.SQL(queries.SEND_BATCH_CREATED) if with_batch else empty,
         )
     ]
-    for domain in domains:
+    for i, domain in enumerate(domains):
+        if domain in claimed:
+            seconds: sql.Composable = sql.SQL("{}::float8").format(sql.Placeholder(f"claim_{i}"))
+            read_ct, last_read_at = sql.SQL("1"), sql.SQL("clock_timestamp()")
+            no_wakeup: sql.Composable = sql.SQL(
+                "\n       AND (SELECT set_config({}, 'queued', true)) IS NOT NULL"
+            ).format(sql.Literal(wakeup_setting(domain)))
+        else:
+            seconds, read_ct, last_read_at = sql.SQL("go.delay"), sql.SQL("0"), sql.SQL("NULL")
+            no_wakeup = empty
         parts.append(
             sql.SQL(queries.SEND_BATCH_QUEUE).format(
                 cte=sql.Identifier(f"msg_{len(parts) - 1}"),
                 queue=queue_table(domain),
                 domain=sql.Literal(domain),
+                seconds=seconds,
+                read_ct=read_ct,
+                last_read_at=last_read_at,
+                no_wakeup=no_wakeup,
             )
         )
     batch_row = sql.SQL(queries.SEND_BATCH_ROW).format(
@@ -172,6 +193,7 @@ def _send_statement(
             batch=batch_row if with_batch else empty,
         )
     )
+    assert all_applied or not claimed, "a claiming send is a script's (all applied)"
     parts.append(
         sql.SQL(queries.SEND_BATCH_ALL_APPLIED if all_applied else queries.SEND_BATCH_RESULT)
     )
@@ -183,16 +205,27 @@ def send_batch_statement(domains: tuple[str, ...]) -> sql.Composed:
     return _send_statement(domains, with_batch=True)
 
 
-def send_commands_statement(domains: tuple[str, ...], *, all_applied: bool = False) -> sql.Composed:
+def send_commands_statement(
+    domains: tuple[str, ...], *, all_applied: bool = False, claimed: tuple[str, ...] = ()
+) -> sql.Composed:
     """The statement of :func:`send_commands` for commands of these (sorted) domains
-    (of :func:`send_commands_all_applied` with ``all_applied``)."""
-    return _send_statement(domains, with_batch=False, all_applied=all_applied)
+    (of :func:`send_commands_all_applied` with ``all_applied``, claiming the messages
+    of the ``claimed`` ones)."""
+    return _send_statement(domains, with_batch=False, all_applied=all_applied, claimed=claimed)
 
 
 @lru_cache(maxsize=256)
-def _send_query(domains: tuple[str, ...], *, with_batch: bool, all_applied: bool = False) -> bytes:
+def _send_query(
+    domains: tuple[str, ...],
+    *,
+    with_batch: bool,
+    all_applied: bool = False,
+    claimed: tuple[str, ...] = (),
+) -> bytes:
     """The send statement, rendered once (psycopg would render it per call)."""
-    return _send_statement(domains, with_batch=with_batch, all_applied=all_applied).as_bytes()
+    return _send_statement(
+        domains, with_batch=with_batch, all_applied=all_applied, claimed=claimed
+    ).as_bytes()
 
 
 def _send_params(cmds: Sequence[OutgoingCommand]) -> dict[str, Any]:
@@ -269,11 +302,27 @@ async def send_commands(
     return [(c.domain, c.command_id, sent[c.domain, c.command_id]) for c in cmds]
 
 
-def send_commands_all_applied(cmds: Sequence[OutgoingCommand]) -> tuple[bytes, dict[str, Any]]:
+def send_commands_all_applied(
+    cmds: Sequence[OutgoingCommand], claims: Mapping[str, float] | None = None
+) -> tuple[bytes, dict[str, Any]]:
     """:func:`send_commands` for a :class:`~commandbus.engine.db.script.Script`: the
-    statement fails (undoing the script) unless every command is new."""
+    statement fails (undoing the script) unless every command is new; its one row is
+    (the number sent, their command ids, their message ids).
+
+    ``claims``: domains whose messages are claimed as they are sent, each for its
+    seconds (every command to them must be without delay; see
+    :mod:`commandbus.engine.worker.handoff`).
+    """
     domains = tuple(sorted({c.domain for c in cmds}))
-    return _send_query(domains, with_batch=False, all_applied=True), _send_params(cmds)
+    params = _send_params(cmds)
+    if not claims:
+        return _send_query(domains, with_batch=False, all_applied=True), params
+    claimed = tuple(d for d in domains if d in claims)
+    for i, d in enumerate(domains):
+        if d in claims:
+            params[f"claim_{i}"] = claims[d]
+    query = _send_query(domains, with_batch=False, all_applied=True, claimed=claimed)
+    return query, params
 
 
 async def read_batch(conn: Conn, domain: str, *, qty: int, vt_seconds: float) -> list[ReadMessage]:
@@ -332,6 +381,13 @@ async def release(
             with_queue(queue_sql.RELEASE, domain),
             {"started": list(started), "unstarted": list(unstarted)},
         )
+
+
+async def release_claimed(conn: Conn, domain: str, msg_ids: Sequence[int]) -> None:
+    """Make messages claimed as they were sent visible at once, unread, and wake the
+    domain's readers (the send woke none)."""
+    await release(conn, domain, (), msg_ids)
+    await conn.execute("SELECT pg_notify(%s, '')", (wakeup_channel(domain),))
 
 
 def archive_move(domain: str, msg_ids: sql.Composable, suffix: str = "") -> sql.Composed:

@@ -94,13 +94,18 @@ class Script:
 async def run_all_applied(script: Script, conn: Conn) -> str | None:
     """Run ``script``: None when it committed, or why ``commandbus.all_applied`` undid
     it (nothing is written then). Any other error comes through."""
+    ran = await run_all_applied_rows(script, conn)
+    return ran if isinstance(ran, str) else None
+
+
+async def run_all_applied_rows(script: Script, conn: Conn) -> list[list[tuple[Any, ...]]] | str:
+    """:func:`run_all_applied` that returns each statement's rows when it committed."""
     try:
-        await script.run(conn)
+        return await script.run(conn)
     except psycopg.Error as exc:
         if not_all_applied(exc):
             return exc.diag.message_primary or str(exc)
         raise
-    return None
 
 
 async def _resync(conn: Conn, exc: BaseException) -> None:

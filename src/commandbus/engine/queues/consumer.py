@@ -14,9 +14,8 @@ Shape of a running consumer (every task is named and owned):
 * ``flusher`` tasks (each with its own connection): each takes every outcome
   queued so far and hands the group to ``record`` (:mod:`.flushing`).
 * ``listener``: LISTENs for the queue's wake-up channel.
-* ``heartbeat``: keeps the consumer's row in ``commandbus.heartbeat`` fresh
-  (:mod:`~commandbus.engine.queues.heartbeat`); it beats on through a stop's
-  drain and never stops the consumer.
+* ``heartbeat``: keeps the consumer's row in ``commandbus.heartbeat`` fresh, through a
+  stop's drain too; it never stops the consumer (:mod:`.heartbeat`).
 
 Stopping is staged: reading ends (reconnect attempts give up at once), running
 handlers get until the deadline and are then cancelled, every flusher records
@@ -339,6 +338,22 @@ class QueueConsumer(Generic[M, O]):
         for held in (self._reader, *self._flushing.connections):
             with contextlib.suppress(Exception):
                 await held.close()
+
+    # -- messages taken elsewhere (claimed for it as they were sent) ------------------------
+
+    def room(self) -> int:
+        """How many more messages it would hold now (0 once a stop is requested)."""
+        ending = not self._running or self._stop_event.is_set()
+        return 0 if ending else max(0, self._capacity - len(self._flights))
+
+    def adopt(self, msgs: Sequence[M]) -> bool:
+        """Take messages as if read; False (none taken) once a stop is requested."""
+        if not self._running or self._stop_event.is_set():
+            return False  # a stop hands back only what it holds
+        for m in msgs:
+            self._dispatch(m)
+        self._start_runners()
+        return True
 
     # -- connections ------------------------------------------------------------------------
 

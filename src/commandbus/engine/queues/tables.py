@@ -59,6 +59,12 @@ def wakeup_channel(queue: str) -> str:
     return _CHANNEL_PREFIX + validate_queue_name(queue)
 
 
+def wakeup_setting(queue: str) -> str:
+    """The transaction-local setting by which a queue's wake-up trigger (migration 0004)
+    marks a transaction that already queued its wake-up: set beforehand, it sends none."""
+    return "commandbus.wakeup_" + validate_queue_name(queue)
+
+
 def queue_of_channel(channel: str) -> str | None:
     """The queue whose readers :func:`wakeup_channel` wakes on ``channel`` (None: no queue's)."""
     queue = channel.removeprefix(_CHANNEL_PREFIX)

@@ -40,6 +40,7 @@ from commandbus.engine.queues.tables import (
     wakeup_throttle_ms,
     with_queue,
 )
+from commandbus.engine.worker import handoff
 from commandbus.engine.worker.context import HandlerContext
 from commandbus.engine.worker.failures import ErrorKind, decisive, error_info
 from commandbus.engine.worker.inline import InlineReplies
@@ -108,7 +109,7 @@ class DomainConsumer:
         self._settings = settings
         self._vt = settings.vt_seconds
         self._outcomes = settings.outcomes
-        self._recorder = Recorder(self.stats, settings.outcomes, settings.inline)
+        self._recorder = Recorder(self.stats, settings.outcomes, settings.inline, settings.url)
         self.consumer: QueueConsumer[ReadMessage, Decision] = QueueConsumer(
             settings.url,
             self,
@@ -123,6 +124,9 @@ class DomainConsumer:
         )
 
     async def opened(self) -> None:
+        # a saga's next command sent to this domain by a worker of this process is
+        # handed straight to this consumer (see handoff.py)
+        handoff.serve(self._settings.url, self.domain, self)
         inline = self._settings.inline
         log.info(
             "worker connected for domain %s (%s) concurrency=%d vt=%.0fs%s",
@@ -132,6 +136,21 @@ class DomainConsumer:
             self._vt,
             "" if inline is None else f"; moves {inline.what} in its outcomes' transactions",
         )
+
+    def closed(self) -> None:
+        """Its consumer ended: nothing is handed to it any more."""
+        handoff.unserve(self._settings.url, self.domain, self)
+
+    # -- messages claimed for it (handoff.Serving) ------------------------------------------
+
+    def claim_seconds(self) -> float | None:
+        return self._vt if self.consumer.room() > 0 else None
+
+    def adopt(self, msgs: Sequence[ReadMessage]) -> bool:
+        if not self.consumer.adopt(msgs):
+            return False
+        self.stats.handed_over += len(msgs)
+        return True
 
     # -- consumer hooks ---------------------------------------------------------------------
 

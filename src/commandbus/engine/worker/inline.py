@@ -19,6 +19,7 @@ from commandbus.config import Config
 from commandbus.engine.commands.store import Reply
 from commandbus.engine.db.connect import Conn
 from commandbus.engine.db.script import Query
+from commandbus.engine.worker.handoff import Claims
 
 
 class Taken(Protocol):
@@ -61,9 +62,13 @@ class InlineReplies(Protocol):
         """Act on what it can of ``replies`` in the caller's open transaction."""
         ...
 
-    async def plan(self, conn: Conn, replies: Sequence[Reply]) -> Planned | None:
+    async def plan(
+        self, conn: Conn, replies: Sequence[Reply], claims: Claims | None = None
+    ) -> Planned | None:
         """What :meth:`take` would do, as statements to run at once with the outcomes,
-        assuming they are all recorded (``conn`` is only read; None: not this way)."""
+        assuming they are all recorded (``conn`` is only read; None: not this way).
+        The commands it sends may be claimed for this process's consumers through
+        ``claims`` (see :mod:`~commandbus.engine.worker.handoff`)."""
         ...
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
 import psycopg
 
 from commandbus.engine.commands import recording
-from commandbus.engine.commands.store import Transition
+from commandbus.engine.commands.store import Transition, release_claimed
 from commandbus.engine.db.connect import Conn, ResilientConnection
-from commandbus.engine.db.script import Script, run_all_applied
+from commandbus.engine.db.script import Script, run_all_applied_rows
+from commandbus.engine.worker.handoff import Claims
 from commandbus.engine.worker.inline import InlineReplies, Taken
 from commandbus.engine.worker.outcomes import Decision, Outcome, OutcomeBuilder
 from commandbus.engine.worker.stats import WorkerStats
@@ -32,11 +34,16 @@ class Recorder:
     """
 
     def __init__(
-        self, stats: WorkerStats, outcomes: OutcomeBuilder, inline: InlineReplies | None = None
+        self,
+        stats: WorkerStats,
+        outcomes: OutcomeBuilder,
+        inline: InlineReplies | None = None,
+        url: str = "",
     ) -> None:
         self._stats = stats
         self._outcomes = outcomes
         self._inline = inline
+        self._url = url  # the database: claims go to consumers of the same one
 
     async def record(self, flusher: ResilientConnection, batch: Sequence[Decision]) -> None:
         """Record a group of decisions in ONE statement."""
@@ -76,9 +83,10 @@ class Recorder:
             t.reply is not None and t.reply.queue == inline.queue for t in transitions
         ):
             return await flusher.run(lambda c: recording.record_transitions(c, transitions))
+        claims = Claims(self._url)
         try:
             try:
-                done = await flusher.run(lambda c: _record_at_once(c, transitions, inline))
+                done = await flusher.run(lambda c: _record_at_once(c, transitions, inline, claims))
                 if done is None:  # a saga moved meanwhile, say: once more, step by step
                     done = await flusher.run(lambda c: _record_taking(c, transitions, inline))
                 ok, taken = done
@@ -103,7 +111,26 @@ class Recorder:
             return await flusher.run(lambda c: recording.record_transitions(c, transitions))
         taken.committed()
         self._stats.inline_replies += len(taken.taken)
+        if claims.sent is not None:
+            await self._hand_over(flusher, claims)
         return ok
+
+    async def _hand_over(self, flusher: ResilientConnection, claims: Claims) -> None:
+        """Hand the messages claimed as they were sent to their consumers; those of a
+        consumer that stopped meanwhile are made visible again at once."""
+        assert claims.sent is not None
+        for domain, msg_ids in claims.hand_over(*claims.sent).items():
+            log.info(
+                "%d messages claimed for domain %s go back to its queue (its consumer stopped)",
+                len(msg_ids),
+                domain,
+            )
+            try:
+                release = functools.partial(release_claimed, domain=domain, msg_ids=msg_ids)
+                await flusher.run(release)
+            except (psycopg.Error, CommandBusError) as exc:
+                # they come back after their visibility timeout instead
+                log.warning("claimed messages of %s not released: %s", domain, exc)
 
     async def _record_unrecordable(
         self, flusher: ResilientConnection, d: Decision, exc: BaseException
@@ -139,32 +166,42 @@ class Recorder:
 
 
 async def _record_at_once(
-    conn: Conn, transitions: list[Transition], inline: InlineReplies
+    conn: Conn, transitions: list[Transition], inline: InlineReplies, claims: Claims
 ) -> tuple[set[str], Taken] | None:
     """What :func:`_record_taking` does, in ONE round trip: the outcomes, what
     ``inline`` does with their replies and the replies it does not take, sent as one
     script (one transaction, see :class:`Script`) whose statements each apply in full
     or undo it all. None when that did not happen: a saga or a command moved
-    meanwhile, or ``inline`` cannot plan these replies; nothing is written then."""
+    meanwhile, or ``inline`` cannot plan these replies; nothing is written then.
+    The commands it sends to domains served in this process are claimed for them
+    (``claims``, handed over by the caller once this returns)."""
     replies = [
         t.reply for t in transitions if t.reply is not None and t.reply.queue == inline.queue
     ]
-    planned = await inline.plan(conn, replies)
+    claims.reset()
+    planned = await inline.plan(conn, replies, claims)
     if planned is None:
+        claims.reset()
         return None
     statements, taken = planned
     script = Script()
     script.add(
         *recording.record_transitions_all_applied(transitions, without_replies_to=inline.queue)
     )
+    first = len(script)
     for statement in statements:
         script.add(*statement)
     rest = [r for i, r in enumerate(replies) if i not in taken.taken]
     for statement in recording.send_replies_statements(rest):
         script.add(*statement)
-    if (undone := await run_all_applied(script, conn)) is not None:
-        log.info("a group could not be recorded at once (%s); recorded step by step", undone)
+    rows = await run_all_applied_rows(script, conn)
+    if isinstance(rows, str):
+        log.info("a group could not be recorded at once (%s); recorded step by step", rows)
+        claims.reset()
         return None
+    if claims.statement is not None:
+        _applied, command_ids, msg_ids = rows[first + claims.statement][0]
+        claims.sent = (command_ids, msg_ids)
     return {t.stream_id for t in transitions}, taken
 
 

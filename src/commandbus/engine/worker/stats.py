@@ -16,6 +16,7 @@ _COUNTS = (
     "duplicate_deliveries",
     "released",
     "inline_replies",
+    "handed_over",
 )
 
 
@@ -38,6 +39,9 @@ class WorkerStats:
     released: int = 0
     #: replies acted on in the outcome's own transaction (saga steps moved on at once)
     inline_replies: int = 0
+    #: messages not read but handed over, claimed as a worker of this process sent
+    #: them (a saga's next step, sent in its previous step's outcome transaction)
+    handed_over: int = 0
     started_at: float = attrs.field(factory=time.monotonic)
     stopped_at: float | None = None
     #: each domain's stats, for a worker of several domains (else empty)
@@ -77,6 +81,8 @@ class WorkerStats:
         )
         if self.inline_replies:
             line += f"; {self.inline_replies} saga replies acted on in the outcome's transaction"
+        if self.handed_over:
+            line += f"; {self.handed_over} messages handed over in-process instead of read"
         if self.by_domain:
             line += "; " + ", ".join(
                 f"{d}: {s.processed} processed" for d, s in self.by_domain.items()

@@ -262,6 +262,7 @@ class Worker:
     def _stopped(self) -> None:
         now = time.monotonic()
         for d in self._domains:
+            d.closed()
             d.stats.released = d.consumer.released
             d.stats.stopped_at = now
 
