@@ -173,6 +173,7 @@ async def test_what_is_not_claimed(dsn: str) -> None:
         assert Claims(url).claim([_command(), _command(delay=1)]) == {}
         assert Claims(url).claim([_command()]) == {DOMAIN: 30.0}
         w.request_stop(1)
+        assert w._domains[0].room() == 0
         assert Claims(url).claim([_command()]) == {}
     # and once it has ended, its domain is served by nobody here
     assert Claims(url).claim([_command()]) == {}
@@ -239,3 +240,27 @@ async def test_only_the_claimed_domains_messages_are_sent_read(dsn: str) -> None
             assert await cur.fetchone() == (0, True)
         assert claims.hand_over(*claims.sent) == {}  # type: ignore[misc]
         await wait_for(lambda: ran == [str(mine.command_id)], timeout=10)
+
+
+async def test_nothing_is_claimed_beyond_a_workers_room(dsn: str) -> None:
+    """A worker holds at most two batches (here 2 x 2): four commands to its domain
+    are claimed, five are sent as usual; and it takes no more than its room."""
+    async with _payments(dsn, concurrency=1, batch_size=2) as (w, _ran):
+        url = w._url
+        assert w._domains[0].room() == 4
+        assert Claims(url).claim([_command() for _ in range(5)]) == {}
+        claims = Claims(url)
+        four = [_command() for _ in range(4)]
+        assert claims.claim(four) == {DOMAIN: 30.0}
+        claims.reset()
+        await _send_claimed(dsn, claims, four)
+        # meanwhile the worker filled up: it takes what it has room for
+        with_room = w._domains[0].room()
+        w._domains[0].consumer._capacity = 2  # type: ignore[attr-defined]
+        refused = claims.hand_over(*claims.sent)  # type: ignore[misc]
+        assert with_room == 4 and len(refused[DOMAIN]) == 2
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await command_store.release_claimed(conn, DOMAIN, refused[DOMAIN])
+        for c in four:
+            await wait_for(lambda c=c: _status_is(dsn, c.command_id, "COMPLETED"), timeout=10)
+        assert w.stats.handed_over == 2

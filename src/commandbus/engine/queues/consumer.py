@@ -125,6 +125,7 @@ class QueueConsumer(Generic[M, O]):
         )
         self._deadline = Deadline()  # by when running handlers must end
         self._stopping = False
+        self._isolating = False  # a suspect is to run alone
         self._running = False
         self._finished = asyncio.Event()
         #: set once the consumer is connected and listening for new messages
@@ -295,7 +296,8 @@ class QueueConsumer(Generic[M, O]):
                 reading = [t for t in self._tasks[:1] if not t.done()]
                 if reading:
                     await asyncio.wait(reading, timeout=READ_GRACE_SECONDS)
-                await end_tasks(self._tasks, f"{self.name} reader", self._reader_connections())
+                listening = [] if self._listener.conn is None else [self._listener.conn]
+                await end_tasks(self._tasks, f"{self.name} reader", [self._reader, *listening])
                 # 2. running handlers get until the deadline
                 await self._deadline.wait(
                     lambda: [t for t in self._runners if not t.done()], self.name
@@ -307,12 +309,6 @@ class QueueConsumer(Generic[M, O]):
             except asyncio.CancelledError:
                 cancelled = True
                 self.request_stop(0)
-
-    def _reader_connections(self) -> list[ResilientConnection | Conn]:
-        held: list[ResilientConnection | Conn] = [self._reader]
-        if self._listener.conn is not None:
-            held.append(self._listener.conn)
-        return held
 
     async def _close(self) -> None:
         """End the heartbeat; make every message still held visible again and mark the
@@ -342,18 +338,18 @@ class QueueConsumer(Generic[M, O]):
     # -- messages taken elsewhere (claimed for it as they were sent) ------------------------
 
     def room(self) -> int:
-        """How many more messages it would hold now (0 once a stop is requested)."""
-        ending = not self._running or self._stop_event.is_set()
-        return 0 if ending else max(0, self._capacity - len(self._flights))
+        """How many more messages it would take now (none while stopping or isolating)."""
+        if not self._running or self._stop_event.is_set() or self._isolating:
+            return 0
+        return max(0, self._capacity - len(self._flights))
 
-    def adopt(self, msgs: Sequence[M]) -> bool:
-        """Take messages as if read; False (none taken) once a stop is requested."""
-        if not self._running or self._stop_event.is_set():
-            return False  # a stop hands back only what it holds
-        for m in msgs:
+    def adopt(self, msgs: Sequence[M]) -> int:
+        """Take as many of ``msgs`` as :meth:`room` allows, as if read; how many (the first)."""
+        taken = msgs[: self.room()]
+        for m in taken:
             self._dispatch(m)
         self._start_runners()
-        return True
+        return len(taken)
 
     # -- connections ------------------------------------------------------------------------
 
@@ -420,22 +416,26 @@ class QueueConsumer(Generic[M, O]):
         at once) and reading waits until they are done. While the suspect runs,
         nothing else is read.
         """
-        alone = not self._flights
-        others = [m.msg_id for m in msgs if m is not suspect]
-        if others:
-            await self._reader.run(
-                functools.partial(self._app.postpone, msg_ids=others, seconds=POSTPONE_SECONDS)
-            )
-        if alone:
-            self._dispatch(suspect)
-            self._start_runners()
-        else:
-            await self._reader.run(
-                functools.partial(self._app.postpone, msg_ids=[suspect.msg_id], seconds=0)
-            )
-        while self._flights and not self._stop_event.is_set():
-            self._idle.clear()
-            await self._idle.wait()
+        self._isolating = True  # nothing claimed for it is taken meanwhile (adopt)
+        try:
+            alone = not self._flights
+            others = [m.msg_id for m in msgs if m is not suspect]
+            if others:
+                await self._reader.run(
+                    functools.partial(self._app.postpone, msg_ids=others, seconds=POSTPONE_SECONDS)
+                )
+            if alone:
+                self._dispatch(suspect)
+                self._start_runners()
+            else:
+                await self._reader.run(
+                    functools.partial(self._app.postpone, msg_ids=[suspect.msg_id], seconds=0)
+                )
+            while self._flights and not self._stop_event.is_set():
+                self._idle.clear()
+                await self._idle.wait()
+        finally:
+            self._isolating = False
 
     def _start_runners(self) -> None:
         """Start runners, at most ``concurrency``, for what the backlog holds; a runner

@@ -143,14 +143,17 @@ class DomainConsumer:
 
     # -- messages claimed for it (handoff.Serving) ------------------------------------------
 
-    def claim_seconds(self) -> float | None:
-        return self._vt if self.consumer.room() > 0 else None
+    @property
+    def vt_seconds(self) -> float:
+        return self._vt
 
-    def adopt(self, msgs: Sequence[ReadMessage]) -> bool:
-        if not self.consumer.adopt(msgs):
-            return False
-        self.stats.handed_over += len(msgs)
-        return True
+    def room(self) -> int:
+        return self.consumer.room()
+
+    def adopt(self, msgs: Sequence[ReadMessage]) -> int:
+        taken = self.consumer.adopt(msgs)
+        self.stats.handed_over += taken
+        return taken
 
     # -- consumer hooks ---------------------------------------------------------------------
 

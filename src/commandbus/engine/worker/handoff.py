@@ -10,10 +10,13 @@ has committed, the message goes to that consumer as its read would have given it
 and the next step starts without a NOTIFY and a read in between.
 
 Nothing changes what is stored: the same command, event and status row; only the
-queue row starts out read. If the consumer stopped meanwhile, the messages are
-made visible again at once (and the domain woken). If the process dies first, they
-come back after the visibility timeout, as a read message would, and run as
-suspects (their delivery ended without an outcome).
+queue row starts out read. A consumer takes no more than it has room for (what a
+read would take), and none while it stops or runs a suspect alone; what it does
+not take is made visible again at once (and the domain woken). If the process
+dies first, or the connection is lost as the transaction commits (so that the
+worker cannot know what it claimed), they come back after the visibility timeout,
+as a read message would, and run as suspects (their delivery ended without an
+outcome).
 """
 
 from __future__ import annotations
@@ -31,12 +34,17 @@ from commandbus.engine.commands.store import OutgoingCommand, ReadMessage
 class Serving(Protocol):
     """A consumer of one domain that can take messages claimed for it."""
 
-    def claim_seconds(self) -> float | None:
-        """Its visibility timeout if it takes handed-over messages now, else None."""
+    @property
+    def vt_seconds(self) -> float:
+        """How long a message it takes stays invisible (its visibility timeout)."""
         ...
 
-    def adopt(self, msgs: Sequence[ReadMessage]) -> bool:
-        """Take messages claimed for it (False: it stopped; they stay claimed)."""
+    def room(self) -> int:
+        """How many more messages it would take now (0: none, e.g. it is stopping)."""
+        ...
+
+    def adopt(self, msgs: Sequence[ReadMessage]) -> int:
+        """Take as many of ``msgs`` as it has room for, as if read; how many (the first)."""
         ...
 
 
@@ -70,16 +78,16 @@ class Claims:
 
     def __init__(self, url: str) -> None:
         self._url = url
-        self._by_domain: dict[str, tuple[Serving, float]] = {}
+        self._by_domain: dict[str, Serving] = {}
         self._commands: dict[UUID, OutgoingCommand] = {}
         #: the index, among the statements planned, of the send that claims (whose
-        #: row has the claimed command ids and message ids), if any
+        #: row has the command ids sent and their message ids), if any
         self.statement: int | None = None
         #: once committed: the command ids sent and their message ids
         self.sent: tuple[Sequence[UUID], Sequence[int]] | None = None
 
     def reset(self) -> None:
-        """Forget what was claimed (the transaction is planned again, or undone)."""
+        """Forget what was claimed (the transaction is tried again, or was undone)."""
         self._by_domain.clear()
         self._commands.clear()
         self.statement = None
@@ -87,20 +95,26 @@ class Claims:
 
     def claim(self, commands: Sequence[OutgoingCommand]) -> dict[str, float]:
         """The domains of ``commands`` whose messages are claimed, each for its
-        consumer's visibility timeout: served here, with room, and every command to
-        it due now (a delayed one is sent as usual, and so are the others with it)."""
+        consumer's visibility timeout: those served here by a consumer with room for
+        all of them (the one with the most room), every one due now (a delayed one
+        is sent as usual, and so are the others to its domain)."""
         by_key = _served.get(asyncio.get_running_loop())
         if not by_key:
             return {}
+        count: dict[str, int] = {}
+        for c in commands:
+            count[c.domain] = count.get(c.domain, 0) + 1
         delayed = {c.domain for c in commands if c.delay_seconds > 0}
         claims: dict[str, float] = {}
-        for domain in sorted({c.domain for c in commands} - delayed):
+        for domain in sorted(count.keys() - delayed):
+            best: tuple[int, Serving] | None = None
             for consumer in by_key.get((self._url, domain), ()):
-                seconds = consumer.claim_seconds()
-                if seconds is not None:
-                    claims[domain] = seconds
-                    self._by_domain[domain] = (consumer, seconds)
-                    break
+                room = consumer.room()
+                if room >= count[domain] and (best is None or room > best[0]):
+                    best = (room, consumer)
+            if best is not None:
+                claims[domain] = best[1].vt_seconds
+                self._by_domain[domain] = best[1]
         for c in commands:
             if c.domain in claims:
                 self._commands[c.command_id] = c
@@ -110,19 +124,19 @@ class Claims:
         self, command_ids: Sequence[UUID], msg_ids: Sequence[int]
     ) -> dict[str, list[int]]:
         """The transaction that sent these commands (with their message ids)
-        committed: hand each claimed one to its domain's consumer; returns the
-        message ids of the domains whose consumer refused them (it stopped), to be
-        made visible again."""
+        committed: hand each claimed one to its domain's consumer; returns, by
+        domain, the message ids its consumer did not take (it stopped, or is full
+        meanwhile), to be made visible again."""
         msgs: dict[str, list[ReadMessage]] = {}
         for command_id, msg_id in zip(command_ids, msg_ids, strict=True):
             c = self._commands.get(command_id)
             if c is not None:
                 msgs.setdefault(c.domain, []).append(_as_read(c, msg_id))
         refused: dict[str, list[int]] = {}
-        for domain, taken in msgs.items():
-            consumer, _seconds = self._by_domain[domain]
-            if not consumer.adopt(taken):
-                refused[domain] = [m.msg_id for m in taken]
+        for domain, claimed in msgs.items():
+            taken = self._by_domain[domain].adopt(claimed)
+            if taken < len(claimed):
+                refused[domain] = [m.msg_id for m in claimed[taken:]]
         return refused
 
 

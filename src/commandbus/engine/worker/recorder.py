@@ -116,12 +116,13 @@ class Recorder:
         return ok
 
     async def _hand_over(self, flusher: ResilientConnection, claims: Claims) -> None:
-        """Hand the messages claimed as they were sent to their consumers; those of a
-        consumer that stopped meanwhile are made visible again at once."""
+        """Hand the messages claimed as they were sent to their consumers; those a
+        consumer does not take (it stopped, or filled up) are made visible at once."""
         assert claims.sent is not None
         for domain, msg_ids in claims.hand_over(*claims.sent).items():
             log.info(
-                "%d messages claimed for domain %s go back to its queue (its consumer stopped)",
+                "%d messages claimed for domain %s go back to its queue (its consumer "
+                "stopped, or has no room)",
                 len(msg_ids),
                 domain,
             )
