@@ -8,9 +8,10 @@ Shape of a running consumer (every task is named and owned):
 * ``reader``: reads batches into a bounded in-flight set; when the queue is
   empty it sleeps until a wake-up NOTIFY, the next delayed message, or the poll
   interval, whichever comes first.
-* runner tasks, at most ``concurrency`` at once: each takes messages from the
-  in-memory backlog one after the other and calls ``handle``; what it returns
-  (an outcome) is queued for recording, ``None`` means the message is done.
+* runner tasks, at most ``concurrency`` at once (:mod:`.runners`): each takes
+  messages from the in-memory backlog one after the other and calls ``handle``;
+  what it returns (an outcome) is queued for recording, ``None`` means the
+  message is done.
 * ``flusher`` tasks (each with its own connection): each takes every outcome
   queued so far and hands the group to ``record`` (:mod:`.flushing`).
 * ``listener``: LISTENs for the queue's wake-up channel.
@@ -27,7 +28,6 @@ visible again and the heartbeat is marked stopped. Cancelling
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import logging
@@ -41,6 +41,7 @@ from commandbus.engine.queues.app import ConsumerApp, M, O
 from commandbus.engine.queues.flushing import Flight, Flushers
 from commandbus.engine.queues.heartbeat import Heartbeat
 from commandbus.engine.queues.listener import Listener
+from commandbus.engine.queues.runners import Runners
 from commandbus.engine.queues.stopping import (
     DEFAULT_GRACE,
     FINAL_SECONDS,
@@ -106,9 +107,10 @@ class QueueConsumer(Generic[M, O]):
         self._capacity = max(2 * batch_size, concurrency + batch_size)
         self._read_threshold = max(1, min(batch_size, self._capacity // 2))
 
-        self._backlog: collections.deque[Flight[M]] = collections.deque()
-        self._runners: set[asyncio.Task[None]] = set()
-        self._busy = 0  # runners inside a handler right now
+        self._runs: Runners[M, O] = Runners(
+            name, concurrency, app.handle, done=self._handled, ending=self._ending
+        )
+        self._reading = 0  # messages a read under way may take
         self._flights: dict[int, Flight[M]] = {}
         self._room = asyncio.Event()
         self._wake = asyncio.Event()
@@ -286,7 +288,7 @@ class QueueConsumer(Generic[M, O]):
         cancelled = False
         if not self._stop_event.is_set():
             self.request_stop(0)  # cancelled, or a task died: stop now
-        self._stopping = True
+        self._stopping = self._runs.stopping = True
         while True:
             try:
                 # 1. nothing new is read; reconnect attempts have given up (a
@@ -300,9 +302,9 @@ class QueueConsumer(Generic[M, O]):
                 await end_tasks(self._tasks, f"{self.name} reader", [self._reader, *listening])
                 # 2. running handlers get until the deadline
                 await self._deadline.wait(
-                    lambda: [t for t in self._runners if not t.done()], self.name
+                    lambda: [t for t in self._runs.tasks if not t.done()], self.name
                 )
-                await end_tasks(self._runners, f"{self.name} handler", ())
+                await end_tasks(self._runs.tasks, f"{self.name} handler", ())
                 # 3. flushers record what finished, then end on their sentinel
                 await self._flushing.stop(self._deadline.left() + FINAL_SECONDS)
                 return cancelled
@@ -341,14 +343,14 @@ class QueueConsumer(Generic[M, O]):
         """How many more messages it would take now (none while stopping or isolating)."""
         if not self._running or self._stop_event.is_set() or self._isolating:
             return 0
-        return max(0, self._capacity - len(self._flights))
+        return max(0, self._capacity - len(self._flights) - self._reading)
 
     def adopt(self, msgs: Sequence[M]) -> int:
         """Take as many of ``msgs`` as :meth:`room` allows, as if read; how many (the first)."""
         taken = msgs[: self.room()]
         for m in taken:
             self._dispatch(m)
-        self._start_runners()
+        self._runs.start()
         return len(taken)
 
     # -- connections ------------------------------------------------------------------------
@@ -373,7 +375,11 @@ class QueueConsumer(Generic[M, O]):
             qty = min(self._batch_size, room)
             self._wake.clear()
             notified, self._listener.notified = self._listener.notified, False
-            msgs = await self._reader.run(functools.partial(_read, app, qty=qty))
+            self._reading = qty  # room() keeps it free for the read
+            try:
+                msgs = await self._reader.run(functools.partial(_read, app, qty=qty))
+            finally:
+                self._reading = 0
             if self._stop_event.is_set():
                 # read after stop was requested: hand them straight back
                 for m in msgs:
@@ -385,7 +391,7 @@ class QueueConsumer(Generic[M, O]):
                 continue
             for m in msgs:
                 self._dispatch(m)
-            self._start_runners()
+            self._runs.start()
             if len(msgs) == qty:
                 await asyncio.sleep(0)
                 continue
@@ -405,7 +411,7 @@ class QueueConsumer(Generic[M, O]):
     def _dispatch(self, msg: M) -> None:
         flight = Flight(msg=msg)
         self._flights[msg.msg_id] = flight
-        self._backlog.append(flight)
+        self._runs.backlog.append(flight)
 
     async def _isolate(self, suspect: M, msgs: Sequence[M]) -> None:
         """Run a suspect alone: a poison message that kills the process then takes
@@ -426,7 +432,7 @@ class QueueConsumer(Generic[M, O]):
                 )
             if alone:
                 self._dispatch(suspect)
-                self._start_runners()
+                self._runs.start()
             else:
                 await self._reader.run(
                     functools.partial(self._app.postpone, msg_ids=[suspect.msg_id], seconds=0)
@@ -437,47 +443,6 @@ class QueueConsumer(Generic[M, O]):
         finally:
             self._isolating = False
 
-    def _start_runners(self) -> None:
-        """Start runners, at most ``concurrency``, for what the backlog holds; a runner
-        busy in a slow handler is not free, so it never holds up the messages after it."""
-        while len(self._runners) < self.concurrency and (
-            len(self._runners) - self._busy < len(self._backlog)
-        ):
-            task = asyncio.create_task(self._run_backlog(), name=f"commandbus-{self.name}-runner")
-            self._runners.add(task)
-            task.add_done_callback(self._runners.discard)
-
-    async def _run_backlog(self) -> None:
-        """Handle messages from the backlog one after the other until it is empty."""
-        handled = 0
-        while self._backlog and not self._stopping:
-            flight = self._backlog.popleft()
-            flight.started = True
-            self._busy += 1
-            try:
-                outcome = await self._app.handle(flight.msg)
-            except (KeyboardInterrupt, SystemExit) as exc:
-                # raised in a handler: sys.exit(), a signal handler's exit, a second
-                # Ctrl-C under asyncio.run. The process is to end, not the message to
-                # fail: everything stops gracefully (what finished is recorded, this
-                # message is handed back with the rest) and the owner raises it then
-                self._ending(exc, "a handler")
-                return
-            except Exception:
-                # e.g. the database went away while recording: the message comes
-                # back after its visibility timeout (and counts as a delivery)
-                log.exception("%s: handling message %s failed", self.name, flight.msg.msg_id)
-                outcome = None
-            finally:
-                self._busy -= 1
-            if outcome is None:
-                self._forget(flight)
-            else:
-                self._flushing.put(outcome, flight)
-            handled += 1
-            if handled % 32 == 0:
-                await asyncio.sleep(0)  # let the reader and flushers run
-
     # -- ending -----------------------------------------------------------------------------
 
     def _ending(self, exc: KeyboardInterrupt | SystemExit, where: str) -> None:
@@ -487,6 +452,12 @@ class QueueConsumer(Generic[M, O]):
             self.exit = exc
             log.warning("%s: %s raised %s; stopping", self.name, where, type(exc).__name__)
         self._stop_all()
+
+    def _handled(self, outcome: O | None, flight: Flight[M]) -> None:
+        if outcome is None:
+            self._forget(flight)
+        else:
+            self._flushing.put(outcome, flight)
 
     def _forget(self, flight: Flight[M]) -> None:
         self._flights.pop(flight.msg.msg_id, None)
