@@ -21,10 +21,10 @@ import psycopg
 
 from commandbus import CommandBus, HandlerRegistry, SagaStatus, Worker
 from commandbus.engine.commands import store as command_store
-from commandbus.engine.commands.outgoing import assembled
 from commandbus.engine.commands.store import OutgoingCommand
 from commandbus.engine.db.script import Script, run_all_applied_rows
 from commandbus.engine.worker.handoff import Claims
+from handoff_apps import outgoing
 from saga_apps import ORDER, assert_consistent, commands_of, final, running
 from support import wait_for
 
@@ -32,20 +32,7 @@ DOMAIN = "payments"
 
 
 def _command(delay: float = 0.0, domain: str = DOMAIN) -> OutgoingCommand:
-    return assembled(
-        domain=domain,
-        command_id=uuid.uuid4(),
-        command_type="Charge" if domain == DOMAIN else "Ship",
-        correlation_id=uuid.uuid4(),
-        causation_id=None,
-        reply_to=None,
-        saga_id=None,
-        batch_id=None,
-        max_attempts=3,
-        delay_seconds=delay,
-        data_json='{"amount": 5}',
-        trace={},
-    )
+    return outgoing(domain, "Charge" if domain == DOMAIN else "Ship", delay=delay)
 
 
 @asynccontextmanager

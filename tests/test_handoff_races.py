@@ -9,7 +9,6 @@ database: hand-over never crosses URLs (engine/worker/handoff.py).
 from __future__ import annotations
 
 import asyncio
-import collections
 import random
 import time
 from contextlib import AsyncExitStack
@@ -19,44 +18,11 @@ from typing import Any
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from commandbus import CommandBus, HandlerRegistry, Saga, SagaClient, SagaRegistry, Step, Worker
+from commandbus import CommandBus, HandlerRegistry, SagaClient, SagaRegistry, Worker
+from handoff_apps import TWO, Runs, all_final
 from support import FAST, wait_for
 
-TWO = Saga(
-    "two",
-    steps=[
-        Step("one", domain="a", command="One", data=lambda ctx: {"n": ctx.input["n"]}),
-        Step("two", domain="b", command="Two", data=lambda ctx: {"n": ctx.input["n"]}),
-    ],
-)
 REGISTRY = SagaRegistry([TWO])
-
-
-class Runs:
-    """The handler of step two: counts each command's runs and runs at once."""
-
-    def __init__(self, seconds: float | None = None, rnd: random.Random | None = None) -> None:
-        self.runs: collections.Counter[str] = collections.Counter()
-        self.running: collections.Counter[str] = collections.Counter()
-        self.overlaps = 0
-        self._seconds = seconds
-        self._rnd = rnd
-
-    async def two(self, cmd: Any, ctx: Any) -> None:
-        cid = str(cmd.command_id)
-        self.runs[cid] += 1
-        self.running[cid] += 1
-        self.overlaps += self.running[cid] > 1
-        try:
-            if self._rnd is not None:
-                await asyncio.sleep(self._rnd.random() * 0.05)
-            elif self._seconds:
-                await asyncio.sleep(self._seconds)
-        finally:
-            self.running[cid] -= 1
-
-    def twice(self) -> dict[str, int]:
-        return {k: v for k, v in self.runs.items() if v > 1}
 
 
 def _handlers(runs: Runs) -> HandlerRegistry:
@@ -68,14 +34,6 @@ def _handlers(runs: Runs) -> HandlerRegistry:
     reg.register("a", "One", one)
     reg.register("b", "Two", runs.two)
     return reg
-
-
-async def _all_final(sagas: SagaClient, ids: list[Any]) -> bool:
-    for sid in ids:
-        rec = await sagas.get_saga(sid)
-        if rec is None or not rec.status.is_final:
-            return False
-    return True
 
 
 async def test_a_worker_is_handed_no_more_than_it_has_room_for(dsn: str) -> None:
@@ -104,7 +62,7 @@ async def test_a_worker_is_handed_no_more_than_it_has_room_for(dsn: str) -> None
         await stack.enter_async_context(
             Worker(dsn, reg, domain="a", concurrency=50, batch_size=50, config=FAST, sagas=REGISTRY)
         )
-        await wait_for(lambda: _all_final(sagas, ids), timeout=120, interval=0.2)
+        await wait_for(lambda: all_final(sagas, ids), timeout=120, interval=0.2)
         await wait_for(lambda: sum(runs.running.values()) == 0, timeout=30)
     assert len(runs.runs) == 40
     assert runs.twice() == {}, f"{len(runs.twice())} ran twice ({runs.overlaps} at once)"
@@ -147,7 +105,7 @@ async def test_a_suspect_still_runs_alone(dsn: str) -> None:
         await asyncio.sleep(1.5)  # the suspect still runs
         assert events == ["suspect started"]
         gate.set()
-        await wait_for(lambda: _all_final(sagas, [sid]), timeout=10)
+        await wait_for(lambda: all_final(sagas, [sid]), timeout=10)
     assert events == ["suspect started", "suspect ended", "two started"]
 
 
@@ -171,7 +129,7 @@ async def test_two_workers_of_one_domain_share_the_steps(dsn: str) -> None:
         await stack.enter_async_context(
             Worker(dsn, reg, domain="a", concurrency=50, batch_size=50, config=FAST, sagas=REGISTRY)
         )
-        await wait_for(lambda: _all_final(sagas, ids), timeout=60, interval=0.1)
+        await wait_for(lambda: all_final(sagas, ids), timeout=60, interval=0.1)
     assert min(b1.stats.completed, b2.stats.completed) >= 10, (b1.stats, b2.stats)
     assert runs.twice() == {}
 
@@ -216,7 +174,7 @@ async def test_a_worker_stopping_again_and_again_loses_no_step(dsn: str, how: st
             async with Worker(
                 dsn, reg, domain="b", config=FAST, sagas=REGISTRY, visibility_timeout=vt
             ):
-                await wait_for(lambda: _all_final(sagas, ids), timeout=25, interval=0.2)
+                await wait_for(lambda: all_final(sagas, ids), timeout=25, interval=0.2)
     assert len(runs.runs) == len(ids)
     assert runs.overlaps == 0
     assert max(stop_times) < 0.1 + 1.0

@@ -7,9 +7,7 @@ handed over, and a worker of two domains handing over between them while suspect
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
-import uuid
 from contextlib import AsyncExitStack
 from datetime import timedelta
 from typing import Any
@@ -19,20 +17,13 @@ from psycopg.conninfo import make_conninfo
 
 from commandbus import CommandBus, HandlerRegistry, Saga, SagaClient, SagaRegistry, Step, Worker
 from commandbus.engine.commands import store as command_store
-from commandbus.engine.commands.outgoing import assembled
 from commandbus.engine.db.script import Script, run_all_applied_rows
 from commandbus.engine.queues import runners as runners_mod
 from commandbus.engine.worker import domain as domain_mod
 from commandbus.engine.worker.handoff import Claims
+from handoff_apps import TWO, Runs, all_final, outgoing
 from support import FAST, wait_for
 
-TWO = Saga(
-    "two",
-    steps=[
-        Step("one", domain="a", command="One", data=lambda ctx: {"n": ctx.input["n"]}),
-        Step("two", domain="b", command="Two", data=lambda ctx: {"n": ctx.input["n"]}),
-    ],
-)
 CHAIN = Saga(
     "chain",
     steps=[
@@ -42,14 +33,6 @@ CHAIN = Saga(
         Step("s4", domain="a", command="A", data=lambda ctx: {"n": ctx.input["n"]}),
     ],
 )
-
-
-async def _all_final(sagas: SagaClient, ids: list[Any]) -> bool:
-    for sid in ids:
-        rec = await sagas.get_saga(sid)
-        if rec is None or not rec.status.is_final:
-            return False
-    return True
 
 
 async def test_a_hand_over_as_the_last_runner_ends_gets_a_runner(
@@ -90,20 +73,7 @@ async def test_a_hand_over_as_the_last_runner_ends_gets_a_runner(
             dsn, reg, domain="payments", concurrency=1, visibility_timeout=timedelta(seconds=2)
         ) as w:
             claims = Claims(w._url)
-            cmd = assembled(
-                domain="payments",
-                command_id=uuid.uuid4(),
-                command_type="Second",
-                correlation_id=uuid.uuid4(),
-                causation_id=None,
-                reply_to=None,
-                saga_id=None,
-                batch_id=None,
-                max_attempts=3,
-                delay_seconds=0.0,
-                data_json="{}",
-                trace={},
-            )
+            cmd = outgoing("payments", "Second")
             granted = claims.claim([cmd])
             script = Script()
             script.add(*command_store.send_commands_all_applied([cmd], granted))
@@ -144,27 +114,14 @@ async def test_a_read_under_way_keeps_its_room(dsn: str, monkeypatch: Any) -> No
         return await read(self, conn, qty)
 
     monkeypatch.setattr(domain_mod.DomainConsumer, "read", slow_read)
-    runs: collections.Counter[str] = collections.Counter()
-    running: collections.Counter[str] = collections.Counter()
-    overlaps = 0
+    runs = Runs(seconds=0.25)
 
     async def one(cmd: Any, ctx: Any) -> None:
         return None
 
-    async def two(cmd: Any, ctx: Any) -> None:
-        nonlocal overlaps
-        cid = str(cmd.command_id)
-        runs[cid] += 1
-        running[cid] += 1
-        overlaps += running[cid] > 1
-        try:
-            await asyncio.sleep(0.25)
-        finally:
-            running[cid] -= 1
-
     reg = HandlerRegistry()
     reg.register("a", "One", one)
-    reg.register("b", "Two", two)
+    reg.register("b", "Two", runs.two)
     registry = SagaRegistry([TWO])
     # capacity max(2 x 10, 1 + 10) = 20 messages at 0.25 s, one at a time: 5 s < vt
     narrow: dict[str, Any] = {
@@ -194,11 +151,11 @@ async def test_a_read_under_way_keeps_its_room(dsn: str, monkeypatch: Any) -> No
             peak = max(peak, len(consumer._flights))
         elsewhere = make_conninfo(dsn, application_name="another-process")
         await stack.enter_async_context(Worker(elsewhere, reg, domain="b", **narrow))
-        await wait_for(lambda: _all_final(sagas, ids), timeout=120, interval=0.2)
-        await wait_for(lambda: sum(running.values()) == 0 and len(runs) == 30, timeout=60)
+        await wait_for(lambda: all_final(sagas, ids), timeout=120, interval=0.2)
+        await wait_for(lambda: sum(runs.running.values()) == 0 and len(runs.runs) == 30, timeout=60)
         capacity = consumer._capacity
     assert peak <= capacity
-    assert {k: v for k, v in runs.items() if v > 1} == {}, overlaps
+    assert runs.twice() == {}, runs.overlaps
 
 
 async def test_a_worker_of_two_domains_hands_over_between_them_among_suspects(
