@@ -37,8 +37,8 @@ class Recorder:
         self,
         stats: WorkerStats,
         outcomes: OutcomeBuilder,
-        inline: InlineReplies | None = None,
-        url: str = "",
+        inline: InlineReplies | None,
+        url: str,
     ) -> None:
         self._stats = stats
         self._outcomes = outcomes
