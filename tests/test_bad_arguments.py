@@ -508,26 +508,37 @@ async def test_a_reason_and_operator_at_their_limits_are_recorded(bus: CommandBu
     assert (event.data["reason"], event.data["operator"]) == (reason, operator)
 
 
-async def test_a_batch_too_large_for_one_statement_is_refused_before_anything_is_sent(
+async def test_a_batch_too_large_for_one_statement_goes_in_several_and_sagas_are_refused(
     bus: CommandBus, conn: Conn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # PostgreSQL refuses a statement over 1 GB by closing the connection (it read as
     # a retryable DatabaseUnavailableError) and a jsonb over 256 MB with a raw
-    # psycopg error: the limit is checked first (lowered here, not to send 300 MB)
-    from commandbus.engine.commands import bus as bus_module
+    # psycopg error (the limits are lowered here, not to send 300 MB): a batch goes
+    # in parts that each stay under, in one transaction; sagas started at once that
+    # one statement cannot hold are refused before anything is sent
+    from commandbus import codec
     from commandbus.sagas import client as saga_client
 
-    monkeypatch.setattr(bus_module, "MAX_STATEMENT_JSON_BYTES", 20_000)
+    monkeypatch.setattr(codec, "MAX_STATEMENT_JSON_BYTES", 20_000)
     monkeypatch.setattr(saga_client, "MAX_STATEMENT_JSON_BYTES", 20_000)
     before = await scalar(conn, STREAMS)
+    events_before = await scalar(conn, "SELECT count(*) FROM commandbus.event")
     requests = [
-        CommandRequest(domain="payments", command_type="Charge", data={"pad": "x" * 1000})
-        for _ in range(30)
+        CommandRequest(domain="payments", command_type="Charge", data={"pad": "x" * 1000, "i": i})
+        for i in range(30)
     ]
-    with pytest.raises(PayloadTooLargeError, match=r"the batch's 30 commands hold .* in parts"):
-        await bus.send_batch(requests)
-    assert (await bus.send_batch(requests[:10])).ok  # in parts it goes
+    sent = await bus.send_batch(requests)  # parts of at most 5,000 characters: 4 commands
+    assert sent.ok, sent
+    cur = await conn.execute(
+        "SELECT (message->'data'->>'i')::int FROM pgmq.q_payments"
+        " WHERE msg_id = ANY(%s) ORDER BY msg_id",
+        (list(sent.value.msg_ids),),
+    )
+    assert [r[0] for r in await cur.fetchall()] == list(range(30))  # all there, in order
+    batch = await bus.get_batch(sent.value.batch_id)
+    assert batch is not None and batch.total == 30
+    assert await scalar(conn, "SELECT count(*) FROM commandbus.event") == events_before + 31
     saga = Saga("big", steps=[Step("a", domain="payments", command="Charge")])
     with pytest.raises(PayloadTooLargeError, match=r"the inputs of 10 sagas .* in parts"):
         await SagaClient(bus).start_sagas(saga, [{"pad": "y" * 1000}] * 10)
-    assert await scalar(conn, STREAMS) == before + 11  # the 10 commands and their batch
+    assert await scalar(conn, STREAMS) == before + 31  # the 30 commands and their batch

@@ -40,6 +40,8 @@ CASES: dict[str, Callable[[], sql.Composed]] = {
     # send_batch (send_many)
     "send_batch_1_domain": lambda: command_store.send_batch_statement(("payments",)),
     "send_batch_2_domains": lambda: command_store.send_batch_statement(("payments", "shipments")),
+    # ... then the batch itself, after its commands
+    "create_batch": command_store.create_batch_statement,
     # send_commands (commands of several domains, no batch)
     "send_commands_2_domains": lambda: command_store.send_commands_statement(
         ("payments", "shipments")

@@ -13,7 +13,7 @@ import contextlib
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import attrs
 import psycopg
@@ -45,6 +45,7 @@ from commandbus.errors import (
     SagaNotFoundError,
     ValidationError,
 )
+from commandbus.ids import new_id
 from commandbus.models import CommandStatus, StoredEvent
 from commandbus.names import saga_stream_id
 from commandbus.sagas import replay
@@ -186,7 +187,7 @@ class SagaClient:
             key = opt_text_arg(start.idempotency_key, "idempotency_key")
             sid = opt_uuid_arg(start.saga_id, "saga_id")
             if sid is None:
-                sid = uuid4() if key is None else saga_id_for_key(definition.name, key)
+                sid = new_id() if key is None else saga_id_for_key(definition.name, key)
             # started from a handler, a saga joins the handled command's flow
             corr = opt_uuid_arg(start.correlation_id, "correlation_id") or (
                 correlation_id_var.get() or sid

@@ -17,16 +17,10 @@ WITH input AS (
       FROM input
     ON CONFLICT (domain, command_id) DO NOTHING
     RETURNING domain, command_id, msg_id
-), created AS (
-    INSERT INTO commandbus.stream (stream_id, stream_type, version)
-    VALUES (%(batch_stream_id)s, %(batch_stream)s::text, 1)
-    ON CONFLICT (stream_id) DO NOTHING
-    RETURNING stream_id
 ), go AS (
     SELECT input.*, proj.msg_id
       FROM input JOIN proj USING (domain, command_id)
      WHERE (SELECT count(*) FROM proj) = %(expected_commands)s
-       AND EXISTS (SELECT 1 FROM created)
 ), "msg_0" AS (
     INSERT INTO pgmq."q_payments" (msg_id, vt, read_ct, last_read_at, message, headers)
     OVERRIDING SYSTEM VALUE
@@ -47,24 +41,6 @@ WITH input AS (
                                          'msg_id', msg_id),
            correlation_id, causation_id, metadata
       FROM go
-    UNION ALL
-    SELECT %(batch_stream_id)s, 1, %(batch_created)s, %(batch_data)s::jsonb, %(batch_corr)s, NULL,
-           jsonb_build_object()
-     WHERE EXISTS (SELECT 1 FROM go)
-    -- the batch row is built from its event (the commands' payloads stay here)
-    RETURNING stream_version, event_type,
-              CASE WHEN event_type = %(batch_created)s THEN data END AS data,
-              correlation_id, recorded_at
-), batch AS (
-    -- the row is the one definition of a batch row (projections/batch_projection.py),
-    -- which the replay uses too
-    INSERT INTO commandbus.batch (batch_id, name, total, correlation_id, created_at, version)
-    SELECT 
-       (e.data->>'batch_id')::uuid AS batch_id, e.data->>'name' AS name,
-       (e.data->>'total')::int AS total, e.correlation_id AS correlation_id,
-       e.recorded_at AS created_at, e.stream_version
-      FROM evt e
-     WHERE e.event_type = %(batch_created)s
 )
 SELECT input.domain, input.command_id, go.msg_id,
        (input.domain, input.command_id) IN (SELECT domain, command_id FROM proj) AS is_new

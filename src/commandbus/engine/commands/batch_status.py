@@ -8,9 +8,10 @@ event of a batch's stream only moves the row's version. A batch's progress is no
 stored: it is counted from its commands' status rows when asked for, so the
 commands' events never change a batch row.
 
-A batch row must only ever be written by a statement that also writes
-``commandbus.command``: a rebuild that replaces the live tables locks only that
-table to keep every writer of both out (see ``LOCK_LIVE``).
+A batch row must only ever be written by a transaction that wrote
+``commandbus.command`` before it (``send_batch`` creates the batch after its
+commands): a rebuild that replaces the live tables locks only that table to keep
+every writer of both out (see ``LOCK_LIVE``).
 """
 
 from __future__ import annotations

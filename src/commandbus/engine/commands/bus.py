@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -17,12 +17,11 @@ from commandbus.arguments import (
     opt_text_arg,
     uuid_arg,
 )
-from commandbus.codec import MAX_STATEMENT_JSON_BYTES, dumps
 from commandbus.config import Config
 from commandbus.engine.commands import replay
 from commandbus.engine.commands import store as command_store
 from commandbus.engine.commands.cancel import CommandCancels
-from commandbus.engine.commands.outgoing import OutgoingRenderer
+from commandbus.engine.commands.outgoing import BatchParts, OutgoingRenderer
 from commandbus.engine.commands.read import CommandReads
 from commandbus.engine.commands.troubleshooting import TroubleshootingQueue
 from commandbus.engine.db.connect import Conn, atomic, borrow, translated
@@ -31,10 +30,10 @@ from commandbus.engine.eventstore.store import EventStore
 from commandbus.engine.observability import tracing
 from commandbus.engine.observability.logging import correlation_id_var
 from commandbus.engine.queues.tables import QueueRegistry, queue_exists
-from commandbus.errors import DuplicateCommandError, PayloadTooLargeError, ValidationError
+from commandbus.errors import DuplicateCommandError, ValidationError
+from commandbus.ids import new_id
 from commandbus.models import BatchResult, CommandRequest, SendResult
 from commandbus.names import (
-    batch_stream_id,
     validate_domain,
     validate_queue_name,
 )
@@ -96,7 +95,8 @@ class CommandBus(CommandReads, CommandCancels):
         self._events: EventStore | None = None
         self._troubleshooting: TroubleshootingQueue | None = None
         # checks and renders each command sent (tests render through it too)
-        self._outgoing = OutgoingRenderer(self.config, self.queues).render
+        self._renderer = OutgoingRenderer(self.config, self.queues)
+        self._outgoing = self._renderer.render
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -297,10 +297,12 @@ class CommandBus(CommandReads, CommandCancels):
         correlation_id: UUID | str | None = None,
         conn: Conn | None = None,
     ) -> Result[BatchResult]:
-        """Send many commands and their batch in ONE statement.
+        """Send many commands and their batch in ONE transaction.
 
-        All or nothing: if any command id already exists in its domain, nothing is
-        written and ``Failure(code="DUPLICATE_COMMAND")`` lists the ids. With
+        The commands go in parts of up to 200, each one statement, all in one
+        pipeline: the server inserts a part while the next is checked and rendered;
+        the batch follows them. All or nothing: if any command id already exists in
+        its domain, nothing is written and ``Failure(code="DUPLICATE_COMMAND")`` lists the ids. With
         ``conn=`` the batch joins the caller's transaction (explicit or implicit)
         and is committed or rolled back by the caller. The same id may be used in
         different domains. Arguments are checked as :meth:`send` checks them; an
@@ -315,7 +317,7 @@ class CommandBus(CommandReads, CommandCancels):
         requests = list(commands)
         if not requests:
             raise ValidationError("commands must hold at least one CommandRequest")
-        bid = uuid4() if batch_id is None else uuid_arg(batch_id, "batch_id")
+        bid = new_id() if batch_id is None else uuid_arg(batch_id, "batch_id")
         if correlation_id is None:  # sent from a handler: the handled command's
             corr = correlation_id_var.get() or bid
         else:
@@ -336,38 +338,40 @@ class CommandBus(CommandReads, CommandCancels):
         conn: Conn | None,
         span: tracing.SendSpan,
     ) -> Result[BatchResult]:
-        trace = span.headers()
-        outs = []
+        queues: set[str] = set()  # names first: the queues must exist before a part goes
         for i, r in enumerate(requests):
             if not isinstance(r, CommandRequest):
                 raise ValidationError(
                     f"commands[{i}] must be a CommandRequest, got {type(r).__name__}"
                 )
             try:
-                outs.append(
-                    self._outgoing(
-                        r.domain,
-                        r.command_type,
-                        r.data,
-                        command_id=r.command_id,
-                        correlation_id=corr if r.correlation_id is None else r.correlation_id,
-                        causation_id=r.causation_id,
-                        reply_to=r.reply_to,
-                        saga_id=r.saga_id,
-                        batch_id=bid,
-                        max_attempts=r.max_attempts,
-                        delay=r.delay,
-                        trace=trace,
-                    )
-                )
+                queues.update(self._renderer.queues(r.domain, r.command_type, r.reply_to))
             except ValidationError as exc:
                 raise type(exc)(f"commands[{i}]: {exc.message}", details=exc.details) from None
-        total = sum(len(o.message) for o in outs)
-        if total > MAX_STATEMENT_JSON_BYTES:
-            raise PayloadTooLargeError(
-                f"the batch's {len(outs)} commands hold {total / 2**20:,.0f} MB of data; "
-                f"one call takes at most {MAX_STATEMENT_JSON_BYTES // 2**20} MB: send it in parts"
-            )
+        if conn is not None:
+            conn_arg(conn)
+        parts = BatchParts(
+            self._outgoing,
+            requests,
+            batch_id=bid,
+            correlation_id=corr,
+            name=name,
+            trace=span.headers(),
+        )
+        if not all(self.queues.is_known(q) for q in queues):
+            parts.prepare()  # checked in full first: a refused batch creates no queue
+            await self._ensure_queues(sorted(queues), conn)
+        rows: list[tuple[str, UUID, int | None, bool]] = []
+        created = False
+        async with borrow(self.pool, conn) as c:
+            try:
+                async with atomic(c):
+                    rows, created = await command_store.send_many(c, parts, bid, parts.batch)
+                    if not created or any(m is None for _d, _c, m, _n in rows):
+                        raise _Rollback
+            except _Rollback:
+                pass
+        outs = parts.outs
         span.describe(
             domains=[o.domain for o in outs],
             correlation_id=corr,
@@ -375,51 +379,14 @@ class CommandBus(CommandReads, CommandCancels):
             count=len(outs),
             types=[(o.domain, o.command_type) for o in outs],
         )
-        seen: set[tuple[str, UUID]] = set()
-        repeated = []
-        for o in outs:
-            key = (o.domain, o.command_id)
-            if key in seen:
-                repeated.append(str(o.command_id))
-            seen.add(key)
-        if repeated:
+        if parts.repeated:
             return Failure(
                 code=DuplicateCommandError.code,
-                message=f"command ids repeated within the batch: {', '.join(repeated)}",
-                details={"command_ids": repeated},
+                message=f"command ids repeated within the batch: {', '.join(parts.repeated)}",
+                details={"command_ids": parts.repeated},
             )
-        batch_data = dumps(
-            {
-                "batch_id": str(bid),
-                "name": name,
-                "total": len(outs),
-                "domains": sorted({o.domain for o in outs}),
-            }
-        )
-        queues_needed = {o.domain for o in outs} | {o.reply_to for o in outs if o.reply_to}
-        duplicates: list[tuple[str, UUID]] = []
-        rows: list[tuple[str, UUID, int | None, bool]] = []
-        if conn is not None:
-            conn_arg(conn)
-        await self._ensure_queues(sorted(queues_needed), conn)
-        async with borrow(self.pool, conn) as c:
-            try:
-                async with atomic(c):
-                    rows = await command_store.send_many(
-                        c,
-                        outs,
-                        batch_id=bid,
-                        batch_stream=batch_stream_id(bid),
-                        batch_name=name,
-                        batch_data=batch_data,
-                        batch_correlation_id=corr,
-                    )
-                    duplicates = [(d, cid) for d, cid, _m, is_new in rows if not is_new]
-                    if duplicates or any(m is None for _d, _c, m, _n in rows):
-                        raise _Rollback
-            except _Rollback:
-                pass
-        if duplicates or not rows or any(m is None for _d, _c, m, _n in rows):
+        duplicates = [(d, cid) for d, cid, _m, is_new in rows if not is_new]
+        if duplicates or not created:
             return Failure(
                 code=DuplicateCommandError.code,
                 message=(

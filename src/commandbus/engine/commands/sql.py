@@ -57,14 +57,13 @@ WITH proj AS (
 SELECT msg_id FROM proj
 """
 
-# Many commands (one or more domains), with or without their batch, in one
-# statement: SEND_BATCH_HEAD, one SEND_BATCH_QUEUE per domain, SEND_BATCH_TAIL.
-# {msg_id} draws each command's message id from its domain's queue. With a batch,
-# {batch_stream} is SEND_BATCH_STREAM, {batch_created} SEND_BATCH_CREATED,
-# {batch_event} SEND_BATCH_EVENT, {batch} SEND_BATCH_ROW and {batch_id}
-# %(batch_id)s; without one, they are empty and NULL. Nothing but status rows is
-# inserted unless every command id was new (and the batch too); the caller then
-# rolls back the status rows inserted and reports the duplicates that come back.
+# Many commands (one or more domains) in one statement: SEND_BATCH_HEAD, one
+# SEND_BATCH_QUEUE per domain, SEND_BATCH_TAIL. {msg_id} draws each command's
+# message id from its domain's queue; {batch_id} is %(batch_id)s for the commands
+# of a batch (send_batch sends a batch's commands in parts, then CREATE_BATCH, all
+# in one transaction), NULL otherwise. Nothing but status rows is inserted unless
+# every command id was new; the caller then rolls back the status rows inserted
+# and reports the duplicates that come back.
 SEND_BATCH_HEAD: Final[LiteralString] = """
 WITH input AS (
     SELECT *
@@ -85,22 +84,11 @@ WITH input AS (
       FROM input
     ON CONFLICT (domain, command_id) DO NOTHING
     RETURNING domain, command_id, msg_id
-){batch_stream}, go AS (
+), go AS (
     SELECT input.*, proj.msg_id
       FROM input JOIN proj USING (domain, command_id)
-     WHERE (SELECT count(*) FROM proj) = %(expected_commands)s{batch_created}
+     WHERE (SELECT count(*) FROM proj) = %(expected_commands)s
 )"""
-
-# The batch's stream (a batch stream keeps its row), and the condition that it is new.
-SEND_BATCH_STREAM: Final[LiteralString] = """, created AS (
-    INSERT INTO commandbus.stream (stream_id, stream_type, version)
-    VALUES (%(batch_stream_id)s, %(batch_stream)s::text, 1)
-    ON CONFLICT (stream_id) DO NOTHING
-    RETURNING stream_id
-)"""
-
-SEND_BATCH_CREATED: Final[LiteralString] = """
-       AND EXISTS (SELECT 1 FROM created)"""
 
 # One per domain in the batch: {queue} and {cte} are identifiers. {seconds} is the
 # command's delay, {read_ct} 0, {last_read_at} NULL, unless the domain's messages
@@ -124,8 +112,8 @@ SEND_BATCH_TAIL: Final[LiteralString] = """, evt AS (
            message || jsonb_build_object('domain', domain, 'delay_seconds', delay,
                                          'msg_id', msg_id),
            correlation_id, causation_id, metadata
-      FROM go{batch_event}
-){batch}"""
+      FROM go
+)"""
 
 # The result of SEND_BATCH: each command, its message id if sent and whether it is new.
 SEND_BATCH_RESULT: Final[LiteralString] = """
@@ -142,26 +130,31 @@ SELECT commandbus.all_applied(count(*), %(expected_commands)s, 'commands sent'),
   FROM go
 """
 
-# The batch's BatchCreated event, among the events inserted.
-SEND_BATCH_EVENT: Final[LiteralString] = """
-    UNION ALL
-    SELECT %(batch_stream_id)s, 1, %(batch_created)s, %(batch_data)s::jsonb, %(batch_corr)s, NULL,
+# A batch: its stream (a batch stream keeps its row), its BatchCreated event and
+# its row, after its commands (SEND_BATCH parts) in the same transaction. Returns
+# one row: whether the batch is new (if not, nothing is written and the caller
+# rolls back). {batch_columns} and {batch_row} are the one definition of a batch
+# row (batch_status.py), which the replay uses too.
+CREATE_BATCH: Final[LiteralString] = """
+WITH created AS (
+    INSERT INTO commandbus.stream (stream_id, stream_type, version)
+    VALUES (%(batch_stream_id)s, %(batch_stream)s::text, 1)
+    ON CONFLICT (stream_id) DO NOTHING
+    RETURNING stream_id
+), evt AS (
+    INSERT INTO commandbus.event
+           (stream_id, stream_version, event_type, data, correlation_id, causation_id, metadata)
+    SELECT stream_id, 1, %(batch_created)s::text, %(batch_data)s::jsonb, %(batch_corr)s, NULL,
            jsonb_build_object()
-     WHERE EXISTS (SELECT 1 FROM go)
-    -- the batch row is built from its event (the commands' payloads stay here)
-    RETURNING stream_version, event_type,
-              CASE WHEN event_type = %(batch_created)s THEN data END AS data,
-              correlation_id, recorded_at"""
-
-# The batch's row. {batch_columns} and {batch_row} are the one definition of a batch row.
-SEND_BATCH_ROW: Final[LiteralString] = """, batch AS (
-    -- the row is the one definition of a batch row (projections/batch_projection.py),
-    -- which the replay uses too
+      FROM created
+    RETURNING stream_version, data, correlation_id, recorded_at
+), batch AS (
     INSERT INTO commandbus.batch ({batch_columns}, version)
     SELECT {batch_row}, e.stream_version
       FROM evt e
-     WHERE e.event_type = %(batch_created)s
-)"""
+)
+SELECT EXISTS (SELECT 1 FROM created)
+"""
 
 # -- worker: read and record outcomes -------------------------------------------------------
 

@@ -6,13 +6,14 @@ one connection to several of them puts them in one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Literal
 from uuid import UUID
 
 import attrs
+import psycopg
 from psycopg import sql
 
 from commandbus import event_types as ev
@@ -22,6 +23,7 @@ from commandbus.engine.commands.status import (
     sql_set_by_event,
 )
 from commandbus.engine.db.connect import Conn
+from commandbus.engine.db.script import send_pipelined
 from commandbus.engine.queues import sql as queue_sql
 from commandbus.engine.queues.tables import (
     archive_table,
@@ -145,21 +147,20 @@ def _next_msg_ids(domains: tuple[str, ...]) -> sql.Composable:
 def _send_statement(
     domains: tuple[str, ...],
     *,
-    with_batch: bool,
+    in_batch: bool,
     all_applied: bool = False,
     claimed: tuple[str, ...] = (),
 ) -> sql.Composed:
-    """SEND_BATCH for commands of these (sorted) domains, with or without a batch;
-    ``all_applied``: it fails unless every command is sent (for a :class:`Script`);
-    ``claimed`` (with ``all_applied``): the domains whose messages are claimed as
-    they are sent, each for ``%(claim_<its index in domains>)s`` seconds."""
+    """SEND_BATCH for commands of these (sorted) domains; ``in_batch``: they belong to
+    ``%(batch_id)s`` (created after them by CREATE_BATCH); ``all_applied``: it fails
+    unless every command is sent (for a :class:`Script`); ``claimed`` (with
+    ``all_applied``): the domains whose messages are claimed as they are sent, each
+    for ``%(claim_<its index in domains>)s`` seconds."""
     empty = sql.SQL("")
     parts: list[sql.Composable] = [
         sql.SQL(queries.SEND_BATCH_HEAD).format(
             msg_id=_next_msg_ids(domains),
-            batch_id=sql.Placeholder("batch_id") if with_batch else sql.SQL("NULL::uuid"),
-            batch_stream=sql.SQL(queries.SEND_BATCH_STREAM) if with_batch else empty,
-            batch_created=sql.SQL(queries.SEND_BATCH_CREATED) if with_batch else empty,
+            batch_id=sql.Placeholder("batch_id") if in_batch else sql.SQL("NULL::uuid"),
         )
     ]
     for i, domain in enumerate(domains):
@@ -183,16 +184,7 @@ def _send_statement(
                 no_wakeup=no_wakeup,
             )
         )
-    batch_row = sql.SQL(queries.SEND_BATCH_ROW).format(
-        batch_columns=batch_projection.columns(),
-        batch_row=batch_projection.row_from_created(),
-    )
-    parts.append(
-        sql.SQL(queries.SEND_BATCH_TAIL).format(
-            batch_event=sql.SQL(queries.SEND_BATCH_EVENT) if with_batch else empty,
-            batch=batch_row if with_batch else empty,
-        )
-    )
+    parts.append(sql.SQL(queries.SEND_BATCH_TAIL))
     assert all_applied or not claimed, "a claiming send is a script's (all applied)"
     parts.append(
         sql.SQL(queries.SEND_BATCH_ALL_APPLIED if all_applied else queries.SEND_BATCH_RESULT)
@@ -201,8 +193,18 @@ def _send_statement(
 
 
 def send_batch_statement(domains: tuple[str, ...]) -> sql.Composed:
-    """The statement of :func:`send_many` for commands of these (sorted) domains."""
-    return _send_statement(domains, with_batch=True)
+    """The statement of one part of :func:`send_many`: commands of these (sorted)
+    domains, in a batch."""
+    return _send_statement(domains, in_batch=True)
+
+
+@lru_cache(maxsize=1)
+def create_batch_statement() -> sql.Composed:
+    """The statement that creates a batch after its commands (:func:`send_many`)."""
+    return sql.SQL(queries.CREATE_BATCH).format(
+        batch_columns=batch_projection.columns(),
+        batch_row=batch_projection.row_from_created(),
+    )
 
 
 def send_commands_statement(
@@ -211,20 +213,20 @@ def send_commands_statement(
     """The statement of :func:`send_commands` for commands of these (sorted) domains
     (of :func:`send_commands_all_applied` with ``all_applied``, claiming the messages
     of the ``claimed`` ones)."""
-    return _send_statement(domains, with_batch=False, all_applied=all_applied, claimed=claimed)
+    return _send_statement(domains, in_batch=False, all_applied=all_applied, claimed=claimed)
 
 
 @lru_cache(maxsize=256)
 def _send_query(
     domains: tuple[str, ...],
     *,
-    with_batch: bool,
+    in_batch: bool,
     all_applied: bool = False,
     claimed: tuple[str, ...] = (),
 ) -> bytes:
     """The send statement, rendered once (psycopg would render it per call)."""
     return _send_statement(
-        domains, with_batch=with_batch, all_applied=all_applied, claimed=claimed
+        domains, in_batch=in_batch, all_applied=all_applied, claimed=claimed
     ).as_bytes()
 
 
@@ -249,36 +251,73 @@ def _send_params(cmds: Sequence[OutgoingCommand]) -> dict[str, Any]:
     }
 
 
+@attrs.frozen
+class NewBatch:
+    """A batch to create after its commands: its stream and ``BatchCreated`` data."""
+
+    batch_id: UUID
+    stream_id: str
+    data: str
+    correlation_id: UUID
+
+
 async def send_many(
     conn: Conn,
-    cmds: Sequence[OutgoingCommand],
-    *,
+    parts: Iterable[Sequence[OutgoingCommand]],
     batch_id: UUID,
-    batch_stream: str,
-    batch_name: str | None,
-    batch_data: str,
-    batch_correlation_id: UUID,
-) -> list[tuple[str, UUID, int | None, bool]]:
-    """Insert many commands and their batch; returns (domain, command id, msg id, was new).
+    batch: Callable[[], NewBatch | None],
+) -> tuple[list[tuple[str, UUID, int | None, bool]], bool]:
+    """Insert a batch's commands part by part, then the batch, in ONE pipeline.
 
-    Nothing but status rows (and the batch's stream) is written when any command id
-    or the batch already exists: the caller must then roll back.
+    ``parts`` may be a generator that checks and renders each part when asked: a
+    part is on its way to the server, and inserted there, while the next one is
+    rendered. ``batch()`` is asked after the last part for the batch to create
+    (``batch_id``'s); None sends nothing more. Run it in a transaction: returns
+    (domain, command id, msg id, was new) of every command sent and whether the
+    batch was created. Nothing but status rows is written for a part holding a
+    command id that exists, so the caller must roll back unless every command
+    has its msg id and the batch was created.
     """
-    domains = tuple(sorted({c.domain for c in cmds}))
-    params = _send_params(cmds)
-    params.update(
-        {
-            "batch_stream_id": batch_stream,
-            "batch_id": batch_id,
-            "batch_name": batch_name,
-            "batch_data": batch_data,
-            "batch_corr": batch_correlation_id,
-            "batch_stream": ev.BATCH_STREAM,
-            "batch_created": ev.BATCH_CREATED,
-        }
-    )
-    cur = await conn.execute(_send_query(domains, with_batch=True), params)
-    return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
+    sent_parts = 0
+    asked: list[NewBatch | None] = []
+
+    def statements() -> Iterator[tuple[bytes, dict[str, Any]]]:
+        nonlocal sent_parts
+        for part in parts:
+            params = _send_params(part)
+            params["batch_id"] = batch_id
+            sent_parts += 1
+            yield _send_query(tuple(sorted({c.domain for c in part})), in_batch=True), params
+        asked.append(new := batch())
+        if new is not None:
+            yield (
+                _create_batch_query(),
+                {
+                    "batch_stream_id": new.stream_id,
+                    "batch_data": new.data,
+                    "batch_corr": new.correlation_id,
+                    "batch_stream": ev.BATCH_STREAM,
+                    "batch_created": ev.BATCH_CREATED,
+                },
+            )
+
+    cursors: list[psycopg.AsyncCursor[Any]] = []
+    try:
+        await send_pipelined(conn, statements(), cursors)
+        rows = [(r[0], r[1], r[2], r[3]) for c in cursors[:sent_parts] for r in await c.fetchall()]
+        created = False
+        if asked and asked[0] is not None:
+            found = await cursors[sent_parts].fetchone()
+            created = found is not None and bool(found[0])
+        return rows, created
+    finally:
+        for c in cursors:
+            await c.close()
+
+
+@lru_cache(maxsize=1)
+def _create_batch_query() -> bytes:
+    return create_batch_statement().as_bytes()
 
 
 async def send_commands(
@@ -295,7 +334,7 @@ async def send_commands(
         return []
     domains = tuple(sorted({c.domain for c in cmds}))
     params = _send_params(cmds)
-    cur = await conn.execute(_send_query(domains, with_batch=False), params)
+    cur = await conn.execute(_send_query(domains, in_batch=False), params)
     sent = {(r[0], r[1]): r[2] for r in await cur.fetchall() if r[2] is not None}
     if len(sent) != len(cmds):
         return [(c.domain, c.command_id, None) for c in cmds]
@@ -316,12 +355,12 @@ def send_commands_all_applied(
     domains = tuple(sorted({c.domain for c in cmds}))
     params = _send_params(cmds)
     if not claims:
-        return _send_query(domains, with_batch=False, all_applied=True), params
+        return _send_query(domains, in_batch=False, all_applied=True), params
     claimed = tuple(d for d in domains if d in claims)
     for i, d in enumerate(domains):
         if d in claims:
             params[f"claim_{i}"] = claims[d]
-    query = _send_query(domains, with_batch=False, all_applied=True, claimed=claimed)
+    query = _send_query(domains, in_batch=False, all_applied=True, claimed=claimed)
     return query, params
 
 

@@ -16,7 +16,7 @@ Statements that must apply in full end with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import psycopg
@@ -56,7 +56,7 @@ class Script:
             raise RuntimeError("a script runs on an idle autocommit connection only")
         cursors: list[psycopg.AsyncCursor[Any]] = []
         try:
-            await self._send(conn, cursors)
+            await send_pipelined(conn, self._statements, cursors)
             return [await c.fetchall() if c.description is not None else [] for c in cursors]
         except BaseException as exc:
             await _resync(conn, exc)
@@ -65,30 +65,41 @@ class Script:
             for c in cursors:
                 await c.close()
 
-    async def _send(self, conn: Conn, cursors: list[psycopg.AsyncCursor[Any]]) -> None:
-        """The pipeline, with one Sync when it ends: the statements form one transaction.
 
-        A failure the server reports while statements are still being sent ends the
-        sending, and the pipeline is left normally: leaving it with an exception
-        would log psycopg's "error ignored terminating" warning at every undone
-        script. The statement's own error is raised, not the "pipeline aborted" of
-        the statements skipped after it.
-        """
-        first: psycopg.Error | None = None
-        try:
-            async with conn.pipeline():
-                for query, params in self._statements:
-                    cur = conn.cursor()
-                    cursors.append(cur)
-                    try:
-                        await cur.execute(query, params)
-                    except psycopg.Error as exc:
-                        first = exc
-                        break
-        except psycopg.Error as exc:
-            raise first or exc from None
-        if first is not None:
-            raise first
+async def send_pipelined(
+    conn: Conn,
+    statements: Iterable[tuple[Query, Mapping[str, Any] | None]],
+    cursors: list[psycopg.AsyncCursor[Any]],
+) -> None:
+    """Send ``statements`` in a psycopg pipeline, one cursor each (appended to
+    ``cursors``, for the caller to read and close), with one Sync when it ends.
+
+    Each statement is on its way to the server once it is sent: ``statements`` may be
+    a generator that prepares the next one meanwhile (an error it raises ends the
+    sending and comes through). On an idle autocommit connection the statements
+    form one transaction; inside a transaction they are part of it.
+
+    A failure the server reports while statements are still being sent ends the
+    sending, and the pipeline is left normally: leaving it with an exception would
+    log psycopg's "error ignored terminating" warning at every undone script. The
+    statement's own error is raised, not the "pipeline aborted" of the statements
+    skipped after it.
+    """
+    first: psycopg.Error | None = None
+    try:
+        async with conn.pipeline():
+            for query, params in statements:
+                cur = conn.cursor()
+                cursors.append(cur)
+                try:
+                    await cur.execute(query, params)
+                except psycopg.Error as exc:
+                    first = exc
+                    break
+    except psycopg.Error as exc:
+        raise first or exc from None
+    if first is not None:
+        raise first
 
 
 async def run_all_applied(script: Script, conn: Conn) -> str | None:
