@@ -9,6 +9,7 @@ from uuid import UUID, uuid4
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from commandbus import (
     CommandBus,
@@ -224,6 +225,52 @@ async def test_send_batch_is_one_transaction_with_a_batch_stream(
     page = await bus.list_commands(CommandFilter(batch_id=batch.batch_id))
     assert {c.command_id for c in page.items} == set(batch.command_ids)
     assert await scalar(conn, "SELECT count(*) FROM pgmq.q_shipping") == 1
+
+
+async def test_a_batch_of_several_parts_keeps_each_command_with_its_message_and_its_order(
+    bus: CommandBus, conn: Conn
+) -> None:
+    # 650 commands: four parts of up to 200, three domains interleaved, some with a
+    # reply queue; every result lines up with the caller's order
+    domains = ("payments", "shipping", "billing")
+    reqs = [
+        CommandRequest(
+            domain=domains[i % 3],
+            command_type="Charge",
+            data={"i": i},
+            reply_to="replies" if i % 7 == 0 else None,
+        )
+        for i in range(650)
+    ]
+    result = await bus.send_batch(reqs, name="big")
+    assert isinstance(result, Success)
+    sent = result.value
+    assert len(sent.command_ids) == len(sent.msg_ids) == 650
+    for domain in domains:
+        rows = await fetch(
+            conn,
+            sql.SQL(
+                "SELECT msg_id, message->>'command_id', (message->'data'->>'i')::int,"
+                " message->>'batch_id' FROM pgmq.{} ORDER BY msg_id"
+            ).format(sql.Identifier(f"q_{domain}")),
+        )
+        mine = [i for i in range(650) if reqs[i].domain == domain]
+        assert [r[2] for r in rows] == mine  # all there, in the caller's order
+        for msg_id, command_id, i, batch_id in rows:
+            assert (sent.msg_ids[i], str(sent.command_ids[i])) == (msg_id, command_id)
+            assert batch_id == str(sent.batch_id)
+    record = await bus.get_batch(sent.batch_id)
+    assert record is not None and record.total == 650 and record.counts == {"PENDING": 650}
+    # the batch's event comes after its commands' (the batch is created last)
+    last = await fetch(
+        conn, "SELECT event_type, data->>'domains' FROM commandbus.event ORDER BY position DESC"
+    )
+    assert last[0][0] == "BatchCreated" and last[0][1] == '["billing", "payments", "shipping"]'
+    assert [r[0] for r in last[1:]] == ["CommandSent"] * 650
+    replies = "SELECT count(*) FROM commandbus.command WHERE reply_to = 'replies'"
+    assert await scalar(conn, replies) == len(range(0, 650, 7))
+    report = await bus.verify_projection()
+    assert report.ok and (report.checked, report.checked_batches) == (650, 1), report
 
 
 async def test_send_batch_with_an_existing_id_writes_nothing(bus: CommandBus, conn: Conn) -> None:
