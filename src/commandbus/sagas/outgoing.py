@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 from uuid import UUID
 
 import attrs
+from uuid_utils.compat import uuid8
 
 from commandbus.engine.commands.outgoing import assembled
 from commandbus.engine.commands.store import OutgoingCommand
@@ -17,8 +19,16 @@ SAGA_NAMESPACE = UUID("6f1c1d2e-6a53-4c55-9a43-2f8c9d7b1e01")
 
 
 def command_id_for(saga_id: UUID, n: int) -> UUID:
-    """The id of a saga's ``n``-th command: the same on every replay of a decision."""
-    return uuid.uuid5(SAGA_NAMESPACE, f"{saga_id}/{n}")
+    """The id of a saga's ``n``-th command: the same on every replay of a decision.
+
+    A version 8 UUID (RFC 9562): the saga id's first 48 bits, which in a time-ordered
+    saga id (:func:`commandbus.ids.new_id`) are its creation time, then 74 bits of a
+    SHA-1 of the namespace, the saga id and ``n``. So a saga's commands sort by when
+    their saga started, and their rows land near the right edge of the indexes they
+    key, as other commands' do.
+    """
+    digest = int.from_bytes(hashlib.sha1(SAGA_NAMESPACE.bytes + f"{saga_id}/{n}".encode()).digest())
+    return uuid8(saga_id.int >> 80, (digest >> 148) & 0xFFF, digest & (1 << 62) - 1)
 
 
 def saga_id_for_key(name: str, key: str) -> UUID:
