@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from commandbus import Config
@@ -132,3 +134,29 @@ async def assert_streams_contiguous(conn: Any) -> None:
         " WHERE NOT EXISTS (SELECT 1 FROM commandbus.event e WHERE e.stream_id = s.stream_id)",
     )
     assert empty == 0
+
+
+async def table_counts(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
+    """Row counts of every table in the commandbus and pgmq schemas (queues included):
+    what "nothing was written" compares."""
+    cur = await conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname IN ('commandbus', 'pgmq') AND c.relkind IN ('r', 'p')"
+        " ORDER BY 1, 2"
+    )
+    out: dict[str, int] = {}
+    for schema, table in await cur.fetchall():
+        query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
+        out[f"{schema}.{table}"] = await scalar(conn, query)
+    return out
+
+
+def psycopg_warnings(caplog: Any) -> list[str]:
+    """psycopg's warnings (such as "error ignored terminating") among the captured logs."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING
+        and (r.name.startswith("psycopg") or "error ignored" in r.getMessage())
+    ]

@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any, Self
 from uuid import UUID
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from commandbus.arguments import (
@@ -30,7 +31,7 @@ from commandbus.engine.eventstore.store import EventStore
 from commandbus.engine.observability import tracing
 from commandbus.engine.observability.logging import correlation_id_var
 from commandbus.engine.queues.tables import QueueRegistry, queue_exists
-from commandbus.errors import DuplicateCommandError, ValidationError
+from commandbus.errors import ConcurrencyError, DuplicateCommandError, ValidationError
 from commandbus.ids import new_id
 from commandbus.models import BatchResult, CommandRequest, SendResult
 from commandbus.names import (
@@ -306,7 +307,13 @@ class CommandBus(CommandReads, CommandCancels):
         ``conn=`` the batch joins the caller's transaction (explicit or implicit)
         and is committed or rolled back by the caller. The same id may be used in
         different domains. Arguments are checked as :meth:`send` checks them; an
-        error names the command (``commands[i]``) and the argument. Ids default as
+        error names the command (``commands[i]``) and the argument, and nothing is
+        written. The names (domain, command type, reply queue) of every command
+        are checked first, the rest as each part is rendered: a bad name anywhere
+        is reported before another bad argument. Two batches that send some of the
+        same command ids in different orders may deadlock: PostgreSQL ends one, which
+        raises :class:`~commandbus.errors.ConcurrencyError` (retryable; nothing
+        written). Ids default as
         for :meth:`send` (inside a handler, the handled command's correlation id,
         else the batch id; its id as the cause); one PRODUCER span covers the batch.
         """
@@ -360,17 +367,29 @@ class CommandBus(CommandReads, CommandCancels):
         )
         if not all(self.queues.is_known(q) for q in queues):
             parts.prepare()  # checked in full first: a refused batch creates no queue
-            await self._ensure_queues(sorted(queues), conn)
+            if not parts.repeated:
+                await self._ensure_queues(sorted(queues), conn)
         rows: list[tuple[str, UUID, int | None, bool]] = []
         created = False
-        async with borrow(self.pool, conn) as c:
+        if not parts.repeated:  # (known already only when prepared)
             try:
-                async with atomic(c):
-                    rows, created = await command_store.send_many(c, parts, bid, parts.batch)
-                    if not created or any(m is None for _d, _c, m, _n in rows):
-                        raise _Rollback
-            except _Rollback:
-                pass
+                async with borrow(self.pool, conn) as c:
+                    try:
+                        async with atomic(c):
+                            rows, created = await command_store.send_many(
+                                c, parts, bid, parts.batch
+                            )
+                            if not created or any(m is None for _d, _c, m, _n in rows):
+                                raise _Rollback
+                    except _Rollback:
+                        pass
+            except psycopg.errors.DeadlockDetected as exc:
+                # another batch writing some of the same ids in another order
+                raise ConcurrencyError(
+                    f"batch {bid} deadlocked with another transaction sending some of the "
+                    "same command ids; nothing was written: send it again",
+                    details={"batch_id": str(bid), "sqlstate": exc.sqlstate},
+                ) from exc
         outs = parts.outs
         span.describe(
             domains=[o.domain for o in outs],

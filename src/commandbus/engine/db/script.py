@@ -80,24 +80,32 @@ async def send_pipelined(
     form one transaction; inside a transaction they are part of it.
 
     A failure the server reports while statements are still being sent ends the
-    sending, and the pipeline is left normally: leaving it with an exception would
-    log psycopg's "error ignored terminating" warning at every undone script. The
-    statement's own error is raised, not the "pipeline aborted" of the statements
-    skipped after it.
+    sending, and so does an error of ``statements`` or a cancellation; either way
+    the pipeline is left normally (leaving it with an exception would log
+    psycopg's "error ignored terminating" warning), and then the error that ended
+    the sending is raised: the statement's own, not the "pipeline aborted" of the
+    statements skipped after it, or the generator's, or the cancellation.
     """
     first: psycopg.Error | None = None
+    ended: BaseException | None = None
     try:
         async with conn.pipeline():
-            for query, params in statements:
-                cur = conn.cursor()
-                cursors.append(cur)
-                try:
-                    await cur.execute(query, params)
-                except psycopg.Error as exc:
-                    first = exc
-                    break
+            try:
+                for query, params in statements:
+                    cur = conn.cursor()
+                    cursors.append(cur)
+                    try:
+                        await cur.execute(query, params)
+                    except psycopg.Error as exc:
+                        first = exc
+                        break
+            except BaseException as exc:  # raised below, once the pipeline is left
+                ended = exc
     except psycopg.Error as exc:
-        raise first or exc from None
+        if ended is None:
+            raise first or exc from None
+    if ended is not None:
+        raise ended
     if first is not None:
         raise first
 
