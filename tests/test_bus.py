@@ -230,7 +230,7 @@ async def test_send_batch_is_one_transaction_with_a_batch_stream(
 async def test_a_batch_of_several_parts_keeps_each_command_with_its_message_and_its_order(
     bus: CommandBus, conn: Conn
 ) -> None:
-    # 650 commands: four parts of up to 200, three domains interleaved, some with a
+    # 650 commands: seven parts of up to 100, three domains interleaved, some with a
     # reply queue; every result lines up with the caller's order
     domains = ("payments", "shipping", "billing")
     reqs = [

@@ -300,7 +300,7 @@ class CommandBus(CommandReads, CommandCancels):
     ) -> Result[BatchResult]:
         """Send many commands and their batch in ONE transaction.
 
-        The commands go in parts of up to 200, each one statement, all in one
+        The commands go in parts of up to 100, each one statement, all in one
         pipeline: the server inserts a part while the next is checked and rendered;
         the batch follows them. All or nothing: if any command id already exists in
         its domain, nothing is written and ``Failure(code="DUPLICATE_COMMAND")`` lists the ids. With
