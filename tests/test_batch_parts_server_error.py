@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import psycopg
 import pytest
 
-from commandbus import CommandBus, CommandRequest, ValidationError
+from commandbus import CommandBus, CommandRequest, DatabaseUnavailableError, ValidationError
 from support import psycopg_warnings, table_counts
 
 Conn = psycopg.AsyncConnection[Any]
@@ -110,3 +111,39 @@ async def test_server_error_then_bad_argument(
         assert await table_counts(conn) == before
         assert (await bus.send_batch(reqs(300))).ok
     assert psycopg_warnings(caplog) == []
+
+
+async def test_connection_killed_while_a_batch_is_sent(
+    dsn: str, conn: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the server ends the bus's connection half way through a batch of 20,000: a
+    # DatabaseUnavailableError (retryable), nothing written, and the pool's next
+    # connection sends the batch again
+    caplog.set_level(logging.DEBUG)
+    async with CommandBus(dsn, min_connections=1, max_connections=1) as bus:
+        await bus.send("payments", "Charge", {})
+        before = await table_counts(conn)
+        batch = reqs(20_000)
+        task = asyncio.create_task(bus.send_batch(batch))
+        killed = 0
+        for _ in range(200):  # until the batch's statements are running
+            await asyncio.sleep(0.005)
+            cur = await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND query LIKE '%%commandbus.command%%' AND state = 'active'"
+            )
+            killed = len(await cur.fetchall())
+            if killed or task.done():
+                break
+        if not killed:
+            task.cancel()
+            pytest.skip("the batch finished before its connection could be ended")
+        with pytest.raises(DatabaseUnavailableError):
+            await task
+        assert await table_counts(conn) == before
+        again = await bus.send_batch(batch)
+        assert again.ok, again
+    # the pool says it discarded the dead connection; nothing else is logged
+    warned = psycopg_warnings(caplog)
+    assert all(w.startswith("discarding closed connection") for w in warned), warned
