@@ -94,6 +94,9 @@ async def test_list_retry_cancel_complete_from_the_shell(
     unknown = uuid4()
     nowhere = tsq(dsn, "retry", str(unknown))
     assert nowhere.returncode == 1 and f"no command {unknown} in any domain" in nowhere.stderr
+    two_ids = tsq(dsn, "retry", str(ids[0]), str(ids[0]))  # a slip: the id twice
+    assert two_ids.returncode == 1 and "Traceback" not in two_ids.stderr
+    assert two_ids.stderr.strip().startswith("error: expected [DOMAIN] ID, got two ids")
     bad_json = tsq(dsn, "complete", "payments", str(ids[0]), "--result", "{oops")
     assert bad_json.returncode != 0 and "--result is not JSON" in bad_json.stderr
 

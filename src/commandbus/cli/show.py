@@ -34,7 +34,21 @@ def command_args(domain_or_id: str, command_id: str | None) -> tuple[str | None,
     """``[DOMAIN] ID`` of a command on the command line: the domain may be left out."""
     if command_id is None:
         return None, parse_uuid(domain_or_id, "command")
-    return domain_or_id, parse_uuid(command_id, "command")
+    cid = parse_uuid(command_id, "command")
+    if _is_uuid(domain_or_id):
+        raise CLIError(
+            f"expected [DOMAIN] ID, got two ids ({domain_or_id} {command_id}): give one "
+            "command id, or its domain and the id"
+        )
+    return domain_or_id, cid
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 async def find_command(bus: CommandBus, domain: str | None, cid: UUID) -> CommandRecord:
