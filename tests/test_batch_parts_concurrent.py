@@ -10,6 +10,7 @@ from uuid import UUID, uuid4
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from commandbus import CommandBus, CommandRequest, ConcurrencyError, Failure, Success
 from support import psycopg_warnings
@@ -26,7 +27,10 @@ async def test_overlapping_batches(
     dsn: str, conn: Conn, order: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    async with CommandBus(dsn, max_connections=4) as bus:
+    # PostgreSQL looks for a deadlock after deadlock_timeout (1 s by default): not
+    # waited out here
+    quick = make_conninfo(dsn, options="-c deadlock_timeout=50ms")
+    async with CommandBus(quick, max_connections=4) as bus:
         await bus.send("payments", "Charge", {})
         ids = [uuid4() for _ in range(1000)]
         if order == "same":
@@ -74,8 +78,8 @@ async def test_rebuild_and_verify_while_batches_sent(dsn: str, conn: Conn) -> No
             nonlocal sent, refused
             rng = random.Random(k)
             while not stop.is_set():
-                await asyncio.sleep(0.05)
-                n = rng.randint(1, 450)
+                await asyncio.sleep(0.02)
+                n = rng.randint(1, 200)
                 batch = [
                     CommandRequest(
                         domain=rng.choice(["payments", "shipping"]), command_type="X", data={"n": i}
@@ -97,7 +101,7 @@ async def test_rebuild_and_verify_while_batches_sent(dsn: str, conn: Conn) -> No
         tasks = [asyncio.create_task(sender(k)) for k in range(3)]
 
         try:
-            for _ in range(10):
+            for _ in range(4):
                 report = await bus.verify_projection()
                 assert report.ok, report.differences[:3]
                 await bus.rebuild_projection(replace_live=True)

@@ -20,6 +20,17 @@ def reqs(n: int = 1000, domain: str = "payments") -> list[CommandRequest]:
     return [CommandRequest(domain=domain, command_type="Charge", data={"i": i}) for i in range(n)]
 
 
+def failing(failure: str, existing: Any) -> list[CommandRequest]:
+    """1,000 commands; the last one already exists (``existing``), has a bad
+    argument (``bad_arg_late``), or is fine (anything else)."""
+    batch = reqs()
+    if failure == "existing":
+        batch[999] = CommandRequest(domain="payments", command_type="C", command_id=existing)
+    elif failure == "bad_arg_late":
+        batch[999] = CommandRequest(domain="payments", command_type="C", max_attempts=-1)
+    return batch
+
+
 @pytest.fixture(autouse=True)
 def _logs(caplog: pytest.LogCaptureFixture) -> Any:
     caplog.set_level(logging.DEBUG)
@@ -123,13 +134,11 @@ async def test_failure_on_idle_non_autocommit(
     existing = (await bus.send("payments", "Charge", {})).unwrap().command_id
     before = await table_counts(conn)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit) as c:
-        batch = reqs()
+        batch = failing(failure, existing)
         if failure == "existing":
-            batch[999] = CommandRequest(domain="payments", command_type="C", command_id=existing)
             r = await bus.send_batch(batch, conn=c)
             assert isinstance(r, Failure)
         elif failure == "bad_arg_late":
-            batch[999] = CommandRequest(domain="payments", command_type="C", max_attempts="x")  # type: ignore[arg-type]
             with pytest.raises(ValidationError, match=r"commands\[999\]"):
                 await bus.send_batch(batch, conn=c)
         else:
@@ -156,11 +165,7 @@ async def test_conn_already_in_pipeline(
     existing = (await bus.send("payments", "Charge", {})).unwrap().command_id
     before = await table_counts(conn)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit) as c:
-        batch = reqs()
-        if failure == "existing":
-            batch[999] = CommandRequest(domain="payments", command_type="C", command_id=existing)
-        elif failure == "bad_arg_late":
-            batch[999] = CommandRequest(domain="payments", command_type="C", max_attempts=-1)
+        batch = failing(failure, existing)
 
         async def go() -> Any:
             async with c.pipeline():

@@ -303,19 +303,21 @@ class CommandBus(CommandReads, CommandCancels):
         The commands go in parts of up to 100, each one statement, all in one
         pipeline: the server inserts a part while the next is checked and rendered;
         the batch follows them. All or nothing: if any command id already exists in
-        its domain, nothing is written and ``Failure(code="DUPLICATE_COMMAND")`` lists the ids. With
-        ``conn=`` the batch joins the caller's transaction (explicit or implicit)
-        and is committed or rolled back by the caller. The same id may be used in
-        different domains. Arguments are checked as :meth:`send` checks them; an
-        error names the command (``commands[i]``) and the argument, and nothing is
-        written. The names (domain, command type, reply queue) of every command
-        are checked first, the rest as each part is rendered: a bad name anywhere
-        is reported before another bad argument. Two batches that send some of the
-        same command ids in different orders may deadlock: PostgreSQL ends one, which
-        raises :class:`~commandbus.errors.ConcurrencyError` (retryable; nothing
-        written). Ids default as
-        for :meth:`send` (inside a handler, the handled command's correlation id,
-        else the batch id; its id as the cause); one PRODUCER span covers the batch.
+        its domain, nothing is written and ``Failure(code="DUPLICATE_COMMAND")``
+        lists the ids. With ``conn=`` the batch joins the caller's transaction
+        (explicit or implicit) and is committed or rolled back by the caller. The
+        same id may be used in different domains.
+
+        Arguments are checked as :meth:`send` checks them; an error names the
+        command (``commands[i]``) and the argument, and nothing is written. The
+        names (domain, command type, reply queue) of every command are checked
+        first, the rest as each part is rendered: a bad name anywhere is reported
+        before another bad argument. Two batches that send some of the same command
+        ids in different orders may deadlock: PostgreSQL ends one, which raises
+        :class:`~commandbus.errors.ConcurrencyError` (retryable; nothing written).
+        Ids default as for :meth:`send` (inside a handler, the handled command's
+        correlation id, else the batch id; its id as the cause); one PRODUCER span
+        covers the batch.
         """
         if isinstance(commands, str | bytes | Mapping) or not isinstance(commands, Iterable):
             raise ValidationError(

@@ -271,7 +271,6 @@ class BatchParts:
             "domains": sorted({o.domain for o in self.outs}),
         }
         return NewBatch(
-            batch_id=self._batch_id,
             stream_id=batch_stream_id(self._batch_id),
             data=dumps(data),
             correlation_id=self._correlation_id,

@@ -255,7 +255,6 @@ def _send_params(cmds: Sequence[OutgoingCommand]) -> dict[str, Any]:
 class NewBatch:
     """A batch to create after its commands: its stream and ``BatchCreated`` data."""
 
-    batch_id: UUID
     stream_id: str
     data: str
     correlation_id: UUID
